@@ -1,0 +1,1 @@
+"""openslip: SLIP / CLIP / SimCLR language-image pre-training."""

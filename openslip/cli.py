@@ -1,0 +1,46 @@
+"""`openslip` command line: one sub-command per module under ``openslip/commands``.
+
+Each command module defines ``register(subparsers)``, which adds its parser and sets ``func`` to the
+function that runs it. User errors (``UserError``) end with a one-line message on stderr and exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from openslip.errors import UserError
+
+# Sub-command modules in help order; imported lazily so `openslip --help` stays fast.
+COMMANDS: list[str] = [
+    # each helper/feature adds its module name here when the command works end to end
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openslip", description="SLIP / CLIP / SimCLR pre-training and evaluation")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"openslip.commands.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except UserError as err:
+        print(f"openslip {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"openslip {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Exceptions for user errors: the CLI prints their message on one line and exits non-zero, no traceback."""
+
+
+class UserError(Exception):
+    """A problem with what the user asked for (a bad path, key, value or file), not a bug in openslip."""
+
+
+class CheckpointError(UserError):
+    """A file that is not a loadable checkpoint: truncated, of another kind, or a pickle that would run code."""
+
+
+class ConfigError(UserError):
+    """An unknown config key, a value of the wrong type, or an impossible combination."""
+
+
+class DataError(UserError):
+    """Unreadable dataset input: a missing manifest column, a malformed line, too many skipped samples."""
