@@ -1,0 +1,85 @@
+"""Typed model configs: a model is fully described by one `ModelConfig` (saved with every checkpoint)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+HEAD_NORMS = ("bn", "ln", "none")
+
+
+@dataclass(kw_only=True)
+class VisionConfig:
+    """A ViT image tower (timm `VisionTransformer` layout, CLS-token output)."""
+
+    image_size: int = 224  # input side in pixels; other sizes work by interpolating the position embedding
+    patch_size: int = 16  # side of the square patches
+    width: int = 768  # token width
+    layers: int = 12  # transformer blocks
+    heads: int = 12  # attention heads (ViT-S/16 uses 12, as in the SLIP reference / MoCo v3)
+    mlp_ratio: float = 4.0  # hidden width of each block's MLP relative to `width`
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.width % self.heads:
+            raise ValueError(f"vision width {self.width} is not divisible by heads {self.heads}")
+
+
+@dataclass(kw_only=True)
+class TextConfig:
+    """The CLIP text transformer (causal, pooled at the EOT token)."""
+
+    context_length: int = 77  # tokens per caption, SOT and EOT included
+    vocab_size: int = 49408  # CLIP BPE vocabulary
+    width: int = 512
+    layers: int = 12
+    heads: int = 8
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ValueError(f"text width {self.width} is not divisible by heads {self.heads}")
+
+
+@dataclass(kw_only=True)
+class HeadConfig:
+    """The SimCLR projection MLP: Linear-norm-ReLU, Linear-norm-ReLU, Linear (SLIP §3.2)."""
+
+    mlp_dim: int = 4096  # hidden width
+    out_dim: int = 256  # embedding fed to NT-Xent
+    norm: str = "bn"  # "bn" (reference; SyncBatchNorm when distributed), "ln" or "none" (DESIGN §1 defect 4)
+
+    def __post_init__(self) -> None:
+        if self.norm not in HEAD_NORMS:
+            raise ValueError(f"ssl head norm {self.norm!r}; choose one of: {', '.join(HEAD_NORMS)}")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """One SLIP module; CLIP-only has no `ssl_head`, SimCLR-only has no `text` tower."""
+
+    name: str  # registry name, e.g. "slip_vit_b16"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig | None = field(default_factory=TextConfig)  # None: no text tower (SimCLR)
+    embed_dim: int = 512  # joint image-text embedding width
+    ssl_head: HeadConfig | None = field(default_factory=HeadConfig)  # None: no SimCLR head (CLIP)
+
+    def __post_init__(self) -> None:
+        if self.text is None and self.ssl_head is None:
+            raise ValueError("a model needs a text tower (CLIP), an ssl head (SimCLR) or both (SLIP)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        vision = VisionConfig(**d.pop("vision"))
+        text = d.pop("text", None)
+        head = d.pop("ssl_head", None)
+        return cls(
+            vision=vision,
+            text=TextConfig(**text) if text is not None else None,
+            ssl_head=HeadConfig(**head) if head is not None else None,
+            **d,
+        )

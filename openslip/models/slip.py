@@ -1,0 +1,118 @@
+"""The SLIP module: one ViT shared by a CLIP objective (with a text tower) and a SimCLR head.
+
+CLIP-only and SimCLR-only are the same module with a part left out (`ModelConfig.ssl_head=None` or
+`ModelConfig.text=None`), matching the reference's CLIP / SIMCLR classes parameter for parameter.
+Attribute names are the reference's (`visual`, `token_embedding`, `positional_embedding`,
+`transformer`, `ln_final`, `image_projection`, `text_projection`, `logit_scale`, `image_mlp`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from openslip.models.config import ModelConfig
+from openslip.models.heads import SimCLRHead
+from openslip.models.text import TextTransformer
+from openslip.models.vision import VisionTransformer
+
+
+class SLIP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.visual = VisionTransformer(cfg.vision)
+        vision_width = cfg.vision.width
+        # Tokens after the EOT never reach the pooled output (the mask is causal), so the text tower
+        # may stop at the batch's last EOT: identical embeddings, a fraction of the work.
+        self.trim_text = True
+        if cfg.text is not None:
+            t = cfg.text
+            self.context_length = t.context_length
+            self.token_embedding = nn.Embedding(t.vocab_size, t.width)
+            self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
+            self.transformer = TextTransformer(t.width, t.layers, t.heads)
+            self.ln_final = nn.LayerNorm(t.width)
+            self.image_projection = nn.Parameter(torch.empty(vision_width, cfg.embed_dim))
+            self.text_projection = nn.Parameter(torch.empty(t.width, cfg.embed_dim))
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
+            nn.init.normal_(self.token_embedding.weight, std=0.02)
+            nn.init.normal_(self.positional_embedding, std=0.01)
+            nn.init.normal_(self.image_projection, std=vision_width**-0.5)
+            nn.init.normal_(self.text_projection, std=t.width**-0.5)
+        if cfg.ssl_head is not None:
+            self.image_mlp = SimCLRHead(vision_width, cfg.ssl_head)
+
+    @property
+    def has_text(self) -> bool:
+        return self.cfg.text is not None
+
+    @property
+    def has_ssl_head(self) -> bool:
+        return self.cfg.ssl_head is not None
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+        if self.has_text:
+            self.transformer.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        """Names excluded from weight decay beyond the ndim < 2 rule (the reference decays these too)."""
+        return set()
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, embed_dim] unnormalised CLIP image embedding."""
+        if not self.has_text:
+            raise ValueError(f"{self.cfg.name} has no image-text projection (SimCLR-only model); use .visual")
+        return self.visual(image) @ self.image_projection
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        """[B, L] token ids -> [B, embed_dim] unnormalised text embedding, pooled at the EOT token."""
+        if not self.has_text:
+            raise ValueError(f"{self.cfg.name} has no text tower (SimCLR-only model)")
+        eot = text.argmax(dim=-1)  # the EOT id (49407) is the largest in the vocabulary
+        if self.trim_text:
+            text = text[:, : int(eot.max()) + 1]
+        x = self.token_embedding(text) + self.positional_embedding[: text.shape[1]]  # [B, L, D]
+        x = self.ln_final(self.transformer(x))
+        return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection  # [B, embed_dim]
+
+    def forward(
+        self,
+        image: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        view1: torch.Tensor | None = None,
+        view2: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Embeds whatever is given; keys: image_embed, text_embed, logit_scale, view1_embed, view2_embed."""
+        views = {k: v for k, v in (("image", image), ("view1", view1), ("view2", view2)) if v is not None}
+        if ("view1" in views or "view2" in views) and not self.has_ssl_head:
+            raise ValueError(f"{self.cfg.name} has no SimCLR head; do not pass view1/view2")
+        out: dict[str, torch.Tensor] = {}
+        feats = self._visual_many(list(views.values()))
+        for name, f in zip(views, feats):
+            if name == "image":
+                out["image_embed"] = self._project_image(f)
+            else:
+                # The head runs once per view so BatchNorm sees each view's own statistics (reference).
+                out[f"{name}_embed"] = self.image_mlp(f)
+        if text is not None:
+            out["text_embed"] = self.encode_text(text)
+        if self.has_text:
+            out["logit_scale"] = self.logit_scale.exp()
+        return out
+
+    def _project_image(self, feats: torch.Tensor) -> torch.Tensor:
+        if not self.has_text:
+            raise ValueError(f"{self.cfg.name} has no image-text projection (SimCLR-only model); omit image=")
+        return feats @ self.image_projection
+
+    def _visual_many(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One ViT call for all views of equal size: the ViT has no batch statistics, so this is exact."""
+        if not images:
+            return []
+        if len(images) > 1 and all(x.shape[1:] == images[0].shape[1:] for x in images):
+            return list(self.visual(torch.cat(images)).split([x.shape[0] for x in images]))
+        return [self.visual(x) for x in images]
