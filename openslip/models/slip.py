@@ -92,7 +92,7 @@ class SLIP(nn.Module):
             raise ValueError(f"{self.cfg.name} has no SimCLR head; do not pass view1/view2")
         out: dict[str, torch.Tensor] = {}
         feats = self._visual_many(list(views.values()))
-        for name, f in zip(views, feats):
+        for name, f in zip(views, feats, strict=True):
             if name == "image":
                 out["image_embed"] = self._project_image(f)
             else:
