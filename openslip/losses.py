@@ -1,0 +1,231 @@
+"""The SLIP objective: CLIP image-text contrastive loss + ``ssl_scale`` x SimCLR NT-Xent (SLIP, arXiv 2112.12750, §3).
+
+Model -> dict -> loss -> dict: :class:`SLIPLoss` reads the model's output dict (``image_embed``,
+``text_embed``, ``logit_scale``, ``view1_embed``, ``view2_embed``) and returns a dict whose ``loss`` is
+the only entry to backpropagate; the other entries are detached metrics.
+
+Both losses are contrastive over the **global** batch. Each rank scores its B local samples (the rows)
+against all W*B samples of the job (the columns) and averages over its local rows, so the
+one-process loss on the concatenated batch equals the mean of the per-rank losses. Features are
+gathered with :func:`openslip.distributed.gather_with_grad`, whose backward sums gradients over ranks;
+with DDP averaging parameter gradients over ranks, every parameter then receives exactly the gradient
+one process would compute on the whole batch (the convention is derived in ``openslip.distributed``).
+The 2021 reference gathered the CLIP features without gradient, which makes its objective depend on
+the number of GPUs (DESIGN §1 defect 1); ``gather="reference"`` reproduces it for comparisons.
+
+The math runs in float32 (float64 inputs stay float64) with autocast disabled: bf16 logits and
+log-softmax over a few thousand candidates lose too much precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openslip import distributed
+
+__all__ = ["GATHER_MODES", "SLIPLoss", "clip_loss", "simclr_loss"]
+
+Gather = Literal["grad", "reference"]
+GATHER_MODES: tuple[str, ...] = ("grad", "reference")
+
+# Added to a sample's similarity with itself in SimCLR's same-view logits so that it is never a
+# candidate; finite (as the reference's 1e9) so that no inf - inf can appear.
+_SELF_MASK = 1e9
+
+CLIP_KEYS = ("image_embed", "text_embed", "logit_scale")
+SSL_KEYS = ("view1_embed", "view2_embed")
+
+
+def _check_gather(gather: str) -> None:
+    if gather not in GATHER_MODES:
+        raise ValueError(f"gather must be one of {GATHER_MODES}, got {gather!r}")
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float32, or float64 when an input is float64 (half / bf16 inputs are promoted)."""
+    dtype = torch.float32
+    for t in tensors:
+        if t.dtype == torch.float64:
+            dtype = torch.float64
+    return dtype
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
+    if a.ndim != 2 or b.ndim != 2 or a.shape != b.shape:
+        raise ValueError(
+            f"{names} must both be [batch, dim] with the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def _local_labels(batch: int, device: torch.device) -> torch.Tensor:
+    """Column index of each local sample in the rank-major global batch: rank * B + arange(B)."""
+    return distributed.rank() * batch + torch.arange(batch, device=device)
+
+
+def _percent_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return 100.0 * (logits.argmax(dim=-1) == labels).to(logits.dtype).mean()
+
+
+def clip_loss(
+    image_embed: torch.Tensor,
+    text_embed: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    *,
+    gather: Gather = "grad",
+) -> dict[str, torch.Tensor]:
+    """Symmetric image-text InfoNCE over the global batch (CLIP; SLIP §3.1).
+
+    Args:
+        image_embed: [B, D] unnormalised image embeddings of this rank's samples.
+        text_embed: [B, D] unnormalised text embeddings of the same samples (pair i is positive).
+        logit_scale: the multiplier of the cosine similarities, already exponentiated (the model output).
+        gather: ``"grad"`` gathers other ranks' features with gradient (one-process-exact);
+            ``"reference"`` gathers them without gradient, as the 2021 SLIP code did (DESIGN §1 defect 1).
+
+    Returns:
+        ``clip_loss``: (CE(image->text) + CE(text->image)) / 2, averaged over this rank's B rows, each row
+        scored against all W*B candidates of the job; ``clip_acc``: image->text top-1 accuracy of the local
+        rows in percent (detached), as the reference reports it.
+    """
+    _check_gather(gather)
+    _check_pair(image_embed, text_embed, "image_embed and text_embed")
+    dtype = _compute_dtype(image_embed, text_embed)
+    with torch.autocast(device_type=image_embed.device.type, enabled=False):
+        img = F.normalize(image_embed.to(dtype), dim=-1)  # [B, D]
+        txt = F.normalize(text_embed.to(dtype), dim=-1)  # [B, D]
+        scale = torch.as_tensor(logit_scale, device=img.device).to(dtype)
+        gather_fn = distributed.gather_with_grad if gather == "grad" else distributed.gather_no_grad
+        img_all, txt_all = gather_fn(img), gather_fn(txt)  # [W*B, D], rank-major
+        labels = _local_labels(img.shape[0], img.device)
+        # Local rows against every column of the job; the local rows keep their gradient in both modes,
+        # the columns carry gradient back to their owner rank only with gather="grad".
+        logits_i2t = scale * img @ txt_all.t()  # [B, W*B]
+        logits_t2i = scale * txt @ img_all.t()  # [B, W*B]
+        loss = (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels)) / 2
+        acc = _percent_correct(logits_i2t, labels)
+    return {"clip_loss": loss, "clip_acc": acc}
+
+
+def simclr_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    temperature: float = 0.1,
+    gather: Gather = "grad",
+) -> dict[str, torch.Tensor]:
+    """NT-Xent between two views with 2N-1 candidates per anchor over the global batch (SimCLR; SLIP §3.2).
+
+    For a local anchor ``i`` of view 1 the candidates are all N = W*B view-2 embeddings (the positive is
+    sample i's) and the N - 1 other view-1 embeddings (itself is masked out), and symmetrically for view 2;
+    the loss is the mean of the two cross-entropies, as the reference ``SIMCLRLoss``.
+
+    Args:
+        z1, z2: [B, D] unnormalised head outputs of the two views of this rank's samples.
+        temperature: the softmax temperature (0.1 in SLIP).
+        gather: ``"grad"`` or ``"reference"``; identical here, because the reference already gathered the
+            SimCLR features with gradient (only its CLIP loss did not). Accepted so that one setting
+            selects the reference behaviour for the whole SLIP loss.
+
+    Returns:
+        ``ssl_loss`` and ``ssl_acc`` (top-1 of the view-1 anchors in percent, detached).
+    """
+    _check_gather(gather)
+    _check_pair(z1, z2, "view1_embed and view2_embed")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    dtype = _compute_dtype(z1, z2)
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        q1 = F.normalize(z1.to(dtype), dim=-1)  # [B, D]
+        q2 = F.normalize(z2.to(dtype), dim=-1)  # [B, D]
+        k1, k2 = distributed.gather_with_grad(q1), distributed.gather_with_grad(q2)  # [N, D], N = W*B
+        labels = _local_labels(q1.shape[0], q1.device)
+        self_mask = F.one_hot(labels, k1.shape[0]).to(dtype) * _SELF_MASK  # [B, N]
+        logits_12 = q1 @ k2.t() / temperature  # positives on the label column
+        logits_11 = q1 @ k1.t() / temperature - self_mask  # same view: drop the anchor itself
+        logits_21 = q2 @ k1.t() / temperature
+        logits_22 = q2 @ k2.t() / temperature - self_mask
+        logits_1 = torch.cat([logits_12, logits_11], dim=1)  # [B, 2N]; label < N points into the first block
+        logits_2 = torch.cat([logits_21, logits_22], dim=1)
+        loss = (F.cross_entropy(logits_1, labels) + F.cross_entropy(logits_2, labels)) / 2
+        acc = _percent_correct(logits_1, labels)
+    return {"ssl_loss": loss, "ssl_acc": acc}
+
+
+class SLIPLoss(nn.Module):
+    """``loss = clip_scale * clip_loss + ssl_scale * ssl_loss`` on a model output dict (SLIP §3.3).
+
+    A term is computed only when its weight is > 0 and the model output holds its inputs
+    (``image_embed``, ``text_embed``, ``logit_scale`` for CLIP; ``view1_embed``, ``view2_embed`` for
+    SimCLR), so CLIP-only (``ssl_scale=0``) and SimCLR-only (``clip_scale=0``) runs are configurations of
+    the same module. The returned dict holds ``loss`` (the only tensor with gradient) and the detached
+    ``clip_loss``, ``clip_acc``, ``ssl_loss``, ``ssl_acc`` of the terms that were computed.
+    """
+
+    def __init__(
+        self,
+        ssl_scale: float = 1.0,
+        ssl_temperature: float = 0.1,
+        *,
+        clip_scale: float = 1.0,
+        gather: Gather = "grad",
+    ) -> None:
+        super().__init__()
+        if ssl_scale < 0 or clip_scale < 0:
+            raise ValueError(f"loss weights must be >= 0, got clip_scale={clip_scale}, ssl_scale={ssl_scale}")
+        if not ssl_temperature > 0:
+            raise ValueError(f"ssl_temperature must be > 0, got {ssl_temperature}")
+        _check_gather(gather)
+        self.ssl_scale = float(ssl_scale)
+        self.ssl_temperature = float(ssl_temperature)
+        self.clip_scale = float(clip_scale)
+        self.gather = gather
+
+    def extra_repr(self) -> str:
+        return (
+            f"clip_scale={self.clip_scale}, ssl_scale={self.ssl_scale}, "
+            f"ssl_temperature={self.ssl_temperature}, gather={self.gather!r}"
+        )
+
+    def forward(self, outputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        terms: list[tuple[float, torch.Tensor]] = []
+        metrics: dict[str, torch.Tensor] = {}
+
+        def add(weight: float, keys: tuple[str, ...], fn: Callable[[], dict[str, torch.Tensor]]) -> None:
+            if weight <= 0 or any(outputs.get(k) is None for k in keys):
+                return
+            result = fn()
+            name = next(k for k in result if k.endswith("_loss"))
+            terms.append((weight, result[name]))
+            metrics.update({k: v.detach() for k, v in result.items()})
+
+        add(
+            self.clip_scale,
+            CLIP_KEYS,
+            lambda: clip_loss(
+                outputs["image_embed"], outputs["text_embed"], outputs["logit_scale"], gather=self.gather
+            ),
+        )
+        add(
+            self.ssl_scale,
+            SSL_KEYS,
+            lambda: simclr_loss(
+                outputs["view1_embed"], outputs["view2_embed"], temperature=self.ssl_temperature, gather=self.gather
+            ),
+        )
+        if not terms:
+            present = sorted(k for k, v in outputs.items() if v is not None)
+            raise ValueError(
+                "SLIPLoss has no term to compute: CLIP needs clip_scale > 0 and keys "
+                f"{list(CLIP_KEYS)}, SimCLR needs ssl_scale > 0 and keys {list(SSL_KEYS)}; "
+                f"got clip_scale={self.clip_scale}, ssl_scale={self.ssl_scale}, keys {present}"
+            )
+        loss = terms[0][0] * terms[0][1]
+        for weight, value in terms[1:]:
+            loss = loss + weight * value
+        return {"loss": loss, **metrics}
