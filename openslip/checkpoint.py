@@ -1,0 +1,534 @@
+"""Checkpoints: the openslip directory format, atomic saves, run directories, and original SLIP `.pt` import.
+
+An openslip checkpoint is a directory (DESIGN §9)::
+
+    step_0000500/
+      model.safetensors   weights; keys are `model.state_dict()` keys (the SLIP reference's names)
+      config.json         {"model": ModelConfig.to_dict(), "openslip_version": ..., "train_config": ..., "step": ...}
+      train_state.pt      optional: optimizer / scaler / schedule / RNG / loader state, plain data only
+
+A run keeps them in `OUT_DIR/checkpoints/`, where the text file `latest` names the newest complete one.
+A directory is written under a temporary name and renamed into place, so a crash never leaves a
+half-written checkpoint under its final name. Nothing is ever unpickled beyond plain data (see
+`openslip.safe_load`): loading a checkpoint never runs code from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import warnings
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from openslip import __version__
+from openslip.errors import CheckpointError
+from openslip.models import SLIP, ModelConfig, model_config
+from openslip.models.variants import MODELS
+from openslip.registry import UnknownNameError
+from openslip.safe_load import (
+    CONFIG_METADATA_KEY,
+    check_plain_data,
+    config_from_metadata,
+    describe_file,
+    fsync_dir,
+    key_summary,
+    load_safetensors,
+    read_config_document,
+    read_json,
+    read_safetensors_header,
+    read_torch_checkpoint,
+    torch_load_data,
+)
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TRAIN_STATE_FILE = "train_state.pt"
+LATEST_FILE = "latest"
+CHECKPOINTS_DIR = "checkpoints"
+FORMAT_VERSION = 1
+_RESERVED_KEYS = ("format_version", "openslip_version", "model")
+_STEP_RE = re.compile(r"step_(\d+)")
+_STAGING_RE = re.compile(r"\.(?:tmp|old)-step_(\d+)")
+PathLike = str | os.PathLike
+
+
+def checkpoint_dir_name(step: int) -> str:
+    """`step_0000500`: the name of the checkpoint directory for a training step (DESIGN §9)."""
+    return f"step_{step:07d}"
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
+def unwrap_model(model: nn.Module) -> SLIP:
+    """The SLIP module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            break
+    if not isinstance(getattr(model, "cfg", None), ModelConfig):
+        raise TypeError(f"expected an openslip model with a ModelConfig `.cfg`, got {type(model).__name__}")
+    return model  # type: ignore[return-value]
+
+
+def _tensors_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model.state_dict()` as contiguous CPU tensors, one storage each.
+
+    safetensors refuses tensors that share memory; a tied or aliased entry gets its own copy so that the
+    file's keys stay exactly the state-dict keys (loading copies both back into the one shared tensor).
+    """
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, t in model.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:
+            t = t.clone()
+            ptr = t.untyped_storage().data_ptr()
+        seen.add(ptr)
+        out[key] = t
+    return out
+
+
+def _config_document(cfg: ModelConfig, extra: dict[str, Any] | None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"format_version": FORMAT_VERSION, "openslip_version": __version__, "model": cfg.to_dict()}
+    if extra:
+        clash = sorted(set(extra) & set(_RESERVED_KEYS))
+        if clash:
+            raise ValueError(f"config_extra may not set {clash}: openslip writes them")
+        doc.update(extra)
+    json.dumps(doc)  # a value JSON cannot hold raises TypeError here, before anything touches the disk
+    return doc
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _write_weights(path: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"format": "pt", CONFIG_METADATA_KEY: json.dumps(doc)})
+    _fsync_file(path)
+
+
+def _write_config(path: Path, doc: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(doc, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_train_state(path: Path, train_state: dict[str, Any]) -> None:
+    with open(path, "wb") as f:
+        torch.save(train_state, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def _move_into_place(staged: Path, final: Path) -> None:
+    """Rename `staged` to `final`; an existing `final` is moved aside first (rename cannot replace a
+    non-empty directory) and deleted only once the new one is in place."""
+    if final.exists() or final.is_symlink():
+        old = final.with_name(f".old-{final.name}")
+        _remove(old)
+        os.replace(final, old)
+        os.replace(staged, final)
+        _remove(old)
+    else:
+        os.replace(staged, final)
+    fsync_dir(final.parent)
+
+
+def _write_latest(root: Path, name: str) -> None:
+    tmp = root / f".{LATEST_FILE}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / LATEST_FILE)
+    fsync_dir(root)
+
+
+def save_checkpoint(
+    dir_path: PathLike,
+    model: nn.Module,
+    *,
+    config_extra: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
+    update_latest: bool = True,
+) -> Path:
+    """Write an openslip checkpoint directory atomically and return its path.
+
+    `config_extra` adds JSON entries to config.json (e.g. `train_config`, `step`); `train_state` (tensors and
+    plain python containers only) goes to train_state.pt. Everything is written and fsync'd in a hidden
+    sibling `.tmp-NAME` and then renamed to NAME. When NAME is a `step_N` directory, the sibling `latest`
+    file is then pointed at it (unless `update_latest=False`).
+    """
+    final = Path(dir_path)
+    model = unwrap_model(model)
+    doc = _config_document(model.cfg, config_extra)
+    if train_state is not None:
+        check_plain_data(train_state)
+    tensors = _tensors_for_saving(model)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staged = final.with_name(f".tmp-{final.name}")
+    _remove(staged)  # left behind by a save that was killed
+    staged.mkdir()
+    try:
+        _write_weights(staged / MODEL_FILE, tensors, doc)
+        _write_config(staged / CONFIG_FILE, doc)
+        if train_state is not None:
+            _write_train_state(staged / TRAIN_STATE_FILE, train_state)
+        fsync_dir(staged)
+        _move_into_place(staged, final)
+    except BaseException:
+        _remove(staged)
+        raise
+    if update_latest and _STEP_RE.fullmatch(final.name):
+        _write_latest(final.parent, final.name)
+    return final
+
+
+def save_model(model: nn.Module, path: PathLike) -> Path:
+    """Save a model for later `load_model`: a directory with model.safetensors and config.json."""
+    return save_checkpoint(path, model, update_latest=False)
+
+
+# ----------------------------------------------------------------------------------- run directories
+
+
+def checkpoint_problem(ckpt_dir: PathLike) -> str | None:
+    """Why `ckpt_dir` is not a complete checkpoint (files missing, truncated, unparsable), or None if it is."""
+    ckpt = Path(ckpt_dir)
+    if not ckpt.is_dir():
+        return f"{ckpt}: no such directory"
+    for name in (MODEL_FILE, CONFIG_FILE):
+        if not (ckpt / name).is_file():
+            return f"{ckpt}: no {name}"
+    try:
+        read_safetensors_header(ckpt / MODEL_FILE)
+        read_config_document(ckpt / CONFIG_FILE)
+    except CheckpointError as err:
+        return str(err)
+    state = ckpt / TRAIN_STATE_FILE
+    if state.exists() and not zipfile.is_zipfile(state):
+        return f"{state}: truncated or corrupt"
+    return None
+
+
+def _checkpoints_root(run_dir: Path) -> Path:
+    sub = run_dir / CHECKPOINTS_DIR
+    return sub if sub.is_dir() else run_dir
+
+
+def list_checkpoints(run_dir: PathLike, *, valid_only: bool = True) -> list[Path]:
+    """The `step_N` directories of a run (`OUT_DIR` or `OUT_DIR/checkpoints`), oldest step first;
+    broken ones are left out unless `valid_only=False`."""
+    root = _checkpoints_root(Path(run_dir))
+    if not root.is_dir():
+        return []
+    found = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_RE.fullmatch(p.name)) and p.is_dir())
+    return [p for _, p in found if not valid_only or checkpoint_problem(p) is None]
+
+
+def _latest_pointer(root: Path) -> tuple[Path | None, str | None]:
+    """(checkpoint named by `root/latest` if complete, else the reason it cannot be used)."""
+    pointer = root / LATEST_FILE
+    if not pointer.is_file():
+        return None, f"{root} has no '{LATEST_FILE}' file"
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        return None, f"cannot read {pointer} ({err})"
+    if not _STEP_RE.fullmatch(name):
+        return None, f"{pointer} holds {name[:80]!r}, not a checkpoint name"
+    problem = checkpoint_problem(root / name)
+    if problem is not None:
+        return None, f"{pointer} names an incomplete checkpoint ({problem})"
+    return root / name, None
+
+
+def find_latest_checkpoint(run_dir: PathLike) -> Path | None:
+    """The checkpoint `OUT_DIR/checkpoints/latest` names; if that file is missing or names a broken
+    checkpoint, the highest-numbered complete `step_N` with a warning; None when there is none."""
+    root = _checkpoints_root(Path(run_dir))
+    if not root.is_dir():
+        return None
+    found, reason = _latest_pointer(root)
+    if found is not None:
+        return found
+    candidates = list_checkpoints(root)
+    if candidates:
+        warnings.warn(f"{reason}; using {candidates[-1].name}, the newest complete checkpoint", stacklevel=2)
+        return candidates[-1]
+    if (root / LATEST_FILE).exists():
+        warnings.warn(f"{reason}; no complete checkpoint found", stacklevel=2)
+    return None
+
+
+def resolve_checkpoint(path: PathLike) -> Path:
+    """The checkpoint directory for a checkpoint directory or a run directory (its newest checkpoint)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such file or directory")
+    if p.is_file() and p.name == CONFIG_FILE:
+        p = p.parent
+    if (p / CONFIG_FILE).exists() or (p / MODEL_FILE).exists():
+        problem = checkpoint_problem(p)
+        if problem is not None:
+            raise CheckpointError(f"incomplete checkpoint: {problem}")
+        return p
+    if p.is_dir():
+        found = find_latest_checkpoint(p)
+        if found is not None:
+            return found
+        raise CheckpointError(f"{p}: neither a checkpoint ({MODEL_FILE} + {CONFIG_FILE}) nor a run directory with one")
+    raise CheckpointError(f"{p}: not a checkpoint directory")
+
+
+def prune_checkpoints(run_dir: PathLike, keep_last: int) -> list[Path]:
+    """Delete all but the `keep_last` newest complete checkpoints (and whatever `latest` names); older
+    broken checkpoints and leftovers of interrupted saves go too. Returns the removed paths."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    root = _checkpoints_root(Path(run_dir))
+    keep = set(list_checkpoints(root)[-keep_last:])
+    pointed, _ = _latest_pointer(root) if root.is_dir() else (None, None)
+    if pointed is not None:
+        keep.add(pointed)
+    if not keep:
+        return []
+    newest = max(int(_STEP_RE.fullmatch(p.name).group(1)) for p in keep)  # type: ignore[union-attr]
+    removed = []
+    for p in sorted(root.iterdir()):
+        m = _STEP_RE.fullmatch(p.name) or _STAGING_RE.fullmatch(p.name)
+        if m and p not in keep and int(m.group(1)) < newest:
+            _remove(p)
+            removed.append(p)
+    return removed
+
+
+def load_checkpoint_config(path: PathLike) -> dict[str, Any]:
+    """config.json of a checkpoint (or of a run's newest one), or the config inside a lone .safetensors file."""
+    p = Path(path)
+    if p.is_file() and describe_file(p) == "safetensors":
+        return config_from_metadata(read_safetensors_header(p).get("__metadata__") or {}, p)
+    return read_config_document(resolve_checkpoint(p) / CONFIG_FILE)
+
+
+def load_train_state(ckpt_dir: PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The training state saved with a checkpoint (or with a run's newest one), loaded as data only."""
+    ckpt = resolve_checkpoint(ckpt_dir)
+    path = ckpt / TRAIN_STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt}: no {TRAIN_STATE_FILE}; a weights-only checkpoint cannot resume training")
+    state = torch_load_data(path, map_location)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a training-state dict")
+    return state
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _registered_config(name: str, source: Path) -> ModelConfig:
+    try:
+        return model_config(name)
+    except UnknownNameError as err:
+        raise CheckpointError(f"{source}: {err}") from None
+
+
+def _config_from_spec(spec: Any, source: Path) -> ModelConfig:
+    """A ModelConfig from config.json's "model" entry: a full config dict, or a registered name."""
+    if isinstance(spec, dict) and set(spec) == {"name"}:
+        spec = spec["name"]
+    if isinstance(spec, str):
+        return _registered_config(spec, source)
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{source}: the 'model' entry is a {type(spec).__name__}, not a model config")
+    try:
+        return ModelConfig.from_dict(spec)
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{source}: invalid model config ({err})") from None
+
+
+def _check_requested_name(cfg: ModelConfig, model_name: str | None, source: Path) -> None:
+    if model_name is None:
+        return
+    wanted = _registered_config(model_name, source).name
+    if wanted != cfg.name:
+        raise CheckpointError(f"{source}: holds model {cfg.name!r}, not the requested {model_name!r}")
+
+
+def _new_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype | None, *, uninitialised: bool) -> SLIP:
+    """A model to load weights into; with `uninitialised`, built on the meta device and allocated without
+    the random initialisation (every entry is about to be overwritten)."""
+    if uninitialised:
+        with torch.device("meta"):
+            model = SLIP(cfg)
+        saved = model.state_dict().keys()
+        if all(name in saved for name, _ in model.named_buffers()):  # no buffer would stay uninitialised
+            return model.to(dtype=dtype).to_empty(device=device) if dtype else model.to_empty(device=device)
+    model = SLIP(cfg)
+    return model.to(device=device, dtype=dtype) if dtype else model.to(device)
+
+
+def _load_into(model: SLIP, sd: dict[str, torch.Tensor], strict: bool, source: Path) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [
+        f"{k} {list(sd[k].shape)} vs {list(t.shape)}" for k, t in expected.items() if k in sd and sd[k].shape != t.shape
+    ]
+    problems = [f"shape mismatch (file vs model): {key_summary(shapes)}"] if shapes else []
+    if missing:
+        problems.append(f"missing keys: {key_summary(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {key_summary(unexpected)}")
+    if shapes or (strict and problems):
+        raise CheckpointError(f"{source}: weights do not fit model {model.cfg.name!r}: " + "; ".join(problems))
+    if problems:
+        warnings.warn(f"{source}: loading non-strictly into {model.cfg.name!r}: " + "; ".join(problems), stacklevel=2)
+    model.load_state_dict(sd, strict=strict)
+
+
+def _file_dtype(sd: dict[str, torch.Tensor]) -> torch.dtype | None:
+    """The floating dtype the weights were saved in when it is one other than float32 (e.g. a bf16 export)."""
+    dtypes = {t.dtype for t in sd.values() if t.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 and torch.float32 not in dtypes else None
+
+
+def _build(cfg: ModelConfig, sd: dict[str, torch.Tensor], device: torch.device, strict: bool, source: Path) -> SLIP:
+    model = _new_model(cfg, device, _file_dtype(sd), uninitialised=strict)
+    _load_into(model, sd, strict, source)
+    return model.eval()
+
+
+def _reference_config(name: str, args: dict[str, Any], source: Path) -> ModelConfig:
+    """The config of a reference model name ("SLIP_VITB16" or an openslip name) with the run's SimCLR
+    head sizes (the reference's --ssl-mlp-dim / --ssl-emb-dim) when its args record them."""
+    cfg = _registered_config(name, source)
+    if cfg.ssl_head is not None:
+        head = {"mlp_dim": args.get("ssl_mlp_dim"), "out_dim": args.get("ssl_emb_dim")}
+        cfg.ssl_head = replace(cfg.ssl_head, **{k: int(v) for k, v in head.items() if v is not None})
+    return cfg
+
+
+def _load_torch_file(path: Path, device: torch.device, strict: bool, model_name: str | None):
+    sd, args, info = read_torch_checkpoint(path, device)
+    recorded = args.get("model")
+    if recorded is not None and model_name is not None:
+        if _registered_config(recorded, path).name != _registered_config(model_name, path).name:
+            raise CheckpointError(f"{path}: was trained as {recorded!r}, not the requested {model_name!r}")
+    name = model_name or recorded
+    if not isinstance(name, str):
+        raise CheckpointError(
+            f"{path}: the file does not say which model it holds; pass model_name= (CLI: --model NAME), "
+            f"one of: {', '.join(MODELS.names())}"
+        )
+    return _build(_reference_config(name, args, path), sd, device, strict, path), info
+
+
+def _load_safetensors_file(path: Path, device: torch.device, strict: bool, model_name: str | None):
+    sd, meta = load_safetensors(path, device)
+    doc, source = None, path.parent / CONFIG_FILE
+    if source.is_file():
+        found = read_json(source)
+        doc = found if isinstance(found, dict) and "model" in found else None
+    if doc is None and CONFIG_METADATA_KEY in meta:
+        doc, source = config_from_metadata(meta, path), path
+    if doc is not None:
+        cfg = _config_from_spec(doc["model"], source)
+        _check_requested_name(cfg, model_name, path)
+    elif model_name is not None:
+        cfg, doc = _registered_config(model_name, path), {}
+    else:
+        raise CheckpointError(f"{path}: no openslip {CONFIG_FILE} next to it; pass model_name= (CLI: --model NAME)")
+    extra = {k: v for k, v in doc.items() if k not in _RESERVED_KEYS and k != "converted_from"}
+    return _build(cfg, sd, device, strict, path), {"format": "openslip", "extra": extra}
+
+
+def _load(path: Path, map_location: str | torch.device, strict: bool, model_name: str | None):
+    device = torch.device(map_location)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if path.is_dir() or path.name == CONFIG_FILE:
+        return _load_safetensors_file(resolve_checkpoint(path) / MODEL_FILE, device, strict, model_name)
+    kind = describe_file(path)
+    if kind == "safetensors" or (path.suffix == ".safetensors" and kind not in ("torch-zip", "pickle")):
+        return _load_safetensors_file(path, device, strict, model_name)
+    if kind in ("torch-zip", "pickle"):
+        return _load_torch_file(path, device, strict, model_name)
+    raise CheckpointError(f"{path}: not a checkpoint (it looks like {kind})")
+
+
+def load_model(
+    path: PathLike, *, map_location: str | torch.device = "cpu", strict: bool = True, model_name: str | None = None
+) -> SLIP:
+    """Load a model, in eval mode, from any of:
+
+    - an openslip checkpoint directory (model.safetensors + config.json), or its config.json;
+    - a run directory `OUT_DIR` (or `OUT_DIR/checkpoints`): the checkpoint `latest` names;
+    - a `.safetensors` file, configured by the config.json beside it or its own metadata;
+    - an original SLIP reference `.pt` checkpoint (model from its `args.model`), or a bare state dict
+      saved with `torch.save` when `model_name` says which model it is.
+
+    Files are read as data only. Weights keep the dtype they were saved in when it is uniform.
+    """
+    return _load(Path(path), map_location, strict, model_name)[0]
+
+
+def load_weights(model: nn.Module, path: PathLike, *, strict: bool = True) -> None:
+    """Copy the weights of a checkpoint (or a run's newest one) into an existing, possibly wrapped, model."""
+    ckpt = resolve_checkpoint(path)
+    inner = unwrap_model(model)
+    device = next(inner.parameters()).device
+    sd, _ = load_safetensors(ckpt / MODEL_FILE, device)
+    _load_into(inner, sd, strict, ckpt)
+
+
+def convert(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    model_name: str | None = None,
+    overwrite: bool = False,
+    map_location: str | torch.device = "cpu",
+) -> Path:
+    """Convert any checkpoint `load_model` reads (an original SLIP `.pt` above all) to the openslip format.
+
+    `dst` becomes a checkpoint directory (model.safetensors + config.json); config.json records where
+    the weights came from (`converted_from`: path, epoch, the reference's args).
+    """
+    src_path, dst_path = Path(src), Path(dst)
+    if (dst_path.exists() or dst_path.is_symlink()) and not overwrite:
+        raise CheckpointError(f"{dst_path}: already exists (pass overwrite=True, CLI: --force, to replace it)")
+    model, info = _load(src_path, map_location, True, model_name)
+    extra = dict(info.pop("extra", {}))
+    extra["converted_from"] = {"path": str(src_path), **info}
+    return save_checkpoint(dst_path, model, config_extra=extra, update_latest=False)
+
+
+def export_safetensors(src: PathLike, dst: PathLike, **kwargs: Any) -> Path:
+    """Same as `convert`: safetensors weights + JSON config from any loadable checkpoint."""
+    return convert(src, dst, **kwargs)

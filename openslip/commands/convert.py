@@ -1,0 +1,44 @@
+"""`openslip convert SRC DST`: an original SLIP `.pt` checkpoint (or a bare state dict, or any checkpoint
+`openslip.load_model` reads) to an openslip checkpoint directory (model.safetensors + config.json)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert an original SLIP .pt checkpoint to the openslip format",
+        description=(
+            "Convert SRC (an original SLIP .pt checkpoint, a torch.save'd state dict, an openslip checkpoint or "
+            "run directory) to an openslip checkpoint directory DST holding model.safetensors and config.json. "
+            "Files are read as data only (torch.load weights_only=True); nothing in them is executed."
+        ),
+    )
+    parser.add_argument("src", help="checkpoint file or directory to read")
+    parser.add_argument("dst", help="checkpoint directory to write")
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        default=None,
+        help="model name for a bare state dict that does not record it (e.g. slip_vit_b16 or SLIP_VITB16)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace DST if it exists")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from openslip.checkpoint import convert, load_checkpoint_config
+
+    dst = convert(args.src, args.dst, model_name=args.model, overwrite=args.force)
+    name = load_checkpoint_config(dst)["model"]["name"]
+    files = ", ".join(f"{f.name} ({_size(f)})" for f in sorted(Path(dst).iterdir()))
+    print(f"wrote {dst}: model {name}; {files}")
+    return 0
+
+
+def _size(path: Path) -> str:
+    n = path.stat().st_size
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
