@@ -234,3 +234,42 @@ def gather_no_grad(x: torch.Tensor, *, check_sizes: bool = False) -> torch.Tenso
         _check_equal_batches(x)
     with torch.no_grad():
         return _all_gather_cat(x.detach())
+
+
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    """Sum over ranks whose backward is again a sum over ranks (every rank's loss reads the total)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        out = x.contiguous().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over ranks with gradient, under the same convention as ``gather_with_grad``."""
+    if world_size() == 1:
+        return x
+    return _AllReduceSumWithGrad.apply(x)
+
+
+def average_gradients(module: torch.nn.Module) -> None:
+    """Average ``.grad`` over ranks in place, for steps that bypass DDP (exact gradient accumulation)."""
+    if world_size() == 1:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()

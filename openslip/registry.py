@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from openslip.errors import UserError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError, ValueError):
-    """Raised for a name that is not registered; the message lists the valid choices."""
+class UnknownNameError(UserError, KeyError, ValueError):
+    """Raised for a name that is not registered; the message lists the valid choices (a user error)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])

@@ -87,27 +87,45 @@ class SLIP(nn.Module):
         view2: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Embeds whatever is given; keys: image_embed, text_embed, logit_scale, view1_embed, view2_embed."""
+        return self.forward_heads(self.forward_features(image=image, text=text, view1=view1, view2=view2))
+
+    def forward_features(
+        self,
+        image: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        view1: torch.Tensor | None = None,
+        view2: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The per-sample part: ViT features of each view ([B, width]) and text embeddings ([B, embed_dim]).
+
+        Nothing here mixes samples, so it can run in micro-batches (exact gradient accumulation);
+        `forward_heads` holds everything that may (the BatchNorm head).
+        """
         views = {k: v for k, v in (("image", image), ("view1", view1), ("view2", view2)) if v is not None}
         if ("view1" in views or "view2" in views) and not self.has_ssl_head:
             raise ValueError(f"{self.cfg.name} has no SimCLR head; do not pass view1/view2")
-        out: dict[str, torch.Tensor] = {}
+        if "image" in views and not self.has_text:
+            raise ValueError(f"{self.cfg.name} has no image-text projection (SimCLR-only model); omit image=")
         feats = self._visual_many(list(views.values()))
-        for name, f in zip(views, feats, strict=True):
-            if name == "image":
-                out["image_embed"] = self._project_image(f)
-            else:
-                # The head runs once per view so BatchNorm sees each view's own statistics (reference).
-                out[f"{name}_embed"] = self.image_mlp(f)
+        out = {f"{name}_feat": f for name, f in zip(views, feats, strict=True)}
         if text is not None:
             out["text_embed"] = self.encode_text(text)
+        return out
+
+    def forward_heads(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Projections, the SimCLR head and the temperature, applied to `forward_features`' output."""
+        out: dict[str, torch.Tensor] = {}
+        if "image_feat" in feats:
+            out["image_embed"] = feats["image_feat"] @ self.image_projection
+        for name in ("view1", "view2"):
+            if f"{name}_feat" in feats:
+                # The head runs once per view so BatchNorm sees each view's own statistics (reference).
+                out[f"{name}_embed"] = self.image_mlp(feats[f"{name}_feat"])
+        if "text_embed" in feats:
+            out["text_embed"] = feats["text_embed"]
         if self.has_text:
             out["logit_scale"] = self.logit_scale.exp()
         return out
-
-    def _project_image(self, feats: torch.Tensor) -> torch.Tensor:
-        if not self.has_text:
-            raise ValueError(f"{self.cfg.name} has no image-text projection (SimCLR-only model); omit image=")
-        return feats @ self.image_projection
 
     def _visual_many(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """One ViT call for all views of equal size: the ViT has no batch statistics, so this is exact."""

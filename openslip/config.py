@@ -1,0 +1,305 @@
+"""Typed training configs: sections as keyword-only dataclasses, YAML files and `key.path=value` overrides.
+
+Every field has a one-line doc; `__post_init__` validates; an unknown key or a value of the wrong type
+is a `ConfigError` naming the key and the valid choices. Recipes live in `openslip.recipes`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from openslip.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+GATHERS = ("grad", "reference")
+AUGMENT_PATHS = ("cpu", "device")
+
+
+def _choice(key: str, value: object, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+
+
+def _positive(key: str, value: float | int | None, *, allow_zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    train: str = "demo"  # "demo", a manifest (.csv/.tsv/.jsonl), an image folder, or shards ("data-{000..009}.tar")
+    format: str | None = None  # force a source format (see `openslip data inspect`); None: from the path
+    image_size: int | None = None  # training resolution; None: the model's
+    num_workers: int = 2  # loader worker processes per rank (0: load in the training process)
+    augment: str = "cpu"  # "cpu": augment in loader workers; "device": batched on the training device
+    max_skip_rate: float = 0.1  # stop the run if more than this fraction of samples is unreadable
+    demo_size: int = 100_000  # demo world: samples per epoch of the training split
+
+    def __post_init__(self) -> None:
+        _choice("data.augment", self.augment, AUGMENT_PATHS)
+        _positive("data.num_workers", self.num_workers, allow_zero=True)
+        if not 0.0 <= self.max_skip_rate <= 1.0:
+            raise ConfigError(f"data.max_skip_rate={self.max_skip_rate} must be in [0, 1]")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    steps: int = 600  # optimizer steps in the run
+    batch_size: int = 64  # global batch (all ranks, all accumulation micro-batches): the contrastive batch
+    accum_steps: int = 1  # micro-batches per step; the loss is still over the whole batch (exact, GradCache-style)
+    precision: str = "fp32"  # "fp32", "bf16" (autocast) or "fp16" (autocast + loss scaling)
+    grad_clip: float | None = None  # clip the global gradient norm to this value; None: no clipping
+    grad_checkpointing: bool = False  # recompute activations in the backward pass to save memory
+    compile: bool = False  # torch.compile the model
+    log_every: int = 10  # write metrics every N steps
+    progress: bool = True  # show a progress bar (rank 0, interactive terminals)
+
+    def __post_init__(self) -> None:
+        _choice("train.precision", self.precision, PRECISIONS)
+        for key in ("steps", "batch_size", "accum_steps", "log_every"):
+            _positive(f"train.{key}", getattr(self, key))
+        _positive("train.grad_clip", self.grad_clip)
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    lr: float = 3e-3  # peak learning rate (after warm-up)
+    wd: float = 0.1  # AdamW weight decay (not applied to norms, biases, logit_scale, embeddings of ndim < 2)
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas (SLIP reference)
+    eps: float = 1e-8  # AdamW epsilon
+    warmup_steps: int = 60  # linear warm-up from `start_lr` to `lr`
+    start_lr: float = 1e-6  # learning rate at step 0
+    end_lr: float = 1e-5  # learning rate at the last step (cosine decay)
+
+    def __post_init__(self) -> None:
+        _positive("optim.lr", self.lr)
+        _positive("optim.wd", self.wd, allow_zero=True)
+        _positive("optim.warmup_steps", self.warmup_steps, allow_zero=True)
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas={self.betas} must be in [0, 1)")
+
+
+@dataclass(kw_only=True)
+class LossConfig:
+    ssl_scale: float = 1.0  # weight of the SimCLR term (0: CLIP only)
+    clip_scale: float = 1.0  # weight of the CLIP term (0: SimCLR only)
+    ssl_temperature: float = 0.1  # NT-Xent temperature
+    gather: str = "grad"  # "grad": exact global-batch gradients; "reference": the 2021 code's no-grad gather
+
+    def __post_init__(self) -> None:
+        _choice("loss.gather", self.gather, GATHERS)
+        _positive("loss.ssl_scale", self.ssl_scale, allow_zero=True)
+        _positive("loss.clip_scale", self.clip_scale, allow_zero=True)
+        _positive("loss.ssl_temperature", self.ssl_temperature)
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    every_steps: int = 200  # save a checkpoint every N steps (and always at the end)
+    keep_last: int = 3  # checkpoints kept in OUT_DIR/checkpoints
+
+    def __post_init__(self) -> None:
+        _positive("ckpt.every_steps", self.every_steps)
+        _positive("ckpt.keep_last", self.keep_last)
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    zeroshot: list[str] = field(default_factory=lambda: ["demo_shapes", "demo_colours"])  # tasks for periodic zero-shot
+    every_steps: int = 200  # evaluate every N steps (and at the end); 0: only at the end
+    samples: int = 1000  # images per zero-shot task
+
+    def __post_init__(self) -> None:
+        _positive("eval.every_steps", self.every_steps, allow_zero=True)
+        _positive("eval.samples", self.samples)
+
+
+@dataclass(kw_only=True)
+class Config:
+    recipe: str = "demo"  # the recipe these values started from (`openslip train recipe=NAME`)
+    model: str = "slip_vit_tiny"  # registered model name (`openslip.list_models()`)
+    head_norm: str | None = None  # SimCLR head norm: "bn", "ln", "none"; None: the model's default (bn)
+    out_dir: str = "runs/demo"  # run directory: config, metrics, checkpoints, plots
+    seed: int = 0  # seeds the model init, the data order and the augmentations
+    resume: str = "auto"  # "auto": continue from OUT_DIR's newest checkpoint if any; "none"; or a checkpoint path
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        from openslip.models import MODELS
+
+        if self.model not in MODELS:
+            raise ConfigError(f"model={self.model!r} is not a registered model; choose one of: {', '.join(MODELS)}")
+        if self.head_norm is not None:
+            _choice("head_norm", self.head_norm, ("bn", "ln", "none"))
+        if self.loss.ssl_scale == 0 and self.loss.clip_scale == 0:
+            raise ConfigError("loss.ssl_scale and loss.clip_scale are both 0: nothing to train")
+        parts = MODELS.get(self.model)
+        if parts.text is None and self.loss.clip_scale > 0:
+            raise ConfigError(f"model={self.model} has no text tower: set loss.clip_scale=0 (SimCLR only)")
+        if parts.ssl_head is None and self.loss.ssl_scale > 0:
+            raise ConfigError(f"model={self.model} has no SimCLR head: set loss.ssl_scale=0 (CLIP only)")
+        if self.train.batch_size % self.train.accum_steps:
+            raise ConfigError(
+                f"train.batch_size={self.train.batch_size} is not divisible by train.accum_steps={self.train.accum_steps}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["optim"]["betas"] = list(self.optim.betas)
+        return d
+
+
+# --- building configs from dicts, YAML and overrides ------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`, converting where it is lossless (int -> float, list -> tuple)."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot be None")
+    if origin is Literal:
+        _choice(key, value, get_args(tp))
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}={value!r} should be a list")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}={value!r} should have {len(args)} items")
+            return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        item = args[0] if args else Any
+        return origin(_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _build(tp, value, prefix=f"{key}.")
+    raise ConfigError(f"{key}={value!r} should be of type {_type_name(tp)}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"unknown key '{prefix}{key}'; valid keys: {', '.join(prefix + n for n in names)}")
+        kwargs[key] = _coerce(prefix + key, value, hints[key])
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {err}") from None
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """["train.steps=10", "optim.lr=1e-3"] -> {"train": {"steps": 10}, "optim": {"lr": 0.001}} (YAML scalars)."""
+    tree: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} should look like key.path=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier value for {part!r}")
+        node[parts[-1]] = value
+    return tree
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} should hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def make_config(overrides: dict[str, Any] | None = None, *, yaml_path: str | Path | None = None) -> Config:
+    """Recipe defaults, then the YAML file, then `overrides` (CLI); the recipe is named by either of them."""
+    from openslip.recipes import RECIPES
+
+    file_values = load_yaml(yaml_path) if yaml_path else {}
+    values = _deep_merge(file_values, overrides or {})
+    recipe = values.get("recipe", "demo")
+    if not isinstance(recipe, str):
+        raise ConfigError(f"recipe={recipe!r} should be a recipe name")
+    base = RECIPES.get(recipe)().to_dict()
+    return _build(Config, _deep_merge(base, values))
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a saved (resolved) config exactly, without applying a recipe."""
+    return _build(Config, values)
+
+
+def save_yaml(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

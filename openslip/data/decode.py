@@ -1,0 +1,251 @@
+"""Safe image and caption decoding with the bad-input policy of DESIGN §4.
+
+``decode_image`` returns an 8-bit RGB ``PIL.Image`` or raises ``BadSample(reason)``; it never lets a bad
+file crash a loader worker. The image size is read from the header and checked against ``max_pixels``
+*before* any pixel is decoded, so a decompression bomb costs a header read.
+
+Pixel formats that are not 8-bit RGB are converted, not skipped (and counted as ``converted/<mode>``):
+
+- CMYK (including Adobe's inverted CMYK JPEGs, which Pillow un-inverts) -> RGB by Pillow's naive formula;
+  embedded ICC profiles are not applied.
+- 16-bit grey (``I;16*``, and ``I`` holding values above 255) -> 8 bits by keeping the high byte
+  (``v >> 8``), not by clipping at 255 as ``Image.convert`` does.
+- 32-bit float (``F``) -> values in [0, 1] are scaled by 255, anything else is clipped to [0, 255].
+- Alpha (RGBA, LA, PA, palette or grey/RGB with a ``transparency`` entry) is composited over an opaque
+  background, **white by default** (what the image looks like on a web page; the reference's
+  ``convert("RGB")`` instead drops alpha and shows whatever colour hides under transparent pixels).
+- Palette, bilevel, grey, YCbCr, LAB, HSV -> RGB with Pillow's conversions.
+
+Captions: see ``clean_captions``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from openslip.data.skips import BadSample, SkipCounter
+
+# Far above any training image (a 12k x 12k photo is 144 MP); Pillow's own bomb limit is 89.5 MP (warning)
+# and 179 MP (error). Our check runs first; Pillow's error is caught and reported as "too_large" too.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | Callable[[], Any]
+
+# Leading bytes of the formats we expect; a file that starts like an image but fails to open is "truncated",
+# anything else is "not_an_image".
+_MAGIC = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",  # TIFF little-endian
+    b"MM\x00*",  # TIFF big-endian
+)
+
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The file's bytes, or ``BadSample("missing_file" | "unreadable_file")``."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise BadSample("missing_file", str(path)) from None
+    except OSError as err:  # a directory, permissions, an I/O error on a network file system
+        raise BadSample("unreadable_file", f"{path}: {err.strerror or err}") from None
+
+
+def decode_image(
+    src: ImageInput,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = (255, 255, 255),
+    draft_size: int | None = None,
+    counter: SkipCounter | None = None,
+) -> Image.Image:
+    """Decode a file path, encoded bytes, a PIL image or a zero-argument callable into an 8-bit RGB image.
+
+    Args:
+        max_pixels: width x height above which the image is refused as ``too_large`` (checked on the header).
+        background: RGB colour that transparent pixels are composited over.
+        draft_size: for JPEGs, let the decoder downscale by a power of two while both sides stay
+            >= ``draft_size`` (much faster on large photos; None decodes at full size).
+        counter: receives ``convert(<mode>)`` for every image that was not already RGB.
+
+    Raises:
+        BadSample: with reason missing_file, unreadable_file, empty_file, truncated, not_an_image, corrupt,
+            too_large or unsupported_mode.
+    """
+    if callable(src) and not isinstance(src, Image.Image):
+        try:
+            src = src()  # a custom source's loader: it should raise BadSample, but file errors are classified too
+        except FileNotFoundError as err:
+            raise BadSample("missing_file", str(err)) from None
+        except OSError as err:
+            raise BadSample("unreadable_file", str(err)) from None
+    if isinstance(src, Image.Image):
+        _check_size(src.size, max_pixels)
+        try:
+            src.load()  # no-op for an image in memory; decodes a lazily opened one
+        except Exception as err:  # noqa: BLE001 -- see the decode below
+            raise BadSample("corrupt", f"<image>: {type(err).__name__}: {err}") from None
+        return to_rgb(src, background=background, counter=counter)
+    if isinstance(src, (str, os.PathLike)):
+        name = str(src)
+        data = read_bytes(src)
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        name, data = "<bytes>", bytes(src)
+    else:
+        raise TypeError(f"decode_image expects a path, bytes, a PIL image or a callable, not {type(src).__name__}")
+    if not data:
+        raise BadSample("empty_file", name)
+
+    img = _open(data, name, max_pixels)
+    if draft_size is not None and img.format == "JPEG":
+        img.draft("RGB", (draft_size, draft_size))
+    try:
+        img.load()
+    except (OSError, EOFError) as err:
+        reason = "truncated" if isinstance(err, EOFError) or "truncated" in str(err).lower() else "corrupt"
+        raise BadSample(reason, f"{name}: {err}") from None
+    except Exception as err:  # noqa: BLE001 -- Pillow plugins raise ValueError, SyntaxError, struct.error, ...
+        raise BadSample("corrupt", f"{name}: {type(err).__name__}: {err}") from None
+    return to_rgb(img, background=background, counter=counter)
+
+
+def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Parse the header only (``Image.open`` is lazy) and enforce the pixel budget before decoding."""
+    try:
+        with warnings.catch_warnings():
+            # We enforce our own max_pixels below; Pillow's warning for > 89.5 MP would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise BadSample("too_large", f"{name}: {err}") from None
+    except Exception as err:  # noqa: BLE001 -- UnidentifiedImageError, SyntaxError, OSError, struct.error, ...
+        looks_like_image = data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+        if looks_like_image:
+            raise BadSample("truncated", f"{name}: {err}") from None
+        raise BadSample("not_an_image", name) from None
+    _check_size(img.size, max_pixels, name)
+    return img
+
+
+def _check_size(size: tuple[int, int], max_pixels: int, name: str = "<image>") -> None:
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise BadSample("corrupt", f"{name}: size {w}x{h}")
+    if w * h > max_pixels:
+        raise BadSample("too_large", f"{name}: {w}x{h} = {w * h:,} pixels > max_pixels={max_pixels:,}")
+
+
+def to_rgb(
+    img: Image.Image, *, background: tuple[int, int, int] = (255, 255, 255), counter: SkipCounter | None = None
+) -> Image.Image:
+    """Convert a decoded image of any Pillow mode to 8-bit RGB (see the module docstring for the rules)."""
+    mode = img.mode
+    if mode == "RGB" and "transparency" not in img.info:
+        return img
+    kind = mode.lower() + ("+transparency" if "transparency" in img.info and mode not in _ALPHA_MODES else "")
+    try:
+        if mode in _SIXTEEN_BIT or mode == "I":
+            out = _sixteen_bit_to_rgb(img)
+        elif mode == "F":
+            arr = np.asarray(img, dtype=np.float32)
+            arr = np.nan_to_num(arr, nan=0.0, posinf=255.0, neginf=0.0)
+            if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+                arr = arr * 255.0
+            out = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+        elif mode in _ALPHA_MODES or "transparency" in img.info:
+            rgba = img.convert("RGBA")  # palette / grey / RGB with a tRNS colour, PA, LA, premultiplied RGBa
+            out = Image.new("RGB", rgba.size, background)
+            out.paste(rgba, mask=rgba.getchannel("A"))
+        else:
+            out = img.convert("RGB")  # CMYK, P, L, 1, YCbCr, LAB, HSV
+    except (ValueError, OSError, KeyError, TypeError) as err:
+        raise BadSample("unsupported_mode", f"mode {mode}: {err}") from None
+    if out.mode != "RGB":
+        raise BadSample("unsupported_mode", f"mode {mode} converted to {out.mode}")
+    if counter is not None:
+        counter.convert(kind)
+    return out
+
+
+def _sixteen_bit_to_rgb(img: Image.Image) -> Image.Image:
+    arr = np.asarray(img).astype(np.int64)  # numpy handles the big-endian I;16B layout
+    if img.mode == "I" and arr.size and arr.max() <= 255 and arr.min() >= 0:
+        eight = arr  # an 8-bit image stored in a 32-bit container
+    else:
+        eight = np.clip(arr, 0, 65535) >> 8
+    return Image.fromarray(eight.astype(np.uint8), "L").convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Captions
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def clean_captions(raw: Any) -> list[str]:
+    """The usable captions of a sample, or ``BadSample("empty_caption" | "bad_caption" | "missing_caption")``.
+
+    ``raw`` is a caption or a sequence of captions, each ``str`` or UTF-8 ``bytes``. A caption that is empty
+    or whitespace only is dropped; bytes that are not UTF-8 (or a ``str`` carrying surrogate escapes from
+    such bytes) and non-text values are dropped as bad. The sample is skipped only when nothing usable is
+    left. Over-long captions are kept as they are: the tokenizer truncates them.
+    """
+    if raw is None:
+        raise BadSample("missing_caption")
+    if isinstance(raw, (str, bytes, bytearray)):
+        items: Sequence[Any] = [raw]
+    elif isinstance(raw, Sequence) or (isinstance(raw, np.ndarray) and raw.ndim == 1):
+        items = raw
+    else:
+        raise BadSample("bad_caption", f"a caption of type {type(raw).__name__}")
+    if len(items) == 0:
+        raise BadSample("missing_caption")
+    good: list[str] = []
+    bad = 0
+    for item in items:
+        text = _caption_text(item)
+        if text is None:
+            bad += 1
+        elif text.strip():
+            good.append(text)
+    if good:
+        return good
+    raise BadSample("bad_caption" if bad else "empty_caption")
+
+
+def _caption_text(item: Any) -> str | None:
+    """The caption as str, "" for an empty one (None / NaN), None when it is not valid text."""
+    if item is None:
+        return ""
+    if isinstance(item, float) and item != item:  # NaN: an empty cell read by pandas or numpy
+        return ""
+    if isinstance(item, (bytes, bytearray)):
+        try:
+            return bytes(item).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if isinstance(item, str):
+        try:
+            item.encode("utf-8")  # fails on lone surrogates (non-UTF-8 bytes read with surrogateescape)
+        except UnicodeEncodeError:
+            return None
+        return item
+    return None
+
+
+def pick_caption(captions: Sequence[str], key: int) -> str:
+    """One caption chosen by a deterministic per-sample key (see ``loader.mix_seed``)."""
+    return captions[key % len(captions)]

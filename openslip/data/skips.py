@@ -1,0 +1,156 @@
+"""Bad-sample accounting: why samples were skipped, how many, and when to stop the run.
+
+DESIGN §4: bad input never kills a run and never passes silently. A sample that cannot be used raises
+``BadSample(reason)`` where it is read; the loader catches it, replaces the sample and counts the reason
+in a ``SkipCounter``. Counters are plain dicts of ints so that they travel from loader workers to the
+main process inside batches, merge across workers and ranks, and go into checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from openslip.errors import DataError
+
+# Reasons used by openslip's readers (others are allowed; these are the documented ones).
+SKIP_REASONS: dict[str, str] = {
+    "missing_file": "the image file does not exist",
+    "unreadable_file": "the image file exists but cannot be read (permissions, a directory, I/O error)",
+    "empty_file": "the image file has zero bytes",
+    "truncated": "the image data ends early (a partial download or copy)",
+    "not_an_image": "the bytes are not an image format that Pillow can read",
+    "corrupt": "the image header parses but the pixel data cannot be decoded",
+    "too_large": "the header claims more pixels than max_pixels (decompression-bomb guard)",
+    "unsupported_mode": "the pixel format cannot be converted to 8-bit RGB",
+    "missing_image": "a shard sample without an image member",
+    "missing_caption": "no caption at all (no sidecar file, no caption member)",
+    "empty_caption": "every caption is empty or whitespace",
+    "bad_caption": "the caption bytes are not valid UTF-8 or not text",
+    "bad_shard": "a shard that is missing, truncated or not a tar file (counted once per shard)",
+}
+
+_SEEN = "seen"
+_SKIP = "skip/"
+_CONVERTED = "converted/"
+
+
+class BadSample(Exception):
+    """A sample that cannot be used; ``reason`` is a short key such as ``"truncated"`` (see ``SKIP_REASONS``)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class SkipCounter:
+    """Counts samples seen, samples skipped by reason, and images converted to RGB by source mode.
+
+    ``seen`` counts every sample the loader tried, including the skipped ones, so
+    ``rate() = skipped / seen``. Conversions (CMYK, 16-bit, palette, alpha, ...) are information only:
+    a converted image is used, not skipped.
+    """
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.skipped: dict[str, int] = {}
+        self.converted: dict[str, int] = {}
+
+    # -- counting -----------------------------------------------------------------------------------------------
+    def add_seen(self, n: int = 1) -> None:
+        self.seen += n
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+    def convert(self, kind: str, n: int = 1) -> None:
+        self.converted[kind] = self.converted.get(kind, 0) + n
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def rate(self) -> float:
+        """Fraction of seen samples that were skipped (0.0 before any sample)."""
+        return self.total_skipped / self.seen if self.seen else 0.0
+
+    # -- state: a flat dict of ints, mergeable by summation ------------------------------------------------------
+    def state_dict(self) -> dict[str, int]:
+        state = {_SEEN: self.seen}
+        state.update({_SKIP + k: v for k, v in sorted(self.skipped.items())})
+        state.update({_CONVERTED + k: v for k, v in sorted(self.converted.items())})
+        return state
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.seen, self.skipped, self.converted = 0, {}, {}
+        self.update(state)
+
+    def update(self, other: SkipCounter | Mapping[str, int]) -> SkipCounter:
+        """Add another counter (or its ``state_dict()``) into this one; returns ``self``."""
+        state = other.state_dict() if isinstance(other, SkipCounter) else other
+        for key, value in state.items():
+            value = int(value)
+            if key == _SEEN:
+                self.seen += value
+            elif key.startswith(_SKIP):
+                self.skip(key[len(_SKIP) :], value)
+            elif key.startswith(_CONVERTED):
+                self.convert(key[len(_CONVERTED) :], value)
+            else:
+                raise ValueError(f"unknown skip-counter key {key!r}")
+        return self
+
+    @classmethod
+    def merged(cls, states: Iterable[SkipCounter | Mapping[str, int]]) -> SkipCounter:
+        """Sum of several counters, e.g. one per rank from ``torch.distributed.all_gather_object``."""
+        total = cls()
+        for state in states:
+            total.update(state)
+        return total
+
+    def all_reduce(self) -> SkipCounter:
+        """The sum over all ranks when ``torch.distributed`` is initialised, else a copy of this counter."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return SkipCounter.merged([self])
+        gathered: list[dict[str, int] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, self.state_dict())
+        return SkipCounter.merged(s for s in gathered if s is not None)
+
+    # -- reporting ----------------------------------------------------------------------------------------------
+    def summary(self) -> str:
+        """One line, e.g. ``skipped 37% of 1,000 samples (missing_file: 300, truncated: 70)``."""
+        parts = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+        text = f"skipped {_percent(self.rate())} of {self.seen:,} samples"
+        text += f" ({parts})" if parts else ""
+        if self.converted:
+            conv = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.converted.items()))
+            text += f"; converted to RGB ({conv})"
+        return text
+
+    def check(self, max_rate: float | None, *, min_samples: int = 100, setting: str = "data.max_skip_rate") -> None:
+        """Raise ``DataError`` when more than ``max_rate`` of the samples were skipped.
+
+        Nothing is checked before ``min_samples`` samples were seen (a few bad files at the start of a
+        run say little about the rate) or when ``max_rate`` is None.
+        """
+        if max_rate is None or self.seen < min_samples or self.rate() <= max_rate:
+            return
+        parts = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+        raise DataError(
+            f"skipped {_percent(self.rate())} of {self.seen:,} samples ({parts}) — above {setting}={max_rate:g}"
+        )
+
+    def __repr__(self) -> str:
+        return f"SkipCounter({self.state_dict()})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SkipCounter) and self.state_dict() == other.state_dict()
+
+
+def _percent(rate: float) -> str:
+    pct = 100.0 * rate
+    if pct == 0 or pct >= 10 or pct == int(pct):
+        return f"{pct:.0f}%"
+    return f"{pct:.1f}%" if pct >= 1 else f"{pct:.2f}%"

@@ -1,0 +1,61 @@
+"""AdamW with the reference's parameter groups and the per-step warm-up + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from openslip.config import OptimConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups as in the SLIP reference: no weight decay for parameters with ndim < 2 or named `bias`
+    (norms, biases, `logit_scale`), `weight_decay` for the rest."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name.endswith("bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    # foreach on CPU, fused on CUDA: one kernel over all parameters instead of one per tensor.
+    fused = all(p.is_cuda for p in model.parameters())
+    return torch.optim.AdamW(
+        param_groups(model, cfg.wd),
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        fused=fused or None,
+        foreach=None if fused else True,
+    )
+
+
+def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Linear warm-up from `start_lr` to `lr` over `warmup_steps`, then cosine to `end_lr` at the last step.
+
+    Per step, as the reference's `cosine_scheduler` (which precomputes the same values per iteration)."""
+    if step < cfg.warmup_steps:
+        return cfg.start_lr + (cfg.lr - cfg.start_lr) * step / cfg.warmup_steps
+    decay_steps = max(total_steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / decay_steps, 1.0)
+    return cfg.end_lr + 0.5 * (cfg.lr - cfg.end_lr) * (1 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP: the temperature multiplier is clamped at 100
+
+
+@torch.no_grad()
+def clamp_logit_scale(model: nn.Module) -> None:
+    """Clamp the learned log temperature to [0, ln 100] after every optimizer step (CLIP / SLIP)."""
+    scale = getattr(model, "logit_scale", None)
+    if scale is not None:
+        scale.clamp_(0, MAX_LOGIT_SCALE)

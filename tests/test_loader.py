@@ -1,0 +1,192 @@
+"""The training loader: disjoint rank x worker splits covering each epoch, and exact resumption."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from openslip.data.loader import build_train_loader, round_robin
+from openslip.data.shards import make_shards
+from openslip.data.sources import open_source
+
+N = 1000
+SMALL = 200
+
+
+def _transform(img: Image.Image) -> dict[str, torch.Tensor]:
+    """A stand-in for SLIPTransform: the pixels, plus a random view to check that augmentation RNG is resumed."""
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255
+    return {"image": x, "view1": x + torch.rand(1, 1, 1), "view2": x * float(np.random.rand())}
+
+
+def _tokenize(texts: list[str]) -> torch.Tensor:
+    """A stand-in for the CLIP tokenizer: the sample number at position 0 of a [B, 77] LongTensor."""
+    out = torch.zeros(len(texts), 77, dtype=torch.long)
+    out[:, 0] = torch.tensor([int(t.split()[-1]) for t in texts])
+    return out
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1,000 tiny images; row i has caption "sample i"."""
+    root = tmp_path_factory.mktemp("loader")
+    (root / "img").mkdir()
+    lines = ["image,caption"]
+    for i in range(N):
+        Image.fromarray(np.full((8, 8, 3), i % 256, np.uint8)).save(root / "img" / f"{i}.png")
+        lines.append(f"img/{i}.png,sample {i}")
+    (root / "m.csv").write_text("\n".join(lines) + "\n")
+    (root / "small.csv").write_text("\n".join(lines[: SMALL + 1]) + "\n")
+    return root / "m.csv"
+
+
+@pytest.fixture(scope="module")
+def small(manifest: Path) -> Path:
+    """The first 200 rows: resumption tests iterate several epochs, so they use fewer samples."""
+    return manifest.parent / "small.csv"
+
+
+@pytest.fixture(scope="module")
+def shards(manifest: Path) -> Path:
+    out = manifest.parent / "shards"
+    make_shards(open_source(str(manifest)), out, shard_size=50, seed=1)  # 20 shards: 5 per (rank, worker)
+    return out
+
+
+@pytest.fixture(scope="module")
+def uneven_shards(small: Path) -> Path:
+    out = small.parent / "uneven"
+    make_shards(open_source(str(small)), out, shard_size=12, seed=1)  # 17 shards, the last one of 8
+    return out
+
+
+def _loader(source, *, rank=0, world_size=1, num_workers=2, batch_size=10, seed=0, **kw):
+    return build_train_loader(
+        source, _transform, _tokenize, batch_size, num_workers, seed, rank, world_size, max_skip_rate=None, **kw
+    )
+
+
+def _same_batches(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert torch.equal(x[k], y[k]), k
+
+
+def _ids(batches: list[dict]) -> list[int]:
+    return [i for b in batches for i in b["id"].tolist()]
+
+
+def test_map_two_ranks_two_workers_cover_the_epoch_once(manifest: Path):
+    source = open_source(str(manifest))
+    per_rank = []
+    for rank in range(2):
+        loader = _loader(source, rank=rank, world_size=2)
+        assert len(loader) == 50
+        batches = list(loader)
+        assert len(batches) == 50 and all(b["image"].shape == (10, 3, 8, 8) for b in batches)
+        assert all(b["text"].shape == (10, 77) and b["text"].dtype == torch.long for b in batches)
+        for b in batches:  # the caption travels with its image: manifest row i says "sample i"
+            assert torch.equal(b["text"][:, 0], b["id"])
+            assert torch.equal((b["image"][:, 0, 0, 0] * 255).round().long(), b["id"] % 256)
+        per_rank.append(_ids(batches))
+        assert loader.epoch == 1 and loader.position == 0 and loader.skips.seen == 500
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(N))
+
+
+def test_shards_two_ranks_two_workers_cover_the_epoch_once(shards: Path):
+    source = open_source(str(shards))
+    ids, texts = [], []
+    for rank in range(2):
+        loader = _loader(source, rank=rank, world_size=2)
+        batches = list(loader)
+        assert len(batches) == len(loader) == 50
+        ids += _ids(batches)
+        texts += [t for b in batches for t in b["text"][:, 0].tolist()]
+    assert len(ids) == N == len(set(ids)) and sorted(texts) == list(range(N))
+
+
+def test_uneven_shards_give_every_rank_the_same_count_of_disjoint_batches(uneven_shards: Path):
+    source = open_source(str(uneven_shards))
+    counts, seen = [], []
+    for rank in range(2):
+        loader = _loader(source, rank=rank, world_size=2)
+        batches = list(loader)
+        ids = _ids(batches)
+        counts.append(len(batches))
+        seen.append(set(ids))
+        assert len(ids) == len(set(ids))
+    assert counts[0] == counts[1] > 0 and not seen[0] & seen[1]
+    # the next epoch reads another shard order, and the same seed gives the same order
+    loader = _loader(source, rank=0, world_size=2)
+    first = _ids(list(loader))
+    assert set(first) == seen[0] and _ids(list(loader)) != first
+
+
+@pytest.mark.parametrize("resume_workers", [2, 1, 0])
+def test_map_resume_mid_epoch_gives_the_remaining_batches(small: Path, resume_workers: int):
+    source = open_source(str(small))
+    full = list(itertools.islice(_loader(source, rank=1, world_size=2, seed=7).forever(), 13))  # into epoch 2
+    interrupted = _loader(source, rank=1, world_size=2, seed=7)
+    taken = list(itertools.islice(interrupted.forever(), 7))
+    state = interrupted.state_dict()
+    assert (state["epoch"], state["position"], state["seed"]) == (0, 7, 7)
+    resumed = _loader(source, rank=1, world_size=2, seed=123, num_workers=resume_workers)
+    resumed.load_state_dict(state)
+    rest = list(itertools.islice(resumed.forever(), 6))
+    _same_batches(taken + rest, full)
+    assert resumed.skips.seen == 130 and resumed.epoch == 1
+
+
+def test_shards_resume_mid_epoch_gives_the_remaining_batches(uneven_shards: Path):
+    source = open_source(str(uneven_shards))
+    reference = _loader(source, rank=0, world_size=2, seed=3)
+    n = len(reference)
+    full = list(itertools.islice(reference.forever(), n + 5))
+    for k in (3, 6):  # resume at a batch of worker 1, then of worker 0
+        interrupted = _loader(source, rank=0, world_size=2, seed=3)
+        taken = list(itertools.islice(interrupted.forever(), k))
+        resumed = _loader(source, rank=0, world_size=2, seed=0)
+        resumed.load_state_dict(interrupted.state_dict())
+        rest = list(itertools.islice(resumed.forever(), n + 5 - k))
+        _same_batches(taken + rest, full)
+
+
+def test_map_resume_across_world_sizes_keeps_global_batches(small: Path):
+    source = open_source(str(small))
+    two = [list(_loader(source, rank=r, world_size=2, batch_size=5, num_workers=0)) for r in range(2)]
+    global_two = [set(_ids([a, b])) for a, b in zip(two[0], two[1], strict=True)]
+    one = _loader(source, world_size=1, batch_size=10, num_workers=0)
+    state = _loader(source, rank=0, world_size=2, batch_size=5, num_workers=0).state_dict()
+    state["position"] = 6
+    one.load_state_dict(state)
+    assert one.position == 6 and len(global_two) == 20
+    assert [set(b["id"].tolist()) for b in one] == global_two[6:]
+
+
+def test_drop_last_false_keeps_the_tail_equal_on_every_rank(manifest: Path):
+    source = open_source(str(manifest))
+    sizes = [
+        [len(b["id"]) for b in _loader(source, rank=r, world_size=3, batch_size=64, drop_last=False)] for r in (0, 2)
+    ]
+    assert sizes[0] == sizes[1] == [64] * 5 + [13]  # 1000 // 3 = 333 per rank
+
+
+def test_loader_leaves_the_callers_rng_alone(small: Path):
+    source = open_source(str(small))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    next(iter(_loader(source, num_workers=0)))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_round_robin_matches_dataloader_order():
+    assert round_robin([2, 1, 3]) == [0, 1, 2, 0, 2, 2]
+    assert round_robin([2, 1, 3], start=2) == [2, 0, 1, 2, 0, 2]
