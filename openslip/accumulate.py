@@ -24,6 +24,11 @@ from openslip.models.slip import SLIP
 FEATURE_INPUTS = ("image", "text", "view1", "view2")
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (autocast may give bf16 / fp16); float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def split_batch(inputs: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
     chunks = {k: v.chunk(parts) for k, v in inputs.items()}
     return [{k: c[i] for k, c in chunks.items()} for i in range(parts)]
@@ -57,6 +62,6 @@ def accumulated_backward(
     for i, m in enumerate(micro):
         with autocast():
             out = model.forward_features(**m)
-        surrogate = sum((out[k].float() * grads[k][i].float()).sum() for k in out)
+        surrogate = sum((_upcast(out[k]) * _upcast(grads[k][i])).sum() for k in out)
         surrogate.backward()
     return losses

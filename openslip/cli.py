@@ -15,9 +15,13 @@ from openslip.errors import UserError
 
 # Sub-command modules in help order; imported lazily so `openslip --help` stays fast.
 COMMANDS: list[str] = [
+    "train",
     # each helper/feature adds its module name here when the command works end to end
     "data",
     "convert",
+    "eval",
+    "embed",
+    "finetune",
 ]
 
 

@@ -15,3 +15,7 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """Unreadable dataset input: a missing manifest column, a malformed line, too many skipped samples."""
+
+
+class TrainingError(UserError):
+    """A run that cannot go on: a non-finite loss, a lost peer process. The message says where to resume."""

@@ -17,9 +17,9 @@ SIZES: dict[str, tuple[VisionConfig, TextConfig, int, HeadConfig]] = {
     "vit_s16": (VisionConfig(width=384, layers=12, heads=12), TextConfig(), 512, HeadConfig()),
     "vit_b16": (VisionConfig(width=768, layers=12, heads=12), TextConfig(), 512, HeadConfig()),
     "vit_l16": (VisionConfig(width=1024, layers=24, heads=16), TextConfig(), 512, HeadConfig()),
-    # CPU-sized: 64 px / patch 8 -> 64 tokens; trains on the demo world in minutes.
+    # CPU-sized: 64 px / patch 16 -> 16 tokens; trains on the demo world in minutes.
     "vit_tiny": (
-        VisionConfig(image_size=64, patch_size=8, width=192, layers=6, heads=3),
+        VisionConfig(image_size=64, patch_size=16, width=192, layers=6, heads=3),
         TextConfig(width=128, layers=4, heads=4),
         128,
         HeadConfig(mlp_dim=512, out_dim=128),

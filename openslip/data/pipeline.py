@@ -1,0 +1,88 @@
+"""The training input pipeline from a `Config`: source -> (decode, views, tokens) in workers -> batches.
+
+Two augmentation paths with the same distributions (DESIGN §4):
+- ``data.augment=cpu``: `SLIPTransform` renders the three views in the loader workers;
+- ``data.augment=device``: workers only decode (and shrink very large images); `BatchedSLIPAugment`
+  renders the views of the whole batch on the training device, its randomness drawn from
+  (seed, step) so a resumed run draws the same parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from openslip.config import Config
+from openslip.data.augment import SLIPTransform, to_rgb_uint8
+from openslip.data.augment_batched import BatchedSLIPAugment
+from openslip.data.loader import TrainLoader, build_train_loader, mix_seed
+from openslip.data.sources import open_source
+from openslip.tokenizer import get_tokenizer
+
+_TAG_DEVICE_AUGMENT = 11
+
+
+class DecodeOnly:
+    """Worker transform of the device path: RGB uint8, longer side at most `max_side`, zero-padded to
+    a square so images of any shape stack into one batch; `raw_hw` keeps the true size."""
+
+    def __init__(self, max_side: int) -> None:
+        self.max_side = max_side
+
+    def __call__(self, image: Image.Image) -> dict[str, torch.Tensor]:
+        if max(image.size) > self.max_side:
+            image = image.copy()
+            image.thumbnail((self.max_side, self.max_side), Image.Resampling.BILINEAR)
+        arr = torch.from_numpy(to_rgb_uint8(image)).permute(2, 0, 1)  # [3, h, w]
+        out = torch.zeros(3, self.max_side, self.max_side, dtype=torch.uint8)
+        out[:, : arr.shape[1], : arr.shape[2]] = arr
+        return {"raw": out, "raw_hw": torch.tensor(arr.shape[1:])}
+
+
+@dataclass
+class TrainData:
+    loader: TrainLoader
+    device_augment: BatchedSLIPAugment | None  # None: the views come ready from the workers
+    seed: int
+
+    def views(self, batch: dict, step: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """Model inputs of a batch on `device`: image, view1, view2 (float) and text (long)."""
+        inputs = {
+            k: v.to(device, non_blocking=True) for k, v in batch.items() if k in ("image", "view1", "view2", "text")
+        }
+        if self.device_augment is not None:
+            raw = batch["raw"].to(device, non_blocking=True)
+            images = [raw[i, :, :h, :w] for i, (h, w) in enumerate(batch["raw_hw"].tolist())]
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, step, _TAG_DEVICE_AUGMENT))
+            inputs.update(self.device_augment(images, generator=gen))
+        return inputs
+
+
+def build_train_data(cfg: Config, image_size: int, rank: int, world_size: int, device: torch.device) -> TrainData:
+    """The training loader of `cfg.data` for this rank; batch size per rank = global / (world x accum)."""
+    options = {"size": cfg.data.demo_size, "image_size": image_size} if cfg.data.train == "demo" else {}
+    source = open_source(cfg.data.train, format=cfg.data.format, **options)
+    per_rank = cfg.train.batch_size // world_size
+    if per_rank * world_size != cfg.train.batch_size:
+        from openslip.errors import ConfigError
+
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world_size} processes")
+    device_path = cfg.data.augment == "device"
+    transform = DecodeOnly(2 * image_size) if device_path else SLIPTransform(image_size)
+    tokenizer = get_tokenizer()
+    loader = build_train_loader(
+        source,
+        transform,
+        tokenizer,
+        batch_size=per_rank,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world_size,
+        max_skip_rate=cfg.data.max_skip_rate,
+        pin_memory=device.type == "cuda",
+    )
+    augment = BatchedSLIPAugment(image_size) if device_path else None
+    return TrainData(loader=loader, device_augment=augment, seed=cfg.seed)

@@ -1,0 +1,283 @@
+"""The training loop as plain functions: `train(cfg)` = setup, then `train_step` until `train.steps`.
+
+One code path from one CPU process to torchrun on many GPU nodes: `init_distributed` reads the torchrun
+environment (one plain process without it), DDP wraps the model when there are several ranks, and the
+contrastive losses gather features over the global batch with gradient (DESIGN §1, defect 1 fixed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from openslip import checkpoint as ckpt
+from openslip.accumulate import accumulated_backward
+from openslip.config import Config, save_yaml
+from openslip.data.pipeline import TrainData, build_train_data
+from openslip.distributed import DistInfo, all_reduce_mean, average_gradients, barrier, init_distributed
+from openslip.errors import CheckpointError, ConfigError, TrainingError
+from openslip.eval.zero_shot import evaluate_demo_zero_shot
+from openslip.losses import SLIPLoss
+from openslip.models import SLIP, create_model
+from openslip.models.sync_batchnorm import convert_global_batchnorm
+from openslip.optim import build_optimizer, clamp_logit_scale, lr_at, set_lr
+from openslip.run_log import RunLogger
+from openslip.train_state import rng_state, set_rng_state
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Trainer:
+    """The state of a run: what `train_step` reads and updates."""
+
+    cfg: Config
+    dist: DistInfo
+    model: SLIP  # the bare module (checkpoints, evaluation, exact accumulation)
+    wrapped: nn.Module  # what the plain step calls: DDP(model), torch.compile(model) or the model itself
+    loss_fn: SLIPLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    data: TrainData
+    run_dir: Path
+    step: int = 0
+    last_checkpoint: Path | None = None
+    history: dict[str, float] = field(default_factory=dict)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = AMP_DTYPES.get(self.cfg.train.precision)
+        return torch.autocast(self.dist.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def train_step(t: Trainer, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """One optimizer step on one global batch; returns the loss terms (detached)."""
+    cfg = t.cfg.train
+    inputs = t.data.views(batch, t.step, t.dist.device)
+    set_lr(t.optimizer, lr_at(t.step, cfg.steps, t.cfg.optim))
+    if cfg.accum_steps == 1:
+        with t.autocast():
+            losses = t.loss_fn(t.wrapped(**inputs))
+        _check_finite(t, losses, batch)
+        t.scaler.scale(losses["loss"]).backward()
+    else:  # exact over the whole batch (see accumulate.py); DDP is bypassed, so average by hand
+        losses = accumulated_backward(
+            t.model, inputs, t.loss_fn, cfg.accum_steps, autocast=t.autocast, scale=t.scaler.scale
+        )
+        _check_finite(t, losses, batch)
+        average_gradients(t.model)
+    if cfg.grad_clip is not None:
+        t.scaler.unscale_(t.optimizer)
+        torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.grad_clip)
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    t.optimizer.zero_grad(set_to_none=True)
+    clamp_logit_scale(t.model)  # CLIP: temperature multiplier at most 100
+    t.step += 1
+    return {k: v.detach() for k, v in losses.items()}
+
+
+def _check_finite(t: Trainer, losses: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
+    if torch.isfinite(losses["loss"]).item():
+        return
+    ids = t.data.loader.describe_ids(batch["id"])
+    shown = ", ".join(ids[:8]) + (f", ... ({len(ids)} samples)" if len(ids) > 8 else "")
+    last = f"the last good checkpoint is {t.last_checkpoint}" if t.last_checkpoint else "no checkpoint was saved yet"
+    raise TrainingError(f"non-finite loss {losses['loss'].item()} at step {t.step} (samples: {shown}); {last}")
+
+
+# --- setup ------------------------------------------------------------------------------------------
+
+
+def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
+    torch.manual_seed(cfg.seed)
+    overrides = {"head_norm": cfg.head_norm} if cfg.head_norm else {}
+    if cfg.data.image_size:
+        overrides["image_size"] = cfg.data.image_size
+    model = create_model(cfg.model, **overrides).to(dist.device)
+    if dist.world_size > 1 and model.has_ssl_head:
+        convert_global_batchnorm(model.image_mlp)  # the reference's SyncBatchNorm, on every backend
+    model.set_grad_checkpointing(cfg.train.grad_checkpointing)
+    wrapped: nn.Module = model
+    if dist.world_size > 1:
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.train.compile:
+        wrapped = torch.compile(wrapped)
+    loss_fn = SLIPLoss(
+        ssl_scale=cfg.loss.ssl_scale,
+        clip_scale=cfg.loss.clip_scale,
+        ssl_temperature=cfg.loss.ssl_temperature,
+        gather=cfg.loss.gather,
+    )
+    data = build_train_data(cfg, model.cfg.vision.image_size, dist.rank, dist.world_size, dist.device)
+    return Trainer(
+        cfg=cfg,
+        dist=dist,
+        model=model,
+        wrapped=wrapped,
+        loss_fn=loss_fn,
+        optimizer=build_optimizer(model, cfg.optim),
+        scaler=torch.amp.GradScaler(dist.device.type, enabled=cfg.train.precision == "fp16"),
+        data=data,
+        run_dir=Path(cfg.out_dir),
+    )
+
+
+def save(t: Trainer) -> Path:
+    """Checkpoint the run at the current step (rank 0 writes; every rank waits for it)."""
+    path = t.run_dir / ckpt.CHECKPOINTS_DIR / ckpt.checkpoint_dir_name(t.step)
+    if t.dist.is_main:
+        state = {
+            "step": t.step,
+            "optimizer": t.optimizer.state_dict(),
+            "scaler": t.scaler.state_dict(),
+            "rng": rng_state(),
+            "loader": t.data.loader.state_dict(),
+        }
+        ckpt.save_checkpoint(
+            path, t.model, config_extra={"train_config": t.cfg.to_dict(), "step": t.step}, train_state=state
+        )
+        ckpt.prune_checkpoints(t.run_dir, keep_last=t.cfg.ckpt.keep_last)
+    barrier()
+    t.last_checkpoint = path
+    return path
+
+
+def resume(t: Trainer, log: RunLogger) -> None:
+    """Continue from `cfg.resume`: "auto" (the run's newest valid checkpoint, if any), "none", or a path."""
+    choice = t.cfg.resume
+    if choice == "none":
+        return
+    if choice == "auto":
+        found = ckpt.find_latest_checkpoint(t.run_dir) if (t.run_dir / ckpt.CHECKPOINTS_DIR).exists() else None
+        if found is None:
+            return
+        path = found
+    else:
+        path = ckpt.resolve_checkpoint(choice)
+    ckpt.load_weights(t.model, path)
+    state = ckpt.load_train_state(path, map_location=t.dist.device)
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scaler.load_state_dict(state["scaler"])
+    t.data.loader.load_state_dict(state["loader"])
+    set_rng_state(state["rng"])
+    t.step = int(state["step"])
+    t.last_checkpoint = path
+    log.message(f"resumed from {path} at step {t.step}")
+
+
+def evaluate(t: Trainer) -> dict[str, float]:
+    """Zero-shot top-1 on the configured tasks (rank 0; the others wait)."""
+    results: dict[str, float] = {}
+    if t.dist.is_main and t.model.has_text:
+        for name in t.cfg.eval.zeroshot:
+            r = evaluate_demo_zero_shot(t.model, name, n=t.cfg.eval.samples, device=t.dist.device)
+            results[f"zeroshot/{name}"] = r["top1"]
+    barrier()
+    return results
+
+
+def check_eval_tasks(cfg: Config) -> None:
+    from openslip.data.demo_tasks import demo_task_names
+
+    unknown = [n for n in cfg.eval.zeroshot if n not in demo_task_names()]
+    if unknown:
+        raise ConfigError(f"eval.zeroshot: unknown task(s) {unknown}; choose from: {', '.join(demo_task_names())}")
+
+
+def prepare_run_dir(cfg: Config, dist: DistInfo) -> Path:
+    run_dir = Path(cfg.out_dir)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not run_dir.is_dir():
+            raise ConfigError(f"out_dir={cfg.out_dir!r} is not a directory")
+        save_yaml(cfg, run_dir / "config.yaml")
+    barrier()
+    return run_dir
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train `cfg` to `cfg.train.steps`; returns a summary (steps, time, final metrics, paths)."""
+    check_eval_tasks(cfg)
+    dist = init_distributed()
+    run_dir = prepare_run_dir(cfg, dist)
+    t = build_trainer(cfg, dist)
+    log = RunLogger(
+        run_dir, enabled=dist.is_main, total_steps=cfg.train.steps, start_step=0, progress=cfg.train.progress
+    )
+    try:
+        try:
+            resume(t, log)
+        except CheckpointError as err:
+            raise TrainingError(f"cannot resume: {err}") from None
+        if t.dist.is_main:
+            log.message(
+                f"training {cfg.model} ({cfg.recipe}) for {cfg.train.steps} steps, global batch "
+                f"{cfg.train.batch_size}, {dist.world_size} process(es) on {dist.device.type}; run dir {run_dir}"
+            )
+        return _loop(t, log)
+    except RuntimeError as err:
+        if dist.world_size > 1 and any(w in str(err).lower() for w in ("connection", "gloo", "nccl", "timed out")):
+            raise TrainingError(
+                f"rank {dist.rank}: lost contact with another process ({err}); "
+                f"resume with resume=auto from {t.last_checkpoint or 'the start'}"
+            ) from None
+        raise
+    finally:
+        log.close()
+
+
+def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
+    cfg = t.cfg
+    batches = iter(t.data.loader.forever())
+    start_step, start_time = t.step, time.perf_counter()
+    data_wait = 0.0
+    tick = time.perf_counter()
+    while t.step < cfg.train.steps:
+        t0 = time.perf_counter()
+        batch = next(batches)
+        data_wait += time.perf_counter() - t0
+        losses = train_step(t, batch)
+        step = t.step
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            now = time.perf_counter()
+            metrics = {k: all_reduce_mean(v).item() for k, v in losses.items()}
+            metrics["lr"] = t.optimizer.param_groups[0]["lr"]
+            if t.model.has_text:
+                metrics["logit_scale"] = t.model.logit_scale.exp().item()
+            elapsed = now - tick
+            metrics["samples_per_s"] = cfg.train.log_every * cfg.train.batch_size / max(elapsed, 1e-9)
+            metrics["data_wait_frac"] = data_wait / max(elapsed, 1e-9)
+            metrics["epoch"] = t.data.loader.epoch
+            metrics.update({f"skipped/{k}": v for k, v in t.data.loader.skips.state_dict().items() if v})
+            tick, data_wait = now, 0.0
+            t.history.update(metrics)
+            log.log(step, metrics)
+            log.progress(step, metrics)
+        last = step == cfg.train.steps
+        if cfg.eval.every_steps and (step % cfg.eval.every_steps == 0 or last) or (last and cfg.eval.zeroshot):
+            results = evaluate(t)
+            if results:
+                t.history.update(results)
+                log.log(step, results)
+                log.message(f"step {step}: " + ", ".join(f"{k} {v:.1f}%" for k, v in results.items()))
+        if step % cfg.ckpt.every_steps == 0 or last:
+            save(t)
+    wall = time.perf_counter() - start_time
+    return {
+        "steps": t.step,
+        "trained_steps": t.step - start_step,
+        "wall_s": wall,
+        "metrics": dict(t.history),
+        "run_dir": str(t.run_dir),
+        "checkpoint": str(t.last_checkpoint) if t.last_checkpoint else None,
+    }

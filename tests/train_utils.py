@@ -1,0 +1,46 @@
+"""Shared settings for the training tests: a micro SLIP on the 32 px demo world, a few steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+FAST = [
+    "model=slip_vit_micro",
+    "train.batch_size=16",
+    "train.log_every=1",
+    "train.progress=false",
+    "data.num_workers=0",
+    "eval.zeroshot=[]",
+    "optim.warmup_steps=2",
+]
+
+
+def overrides(out_dir: Path | str, *extra: str) -> list[str]:
+    return [*FAST, f"out_dir={out_dir}", *extra]
+
+
+def final_weights(run_dir: Path | str) -> dict[str, torch.Tensor]:
+    latest = Path(run_dir) / "checkpoints" / (Path(run_dir) / "checkpoints" / "latest").read_text().strip()
+    return load_file(str(latest / "model.safetensors"))
+
+
+def read_metrics(run_dir: Path | str) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_weights_close(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], lr: float = 2e-3, steps: int = 5
+) -> None:
+    """Weights of two runs that computed the same losses in a different float order.
+
+    Parameters with no true gradient (biases in front of BatchNorm, the key part of qkv biases) get
+    float noise as gradient, which Adam normalises into steps of size ~lr: they may differ by up to
+    lr x steps. Everything else must agree closely."""
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(a[k].float(), b[k].float(), rtol=1e-3, atol=2 * lr * steps, msg=k)
