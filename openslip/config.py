@@ -151,9 +151,8 @@ class Config:
         if parts.ssl_head is None and self.loss.ssl_scale > 0:
             raise ConfigError(f"model={self.model} has no SimCLR head: set loss.ssl_scale=0 (CLIP only)")
         if self.train.batch_size % self.train.accum_steps:
-            raise ConfigError(
-                f"train.batch_size={self.train.batch_size} is not divisible by train.accum_steps={self.train.accum_steps}"
-            )
+            b, a = self.train.batch_size, self.train.accum_steps
+            raise ConfigError(f"train.batch_size={b} is not divisible by train.accum_steps={a}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
