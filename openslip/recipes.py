@@ -30,11 +30,11 @@ def demo() -> Config:
         model="slip_vit_tiny",
         out_dir="runs/demo",
         data=DataConfig(train="demo", num_workers=1),
-        train=TrainConfig(steps=500, batch_size=64),
-        optim=OptimConfig(lr=2e-3, wd=0.1, warmup_steps=50, end_lr=1e-5),
+        train=TrainConfig(steps=300, batch_size=64),
+        optim=OptimConfig(lr=2e-3, wd=0.1, warmup_steps=30, end_lr=1e-5),
         loss=LossConfig(ssl_scale=1.0),
-        ckpt=CheckpointConfig(every_steps=250, keep_last=2),
-        eval=EvalConfig(every_steps=250, samples=500),
+        ckpt=CheckpointConfig(every_steps=150, keep_last=2),
+        eval=EvalConfig(every_steps=150, samples=500),
     )
 
 

@@ -241,6 +241,7 @@ def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
     batches = iter(t.data.loader.forever())
     start_step, start_time = t.step, time.perf_counter()
     data_wait = 0.0
+    reported_skips = t.data.loader.skips.total_skipped
     tick = time.perf_counter()
     while t.step < cfg.train.steps:
         t0 = time.perf_counter()
@@ -258,7 +259,11 @@ def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
             metrics["samples_per_s"] = cfg.train.log_every * cfg.train.batch_size / max(elapsed, 1e-9)
             metrics["data_wait_frac"] = data_wait / max(elapsed, 1e-9)
             metrics["epoch"] = t.data.loader.epoch
-            metrics.update({f"skipped/{k}": v for k, v in t.data.loader.skips.state_dict().items() if v})
+            skips = t.data.loader.skips
+            metrics.update({f"data/{k}": v for k, v in skips.state_dict().items() if v})
+            if skips.total_skipped > reported_skips:  # bad input is never silent (DESIGN §4)
+                reported_skips = skips.total_skipped
+                log.message(f"step {step}: {skips.summary()}")
             tick, data_wait = now, 0.0
             t.history.update(metrics)
             log.log(step, metrics)

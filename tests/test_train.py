@@ -120,3 +120,26 @@ def test_golden_losses_of_demo_recipe(tmp_path):
     assert set(golden) == set(losses)
     for step, value in golden.items():
         assert losses[step] == pytest.approx(value, rel=2e-3, abs=2e-3), f"step {step}"
+
+
+def test_train_on_manifest_with_bad_files_reports_skips(tmp_path, capsys):
+    """Real files: a CSV manifest with a missing file, a text file named .jpg and an empty caption."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["image,caption"]
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+        rows.append(f"{i}.jpg,a photo number {i}")
+    (tmp_path / "fake.jpg").write_text("not an image")
+    rows += ["missing.jpg,gone", "fake.jpg,a fake", "0.jpg,"]
+    manifest = tmp_path / "train.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    code = main(["train", *overrides(out, f"data.train={manifest}", "train.steps=6", "data.max_skip_rate=0.5")])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "skipped" in err and "missing_file" in err
+    last = read_metrics(out)[-1]
+    assert last["data/skip/missing_file"] >= 1 and last["data/seen"] >= 96

@@ -19,7 +19,7 @@ SIZES: dict[str, tuple[VisionConfig, TextConfig, int, HeadConfig]] = {
     "vit_l16": (VisionConfig(width=1024, layers=24, heads=16), TextConfig(), 512, HeadConfig()),
     # CPU-sized: 64 px / patch 16 -> 16 tokens; trains on the demo world in minutes.
     "vit_tiny": (
-        VisionConfig(image_size=64, patch_size=16, width=192, layers=6, heads=3),
+        VisionConfig(image_size=64, patch_size=16, width=192, layers=4, heads=3),
         TextConfig(width=128, layers=4, heads=4),
         128,
         HeadConfig(mlp_dim=512, out_dim=128),
