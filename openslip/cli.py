@@ -20,9 +20,6 @@ COMMANDS: list[str] = [
     "data",
     "convert",
     "plot",
-    "eval",
-    "embed",
-    "finetune",
 ]
 
 
