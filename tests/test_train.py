@@ -143,3 +143,36 @@ def test_train_on_manifest_with_bad_files_reports_skips(tmp_path, capsys):
     assert "skipped" in err and "missing_file" in err
     last = read_metrics(out)[-1]
     assert last["data/skip/missing_file"] >= 1 and last["data/seen"] >= 96
+
+
+def test_non_finite_loss_stops_with_step_samples_and_checkpoint(tmp_path, monkeypatch):
+    import openslip.train as train_module
+    from openslip.errors import TrainingError
+
+    real = train_module.SLIPLoss
+
+    class PoisonedAtStep3(real):
+        calls = 0
+
+        def forward(self, outputs):
+            out = super().forward(outputs)
+            PoisonedAtStep3.calls += 1
+            if PoisonedAtStep3.calls == 3:
+                out["loss"] = out["loss"] * float("nan")
+            return out
+
+    monkeypatch.setattr(train_module, "SLIPLoss", PoisonedAtStep3)
+    cfg = make_config(parse_overrides(overrides(tmp_path, "train.steps=5", "ckpt.every_steps=1")))
+    with pytest.raises(TrainingError) as err:
+        train(cfg)
+    msg = str(err.value)
+    assert "non-finite loss" in msg and "at step 2" in msg
+    assert "samples: " in msg and "step_0000002" in msg
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs(tmp_path, precision):
+    cfg = make_config(parse_overrides(overrides(tmp_path, "train.steps=2", f"train.precision={precision}")))
+    summary = train(cfg)
+    assert summary["steps"] == 2
+    assert all(isinstance(r["loss"], float) for r in read_metrics(tmp_path))
