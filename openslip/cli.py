@@ -20,6 +20,9 @@ COMMANDS: list[str] = [
     "data",
     "convert",
     "plot",
+    "eval",
+    "embed",
+    "finetune",
 ]
 
 

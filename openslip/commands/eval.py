@@ -1,0 +1,406 @@
+"""`openslip eval {zeroshot,retrieval,linear,knn} --model MODEL --dataset DATASET [--output FILE.json]`.
+
+MODEL is a run directory, checkpoint, `.safetensors` file or original SLIP `.pt`, or a model name with
+`--pretrained none` (random weights) / `--pretrained FILE`. Every evaluation runs data-parallel under
+`torchrun` (each rank encodes its shard; nothing is counted twice) and rank 0 prints a table and writes
+the JSON, whose keys are metric names plus `metric` (the dataset's reported one) and `score` (its value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from openslip.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model: zero-shot classification, retrieval, linear probe, kNN",
+        description="Evaluate a model. Examples: `openslip eval zeroshot --model runs/demo --dataset demo_shapes`; "
+        "`openslip eval zeroshot --model slip_base_25ep.pt --dataset /data/food101/test --catalog food101`; "
+        "`openslip eval retrieval --model runs/demo --dataset demo`; "
+        "`openslip eval linear --model runs/demo --dataset demo_shapes`; `openslip eval knn ...`. "
+        "Multi-process: `torchrun --nproc-per-node N -m openslip.cli eval ...`.",
+    )
+    tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
+    z = tasks.add_parser("zeroshot", help="zero-shot classification (class names x prompt templates)")
+    _common(z)
+    z.add_argument("--catalog", metavar="NAME", help="catalog dataset for class names, templates, metric (--list)")
+    z.add_argument("--classnames", metavar="FILE", help="class names, one per line (or a JSON list)")
+    z.add_argument("--templates", metavar="FILE", help="prompt templates with one {} each, one per line")
+    z.add_argument("--metric", choices=_metric_names(), help="reported metric (default: the catalog's, else top1)")
+    z.add_argument("--save-predictions", metavar="FILE.csv", help="write per-image labels, predictions, top-5")
+    z.add_argument("--confusion-matrix", metavar="FILE.png", help="write the confusion matrix as an image")
+    z.add_argument("--list", action="store_true", help="list the catalog datasets and the demo tasks, then exit")
+    z.set_defaults(func=run_zeroshot)
+
+    r = tasks.add_parser("retrieval", help="image<->text retrieval Recall@1/5/10")
+    _common(r)
+    r.add_argument("--image-root", metavar="DIR", help="folder image paths are relative to (Karpathy JSON, COCO)")
+    r.set_defaults(func=run_retrieval)
+
+    lin = tasks.add_parser("linear", help="linear probe: logistic regression on features, or the reference SGD")
+    _common(lin)
+    _train_args(lin)
+    lin.add_argument("--protocol", choices=("logistic", "sgd"), default="logistic", help="probe protocol")
+    lin.add_argument("--val", metavar="DATASET", help="validation set choosing C (default: 20%% of the train set)")
+    lin.add_argument("--epochs", type=int, default=90, help="sgd: epochs (reference: 90)")
+    lin.add_argument("--lr", type=float, default=0.1, help="sgd: base lr per 256 images (reference: 0.1)")
+    lin.add_argument("--train-batch-size", type=int, default=256, help="sgd: global batch (reference: 256)")
+    lin.add_argument(
+        "--reference-lr-bug",
+        action="store_true",
+        help="sgd: divide the lr by the world size twice, as the 2021 reference did (DESIGN §1 defect 3)",
+    )
+    lin.set_defaults(func=run_linear)
+
+    k = tasks.add_parser("knn", help="weighted kNN on frozen features (k=20, T=0.07)")
+    _common(k)
+    _train_args(k)
+    k.add_argument("--k", type=int, default=20, help="neighbours")
+    k.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T)")
+    k.set_defaults(func=run_knn)
+
+
+def _metric_names() -> tuple[str, ...]:
+    from openslip.eval.metrics import CLASSIFICATION_METRICS
+
+    return CLASSIFICATION_METRICS
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=False, help="run dir, checkpoint, .safetensors, SLIP .pt, or a model name")
+    p.add_argument(
+        "--pretrained",
+        metavar="none|FILE",
+        help="with a model name: 'none' for random weights, or a weights file for that model",
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this rank's GPU, else cpu)")
+    p.add_argument("--image-size", type=int, help="input size (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass per process")
+    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes per rank")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--dataset", help="demo task name, demo, image folder, CSV, manifest, Karpathy JSON")
+    p.add_argument("--split", default="test", help="demo split / Karpathy split (default: test)")
+    p.add_argument("-n", "--num-samples", type=int, help="demo: number of images (default per split)")
+    p.add_argument("--output", metavar="FILE.json", help="write the metrics as JSON")
+    p.add_argument("--cache-dir", metavar="DIR", help="cache features here (keyed by model weights and dataset)")
+    p.add_argument("--seed", type=int, default=0, help="demo world seed; probe seeds")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", metavar="DATASET", help="train set (default for demo tasks: the task's train split)")
+    p.add_argument("--num-train", type=int, help="demo: number of train images (default 4096)")
+    p.add_argument(
+        "--features",
+        choices=("backbone", "embed"),
+        default="backbone",
+        help="backbone: the ViT's CLS feature (default); embed: the CLIP image embedding",
+    )
+
+
+# --- shared plumbing ------------------------------------------------------------------------------------
+
+
+def setup(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(model, device) on every rank; the process group is joined from the torchrun environment."""
+    from openslip import distributed
+    from openslip.eval.features import load_eval_model
+
+    if not args.model:
+        raise ConfigError("--model is required (a run dir, checkpoint, SLIP .pt, or a name with --pretrained none)")
+    info = distributed.init_distributed()
+    device = args.device or info.device
+    model = load_eval_model(args.model, pretrained=args.pretrained, device=device)
+    if args.image_size is None:
+        args.image_size = model.cfg.vision.image_size
+    if args.batch_size < 1 or args.num_workers < 0:
+        raise ConfigError("--batch-size must be >= 1 and --num-workers >= 0")
+    return model, device
+
+
+def finish(args: argparse.Namespace, title: str, metrics: dict[str, Any], *, keys: list[str] | None = None) -> int:
+    """Rank 0: print the table and write --output; everyone leaves the process group."""
+    from openslip import distributed
+
+    if distributed.is_main():
+        print(format_table(title, metrics, keys))
+        if args.output:
+            write_json(args.output, metrics)
+            print(f"wrote {args.output}")
+    distributed.barrier()
+    distributed.destroy_distributed()
+    return 0
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    out = Path(path).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, out)
+
+
+def format_table(title: str, metrics: dict[str, Any], keys: list[str] | None = None) -> str:
+    rows = [(k, metrics[k]) for k in (keys or list(metrics)) if k in metrics and k != "metric"]
+    width = max([len(k) for k, _ in rows] + [10])
+    lines = [title, "-" * max(len(title), width + 12)]
+    for k, v in rows:
+        mark = "  <- reported" if k == metrics.get("metric") else ""
+        if isinstance(v, float) and (k.startswith("num_") or k in ("k", "epochs", "batch_size", "num_classes")):
+            text = f"{int(v)}"
+        elif isinstance(v, float) and k in ("C", "lr", "temperature"):
+            text = f"{v:.4g}"
+        elif isinstance(v, float):
+            text = f"{v:.2f}"
+        else:
+            text = str(v)
+        lines.append(f"{k:<{width}}  {text:>10}{mark}")
+    return "\n".join(lines)
+
+
+def _classification_set(args: argparse.Namespace, spec: str, split: str, n: int | None, **extra: Any) -> Any:
+    from openslip.eval.datasets import open_classification
+
+    return open_classification(spec, split=split, image_size=args.image_size, n=n, seed=args.seed, **extra)
+
+
+# --- zeroshot -------------------------------------------------------------------------------------------
+
+
+def run_zeroshot(args: argparse.Namespace) -> int:
+    if args.list:
+        return _list_datasets()
+    if not args.dataset:
+        raise ConfigError("--dataset is required (a demo task name, an image folder or a CSV; --list shows them)")
+    from openslip.eval.zero_shot import evaluate_zero_shot
+
+    model, device = setup(args)
+    ds = _classification_set(
+        args,
+        args.dataset,
+        args.split,
+        args.num_samples,
+        catalog=args.catalog,
+        classnames=args.classnames,
+        templates=args.templates,
+        metric=args.metric,
+    )
+    metrics, logits, labels = evaluate_zero_shot(
+        model, ds, batch_size=args.batch_size, num_workers=args.num_workers, device=device, cache_dir=args.cache_dir
+    )
+    from openslip import distributed
+
+    if distributed.is_main():
+        if args.save_predictions:
+            save_predictions(args.save_predictions, ds, logits, labels)
+        if args.confusion_matrix:
+            from openslip.eval.metrics import confusion_matrix
+
+            save_confusion_png(args.confusion_matrix, confusion_matrix(logits, labels, ds.num_classes), ds.classnames)
+    title = f"zero-shot {ds.name}: {len(ds)} images, {ds.num_classes} classes, {len(ds.templates)} templates"
+    return finish(args, title, metrics)
+
+
+def _list_datasets() -> int:
+    from openslip.data.demo_tasks import demo_task_names
+    from openslip.eval.catalog import catalog_names, get_entry
+
+    print("demo tasks (no files needed): " + ", ".join(demo_task_names()))
+    print("catalog (--catalog NAME with an image folder or CSV):")
+    for name in catalog_names():
+        e = get_entry(name)
+        names = f"{e.num_classes} classes" + ("" if e.classnames else " (names from folders / --classnames)")
+        print(f"  {name:16s} {e.title:32s} {e.metric:15s} {names}")
+    return 0
+
+
+def save_predictions(path: str, ds: Any, logits: Any, labels: Any) -> None:
+    """CSV: index, id (file path for file sets), label, prediction, their names, and the top-5 classes."""
+    import csv
+
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    out = Path(path).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    source = getattr(ds, "source", None)
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "id", "label", "label_name", "prediction", "prediction_name", "top5"])
+        for i in range(len(labels)):
+            lab, pred = int(labels[i]), int(top[i, 0])
+            ident = source.paths[i] if source is not None else str(i)
+            w.writerow(
+                [i, ident, lab, ds.classnames[lab], pred, ds.classnames[pred], " ".join(map(str, top[i].tolist()))]
+            )
+
+
+def save_confusion_png(path: str, matrix: Any, classnames: list[str]) -> None:
+    """The row-normalised confusion matrix (true class = row) as a PNG heat map, drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    counts = matrix.double()
+    norm = (counts / counts.sum(dim=1, keepdim=True).clamp_min(1)).numpy()
+    c = norm.shape[0]
+    cell = max(2, min(40, 800 // c))
+    label_w = 160 if c <= 40 else 0
+    img = Image.new("RGB", (label_w + c * cell + 1, label_w + c * cell + 1), "white")
+    draw = ImageDraw.Draw(img)
+    for i in range(c):
+        for j in range(c):
+            shade = int(255 * (1 - norm[i, j]))
+            x, y = label_w + j * cell, label_w + i * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255))
+    if label_w:
+        for i, name in enumerate(classnames):
+            draw.text((2, label_w + i * cell + cell // 3), name[:24], fill="black")
+            draw.text((label_w + i * cell + 2, 2 + (i % 8) * 18), name[:10], fill="black")
+    out = Path(path).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out, format="PNG")
+
+
+# --- retrieval ------------------------------------------------------------------------------------------
+
+
+def run_retrieval(args: argparse.Namespace) -> int:
+    from openslip.eval.datasets import open_retrieval
+    from openslip.eval.retrieval import evaluate_retrieval
+
+    if not args.dataset:
+        raise ConfigError("--dataset is required: demo, a caption manifest, COCO captions or a Karpathy JSON")
+    model, device = setup(args)
+    data = open_retrieval(
+        args.dataset,
+        split=args.split,
+        image_size=args.image_size,
+        n=args.num_samples,
+        image_root=args.image_root,
+        seed=args.seed,
+    )
+    metrics = evaluate_retrieval(
+        model, data, batch_size=args.batch_size, num_workers=args.num_workers, device=device, cache_dir=args.cache_dir
+    )
+    title = f"retrieval {data.name}: {int(metrics['num_images'])} images, {int(metrics['num_texts'])} captions"
+    return finish(args, title, metrics)
+
+
+# --- linear / knn ---------------------------------------------------------------------------------------
+
+
+def _train_test(args: argparse.Namespace) -> tuple[Any, Any]:
+    from openslip.data.demo_tasks import demo_task_names
+
+    if not args.dataset:
+        raise ConfigError("--dataset is required (a demo task name, or a test image folder / CSV with --train)")
+    if args.dataset in demo_task_names():
+        train_spec = args.train or args.dataset
+    elif args.train:
+        train_spec = args.train
+    else:
+        raise ConfigError(f"--train is required with a folder or CSV test set ({args.dataset})")
+    test = _classification_set(args, args.dataset, args.split, args.num_samples)
+    train = _classification_set(args, train_spec, "train", args.num_train)
+    if train.classnames != test.classnames:
+        raise ConfigError(f"train and test sets have different classes ({train.num_classes} vs {test.num_classes})")
+    return train, test
+
+
+def _features(args: argparse.Namespace, model: Any, ds: Any, device: Any, what: str) -> Any:
+    from openslip.eval.features import dataset_features
+
+    return dataset_features(
+        model,
+        ds,
+        kind=args.features,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=device,
+        cache_dir=args.cache_dir,
+        desc=f"{what} features",
+    )
+
+
+def run_linear(args: argparse.Namespace) -> int:
+    from openslip import distributed
+
+    model, device = setup(args)
+    train, test = _train_test(args)
+    if args.protocol == "sgd":
+        from openslip.eval.datasets import TrainTransform
+        from openslip.eval.linear import SGDProbeConfig, sgd_probe
+
+        if args.features != "backbone":
+            raise ConfigError("--protocol sgd trains on the backbone features (drop --features embed)")
+        cfg = SGDProbeConfig(
+            epochs=args.epochs,
+            batch_size=args.train_batch_size,
+            base_lr=args.lr,
+            reference_lr_bug=args.reference_lr_bug,
+            seed=args.seed,
+        )
+        train.with_transform(TrainTransform(args.image_size, cfg.crop_scale))
+        metrics = sgd_probe(
+            model,
+            train,
+            test,
+            num_classes=test.num_classes,
+            metric=test.metric,
+            config=cfg,
+            device=device,
+            num_workers=args.num_workers,
+        )
+        title = f"linear probe (sgd, {cfg.epochs} epochs) {test.name}: {len(train)} train, {len(test)} test images"
+        return finish(args, title, metrics)
+    from openslip.eval.linear import logistic_probe
+
+    train_x, train_y = _features(args, model, train, device, "train")
+    test_x, test_y = _features(args, model, test, device, "test")
+    val_x = val_y = None
+    if args.val:
+        val = _classification_set(args, args.val, "val", None)
+        val_x, val_y = _features(args, model, val, device, "val")
+    metrics: dict[str, Any] = {}
+    if distributed.is_main():  # scikit-learn runs once; the others wait for the result
+        metrics, _ = logistic_probe(
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            num_classes=test.num_classes,
+            metric=test.metric,
+            val_x=val_x,
+            val_y=val_y,
+            seed=args.seed,
+        )
+    metrics = distributed.broadcast_object(metrics)
+    title = f"linear probe (logistic, {args.features} features) {test.name}: {len(train)} train, {len(test)} test"
+    return finish(args, title, metrics)
+
+
+def run_knn(args: argparse.Namespace) -> int:
+    from openslip.eval.knn import knn_evaluate
+
+    model, device = setup(args)
+    train, test = _train_test(args)
+    train_x, train_y = _features(args, model, train, device, "train")
+    test_x, test_y = _features(args, model, test, device, "test")
+    metrics = knn_evaluate(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        num_classes=test.num_classes,
+        metric=test.metric,
+        k=args.k,
+        temperature=args.temperature,
+    )
+    title = f"kNN (k={args.k}, T={args.temperature}, {args.features} features) {test.name}: {len(train)} train"
+    return finish(args, title, metrics)

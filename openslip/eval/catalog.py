@@ -1,0 +1,130 @@
+"""The catalog of the SLIP paper's 26 zero-shot datasets: class names, prompt templates, metric, layout.
+
+Each dataset is one JSON file in ``openslip/assets/catalog/`` (data, not code), so a user points
+``openslip eval zeroshot --catalog NAME`` at an image folder and gets the paper's prompts and metric.
+Class names and templates marked ``clip_benchmark`` come from the clip-benchmark package (MIT; see
+``LICENSE-clip_benchmark.txt`` there). Where the catalog has no class names (``classnames: null``, e.g.
+Food-101, whose label names are the dataset's folder names), they come from the folder names or from
+``--classnames FILE``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from openslip.errors import ConfigError, DataError
+from openslip.eval.metrics import CLASSIFICATION_METRICS
+
+CATALOG_DIR = Path(__file__).resolve().parent.parent / "assets" / "catalog"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One downstream dataset of the paper."""
+
+    name: str
+    title: str
+    metric: str  # one of metrics.CLASSIFICATION_METRICS
+    num_classes: int
+    classnames: tuple[str, ...] | None  # None: take them from the folders or --classnames FILE
+    templates: tuple[str, ...]  # format strings with one "{}"
+    split: str = "test"  # the split the paper reports
+    layout: str = ""  # the image folder / CSV layout expected
+    notes: str = ""
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.metric not in CLASSIFICATION_METRICS:
+            raise ConfigError(f"catalog entry {self.name}: unknown metric {self.metric!r}")
+        if self.classnames is not None and len(self.classnames) != self.num_classes:
+            raise ConfigError(f"catalog entry {self.name}: {len(self.classnames)} class names, not {self.num_classes}")
+
+
+def _entry_from_json(path: Path) -> CatalogEntry:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    names = doc.get("classnames")
+    return CatalogEntry(
+        name=doc["name"],
+        title=doc.get("title", doc["name"]),
+        metric=doc.get("metric", "top1"),
+        num_classes=int(doc["num_classes"]),
+        classnames=tuple(names) if names is not None else None,
+        templates=tuple(doc["templates"]),
+        split=doc.get("split", "test"),
+        layout=doc.get("layout", ""),
+        notes=doc.get("notes", ""),
+        aliases=tuple(doc.get("aliases", ())),
+    )
+
+
+@lru_cache(maxsize=1)
+def _catalog() -> dict[str, CatalogEntry]:
+    entries = {}
+    for path in sorted(CATALOG_DIR.glob("*.json")):
+        entry = _entry_from_json(path)
+        entries[entry.name] = entry
+    return entries
+
+
+def catalog_names() -> list[str]:
+    """The catalogued dataset names (26: the SLIP paper's zero-shot table)."""
+    return sorted(_catalog())
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def get_entry(name: str) -> CatalogEntry:
+    """The entry for a name or alias (case, '-' and '_' ignored: 'Food-101' finds food101)."""
+    wanted = _key(name)
+    for entry in _catalog().values():
+        if wanted in {_key(entry.name), _key(entry.title), *(_key(a) for a in entry.aliases)}:
+            return entry
+    raise ConfigError(f"no catalog entry {name!r}; choose one of: {', '.join(catalog_names())}")
+
+
+def clean_folder_name(name: str) -> str:
+    """A class folder name as prose: 'apple_pie' -> 'apple pie', 'ApplyEyeMakeup' -> 'apply eye makeup',
+    '001.Black_footed_Albatross' -> 'black footed albatross'."""
+    name = re.sub(r"^\d+[._-]", "", name)  # CUB-style numeric prefixes
+    name = name.replace("_", " ").replace("-", " ") if not re.fullmatch(r"[\d\- ]+", name) else name
+    if " " not in name and re.search(r"[a-z][A-Z]", name):  # CamelCase (UCF101)
+        name = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).lower()
+    return re.sub(r"\s+", " ", name).strip()
+
+
+def read_lines_file(path: str | os.PathLike, what: str) -> list[str]:
+    """Non-empty stripped lines of a text file (one class name or template per line), or a JSON list."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"no such {what} file: {p}")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() == ".json":
+        items = json.loads(text)
+        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+            raise DataError(f"{p}: a {what} JSON file must hold a list of strings")
+        return items
+    lines = [line.strip() for line in text.splitlines()]
+    items = [line for line in lines if line and not line.startswith("#")]
+    if not items:
+        raise DataError(f"{p}: no {what} in the file")
+    return items
+
+
+def check_templates(templates: list[str] | tuple[str, ...]) -> list[str]:
+    """Templates with one '{}' each ('{c}' is accepted and rewritten)."""
+    out = []
+    for t in templates:
+        t = t.replace("{c}", "{}")
+        if t.count("{}") != 1:
+            raise ConfigError(f"prompt template {t!r} must contain exactly one '{{}}' for the class name")
+        out.append(t)
+    if not out:
+        raise ConfigError("no prompt templates")
+    return out

@@ -1,0 +1,392 @@
+"""Evaluation datasets: demo-world tasks, ImageFolder trees / CSV files, and retrieval sets, behind one shape.
+
+A classification set is a ``torch`` dataset of ``(image [3, S, S] float, label)`` that also carries what
+zero-shot transfer needs: ``classnames``, ``templates`` and the reported ``metric`` (from the catalog,
+``openslip.eval.catalog``). A retrieval set is an image set plus the captions of every image.
+
+    ds = open_classification("demo_shapes", split="test", image_size=32)
+    ds = open_classification("/data/food101/test", catalog="food101", image_size=224)
+    rs = open_retrieval("demo", image_size=32)          # or a manifest, COCO captions, a Karpathy JSON
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from openslip.data.augment import EvalTransform, apply_view
+from openslip.data.augment_params import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, sample_view_params
+from openslip.data.skips import BadSample
+from openslip.errors import DataError
+from openslip.eval.catalog import CatalogEntry, check_templates, clean_folder_name, get_entry, read_lines_file
+
+DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
+DEMO_RETRIEVAL_NAMES = ("demo", "demo_retrieval")
+
+# --- transforms ------------------------------------------------------------------------------------------
+
+
+class UInt8ToTensor:
+    """A uint8 [H, W, 3] array already at the model's size -> normalised float [3, H, W] (demo images)."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(image)).permute(2, 0, 1).float().div_(255)
+        return (x - self.mean) / self.std
+
+
+class TrainTransform:
+    """RandomResizedCrop (torchvision semantics, rejection sampling) + horizontal flip, normalised: the
+    augmentation of the reference's SGD linear probe and of finetuning (without the colour ops)."""
+
+    def __init__(self, image_size: int, scale: tuple[float, float] = (0.08, 1.0), flip_p: float = 0.5) -> None:
+        self.image_size = image_size
+        self.recipe = ViewRecipe(scale=scale, flip_p=flip_p)
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        arr = np.asarray(image)
+        params = sample_view_params(arr.shape[0], arr.shape[1], self.recipe)
+        return apply_view(arr, params, self.image_size)
+
+
+# --- classification sets ---------------------------------------------------------------------------------
+
+
+class ImageSet(Dataset):
+    """Images with integer labels; ``dataset[i] = (transform(image_i), label_i)``.
+
+    ``identity`` names the exact set (source, split, size, class list) and keys the feature cache.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        labels: np.ndarray,
+        classnames: list[str],
+        templates: list[str],
+        metric: str,
+        identity: str,
+        transform: Callable[[Any], torch.Tensor],
+    ) -> None:
+        self.name = name
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.classnames = classnames
+        self.templates = templates
+        self.metric = metric
+        self.identity = identity
+        self.transform = transform
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, i: int) -> Any:
+        """The decoded image ``i`` (uint8 array or PIL image), before the transform."""
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.load(i)), int(self.labels[i])
+
+    def with_transform(self, transform: Callable[[Any], torch.Tensor]) -> ImageSet:
+        self.transform = transform
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, n={len(self)}, classes={self.num_classes}, metric={self.metric})"
+
+
+class DemoImageSet(ImageSet):
+    """A demo-world task split, rendered at the model's size on the fly (deterministic per index)."""
+
+    def __init__(self, task: Any, *, metric: str = "top1") -> None:
+        super().__init__(
+            name=task.name,
+            labels=task.labels(),
+            classnames=task.classnames,
+            templates=task.templates,
+            metric=metric,
+            identity=f"demo:{task.name}:{task.split}:{task.n}:{task.seed}:{task.image_size}",
+            transform=UInt8ToTensor(),
+        )
+        self.task = task
+
+    def load(self, i: int) -> np.ndarray:
+        return self.task.sample(i)["image"]
+
+
+class FileImageSet(ImageSet):
+    """Image files with labels (an ``openslip.data.labelled.LabelledSource``); bad files stop the evaluation."""
+
+    def __init__(self, source: Any, **kwargs: Any) -> None:
+        super().__init__(labels=np.asarray(source.labels), **kwargs)
+        self.source = source
+
+    def load(self, i: int) -> Any:
+        record = self.source.record(i)
+        try:
+            return record.load_image(max_pixels=self.source.max_pixels)
+        except BadSample as err:  # skipping would change the metric; say which file is broken
+            raise DataError(f"{record.image}: unreadable image ({err}); fix or remove it") from None
+
+
+class ArrayImageSet(ImageSet):
+    """Images already in memory (uint8 [N, H, W, 3]): demo retrieval images, tests."""
+
+    def __init__(self, images: np.ndarray, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.images = images
+
+    def load(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+
+class RecordImageSet(ImageSet):
+    """Images of ``openslip.data.sources`` records (manifests, COCO, folders with captions), labels = index."""
+
+    def __init__(self, images: Sequence[Any], **kwargs: Any) -> None:
+        super().__init__(labels=np.arange(len(images)), **kwargs)
+        self.images = list(images)
+
+    def load(self, i: int) -> Any:
+        from openslip.data.decode import decode_image
+
+        try:
+            return decode_image(self.images[i])
+        except BadSample as err:
+            raise DataError(f"{self.images[i]}: unreadable image ({err}); fix or remove it") from None
+
+
+def open_classification(
+    spec: str,
+    *,
+    split: str = "test",
+    image_size: int = 224,
+    n: int | None = None,
+    catalog: str | None = None,
+    classnames: str | Sequence[str] | None = None,
+    templates: str | Sequence[str] | None = None,
+    metric: str | None = None,
+    seed: int = 0,
+) -> ImageSet:
+    """A labelled set: a demo task name, an ImageFolder tree, or a CSV/TSV of (image, label).
+
+    Args:
+        spec: demo task name (``demo_shapes`` ...), folder, or CSV path.
+        split: the demo split ("train" / "val" / "test"); ignored for files.
+        image_size: the model's input size (files: resize to size / 0.875, centre crop).
+        n: number of demo images (default per split).
+        catalog: a catalog entry (``openslip.eval.catalog``) giving class names, templates and metric.
+        classnames: a file (one per line, or a JSON list) or list of class names; overrides the catalog's.
+        templates: a file or list of prompt templates with one ``{}``; overrides the catalog's.
+        metric: the reported metric; overrides the catalog's.
+    """
+    from openslip.data.demo_tasks import demo_task, demo_task_names
+
+    entry = get_entry(catalog) if catalog else None
+    names = read_lines_file(classnames, "class names") if isinstance(classnames, (str, os.PathLike)) else classnames
+    temps = read_lines_file(templates, "templates") if isinstance(templates, (str, os.PathLike)) else templates
+    if spec in demo_task_names():
+        task = demo_task(spec, split, n, seed=seed, image_size=image_size)
+        ds: ImageSet = DemoImageSet(task, metric=metric or (entry.metric if entry else "top1"))
+        if temps is not None:
+            ds.templates = check_templates(list(temps))
+        return ds
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"{spec}: neither a demo task ({', '.join(demo_task_names())}) nor an existing folder or CSV file"
+        )
+    source = _labelled_source(path, entry, names)
+    final_templates = check_templates(list(temps or (entry.templates if entry else DEFAULT_TEMPLATES)))
+    final_metric = metric or (entry.metric if entry else "top1")
+    if entry is not None and len(source.classes) != entry.num_classes:
+        raise DataError(
+            f"{spec}: {len(source.classes)} classes, but {entry.title} has {entry.num_classes}; "
+            f"expected layout: {entry.layout}"
+        )
+    identity = f"files:{path.resolve()}:{len(source)}:{image_size}:{'|'.join(source.classes)}"
+    return FileImageSet(
+        source,
+        name=entry.name if entry else path.name,
+        classnames=list(source.classes),
+        templates=final_templates,
+        metric=final_metric,
+        identity=identity,
+        transform=EvalTransform(image_size),
+    )
+
+
+def _labelled_source(path: Path, entry: CatalogEntry | None, names: Sequence[str] | None) -> Any:
+    """The labelled source with ``classes`` = the class names to prompt with, labels indexing them."""
+    from openslip.data.labelled import open_labelled
+
+    wanted = list(names) if names is not None else (list(entry.classnames) if entry and entry.classnames else None)
+    if path.is_file():
+        return open_labelled(path, classes=wanted)
+    source = open_labelled(path)
+    folders = list(source.classes)
+    if all(re.fullmatch(r"\d+", f) for f in folders):  # ROOT/<index>/: folder k is class k
+        index = [int(f) for f in folders]
+        count = len(wanted) if wanted is not None else max(index) + 1
+        if max(index) >= count:
+            raise DataError(f"{path}: class folder {max(index)} but only {count} class names")
+        source.labels = [index[lab] for lab in source.labels]
+        source.classes = wanted if wanted is not None else [str(i) for i in range(count)]
+        return source
+    if wanted is None:
+        source.classes = [clean_folder_name(f) for f in folders]
+        return source
+    if names is not None and len(names) == len(folders):  # --classnames FILE lists the sorted folders' names
+        source.classes = list(names)
+        return source
+    # Catalog names: match each folder to its class by name (folder order differs from catalog order).
+    lookup = {_norm(c): i for i, c in enumerate(wanted)}
+    mapping = [lookup.get(_norm(clean_folder_name(f)), lookup.get(_norm(f))) for f in folders]
+    missing = [f for f, m in zip(folders, mapping, strict=True) if m is None]
+    if missing:
+        hint = f"; expected layout: {entry.layout}" if entry else ""
+        raise DataError(
+            f"{path}: class folder(s) {', '.join(missing[:3])} match no class name of "
+            f"{entry.title if entry else 'the class list'} (pass --classnames FILE){hint}"
+        )
+    source.labels = [mapping[lab] for lab in source.labels]
+    source.classes = wanted
+    return source
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+# --- retrieval sets --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RetrievalSet:
+    """Images and their captions: ``captions[i]`` describe image ``i`` (one or more each)."""
+
+    name: str
+    images: ImageSet
+    captions: list[list[str]]
+
+    def flat(self) -> tuple[list[str], np.ndarray]:
+        """All captions in one list and the image index of each."""
+        texts = [c for caps in self.captions for c in caps]
+        owner = np.repeat(np.arange(len(self.captions), dtype=np.int64), [len(c) for c in self.captions])
+        return texts, owner
+
+
+def open_retrieval(
+    spec: str,
+    *,
+    split: str = "test",
+    image_size: int = 224,
+    n: int | None = None,
+    image_root: str | None = None,
+    seed: int = 0,
+) -> RetrievalSet:
+    """``demo`` (the demo world's retrieval split), a Karpathy-split JSON (COCO / Flickr30k, ``split``
+    selects its images), or anything ``openslip.data.sources.open_source`` reads with captions (CSV / JSONL
+    manifests with one or more caption columns, COCO captions JSON, folders with sidecar .txt captions)."""
+    if spec in DEMO_RETRIEVAL_NAMES:
+        from openslip.data.demo_tasks import demo_retrieval
+
+        r = demo_retrieval(split, n or 1000, seed=seed, image_size=image_size)
+        images = ArrayImageSet(
+            r.images,
+            name="demo_retrieval",
+            labels=np.arange(len(r.images)),
+            classnames=[],
+            templates=[],
+            metric="recall",
+            identity=f"demo_retrieval:{split}:{len(r.images)}:{seed}:{image_size}",
+            transform=UInt8ToTensor(),
+        )
+        return RetrievalSet("demo_retrieval", images, r.captions)
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".json" and path.is_file() and _is_karpathy(path):
+        paths, captions = _read_karpathy(path, split, image_root)
+    else:
+        from openslip.data.sources import open_source
+
+        options = {"root": image_root} if image_root else {}
+        source = open_source(spec, **options)
+        if not hasattr(source, "record"):
+            raise DataError(f"{spec}: retrieval needs a map-style source (a manifest, COCO JSON or folder), not shards")
+        paths, captions = [], []
+        for i in range(len(source)):
+            record = source.record(i)
+            try:
+                caps = record.clean_captions()
+            except BadSample as err:
+                raise DataError(f"{spec}: sample {record.id} has no usable caption ({err})") from None
+            paths.append(record.image)
+            captions.append(caps)
+    if n is not None:
+        paths, captions = paths[:n], captions[:n]
+    if not paths:
+        raise DataError(f"{spec}: no images for retrieval (split {split!r})")
+    images = RecordImageSet(
+        paths,
+        name=path.stem,
+        classnames=[],
+        templates=[],
+        metric="recall",
+        identity=f"retrieval:{path.resolve()}:{split}:{len(paths)}:{image_size}",
+        transform=EvalTransform(image_size),
+    )
+    return RetrievalSet(path.stem, images, captions)
+
+
+def _is_karpathy(path: Path) -> bool:
+    with open(path, encoding="utf-8") as f:
+        head = f.read(4096)
+    return '"sentences"' in head or ('"images"' in head and '"annotations"' not in head and '"split"' in head)
+
+
+def _read_karpathy(path: Path, split: str, image_root: str | None) -> tuple[list[str], list[list[str]]]:
+    """Karpathy's dataset_{coco,flickr30k}.json: images[*] = {filepath?, filename, split, sentences[*].raw}."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        items = doc["images"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: not a Karpathy-split JSON ({err})") from None
+    root = Path(image_root).expanduser() if image_root else path.parent
+    paths, captions = [], []
+    for item in items:
+        if item.get("split") != split:
+            continue
+        caps = [s["raw"].strip() for s in item.get("sentences", []) if s.get("raw", "").strip()]
+        if not caps:
+            raise DataError(f"{path}: image {item.get('filename')} has no captions")
+        paths.append(str(root / item.get("filepath", "") / item["filename"]))
+        captions.append(caps)
+    splits = sorted({str(i.get("split")) for i in items})
+    if not paths:
+        raise DataError(f"{path}: no images in split {split!r}; splits present: {', '.join(splits)}")
+    return paths, captions
+
+
+def split_indices(n: int, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A random (train, held-out) split of range(n) with ``fraction`` held out (at least one each)."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    k = min(max(int(math.ceil(n * fraction)), 1), n - 1)
+    return np.sort(perm[k:]), np.sort(perm[:k])

@@ -1,0 +1,121 @@
+"""The dataset catalog and the evaluation datasets built from folders / CSV files with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from openslip.errors import ConfigError, DataError
+from openslip.eval.catalog import CATALOG_DIR, catalog_names, clean_folder_name, get_entry
+from openslip.eval.datasets import open_classification, open_retrieval
+
+PAPER_METRICS = {
+    "aircraft": "mean_per_class",
+    "pets": "mean_per_class",
+    "caltech101": "mean_per_class",
+    "flowers": "mean_per_class",
+    "kinetics700": "top1_top5_mean",
+    "hateful_memes": "roc_auc",
+    "imagenet": "top1",
+    "food101": "top1",
+}
+
+
+def test_catalog_has_the_papers_26_datasets_with_their_metrics() -> None:
+    names = catalog_names()
+    assert len(names) == 26
+    for name in names:
+        e = get_entry(name)
+        assert e.templates and all(t.count("{}") == 1 for t in e.templates)
+        assert e.classnames is None or len(e.classnames) == e.num_classes
+        assert e.layout
+        assert e.metric == PAPER_METRICS.get(name, "top1"), name
+    assert get_entry("Food-101").name == "food101" and get_entry("FGVC_Aircraft").name == "aircraft"
+    assert len(get_entry("imagenet").classnames or ()) == 1000
+    assert (CATALOG_DIR / "LICENSE-clip_benchmark.txt").is_file()
+    with pytest.raises(ConfigError, match="no catalog entry"):
+        get_entry("not_a_dataset")
+
+
+def test_clean_folder_names() -> None:
+    assert clean_folder_name("apple_pie") == "apple pie"
+    assert clean_folder_name("ApplyEyeMakeup") == "apply eye makeup"
+    assert clean_folder_name("001.Black_footed_Albatross") == "Black footed Albatross"
+    assert clean_folder_name("12") == "12"
+
+
+def _folder(root: Path, classes: list[str], per_class: int = 2) -> Path:
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_folder_named_by_class_maps_to_catalog_order(tmp_path: Path) -> None:
+    entry = get_entry("cifar10")
+    root = _folder(tmp_path / "c10", sorted(entry.classnames or ()))  # sorted folders != catalog order
+    ds = open_classification(str(root), catalog="cifar10", image_size=16)
+    assert ds.classnames == list(entry.classnames or ())
+    assert ds.metric == "top1" and ds.templates == list(entry.templates)
+    for i in range(len(ds)):
+        folder = ds.source.paths[i].split("/")[0]
+        assert ds.classnames[ds.labels[i]] == folder
+    x, y = ds[0]
+    assert tuple(x.shape) == (3, 16, 16)
+
+
+def test_index_folders_and_catalog_metric(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "memes", ["0", "1"])
+    ds = open_classification(str(root), catalog="hateful_memes", image_size=16)
+    assert ds.metric == "roc_auc" and ds.classnames == list(get_entry("hateful_memes").classnames or ())
+    root = _folder(tmp_path / "nums", [str(i) for i in range(11)], per_class=1)  # "10" sorts before "2"
+    ds = open_classification(str(root), image_size=16)
+    assert [int(ds.source.paths[i].split("/")[0]) for i in range(len(ds))] == list(ds.labels)
+
+
+def test_folder_names_without_catalog_names_and_errors(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "food", ["apple_pie", "baby_back_ribs"])
+    ds = open_classification(str(root), image_size=16)
+    assert ds.classnames == ["apple pie", "baby back ribs"] and ds.metric == "top1"
+    names = tmp_path / "names.txt"
+    names.write_text("pie\nribs\n")
+    assert open_classification(str(root), classnames=str(names), image_size=16).classnames == ["pie", "ribs"]
+    with pytest.raises(DataError, match="classes, but"):
+        open_classification(str(root), catalog="food101", image_size=16)
+    with pytest.raises(DataError, match="match no class name"):
+        open_classification(str(_folder(tmp_path / "x", ["zebra", "cat"])), catalog="rendered_sst2", image_size=16)
+    with pytest.raises(DataError, match="neither a demo task"):
+        open_classification(str(tmp_path / "missing"))
+
+
+def test_csv_with_catalog_names(tmp_path: Path) -> None:
+    _folder(tmp_path / "img", ["a"], per_class=3)
+    (tmp_path / "set.csv").write_text("image,label\nimg/a/0.png,1\nimg/a/1.png,0\n")
+    ds = open_classification(str(tmp_path / "set.csv"), catalog="rendered_sst2", image_size=16)
+    assert ds.classnames == ["negative", "positive"] and list(ds.labels) == [1, 0]
+    (tmp_path / "named.csv").write_text("image,label\nimg/a/0.png,positive\nimg/a/2.png,negative\n")
+    ds = open_classification(str(tmp_path / "named.csv"), catalog="rendered_sst2", image_size=16)
+    assert list(ds.labels) == [1, 0]
+
+
+def test_karpathy_retrieval_json(tmp_path: Path) -> None:
+    import json
+
+    _folder(tmp_path / "imgs", ["x"], per_class=3)
+    doc = {
+        "images": [
+            {"filepath": "x", "filename": f"{i}.png", "split": "test" if i < 2 else "train",
+             "sentences": [{"raw": f"image {i} caption {j}"} for j in range(3)]}
+            for i in range(3)
+        ]
+    }  # fmt: skip
+    (tmp_path / "imgs" / "dataset_test.json").write_text(json.dumps(doc))
+    rs = open_retrieval(str(tmp_path / "imgs" / "dataset_test.json"), image_size=16)
+    texts, owner = rs.flat()
+    assert len(rs.images) == 2 and len(texts) == 6 and owner.tolist() == [0, 0, 0, 1, 1, 1]
+    with pytest.raises(DataError, match="splits present"):
+        open_retrieval(str(tmp_path / "imgs" / "dataset_test.json"), split="val", image_size=16)
