@@ -23,6 +23,7 @@ COMMANDS: list[str] = [
     "eval",
     "embed",
     "finetune",
+    "bench",
 ]
 
 

@@ -22,16 +22,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    # foreach on CPU, fused on CUDA: one kernel over all parameters instead of one per tensor.
-    fused = all(p.is_cuda for p in model.parameters())
-    return torch.optim.AdamW(
-        param_groups(model, cfg.wd),
-        lr=cfg.lr,
-        betas=cfg.betas,
-        eps=cfg.eps,
-        fused=fused or None,
-        foreach=None if fused else True,
-    )
+    # Fused: one kernel over all parameters (CPU too: 0.047 s vs 0.163 s foreach for ViT-S, PERFORMANCE.md).
+    return torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
 
 
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:

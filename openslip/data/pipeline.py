@@ -35,7 +35,7 @@ class DecodeOnly:
         if max(image.size) > self.max_side:
             image = image.copy()
             image.thumbnail((self.max_side, self.max_side), Image.Resampling.BILINEAR)
-        arr = torch.from_numpy(to_rgb_uint8(image)).permute(2, 0, 1)  # [3, h, w]
+        arr = torch.tensor(to_rgb_uint8(image)).permute(2, 0, 1)  # [3, h, w]; a copy (the array may be read-only)
         out = torch.zeros(3, self.max_side, self.max_side, dtype=torch.uint8)
         out[:, : arr.shape[1], : arr.shape[2]] = arr
         return {"raw": out, "raw_hw": torch.tensor(arr.shape[1:])}

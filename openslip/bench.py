@@ -1,0 +1,544 @@
+"""Training-step benchmarks: samples/s, step-time breakdown, peak memory, FLOPs and MFU (DESIGN §8).
+
+`bench_train(TrainBenchConfig(...))` builds the trainer exactly as `openslip train` does
+(`openslip.train.build_trainer`) and times its step split into data / forward / backward / optimizer:
+
+- **model-only**: synthetic inputs already on the device (no data cost);
+- **end-to-end** (`with_data`): batches from the real three-view pipeline (demo world or a data spec),
+  augmented in loader workers (`augment="cpu"`) or on the device (`augment="device"`);
+- **baseline** (`baseline`): the 2021 way (`openslip.bench_baseline`) on the same weights: interleaved
+  step by step with the candidate in the model-only phase; in the end-to-end phase the two run as
+  consecutive blocks, because the idle path's loader workers would otherwise steal the cores.
+
+MFU = analytic model FLOPs per second (`openslip.flops`) / a matmul peak measured in the same run, in
+the same precision, with the kernel the model's layers use (`F.linear`), before and after the steps
+(the larger is used). Times are wall-clock medians over the measured steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from openslip.errors import ConfigError
+from openslip.flops import slip_sample_flops
+from openslip.perf import fast_bf16_available, tune_cpu_runtime
+
+PHASES = ("data", "forward", "backward", "optimizer")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+EOT, SOT = 49407, 49406
+
+
+@dataclass(kw_only=True)
+class TrainBenchConfig:
+    model: str = "slip_vit_tiny"  # registered model name
+    batch_size: int = 64  # samples per step (one process)
+    image_size: int | None = None  # None: the model's
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, as `train.precision`)
+    steps: int = 5  # measured steps per path
+    warmup: int = 2  # untimed steps first (allocator, autotuning, compilation)
+    with_data: bool = False  # also time end-to-end steps with the real data pipeline
+    data: str = "demo"  # data spec for `with_data`
+    num_workers: int = 2  # loader workers for `with_data`
+    augment: str = "cpu"  # "cpu": views in the workers; "device": batched on the device
+    baseline: bool = False  # also time the 2021 implementation on the same weights
+    compile: bool = False  # torch.compile the model
+    grad_checkpointing: bool = False  # activation checkpointing
+    text_len: int | None = None  # tokens per synthetic caption (SOT..EOT); None: the full context
+    device: str = "auto"  # auto | cpu | cuda[:N]
+    memory_sweep: bool = False  # peak memory at `sweep_batches`, with and without checkpointing
+    sweep_batches: tuple[int, ...] = (64, 128, 256)
+    profile: int = 0  # > 0: profile one extra candidate step and report its top ops by self time
+    peak_budget_s: float = 2.0  # seconds spent measuring the matmul peak (twice: before and after the steps)
+    threads: int | None = None  # torch intra-op threads; None: torch's default (capped at the usable cores)
+    tune: bool = True  # apply `openslip.perf.tune_cpu_runtime` (False: measure without it)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.precision not in DTYPES:
+            raise ConfigError(f"--precision {self.precision!r}; choose one of: {', '.join(DTYPES)}")
+        if self.augment not in ("cpu", "device"):
+            raise ConfigError(f"--augment {self.augment!r}; choose cpu or device")
+        for key in ("batch_size", "steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"--{key.replace('_', '-')} must be >= 1")
+        if self.warmup < 0:
+            raise ConfigError("--warmup must be >= 0")
+
+
+# --- measuring ------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    return device
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):  # Linux >= 4.0: "5" resets the resident high-water mark (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: max_memory_allocated since the last reset. CPU: peak resident set size of the process."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux; never reset
+
+
+def measure_matmul_peak(device: torch.device, precision: str, *, budget_s: float = 2.0) -> dict[str, float]:
+    """The best matmul throughput (FLOP/s) of `F.linear` in `precision` on `device`, measured now.
+
+    Square products of growing size (512 up to 4096 on CPU, 8192 on CUDA) until one call takes longer
+    than budget/10; each size is timed a few times and its median kept; the best size wins."""
+    dtype = DTYPES[precision]
+    top = 8192 if device.type == "cuda" else 4096
+    best, best_n, n = 0.0, 0, 512
+    deadline = time.perf_counter() + budget_s
+    while n <= top:
+        x = torch.randn(n, n, device=device, dtype=dtype)
+        w = torch.randn(n, n, device=device, dtype=dtype)
+        F.linear(x, w)  # warm-up (kernel choice, page faults)
+        _sync(device)
+        times = []
+        for _ in range(3 if device.type == "cpu" else 10):
+            t0 = time.perf_counter()
+            F.linear(x, w)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        rate = 2 * n**3 / statistics.median(times)
+        if rate > best:
+            best, best_n = rate, n
+        if min(times) > budget_s / 10 or time.perf_counter() > deadline:
+            break
+        n *= 2
+    return {"flops_per_s": best, "n": best_n}
+
+
+# --- the steps ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class PathStats:
+    """Per-step times of one path (one entry per measured step)."""
+
+    phases: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
+    steps: list[float] = field(default_factory=list)
+    flops: list[float] = field(default_factory=list)  # model FLOPs of each step
+    faults: list[float] = field(default_factory=list)  # minor page faults of each step (whole process)
+    sys_s: list[float] = field(default_factory=list)  # kernel CPU time of each step (page faults show here)
+    peak_mb: float = 0.0
+
+    def add(self, times: dict[str, float], flops: float) -> None:
+        for p in PHASES:
+            self.phases[p].append(times[p])
+        self.steps.append(sum(v for k, v in times.items() if k in PHASES))
+        self.flops.append(flops)
+        self.faults.append(times["minor_faults"])
+        self.sys_s.append(times["sys_s"])
+
+    def summary(self, batch_size: int, peak_flops: float) -> dict[str, Any]:
+        step = statistics.median(self.steps)
+        achieved = statistics.median(f / s for f, s in zip(self.flops, self.steps, strict=True))
+        return {
+            "samples_per_s": batch_size / step,
+            "step_s": step,
+            "breakdown_s": {p: statistics.median(v) for p, v in self.phases.items()},
+            "steps_s": self.steps,
+            "flops_per_step": statistics.median(self.flops),
+            "achieved_flops_per_s": achieved,
+            "mfu": achieved / peak_flops if peak_flops > 0 else float("nan"),
+            "peak_memory_mb": self.peak_mb,
+            "minor_page_faults_per_step": statistics.median(self.faults),
+            "sys_cpu_s_per_step": statistics.median(self.sys_s),
+        }
+
+
+def _text_len(text: torch.Tensor) -> int:
+    return int(text.argmax(dim=-1).max()) + 1  # the candidate runs the text tower up to the last EOT
+
+
+def synthetic_inputs(model: Any, batch_size: int, image_size: int, device: torch.device, text_len: int | None):
+    """Random views and captions of `text_len` tokens (SOT, words, EOT), already on `device`."""
+    g = torch.Generator().manual_seed(0)
+    out: dict[str, torch.Tensor] = {}
+    names = (["image"] if model.has_text else []) + (["view1", "view2"] if model.has_ssl_head else [])
+    for name in names:
+        out[name] = torch.randn(batch_size, 3, image_size, image_size, generator=g).to(device)
+    if model.has_text:
+        ctx = model.cfg.text.context_length
+        n = min(text_len or ctx, ctx)
+        text = torch.zeros(batch_size, ctx, dtype=torch.long)
+        text[:, 0] = SOT
+        text[:, 1 : n - 1] = torch.randint(1000, 40000, (batch_size, max(n - 2, 0)), generator=g)
+        text[:, n - 1] = EOT
+        out["text"] = text.to(device)
+    return out
+
+
+class Stepper:
+    """Runs timed training steps of one path (candidate or baseline) on a built `Trainer`."""
+
+    def __init__(self, trainer: Any, *, baseline: bool, batch_size: int, image_size: int) -> None:
+        from openslip.bench_baseline import reference_forward, reference_optimizer
+
+        self.t = trainer
+        self.baseline = baseline
+        self.device = trainer.dist.device
+        self.flops_cfg = dict(batch_size=batch_size, image_size=image_size)
+        if baseline:
+            o = trainer.cfg.optim
+            self.forward: Callable[..., dict] = lambda **kw: reference_forward(trainer.model, **kw)
+            self.optimizer = reference_optimizer(trainer.model, o.lr, o.wd, o.betas, o.eps)
+            self.autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+        else:
+            self.forward = trainer.wrapped
+            self.optimizer = trainer.optimizer
+            self.autocast = trainer.autocast
+
+    def step_flops(self, inputs: dict[str, torch.Tensor]) -> float:
+        model = self.t.model
+        text_len = None
+        if "text" in inputs:
+            trims = not self.baseline and getattr(model, "trim_text", False)
+            text_len = _text_len(inputs["text"]) if trims else inputs["text"].shape[1]
+        f = slip_sample_flops(model.cfg, text_len=text_len, **self.flops_cfg)
+        return float(f.train * self.flops_cfg["batch_size"])
+
+    def step(self, get_inputs: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, float], float]:
+        """One optimizer step; returns (seconds per phase, model FLOPs)."""
+        from openslip.optim import clamp_logit_scale
+
+        t, dev = self.t, self.device
+        times: dict[str, float] = {}
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        inputs = get_inputs()
+        _sync(dev)
+        t1 = time.perf_counter()
+        with self.autocast():
+            losses = t.loss_fn(self.forward(**inputs))
+        _sync(dev)
+        t2 = time.perf_counter()
+        t.scaler.scale(losses["loss"]).backward()
+        _sync(dev)
+        t3 = time.perf_counter()
+        t.scaler.step(self.optimizer)
+        t.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        clamp_logit_scale(t.model)
+        _sync(dev)
+        t4 = time.perf_counter()
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
+        times.update(data=t1 - t0, forward=t2 - t1, backward=t3 - t2, optimizer=t4 - t3)
+        times.update(minor_faults=usage1.ru_minflt - usage0.ru_minflt, sys_s=usage1.ru_stime - usage0.ru_stime)
+        return times, self.step_flops(inputs)
+
+
+# --- the benchmark ------------------------------------------------------------------------------------
+
+
+def _train_config(bc: TrainBenchConfig, out_dir: str, device: torch.device) -> Any:
+    from openslip.config import make_config
+    from openslip.models import MODELS
+
+    if bc.model not in MODELS:
+        raise ConfigError(f"--model {bc.model!r} is not a registered model; choose one of: {', '.join(MODELS)}")
+    parts = MODELS.get(bc.model)
+    values: dict[str, Any] = {
+        "model": bc.model,
+        "out_dir": out_dir,
+        "seed": bc.seed,
+        "train": {
+            "batch_size": bc.batch_size,
+            "precision": bc.precision,
+            "compile": bc.compile,
+            "grad_checkpointing": bc.grad_checkpointing,
+            "steps": 10**9,
+            "progress": False,
+        },
+        "data": {"train": bc.data, "num_workers": bc.num_workers, "augment": bc.augment},
+        "loss": {
+            "clip_scale": 1.0 if parts.text is not None else 0.0,
+            "ssl_scale": 1.0 if parts.ssl_head is not None else 0.0,
+        },
+        "optim": {"warmup_steps": 0},
+    }
+    if bc.image_size:
+        values["data"]["image_size"] = bc.image_size
+    return make_config(values)
+
+
+def _machine(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+    }
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), info["cpu"])
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        info["fast_bf16"] = fast_bf16_available(device)
+    return info
+
+
+def _run_phase(steppers: list[Stepper], inputs_fns: list[Callable[[], dict]], bc: TrainBenchConfig) -> list[PathStats]:
+    """warmup + steps, the paths interleaved step by step; peak memory per path over its measured steps."""
+    stats = [PathStats() for _ in steppers]
+    for i in range(bc.warmup + bc.steps):
+        for s, fn, st in zip(steppers, inputs_fns, stats, strict=True):
+            _reset_peak_memory(s.device)
+            times, flops = s.step(fn)
+            if i >= bc.warmup:
+                st.add(times, flops)
+                st.peak_mb = max(st.peak_mb, peak_memory_mb(s.device))
+    return stats
+
+
+def _data_inputs(trainer: Any, loader: Any, transform_views: Callable) -> Callable[[], dict]:
+    batches = iter(loader.forever())
+    counter = {"step": 0}
+
+    def get() -> dict:
+        batch = next(batches)
+        counter["step"] += 1
+        return transform_views(batch, counter["step"])
+
+    get.close = lambda: getattr(batches, "close", lambda: None)()  # type: ignore[attr-defined]
+    return get
+
+
+def _captions_of_data(trainer: Any, bc: TrainBenchConfig, image_size: int) -> torch.Tensor:
+    """One batch of real tokenized captions from the data (read in this process, no views rendered), so the
+    model-only phase runs the same text lengths as the end-to-end phase and their ratio isolates the data cost."""
+    from openslip.data.loader import build_train_loader
+    from openslip.data.sources import open_source
+    from openslip.tokenizer import get_tokenizer
+
+    cfg = trainer.cfg
+    options = {"size": cfg.data.demo_size, "image_size": image_size} if cfg.data.train == "demo" else {}
+    source = open_source(cfg.data.train, format=cfg.data.format, **options)
+    loader = build_train_loader(
+        source,
+        _no_views,
+        get_tokenizer(),
+        batch_size=bc.batch_size,
+        num_workers=0,
+        seed=cfg.seed + 1,
+        max_skip_rate=cfg.data.max_skip_rate,
+    )
+    return next(iter(loader))["text"]
+
+
+def _no_views(image: Any) -> torch.Tensor:
+    return torch.zeros(1)
+
+
+def _baseline_loader(trainer: Any, bc: TrainBenchConfig, image_size: int) -> Any:
+    from openslip.bench_baseline import PILSLIPTransform
+    from openslip.data.loader import build_train_loader
+    from openslip.data.sources import open_source
+    from openslip.tokenizer import get_tokenizer
+
+    cfg = trainer.cfg
+    options = {"size": cfg.data.demo_size, "image_size": image_size} if cfg.data.train == "demo" else {}
+    source = open_source(cfg.data.train, format=cfg.data.format, **options)
+    return build_train_loader(
+        source,
+        PILSLIPTransform(image_size),
+        get_tokenizer(),
+        batch_size=bc.batch_size,
+        num_workers=bc.num_workers,
+        seed=cfg.seed,
+        max_skip_rate=cfg.data.max_skip_rate,
+    )
+
+
+def profile_step(stepper: Stepper, get_inputs: Callable[[], dict], top: int) -> list[dict[str, Any]]:
+    """The `top` operators of one candidate step by self time (torch.profiler), with their share of it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if stepper.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        stepper.step(get_inputs)
+    attr = "self_device_time_total" if stepper.device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, attr), reverse=True)
+    return [
+        {"op": e.key, "self_s": getattr(e, attr) / 1e6, "share": getattr(e, attr) / total, "calls": e.count}
+        for e in events[:top]
+    ]
+
+
+def memory_sweep(trainer: Any, bc: TrainBenchConfig, image_size: int) -> list[dict[str, Any]]:
+    """Peak memory and step time of the candidate at each sweep batch size, with and without checkpointing."""
+    rows = []
+    model = trainer.model
+    for ckpt in (False, True):
+        model.set_grad_checkpointing(ckpt)
+        for b in bc.sweep_batches:
+            stepper = Stepper(trainer, baseline=False, batch_size=b, image_size=image_size)
+            row: dict[str, Any] = {"batch_size": b, "grad_checkpointing": ckpt}
+            try:
+                inputs = synthetic_inputs(model, b, image_size, stepper.device, bc.text_len)
+                stepper.step(lambda inputs=inputs: inputs)  # warm-up
+                _reset_peak_memory(stepper.device)
+                times, _ = stepper.step(lambda inputs=inputs: inputs)
+                step_s = sum(times[p] for p in PHASES)
+                row.update(peak_memory_mb=peak_memory_mb(stepper.device), step_s=step_s, samples_per_s=b / step_s)
+            except torch.OutOfMemoryError:
+                row.update(peak_memory_mb=None, error="out of memory")
+            finally:
+                trainer.optimizer.zero_grad(set_to_none=True)
+                inputs = None
+                if stepper.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            rows.append(row)
+    model.set_grad_checkpointing(bc.grad_checkpointing)
+    return rows
+
+
+def bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
+    """Run the training benchmark; returns the JSON-able result (`openslip bench train` prints it as a table).
+
+    The thread count and `OPENSLIP_NO_TUNE` are restored afterwards (the malloc settings stay)."""
+    threads, no_tune = torch.get_num_threads(), os.environ.get("OPENSLIP_NO_TUNE")
+    try:
+        return _bench_train(bc)
+    finally:
+        torch.set_num_threads(threads)
+        if no_tune is None:
+            os.environ.pop("OPENSLIP_NO_TUNE", None)
+        else:
+            os.environ["OPENSLIP_NO_TUNE"] = no_tune
+
+
+def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
+    from openslip.distributed import DistInfo
+    from openslip.train import build_trainer
+
+    device = resolve_device(bc.device)
+    tuning = tune_cpu_runtime(threads=bc.threads).as_dict() if bc.tune else {"skipped": "--no-tune"}
+    if bc.threads and not bc.tune:
+        torch.set_num_threads(bc.threads)
+    if not bc.tune:
+        os.environ["OPENSLIP_NO_TUNE"] = "1"  # so that a trainer calling tune_cpu_runtime() skips it too
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="openslip-bench-") as out_dir:
+        cfg = _train_config(bc, out_dir, device)
+        torch.manual_seed(bc.seed)
+        trainer = build_trainer(cfg, DistInfo(0, 1, 0, device, True))
+        image_size = trainer.model.cfg.vision.image_size
+        B = bc.batch_size
+        peak0 = measure_matmul_peak(device, bc.precision, budget_s=bc.peak_budget_s)
+        candidate = Stepper(trainer, baseline=False, batch_size=B, image_size=image_size)
+        steppers = [candidate]
+        if bc.baseline:
+            steppers.append(Stepper(trainer, baseline=True, batch_size=B, image_size=image_size))
+        synth = synthetic_inputs(trainer.model, B, image_size, device, bc.text_len)
+        if bc.with_data and "text" in synth:
+            synth["text"] = _captions_of_data(trainer, bc, image_size).to(device)
+        model_only = _run_phase(steppers, [lambda: synth] * len(steppers), bc)
+        e2e: list[PathStats] = []
+        if bc.with_data:
+            data = trainer.data
+            for s in steppers:
+                if s.baseline:
+                    loader = _baseline_loader(trainer, bc, image_size)
+
+                    def views(batch: dict, step: int) -> dict:
+                        return {
+                            k: v.to(device, non_blocking=True)
+                            for k, v in batch.items()
+                            if k in ("image", "view1", "view2", "text")
+                        }
+                else:
+                    loader = data.loader
+
+                    def views(batch: dict, step: int) -> dict:
+                        return data.views(batch, step, device)
+
+                get = _data_inputs(trainer, loader, views)
+                e2e += _run_phase([s], [get], bc)  # one block per path: idle workers would steal the cores
+                get.close()  # type: ignore[attr-defined]
+        profile_rows = profile_step(candidate, lambda: synth, bc.profile) if bc.profile > 0 else None
+        peak1 = measure_matmul_peak(device, bc.precision, budget_s=bc.peak_budget_s)
+        peak = max(peak0["flops_per_s"], peak1["flops_per_s"])
+        if bc.memory_sweep:
+            del steppers[1:]  # the baseline's optimizer state would count in the candidate's memory
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        sweep = memory_sweep(trainer, bc, image_size) if bc.memory_sweep else None
+    text_len = _text_len(synth["text"]) if "text" in synth else None
+    flops = slip_sample_flops(trainer.model.cfg, batch_size=B, image_size=image_size, text_len=text_len)
+    result: dict[str, Any] = {
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(bc).items()},
+        "machine": _machine(device),
+        "load_avg": {"before": list(load_before), "after": list(os.getloadavg())},
+        "runtime_tuning": tuning,
+        "image_size": image_size,
+        "text_len": text_len,  # tokens the text tower runs on in the model-only phase (SOT..last EOT)
+        "matmul_peak_flops_per_s": peak,
+        "matmul_peak_runs": [peak0, peak1],
+        "flops_per_sample": flops.as_dict(),
+        "model_only": model_only[0].summary(B, peak),
+    }
+    if bc.with_data:
+        result["end_to_end"] = e2e[0].summary(B, peak)
+        result["end_to_end"]["ratio_to_model_only"] = (
+            result["end_to_end"]["samples_per_s"] / result["model_only"]["samples_per_s"]
+        )
+    if bc.baseline:
+        result["baseline"] = {"model_only": model_only[1].summary(B, peak)}
+        result["speedup_vs_baseline"] = {
+            "model_only": result["model_only"]["samples_per_s"] / result["baseline"]["model_only"]["samples_per_s"]
+        }
+        if bc.with_data:
+            result["baseline"]["end_to_end"] = e2e[1].summary(B, peak)
+            result["speedup_vs_baseline"]["end_to_end"] = (
+                result["end_to_end"]["samples_per_s"] / result["baseline"]["end_to_end"]["samples_per_s"]
+            )
+    if sweep is not None:
+        result["memory_sweep"] = sweep
+    if profile_rows is not None:
+        result["profile"] = profile_rows
+    result["samples_per_s"] = result["model_only"]["samples_per_s"]
+    result["mfu"] = result["model_only"]["mfu"]
+    return result

@@ -1,0 +1,171 @@
+"""`openslip bench {train,data}`: throughput, step-time breakdown, peak memory and MFU (DESIGN §8).
+
+openslip bench train --model slip_vit_s16 --batch-size 16 --precision bf16 --steps 3 --baseline
+openslip bench train --model slip_vit_tiny --batch-size 64 --with-data --output tiny.json
+openslip bench data --n 64 --image-size 224
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from openslip.errors import ConfigError
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("bench", help="benchmark training steps and the data pipeline")
+    sub = parser.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+
+    t = sub.add_parser("train", help="samples/s, step breakdown, peak memory, FLOPs and MFU of training steps")
+    t.add_argument("--model", default="slip_vit_tiny", help="registered model name (default slip_vit_tiny)")
+    t.add_argument("--batch-size", type=int, default=64, help="samples per step (default 64)")
+    t.add_argument("--image-size", type=int, default=None, help="input size (default: the model's)")
+    t.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    t.add_argument("--steps", type=int, default=5, help="measured steps per path (default 5)")
+    t.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    t.add_argument("--with-data", action="store_true", help="also time end-to-end steps with the data pipeline")
+    t.add_argument("--data", default="demo", help="data spec for --with-data (default: the demo world)")
+    t.add_argument("--num-workers", type=int, default=2, help="loader workers for --with-data (default 2)")
+    t.add_argument("--augment", default="cpu", choices=("cpu", "device"), help="where the views are rendered")
+    t.add_argument("--baseline", action="store_true", help="also time the 2021 implementation, same weights")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing")
+    t.add_argument("--text-len", type=int, default=None, help="tokens per synthetic caption (default 77)")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    t.add_argument("--memory-sweep", action="store_true", help="peak memory at --sweep-batches, +/- checkpointing")
+    t.add_argument("--sweep-batches", default="64,128,256", help="batch sizes of --memory-sweep (default 64,128,256)")
+    t.add_argument("--profile", type=int, default=0, metavar="N", help="profile one more step, show its top N ops")
+    t.add_argument("--peak-budget", type=float, default=2.0, help="seconds per matmul-peak measurement (default 2)")
+    t.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    t.add_argument("--no-tune", action="store_true", help="skip openslip.perf.tune_cpu_runtime (to measure it)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--output", default=None, metavar="FILE.json", help="write the result as JSON")
+    t.set_defaults(func=run_train)
+
+    d = sub.add_parser("data", help="three-view augmentation: ms per sample per core, CPU / batched / PIL paths")
+    d.add_argument("--n", type=int, default=64, help="images per round (default 64)")
+    d.add_argument("--image-size", type=int, default=224)
+    d.add_argument("--rounds", type=int, default=5)
+    d.add_argument("--device", default="cpu", help="device of the batched path (default cpu)")
+    d.add_argument("--batch-size", type=int, default=None, help="batch size of the batched path (default n)")
+    d.add_argument("--output", default=None, metavar="FILE.json", help="write the result as JSON")
+    d.set_defaults(func=run_data)
+
+
+def _write(path: str | None, result: dict) -> None:
+    if path:
+        p = Path(path).expanduser()
+        if p.parent and not p.parent.exists():
+            raise ConfigError(f"--output: folder {str(p.parent)!r} does not exist")
+        p.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from openslip.bench import TrainBenchConfig, bench_train
+
+    try:
+        batches = tuple(int(b) for b in args.sweep_batches.split(","))
+    except ValueError:
+        raise ConfigError(f"--sweep-batches {args.sweep_batches!r} should be integers separated by commas") from None
+    bc = TrainBenchConfig(
+        model=args.model,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        precision=args.precision,
+        steps=args.steps,
+        warmup=args.warmup,
+        with_data=args.with_data,
+        data=args.data,
+        num_workers=args.num_workers,
+        augment=args.augment,
+        baseline=args.baseline,
+        compile=args.compile,
+        grad_checkpointing=args.grad_checkpointing,
+        text_len=args.text_len,
+        device=args.device,
+        memory_sweep=args.memory_sweep,
+        sweep_batches=batches,
+        profile=args.profile,
+        peak_budget_s=args.peak_budget,
+        threads=args.threads,
+        tune=not args.no_tune,
+        seed=args.seed,
+    )
+    result = bench_train(bc)
+    print(format_train_table(result), flush=True)
+    _write(args.output, result)
+    return 0
+
+
+def run_data(args: argparse.Namespace) -> int:
+    import os
+
+    from openslip.data.augment_bench import benchmark_augment
+
+    if args.n < 1 or args.rounds < 1:
+        raise ConfigError("--n and --rounds must be >= 1")
+    r = benchmark_augment(args.n, args.image_size, rounds=args.rounds, device=args.device, batch_size=args.batch_size)
+    result: dict[str, Any] = {k: v for k, v in r.items()}
+    for path in ("pil", "cpu", "batched"):  # one core, so samples/s per core
+        result[f"{path}_samples_per_s_per_core"] = 1e3 / r[f"{path}_ms"]
+    result["image_size"] = args.image_size
+    result["load_avg"] = list(os.getloadavg())
+    print(
+        f"three-view SLIP augmentation at {args.image_size} px, ms per sample on one core (median of "
+        f"{args.rounds} rounds of {args.n}; decode {r['decode_ms']:.2f} ms/image, not included)"
+    )
+    for path, label in (("pil", "PIL baseline (2021)"), ("cpu", "CPU path (workers)"), ("batched", "batched path")):
+        print(f"  {label:22s} {r[f'{path}_ms']:7.2f} ms  {result[f'{path}_samples_per_s_per_core']:7.1f} samples/s")
+    print(f"  speed-up vs PIL: CPU path {r['speedup_cpu']:.2f}x, batched {r['speedup_batched']:.2f}x")
+    _write(args.output, result)
+    return 0
+
+
+def format_train_table(r: dict[str, Any]) -> str:
+    """A readable table of `bench_train`'s result."""
+    m = r["machine"]
+    c = r["config"]
+    lines = [
+        f"{c['model']} @ {r['image_size']} px, batch {c['batch_size']}, {c['precision']}, {c['steps']} steps "
+        f"(+{c['warmup']} warm-up) on {m.get('gpu') or m['cpu']} ({m['threads']} threads, load "
+        f"{r['load_avg']['before'][0]:.1f} -> {r['load_avg']['after'][0]:.1f})",
+        f"matmul peak (F.linear, {c['precision']}): {r['matmul_peak_flops_per_s'] / 1e9:,.1f} GFLOP/s; "
+        f"model FLOPs per sample (fwd+bwd): {r['flops_per_sample']['train'] / 1e9:,.2f} GFLOP",
+        "",
+        f"{'path':24s} {'samples/s':>10s} {'step s':>8s} {'data':>7s} {'fwd':>7s} {'bwd':>7s} {'optim':>7s} "
+        f"{'GFLOP/s':>8s} {'MFU':>6s} {'peak MB':>8s} {'faults':>8s} {'sys s':>6s}",
+    ]
+    rows = [("model-only", r["model_only"])]
+    if "end_to_end" in r:
+        rows.append(("end-to-end", r["end_to_end"]))
+    for key, row in r.get("baseline", {}).items():
+        rows.append((f"baseline {key.replace('_', '-')}", row))
+    for name, s in rows:
+        b = s["breakdown_s"]
+        lines.append(
+            f"{name:24s} {s['samples_per_s']:10.2f} {s['step_s']:8.3f} {b['data']:7.3f} {b['forward']:7.3f} "
+            f"{b['backward']:7.3f} {b['optimizer']:7.3f} {s['achieved_flops_per_s'] / 1e9:8.1f} "
+            f"{100 * s['mfu']:5.1f}% {s['peak_memory_mb']:8.0f} {s['minor_page_faults_per_step']:8.0f} "
+            f"{s['sys_cpu_s_per_step']:6.2f}"
+        )
+    if "end_to_end" in r:
+        lines.append(f"end-to-end / model-only: {r['end_to_end']['ratio_to_model_only']:.2f}")
+    for k, v in r.get("speedup_vs_baseline", {}).items():
+        lines.append(f"speed-up vs 2021 baseline ({k.replace('_', '-')}): {v:.2f}x")
+    for row in r.get("memory_sweep", []):
+        mem = f"{row['peak_memory_mb']:,.0f} MB" if row.get("peak_memory_mb") is not None else row.get("error")
+        lines.append(
+            f"memory: batch {row['batch_size']:4d} checkpointing {'on ' if row['grad_checkpointing'] else 'off'}"
+            f" -> {mem}"
+        )
+    if r.get("profile"):
+        lines.append("top ops of one model-only step (self time):")
+        lines += [
+            f"  {p['op'][:40]:40s} {p['self_s']:8.3f} s {100 * p['share']:5.1f}%  x{p['calls']}" for p in r["profile"]
+        ]
+    if m.get("fast_bf16") is False and c["precision"] == "bf16":
+        lines.append("note: this CPU has no native bf16 matmul (no AVX512-BF16 / AMX): bf16 runs emulated kernels")
+    return "\n".join(lines)

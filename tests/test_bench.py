@@ -1,0 +1,220 @@
+"""Benchmarks: analytic FLOPs against torch's flop counter, the 2021 baseline forward, the bench CLI.
+
+Everything runs on one thread: on a shared 2-core machine two OpenMP threads competing with another
+process make tiny steps 10x slower (docs/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import openslip
+from openslip.bench_baseline import reference_forward
+from openslip.cli import main
+from openslip.flops import slip_sample_flops
+from openslip.losses import SLIPLoss
+from openslip.perf import tune_cpu_runtime
+
+EOT, SOT = 49407, 49406
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _inputs(model, batch: int, text_len: int) -> dict[str, torch.Tensor]:
+    size = model.cfg.vision.image_size
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    if model.has_text:
+        out["image"] = torch.randn(batch, 3, size, size, generator=g)
+        text = torch.zeros(batch, 77, dtype=torch.long)
+        text[:, 0], text[:, 1 : text_len - 1], text[:, text_len - 1] = SOT, 7, EOT
+        out["text"] = text
+    if model.has_ssl_head:
+        out["view1"] = torch.randn(batch, 3, size, size, generator=g)
+        out["view2"] = torch.randn(batch, 3, size, size, generator=g)
+    return out
+
+
+def _loss(model, inputs, forward=None):
+    out = (forward or model)(**inputs)
+    return SLIPLoss(ssl_scale=1.0 if model.has_ssl_head else 0.0, clip_scale=1.0 if model.has_text else 0.0)(out)
+
+
+@pytest.mark.parametrize("name", ["slip_vit_micro", "clip_vit_micro", "simclr_vit_micro", "slip_vit_tiny"])
+def test_analytic_flops_match_flop_counter(name: str) -> None:
+    torch.manual_seed(0)
+    model = openslip.create_model(name)
+    batch, text_len = 4, 12
+    inputs = _inputs(model, batch, text_len)
+    expected = slip_sample_flops(model.cfg, batch_size=batch, text_len=text_len)
+    # The math SDPA backend runs attention as counted matmuls (the CPU flash kernel has no flop formula).
+    with sdpa_kernel(SDPBackend.MATH):
+        fwd = FlopCounterMode(display=False)
+        with fwd, torch.no_grad():
+            _loss(model, inputs)
+        both = FlopCounterMode(display=False)
+        with both:
+            _loss(model, inputs)["loss"].backward()
+    assert fwd.get_total_flops() == pytest.approx(batch * expected.forward, rel=0.02)
+    assert both.get_total_flops() == pytest.approx(batch * expected.train, rel=0.02)
+
+
+def test_baseline_flops_count_the_full_context() -> None:
+    model = openslip.create_model("slip_vit_micro")
+    inputs = _inputs(model, 2, 10)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        _loss(model, inputs, forward=lambda **kw: reference_forward(model, **kw))
+    expected = slip_sample_flops(model.cfg, batch_size=2, text_len=77)  # the 2021 code never trims the text
+    assert counter.get_total_flops() == pytest.approx(2 * expected.forward, rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["slip_vit_micro", "simclr_vit_micro"])
+def test_reference_forward_matches_the_model(name: str) -> None:
+    torch.manual_seed(0)
+    model = openslip.create_model(name).eval()
+    inputs = _inputs(model, 3, 9)
+    with torch.no_grad():
+        ours, ref = model(**inputs), reference_forward(model, **inputs)
+    assert ours.keys() == ref.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], ref[key], rtol=1e-4, atol=1e-5)
+
+
+def test_vit_s16_step_flops_near_the_reference_figure() -> None:
+    cfg = openslip.models.model_config("slip_vit_s16")
+    step = 16 * slip_sample_flops(cfg, batch_size=16).train
+    assert step == pytest.approx(1.63e12, rel=0.03)  # DESIGN §8: one batch-16 step is about 1.63 TFLOP
+
+
+def test_bench_train_cli_writes_json(tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    argv = [
+        "bench",
+        "train",
+        "--model",
+        "slip_vit_micro",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--baseline",
+        "--peak-budget",
+        "0.2",
+        "--threads",
+        "1",
+        "--output",
+        str(out),
+    ]
+    assert main(argv) == 0
+    r = json.loads(out.read_text())
+    for key in (
+        "samples_per_s",
+        "mfu",
+        "matmul_peak_flops_per_s",
+        "flops_per_sample",
+        "model_only",
+        "machine",
+        "baseline",
+        "speedup_vs_baseline",
+        "load_avg",
+    ):
+        assert key in r, key
+    mo = r["model_only"]
+    assert set(mo["breakdown_s"]) == {"data", "forward", "backward", "optimizer"}
+    assert mo["samples_per_s"] > 0 and mo["peak_memory_mb"] > 0
+    assert 0 < r["mfu"] < 1.5
+    assert 0 < r["baseline"]["model_only"]["mfu"] < 1.5
+    assert r["flops_per_sample"]["train"] > r["flops_per_sample"]["forward"] > 0
+
+
+def test_bench_train_with_data(tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    argv = [
+        "bench",
+        "train",
+        "--model",
+        "slip_vit_micro",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--with-data",
+        "--num-workers",
+        "0",
+        "--peak-budget",
+        "0.1",
+        "--threads",
+        "1",
+        "--output",
+        str(out),
+    ]
+    assert main(argv) == 0
+    r = json.loads(out.read_text())
+    assert r["end_to_end"]["samples_per_s"] > 0 and r["end_to_end"]["ratio_to_model_only"] > 0
+
+
+def test_bench_data_cli(tmp_path, capsys) -> None:
+    out = tmp_path / "data.json"
+    assert main(["bench", "data", "--n", "2", "--rounds", "1", "--image-size", "32", "--output", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["cpu_samples_per_s_per_core"] > 0 and r["speedup_cpu"] > 0
+    assert "PIL baseline" in capsys.readouterr().out
+
+
+def test_bench_rejects_bad_arguments(capsys) -> None:
+    assert main(["bench", "train", "--model", "no_such_model", "--steps", "1"]) == 2
+    assert "no_such_model" in capsys.readouterr().err
+    assert main(["bench", "train", "--steps", "0"]) == 2
+
+
+def test_tune_cpu_runtime_can_be_switched_off(monkeypatch) -> None:
+    monkeypatch.setenv("OPENSLIP_NO_TUNE", "1")
+    assert tune_cpu_runtime().skipped
+    monkeypatch.delenv("OPENSLIP_NO_TUNE")
+    tuned = tune_cpu_runtime()
+    assert tuned.skipped is None and tuned.threads >= 1
+
+
+def test_memory_sweep_on_cpu(tmp_path) -> None:
+    out = tmp_path / "sweep.json"
+    argv = [
+        "bench",
+        "train",
+        "--model",
+        "slip_vit_micro",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--memory-sweep",
+        "--sweep-batches",
+        "2,4",
+        "--peak-budget",
+        "0.1",
+        "--threads",
+        "1",
+        "--output",
+        str(out),
+    ]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["memory_sweep"]
+    assert [(r["batch_size"], r["grad_checkpointing"]) for r in rows] == [(2, False), (4, False), (2, True), (4, True)]
+    assert all(r["peak_memory_mb"] > 0 for r in rows)
