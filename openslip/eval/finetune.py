@@ -190,7 +190,7 @@ def finetune(
     Data-parallel over ranks: each rank trains on its shard of every epoch and gradients are averaged.
     """
     from openslip.eval.features import extract_features
-    from openslip.eval.linear import epoch_shard
+    from openslip.eval.linear import epoch_loader
 
     cfg = config or FinetuneConfig()
     world, rank = distributed.world_size(), distributed.rank()
@@ -217,13 +217,7 @@ def finetune(
     step = 0
     vit.train()
     for epoch in range(cfg.epochs):
-        order = epoch_shard(n, epoch, cfg.seed, rank, world)
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(train_set, order.tolist()),
-            batch_size=per_rank,
-            shuffle=False,
-            num_workers=num_workers,
-        )
+        loader = epoch_loader(train_set, epoch, cfg.seed, rank, world, per_rank, num_workers)
         seen, loss_sum = 0, 0.0
         for images, labels in loader:
             lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)

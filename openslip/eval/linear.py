@@ -196,6 +196,15 @@ def epoch_shard(n: int, epoch: int, seed: int, rank: int, world: int) -> np.ndar
     return perm[rank::world]
 
 
+def epoch_loader(
+    dataset: torch.utils.data.Dataset, epoch: int, seed: int, rank: int, world: int, batch_size: int, num_workers: int
+) -> torch.utils.data.DataLoader:
+    """This rank's batches of one training epoch (the order of `epoch_shard`)."""
+    order = epoch_shard(len(dataset), epoch, seed, rank, world)  # type: ignore[arg-type]
+    subset = torch.utils.data.Subset(dataset, order.tolist())
+    return torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
 def sgd_probe(
     model: nn.Module,
     train_set: torch.utils.data.Dataset,
@@ -230,17 +239,10 @@ def sgd_probe(
         head.bias.zero_()
     lr = sgd_learning_rate(cfg, world)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    n = len(train_set)  # type: ignore[arg-type]
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:  # per-epoch cosine, as the reference's adjust_learning_rate
             group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
-        order = epoch_shard(n, epoch, cfg.seed, rank, world)
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(train_set, order.tolist()),
-            batch_size=per_rank,
-            shuffle=False,
-            num_workers=num_workers,
-        )
+        loader = epoch_loader(train_set, epoch, cfg.seed, rank, world, per_rank, num_workers)
         total, count = 0.0, 0
         for images, labels in loader:
             with torch.no_grad():
