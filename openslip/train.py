@@ -22,10 +22,11 @@ from openslip.accumulate import accumulated_backward
 from openslip.config import Config, save_yaml
 from openslip.data.pipeline import TrainData, build_train_data
 from openslip.distributed import DistInfo, all_reduce_mean, average_gradients, barrier, init_distributed
-from openslip.errors import CheckpointError, ConfigError, TrainingError
-from openslip.eval.zero_shot import evaluate_demo_zero_shot
+from openslip.errors import CheckpointError, ConfigError, TrainingError, UserError
+from openslip.eval.datasets import open_classification
+from openslip.eval.zero_shot import evaluate_zero_shot
 from openslip.losses import SLIPLoss
-from openslip.models import SLIP, create_model
+from openslip.models import SLIP, create_model, model_config
 from openslip.models.sync_batchnorm import convert_global_batchnorm
 from openslip.optim import build_optimizer, clamp_logit_scale, lr_at, set_lr
 from openslip.perf import fast_bf16_available, tune_cpu_runtime
@@ -183,22 +184,28 @@ def resume(t: Trainer, log: RunLogger) -> None:
 
 
 def evaluate(t: Trainer) -> dict[str, float]:
-    """Zero-shot top-1 on the configured tasks (rank 0; the others wait)."""
+    """Zero-shot score (the dataset's metric, %) on each `eval.zeroshot` set; every rank takes part."""
     results: dict[str, float] = {}
-    if t.dist.is_main and t.model.has_text:
-        for name in t.cfg.eval.zeroshot:
-            r = evaluate_demo_zero_shot(t.model, name, n=t.cfg.eval.samples, device=t.dist.device)
-            results[f"zeroshot/{name}"] = r["top1"]
-    barrier()
+    if t.model.has_text:
+        for spec in t.cfg.eval.zeroshot:
+            dataset = _zero_shot_set(t.cfg, spec, t.model.cfg.vision.image_size)
+            metrics, _, _ = evaluate_zero_shot(t.model, dataset, device=t.dist.device)
+            results[f"zeroshot/{dataset.name}"] = metrics["score"]
     return results
 
 
-def check_eval_tasks(cfg: Config) -> None:
-    from openslip.data.demo_tasks import demo_task_names
+def _zero_shot_set(cfg: Config, spec: str, image_size: int):
+    """A demo task name (`demo_shapes`), an ImageFolder or a CSV of labelled images (see `openslip eval`)."""
+    return open_classification(spec, image_size=image_size, n=cfg.eval.samples)
 
-    unknown = [n for n in cfg.eval.zeroshot if n not in demo_task_names()]
-    if unknown:
-        raise ConfigError(f"eval.zeroshot: unknown task(s) {unknown}; choose from: {', '.join(demo_task_names())}")
+
+def check_eval_tasks(cfg: Config) -> None:
+    image_size = cfg.data.image_size or model_config(cfg.model).vision.image_size
+    for spec in cfg.eval.zeroshot:  # fail before training, not at the first evaluation
+        try:
+            _zero_shot_set(cfg, spec, image_size)
+        except UserError as err:
+            raise ConfigError(f"eval.zeroshot: {err}") from None
 
 
 def prepare_run_dir(cfg: Config, dist: DistInfo) -> Path:

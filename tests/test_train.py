@@ -176,3 +176,21 @@ def test_mixed_precision_runs(tmp_path, precision):
     summary = train(cfg)
     assert summary["steps"] == 2
     assert all(isinstance(r["loss"], float) for r in read_metrics(tmp_path))
+
+
+def test_periodic_zero_shot_on_demo_task_and_image_folder(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "folder" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "folder" / cls / f"{i}.png")
+    out = tmp_path / "run"
+    spec = f"eval.zeroshot=[demo_colours,{tmp_path / 'folder'}]"
+    assert main(["train", *overrides(out, "train.steps=2", spec, "eval.every_steps=2", "eval.samples=16")]) == 0
+    rows = [r for r in read_metrics(out) if any(k.startswith("zeroshot/") for k in r)]
+    assert rows and "zeroshot/demo_colours" in rows[-1] and len([k for k in rows[-1] if k.startswith("zeroshot/")]) == 2
+    assert main(["train", *overrides(tmp_path / "bad", "eval.zeroshot=[/no/such/dir]")]) == 2
+    assert "eval.zeroshot" in capsys.readouterr().err
