@@ -112,7 +112,8 @@ class CheckpointConfig:
 
 @dataclass(kw_only=True)
 class EvalConfig:
-    zeroshot: list[str] = field(default_factory=lambda: ["demo_shapes", "demo_colours"])  # tasks for periodic zero-shot
+    # periodic zero-shot sets: demo task names, ImageFolder trees or labelled CSVs (as `openslip eval zeroshot`)
+    zeroshot: list[str] = field(default_factory=lambda: ["demo_shapes", "demo_colours"])
     every_steps: int = 200  # evaluate every N steps (and at the end); 0: only at the end
     samples: int = 1000  # images per zero-shot task
 
