@@ -119,3 +119,23 @@ def test_karpathy_retrieval_json(tmp_path: Path) -> None:
     assert len(rs.images) == 2 and len(texts) == 6 and owner.tolist() == [0, 0, 0, 1, 1, 1]
     with pytest.raises(DataError, match="splits present"):
         open_retrieval(str(tmp_path / "imgs" / "dataset_test.json"), split="val", image_size=16)
+
+
+def test_retrieval_manifest_merges_rows_of_one_image_and_reads_several_caption_columns(tmp_path: Path) -> None:
+    _folder(tmp_path / "imgs", ["x"], per_class=3)
+    # One caption per row (Flickr30k's CSV layout): rows of the same image become one image.
+    (tmp_path / "rows.csv").write_text(
+        "image,caption\nimgs/x/0.png,a red cube\nimgs/x/1.png,a blue ball\nimgs/x/0.png,the red cube\n"
+        "imgs/x/0.png,a red cube\n"
+    )
+    rs = open_retrieval(str(tmp_path / "rows.csv"), image_size=16)
+    texts, owner = rs.flat()
+    assert len(rs.images) == 2 and texts == ["a red cube", "the red cube", "a blue ball"]
+    assert owner.tolist() == [0, 0, 1]
+    # Several caption columns per row.
+    (tmp_path / "cols.csv").write_text("image,c1,c2\nimgs/x/0.png,one,uno\nimgs/x/2.png,two,dos\n")
+    rs = open_retrieval(str(tmp_path / "cols.csv"), image_size=16, caption_keys="c1,c2")
+    texts, owner = rs.flat()
+    assert texts == ["one", "uno", "two", "dos"] and owner.tolist() == [0, 0, 1, 1]
+    with pytest.raises(DataError, match="c3"):
+        open_retrieval(str(tmp_path / "cols.csv"), image_size=16, caption_keys="c1,c3")

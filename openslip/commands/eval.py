@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = tasks.add_parser("retrieval", help="image<->text retrieval Recall@1/5/10")
     _common(r)
     r.add_argument("--image-root", metavar="DIR", help="folder image paths are relative to (Karpathy JSON, COCO)")
+    r.add_argument("--caption-keys", metavar="COLS", help="manifest caption columns, comma-separated (e.g. c1,c2,c3)")
     r.set_defaults(func=run_retrieval)
 
     lin = tasks.add_parser("linear", help="linear probe: logistic regression on features, or the reference SGD")
@@ -283,6 +284,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         n=args.num_samples,
         image_root=args.image_root,
+        caption_keys=args.caption_keys,
         seed=args.seed,
     )
     metrics = evaluate_retrieval(

@@ -300,11 +300,15 @@ def open_retrieval(
     image_size: int = 224,
     n: int | None = None,
     image_root: str | None = None,
+    caption_keys: str | None = None,
     seed: int = 0,
 ) -> RetrievalSet:
     """``demo`` (the demo world's retrieval split), a Karpathy-split JSON (COCO / Flickr30k, ``split``
     selects its images), or anything ``openslip.data.sources.open_source`` reads with captions (CSV / JSONL
-    manifests with one or more caption columns, COCO captions JSON, folders with sidecar .txt captions)."""
+    manifests with one or more caption columns, ``caption_keys="c1,c2"``; COCO captions JSON; folders with
+    sidecar .txt captions). Rows naming the same image (one caption per row, as Flickr30k's CSV) are merged
+    into one image with all their captions, in first-seen order: counting them as separate images would
+    make every other caption of that image a wrong answer."""
     if spec in DEMO_RETRIEVAL_NAMES:
         from openslip.data.demo_tasks import demo_retrieval
 
@@ -327,18 +331,24 @@ def open_retrieval(
         from openslip.data.sources import open_source
 
         options = {"root": image_root} if image_root else {}
+        if caption_keys:
+            options["caption_keys"] = caption_keys
         source = open_source(spec, **options)
         if not hasattr(source, "record"):
             raise DataError(f"{spec}: retrieval needs a map-style source (a manifest, COCO JSON or folder), not shards")
-        paths, captions = [], []
+        images_by_key: dict[Any, Any] = {}
+        captions_by_key: dict[Any, list[str]] = {}
         for i in range(len(source)):
             record = source.record(i)
             try:
                 caps = record.clean_captions()
             except BadSample as err:
                 raise DataError(f"{spec}: sample {record.id} has no usable caption ({err})") from None
-            paths.append(record.image)
-            captions.append(caps)
+            key = record.image if isinstance(record.image, str) else i  # in-memory images are never merged
+            images_by_key.setdefault(key, record.image)
+            known = captions_by_key.setdefault(key, [])
+            known.extend(c for c in caps if c not in known)
+        paths, captions = list(images_by_key.values()), list(captions_by_key.values())
     if n is not None:
         paths, captions = paths[:n], captions[:n]
     if not paths:
