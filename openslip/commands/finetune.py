@@ -1,8 +1,13 @@
 """`openslip finetune --model MODEL --dataset TEST [--train TRAIN] [--preset vit_b16|...|demo] [--output FILE.json]`.
 
-BEiT-style end-to-end finetuning of the image tower (see ``openslip.eval.finetune``). On a demo task
-the task's train split trains and its test split scores: `openslip finetune --model runs/demo --dataset
-demo_shapes` runs on a laptop CPU in minutes. Multi-process: `torchrun --nproc-per-node N -m openslip.cli
+BEiT-style end-to-end finetuning of the image tower (see ``openslip.eval.finetune``): layer-wise lr decay,
+drop-path, Mixup / CutMix, label smoothing, RandAugment (``--randaug rand-m9-mstd0.5-inc1``, ``none`` turns
+it off) and random erasing (``--reprob 0.25``). On a demo task the task's train split trains and its test
+split scores: `openslip finetune --model runs/demo --dataset demo_shapes` runs on a laptop CPU in minutes.
+
+`--out-dir DIR` saves the state after every epoch; the same command run again continues from the last
+complete epoch (`--no-resume` starts over) and ends with the weights of an uninterrupted run.
+`--precision bf16|fp16` trains under autocast. Multi-process: `torchrun --nproc-per-node N -m openslip.cli
 finetune ...`.
 """
 
@@ -18,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "finetune",
         help="finetune the image tower end to end on a labelled set (BEiT recipe)",
         description="Finetune the image tower with layer-wise lr decay, drop-path, mixup/cutmix, label smoothing, "
-        "AdamW and warm-up + cosine. Presets: vit_s16 / vit_b16 (100 epochs, 20 warm-up, layer decay 0.65, "
-        "drop-path 0 / 0.1), vit_l16 (50, 5, 0.75, 0.1), demo (CPU-sized); lr 4e-3 at batch 1024, scaled linearly.",
+        "RandAugment, random erasing, AdamW and warm-up + cosine. Presets: vit_s16 / vit_b16 (100 epochs, "
+        "20 warm-up, layer decay 0.65, drop-path 0 / 0.1), vit_l16 (50, 5, 0.75, 0.1), demo (CPU-sized); "
+        "lr 4e-3 at batch 1024, scaled linearly.",
     )
     add_model_args(p)
     p.add_argument("--dataset", required=True, help="test set: a demo task name, an image folder or a CSV")
@@ -38,6 +44,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mixup", type=float, help="mixup alpha (0: off)")
     p.add_argument("--cutmix", type=float, help="cutmix alpha (0: off)")
     p.add_argument("--label-smoothing", type=float, help="label smoothing")
+    p.add_argument(
+        "--randaug", metavar="POLICY", help="RandAugment policy, e.g. rand-m9-mstd0.5-inc1 (BEiT's); none: off"
+    )
+    p.add_argument("--reprob", type=float, help="random-erasing probability (0: off)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast precision (default fp32)")
+    p.add_argument("--out-dir", metavar="DIR", help="save the training state here after every epoch")
+    p.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        help="continue from --out-dir's state (default: when there is one); --no-resume starts over",
+    )
     p.add_argument("--eval-every", type=int, default=0, help="also score the test set every N epochs")
     p.add_argument("--save", metavar="FILE.safetensors", help="write the finetuned classifier's weights")
     p.add_argument("--output", metavar="FILE.json", help="write the metrics as JSON")
@@ -48,8 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from openslip import distributed
     from openslip.commands.eval import _train_test, finish, setup
-    from openslip.eval.datasets import TrainTransform
-    from openslip.eval.finetune import config_from_preset, finetune, preset_for
+    from openslip.eval.finetune import FinetuneTransform, config_from_preset, finetune, preset_for
 
     model, device = setup(args)
     train, test = _train_test(args)
@@ -65,9 +81,12 @@ def run(args: argparse.Namespace) -> int:
         mixup_alpha=args.mixup,
         cutmix_alpha=args.cutmix,
         label_smoothing=args.label_smoothing,
+        randaug=args.randaug,
+        reprob=args.reprob,
+        precision=args.precision,
         seed=args.seed,
     )
-    train.with_transform(TrainTransform(args.image_size, cfg.crop_scale))
+    train.with_transform(FinetuneTransform.from_config(args.image_size, cfg))
     metrics, classifier = finetune(
         model,
         train,
@@ -78,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         num_workers=args.num_workers,
         eval_every=args.eval_every,
+        out_dir=args.out_dir,
+        resume=args.resume,
     )
     if args.save and distributed.is_main():
         from pathlib import Path

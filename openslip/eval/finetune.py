@@ -5,15 +5,26 @@ and drop-path, and is trained with AdamW, per-step linear warm-up + cosine decay
 decay (block ``i`` of ``L`` gets ``decay^(L + 1 - (i + 1))`` of the rate, the patch/position embeddings
 ``decay^(L + 1)``, the final norm and head the full rate; groups come from ``visual.group_matcher()``),
 no weight decay on biases / norms / ``no_weight_decay()`` names, Mixup / CutMix (switching 50/50 per
-batch) and label smoothing. The SLIP paper's recipe per size is in ``PRESETS``; the learning rate scales
-linearly with the global batch (4e-3 at 1024). Omitted from BEiT's recipe: RandAugment and random erasing.
+batch) and label smoothing. Training images go through :class:`FinetuneTransform`: RandomResizedCrop,
+flip, RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing (p 0.25, per-pixel noise), as BEiT
+(``openslip.eval.randaugment``). The SLIP paper's recipe per size is in ``PRESETS``; the learning rate
+scales linearly with the global batch (4e-3 at 1024).
+
+Reproducibility: every random draw is a function of the seed and the position in the run: the data order
+of ``epoch_shard(seed, epoch)``, each sample's augmentation of (seed, epoch, sample index) (the same on
+any number of ranks and loader workers), drop-path masks and Mixup / CutMix of (seed, epoch, rank). So a
+run resumed from its per-epoch checkpoint (``out_dir``) ends with the same weights as one never stopped.
+``precision`` "bf16" / "fp16" runs forward passes under autocast (fp16 with loss scaling); the loss is fp32.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
-from dataclasses import dataclass, replace
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,9 +32,23 @@ import torch
 import torch.nn.functional as F
 
 from openslip import distributed
-from openslip.errors import ConfigError
+from openslip.data.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ViewRecipe,
+    resize_crop_uint8,
+    sample_view_params,
+    to_rgb_uint8,
+)
+from openslip.data.color import normalize
+from openslip.errors import CheckpointError, ConfigError
 from openslip.eval.metrics import classification_metrics
+from openslip.eval.randaugment import RandAugment, RandomErasing, parse_randaug
 from openslip.models.vision import VisionTransformer
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("fp32", *AMP_DTYPES)
+STATE_FILE = "finetune_state.pt"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,27 +81,51 @@ class FinetuneConfig:
     """Label smoothing of the (mixed) one-hot targets."""
     crop_scale: tuple[float, float] = (0.08, 1.0)
     """RandomResizedCrop area range."""
+    randaug: str | None = "rand-m9-mstd0.5-inc1"
+    """RandAugment policy (timm syntax, see ``parse_randaug``); None or "none" turns it off. Like
+    ``crop_scale`` and ``reprob``, applied by the train set's ``FinetuneTransform.from_config``."""
+    reprob: float = 0.25
+    """Random-erasing probability per image (one box, per-pixel noise); 0 turns it off."""
+    precision: str = "fp32"
+    """fp32, bf16 (autocast) or fp16 (autocast + loss scaling)."""
     seed: int = 0
-    """Seeds the head init, the data order and the mixing."""
+    """Seeds the head init, the data order, the augmentation, drop-path and the mixing."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.base_lr <= 0 or self.warmup_epochs < 0:
             raise ConfigError("finetune: epochs, batch_size, base_lr must be positive, warmup_epochs >= 0")
         if not 0 < self.layer_decay <= 1 or not 0 <= self.drop_path < 1 or not 0 <= self.label_smoothing < 1:
             raise ConfigError("finetune: need 0 < layer_decay <= 1, 0 <= drop_path < 1, 0 <= label_smoothing < 1")
+        if not 0 <= self.reprob <= 1:
+            raise ConfigError(f"finetune: reprob must be a probability in [0, 1], got {self.reprob}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"finetune: precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        if self.seed < 0:
+            raise ConfigError(f"finetune: seed must be >= 0, got {self.seed}")
+        parse_randaug(self.randaug)  # a bad policy string fails here, not in a loader worker
 
     @property
     def lr(self) -> float:
         return self.base_lr * self.batch_size / 1024
 
 
-# The SLIP paper's finetuning recipes (after BEiT); "demo" is a CPU-sized run on the demo world.
+# The SLIP paper's finetuning recipes (after BEiT); "demo" is a CPU-sized run on the demo world. The demo
+# tasks' labels are colours and positions, which RandAugment's colour and geometric ops change (Invert
+# turns red into cyan): with it a micro ViT on demo_colours scored 18% instead of 35% (chance 12.5%), so the
+# demo preset keeps only random erasing (34.8%).
 PRESETS: dict[str, FinetuneConfig] = {
     "vit_s16": FinetuneConfig(epochs=100, warmup_epochs=20, layer_decay=0.65, drop_path=0.0),
     "vit_b16": FinetuneConfig(epochs=100, warmup_epochs=20, layer_decay=0.65, drop_path=0.1),
     "vit_l16": FinetuneConfig(epochs=50, warmup_epochs=5, layer_decay=0.75, drop_path=0.1),
     "demo": FinetuneConfig(
-        epochs=10, warmup_epochs=1, batch_size=64, base_lr=4e-3, layer_decay=0.75, drop_path=0.0, mixup_alpha=0.2
+        epochs=10,
+        warmup_epochs=1,
+        batch_size=64,
+        base_lr=4e-3,
+        layer_decay=0.75,
+        drop_path=0.0,
+        mixup_alpha=0.2,
+        randaug=None,
     ),
 }
 
@@ -172,6 +221,148 @@ def mix_batch(
     return images, target * lam + target.flip(0) * (1 - lam)
 
 
+# --- training augmentation and its per-sample seeding --------------------------------------------------
+
+
+class FinetuneTransform:
+    """BEiT's training transform: RandomResizedCrop + flip, RandAugment on the uint8 crop, normalise, then
+    random erasing. Randomness from ``generator`` or, when None, torch's global RNG (see ``SeededSamples``)."""
+
+    def __init__(
+        self,
+        image_size: int,
+        *,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        randaug: RandAugment | None = None,
+        reprob: float = 0.0,
+    ) -> None:
+        self.image_size = image_size
+        self.recipe = ViewRecipe(scale=crop_scale, flip_p=0.5)
+        self.randaug = randaug
+        self.erase = RandomErasing(reprob) if reprob > 0 else None
+        self.mean, self.std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    @classmethod
+    def from_config(cls, image_size: int, cfg: FinetuneConfig) -> FinetuneTransform:
+        return cls(image_size, crop_scale=cfg.crop_scale, randaug=parse_randaug(cfg.randaug), reprob=cfg.reprob)
+
+    def __call__(self, image: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+        arr = np.require(to_rgb_uint8(image), requirements="W")  # PIL arrays are read-only; torch wants writable
+        params = sample_view_params(arr.shape[0], arr.shape[1], self.recipe, generator)
+        src = torch.from_numpy(arr).permute(2, 0, 1)[None]
+        y = resize_crop_uint8(src, params.crop, (self.image_size, self.image_size))[0]
+        if params.flip:
+            y = y.flip(-1)
+        if self.randaug is not None:
+            y = self.randaug(y, generator)
+        x = normalize(y.float().div_(255), self.mean, self.std)
+        return self.erase(x, generator) if self.erase is not None else x
+
+
+def stream_seed(*keys: int) -> int:
+    """A 64-bit seed for one random stream named by non-negative ints (numpy's SeedSequence hashing)."""
+    lo, hi = np.random.SeedSequence(list(keys)).generate_state(2, np.uint32).tolist()
+    return lo | hi << 32
+
+
+# Stream tags: the per-sample augmentation, drop-path masks, Mixup / CutMix.
+_SAMPLE, _DROP_PATH, _MIX = 0, 1, 2
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """``dataset[i]`` drawn with torch's global CPU RNG seeded from (seed, epoch, i), then restored.
+
+    The augmentation of a sample then depends on nothing else: not on the rank or loader worker that
+    loads it, nor on whether the run was resumed, so resumed and multi-process runs see the same images.
+    Only the CPU generator is touched (``torch.manual_seed`` would also reseed the GPU's, which draws the
+    drop-path masks when loading runs in the training process).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int, epoch: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(stream_seed(self.seed, _SAMPLE, self.epoch, i))
+            return self.dataset[i]
+
+
+# --- per-epoch checkpoint -------------------------------------------------------------------------------
+
+
+def _checksum(module: torch.nn.Module) -> float:
+    """Sum of all weights in float64: tells two backbones apart without storing them."""
+    with torch.no_grad():
+        return float(sum(p.detach().double().sum() for p in module.state_dict().values() if p.is_floating_point()))
+
+
+def _run_identity(cfg: FinetuneConfig, model: Any, train_set: Any, num_classes: int, world: int) -> dict[str, Any]:
+    """What must match for a checkpoint to continue this run."""
+    return {
+        "config": asdict(cfg),
+        "num_classes": num_classes,
+        "train_set": f"{getattr(train_set, 'identity', type(train_set).__name__)} (n={len(train_set)})",
+        "world_size": world,
+        "backbone_checksum": _checksum(model.visual),
+    }
+
+
+def _identity_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    diffs = []
+    for key in now:
+        a, b = saved.get(key), now[key]
+        if key == "config":
+            a = a or {}
+            diffs += [f"{k} {a.get(k)!r} -> {b[k]!r}" for k in b if a.get(k) != b[k]]
+        elif key == "backbone_checksum":
+            if not isinstance(a, float) or not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9):
+                diffs.append("a different pre-trained backbone")
+        elif a != b:
+            diffs.append(f"{key} {a!r} -> {b!r}")
+    return diffs
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to a temporary file and rename it over ``path``: a crash leaves the previous epoch's."""
+    from openslip.safe_load import fsync_dir
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """A finetuning checkpoint, refused (CheckpointError) when it belongs to another run."""
+    from openslip.safe_load import torch_load_data
+
+    state = torch_load_data(path)
+    if not isinstance(state, dict) or state.get("format") != "openslip-finetune":
+        raise CheckpointError(f"{path}: not an openslip finetuning checkpoint")
+    diffs = _identity_differences(state.get("run", {}), identity)
+    if diffs:
+        raise CheckpointError(
+            f"{path}: written by a different finetuning run ({'; '.join(diffs)}); rerun with its settings, "
+            "or start over with --no-resume or another --out-dir"
+        )
+    return state
+
+
+# --- the loop -------------------------------------------------------------------------------------------
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy against soft targets, in float32 whatever the autocast dtype of the logits."""
+    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
 def finetune(
     model: Any,
     train_set: torch.utils.data.Dataset,
@@ -183,11 +374,15 @@ def finetune(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     eval_every: int = 0,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool | None = None,
     log: bool = True,
 ) -> tuple[dict[str, float], VisionTransformer]:
     """Finetune ``model.visual`` on train_set (augmented images), score test_set; returns (metrics, classifier).
 
     Data-parallel over ranks: each rank trains on its shard of every epoch and gradients are averaged.
+    With ``out_dir`` the state is saved there after every epoch (``finetune_state.pt``, atomically);
+    ``resume`` None continues from it when present, True requires it, False starts over.
     """
     from openslip.eval.features import extract_features
     from openslip.eval.linear import epoch_loader
@@ -196,39 +391,65 @@ def finetune(
     world, rank = distributed.world_size(), distributed.rank()
     if cfg.batch_size % world:
         raise ConfigError(f"finetune: batch size {cfg.batch_size} is not divisible by {world} processes")
-    per_rank = cfg.batch_size // world
     device = torch.device(device)
-    torch.manual_seed(cfg.seed + rank)  # drop-path masks differ per rank
+    if cfg.precision != "fp32" and not torch.amp.is_autocast_available(device.type):
+        raise ConfigError(f"finetune: precision {cfg.precision} needs autocast, which {device.type} does not support")
+    state_path = Path(out_dir).expanduser() / STATE_FILE if out_dir is not None else None
+    if resume and state_path is None:
+        raise ConfigError("finetune: resuming needs an output directory (--out-dir)")
+    if resume and not state_path.is_file():  # type: ignore[union-attr]
+        raise ConfigError(f"finetune: nothing to resume: no {STATE_FILE} in {out_dir}")
+    per_rank = cfg.batch_size // world
     vit = build_classifier(model, num_classes, cfg.drop_path, cfg.seed).to(device)
-    groups = param_groups(vit, cfg.weight_decay, cfg.layer_decay)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    opt = torch.optim.AdamW(param_groups(vit, cfg.weight_decay, cfg.layer_decay), lr=cfg.lr, betas=cfg.betas)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    amp_dtype = AMP_DTYPES.get(cfg.precision)
+
+    def autocast() -> AbstractContextManager:
+        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+
     n = len(train_set)  # type: ignore[arg-type]
     steps_per_epoch = math.ceil(math.ceil(n / world) / per_rank)
     total, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
-    rng = np.random.default_rng([cfg.seed, rank])
     history: dict[str, float] = {}
+    identity = _run_identity(cfg, model, train_set, num_classes, world)
+    step, start_epoch = 0, 0
+    if state_path is not None and resume is not False and state_path.is_file():
+        state = load_state(state_path, identity)
+        vit.load_state_dict(state["classifier"])
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        step, start_epoch, history = state["step"], state["epoch"], dict(state["history"])
+        if log and distributed.is_main():
+            print(f"  finetune: resumed from {state_path} after epoch {start_epoch}/{cfg.epochs}", flush=True)
 
     def evaluate() -> dict[str, float]:
         vit.eval()
-        logits, labels = extract_features(vit, test_set, batch_size=per_rank, device=device, normalize=False)
+        with autocast():
+            logits, labels = extract_features(vit, test_set, batch_size=per_rank, device=device, normalize=False)
         vit.train()
         return classification_metrics(logits, labels, metric)
 
-    step = 0
     vit.train()
-    for epoch in range(cfg.epochs):
-        loader = epoch_loader(train_set, epoch, cfg.seed, rank, world, per_rank, num_workers)
+    for epoch in range(start_epoch, cfg.epochs):
+        # Every stream restarts from (seed, epoch, ...) so that a resumed epoch draws what it would have drawn.
+        torch.manual_seed(stream_seed(cfg.seed, _DROP_PATH, epoch, rank))  # drop-path masks differ per rank
+        rng = np.random.default_rng(stream_seed(cfg.seed, _MIX, epoch, rank))
+        data = SeededSamples(train_set, cfg.seed, epoch)
         seen, loss_sum = 0, 0.0
-        for images, labels in loader:
+        for images, labels in epoch_loader(data, epoch, cfg.seed, rank, world, per_rank, num_workers):
             lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]
             x, target = mix_batch(images.to(device), labels.to(device), num_classes, cfg, rng)
-            loss = torch.sum(-target * F.log_softmax(vit(x), dim=-1), dim=-1).mean()
+            with autocast():
+                logits = vit(x)
+            loss = soft_cross_entropy(logits, target)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.average_gradients(vit)
-            opt.step()
+            scaler.scale(loss).backward()
+            distributed.average_gradients(vit)  # averaging scaled gradients commutes with the unscaling
+            scaler.step(opt)
+            scaler.update()
             step += 1
             seen, loss_sum = seen + len(labels), loss_sum + loss.item() * len(labels)
         if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < cfg.epochs:
@@ -238,6 +459,18 @@ def finetune(
                 f"  finetune epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / max(seen, 1):.4f}, lr {lr:.2e}",
                 flush=True,
             )
+        if state_path is not None and distributed.is_main():
+            state = {
+                "format": "openslip-finetune",
+                "run": identity,
+                "epoch": epoch + 1,
+                "step": step,
+                "classifier": {k: v.detach().cpu() for k, v in vit.state_dict().items()},
+                "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict(),
+                "history": history,
+            }
+            save_state(state_path, state)
     out = evaluate()
     out.update({"lr": cfg.lr, "epochs": float(cfg.epochs), "batch_size": float(cfg.batch_size), **history})
     return out, vit.eval()
