@@ -139,3 +139,25 @@ def test_retrieval_manifest_merges_rows_of_one_image_and_reads_several_caption_c
     assert texts == ["one", "uno", "two", "dos"] and owner.tolist() == [0, 0, 1, 1]
     with pytest.raises(DataError, match="c3"):
         open_retrieval(str(tmp_path / "cols.csv"), image_size=16, caption_keys="c1,c3")
+
+
+def test_classnames_files_are_read_as_the_releases_ship_them(tmp_path: Path) -> None:
+    from openslip.eval.catalog import read_classnames
+
+    cases = {
+        "classInd.txt": ("1 ApplyEyeMakeup\n2 ApplyLipstick\n", ["apply eye makeup", "apply lipstick"]),
+        "classes.txt": ("1 001.Black_footed_Albatross\n2 002.Laysan_Albatross\n", ["Black footed Albatross", "Laysan Albatross"]),
+        "ClassName.txt": ("/a/abbey\n/b/bakery/shop\n", ["abbey", "bakery shop"]),
+        "food.txt": ("apple_pie\nbaby_back_ribs\n", ["apple pie", "baby back ribs"]),
+        "variants.txt": ("707-320\nF-16A/B\nCessna 172\n", ["707-320", "F-16A/B", "Cessna 172"]),
+    }  # fmt: skip
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert read_classnames(tmp_path / name) == expected, name
+    (tmp_path / "dup.txt").write_text("1 a_b\n2 a b\n")
+    with pytest.raises(DataError, match="twice"):
+        read_classnames(tmp_path / "dup.txt")
+    # A CUB-style tree with the release's class list: folder k (sorted) gets line k's name.
+    _folder(tmp_path / "cub", ["001.Black_footed_Albatross", "002.Laysan_Albatross"], per_class=2)
+    ds = open_classification(str(tmp_path / "cub"), classnames=str(tmp_path / "classes.txt"), image_size=16)
+    assert ds.classnames == ["Black footed Albatross", "Laysan Albatross"] and sorted(set(ds.labels)) == [0, 1]

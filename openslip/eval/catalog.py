@@ -117,6 +117,32 @@ def read_lines_file(path: str | os.PathLike, what: str) -> list[str]:
     return items
 
 
+def clean_class_line(line: str) -> str:
+    """One line of a dataset release's class list as a class name, so that ``--classnames`` takes those files
+    as shipped: '7 ApplyEyeMakeup' (UCF101 classInd.txt) -> 'apply eye makeup', '1 001.Black_footed_Albatross'
+    (CUB classes.txt) -> 'Black footed Albatross', '/b/bakery/shop' (SUN397 ClassName.txt) -> 'bakery shop',
+    'apple_pie' (Food-101 classes.txt) -> 'apple pie'. Names such as '737-200' or 'F-16A/B' are kept as they are."""
+    name = re.sub(r"^\d+\s+", "", line.strip())  # "N name": index column
+    if re.fullmatch(r"/[a-z]/[^ ]+", name):  # SUN397: /<first letter>/<scene>[/<sub-scene>]
+        name = " ".join(name.split("/")[2:])
+    name = re.sub(r"^\d+\.", "", name).replace("_", " ")  # "NNN." numeric prefix
+    if " " not in name and re.search(r"[a-z][A-Z]", name):  # CamelCase
+        name = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).lower()
+    return re.sub(r"\s+", " ", name).strip()
+
+
+def read_classnames(path: str | os.PathLike) -> list[str]:
+    """Class names from a file: one per line (release formats cleaned by `clean_class_line`) or a JSON list."""
+    names = read_lines_file(path, "class names")
+    if Path(path).suffix.lower() == ".json":
+        return names
+    cleaned = [clean_class_line(n) for n in names]
+    if len(set(cleaned)) != len(cleaned):
+        dup = next(c for c in cleaned if cleaned.count(c) > 1)
+        raise DataError(f"{path}: class name {dup!r} appears twice")
+    return cleaned
+
+
 def check_templates(templates: list[str] | tuple[str, ...]) -> list[str]:
     """Templates with one '{}' each ('{c}' is accepted and rewritten)."""
     out = []

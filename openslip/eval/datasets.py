@@ -28,7 +28,14 @@ from openslip.data.augment import EvalTransform, apply_view
 from openslip.data.augment_params import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, sample_view_params
 from openslip.data.skips import BadSample
 from openslip.errors import DataError
-from openslip.eval.catalog import CatalogEntry, check_templates, clean_folder_name, get_entry, read_lines_file
+from openslip.eval.catalog import (
+    CatalogEntry,
+    check_templates,
+    clean_folder_name,
+    get_entry,
+    read_classnames,
+    read_lines_file,
+)
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
 DEMO_RETRIEVAL_NAMES = ("demo", "demo_retrieval")
@@ -193,14 +200,15 @@ def open_classification(
         image_size: the model's input size (files: resize to size / 0.875, centre crop).
         n: number of demo images (default per split).
         catalog: a catalog entry (``openslip.eval.catalog``) giving class names, templates and metric.
-        classnames: a file (one per line, or a JSON list) or list of class names; overrides the catalog's.
+        classnames: a file (one per line, release class lists as shipped, or a JSON list) or a list of class
+            names; overrides the catalog's.
         templates: a file or list of prompt templates with one ``{}``; overrides the catalog's.
         metric: the reported metric; overrides the catalog's.
     """
     from openslip.data.demo_tasks import demo_task, demo_task_names
 
     entry = get_entry(catalog) if catalog else None
-    names = read_lines_file(classnames, "class names") if isinstance(classnames, (str, os.PathLike)) else classnames
+    names = read_classnames(classnames) if isinstance(classnames, (str, os.PathLike)) else classnames
     temps = read_lines_file(templates, "templates") if isinstance(templates, (str, os.PathLike)) else templates
     if spec in demo_task_names():
         task = demo_task(spec, split, n, seed=seed, image_size=image_size)
