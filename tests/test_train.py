@@ -186,7 +186,9 @@ def test_periodic_zero_shot_on_demo_task_and_image_folder(tmp_path, capsys):
     for cls in ("cat", "dog"):
         (tmp_path / "folder" / cls).mkdir(parents=True)
         for i in range(6):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "folder" / cls / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                tmp_path / "folder" / cls / f"{i}.png"
+            )
     out = tmp_path / "run"
     spec = f"eval.zeroshot=[demo_colours,{tmp_path / 'folder'}]"
     assert main(["train", *overrides(out, "train.steps=2", spec, "eval.every_steps=2", "eval.samples=16")]) == 0

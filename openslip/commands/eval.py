@@ -370,15 +370,16 @@ def run_linear(args: argparse.Namespace) -> int:
         val = _classification_set(args, args.val, "val", None)
         val_x, val_y = _features(args, model, val, device, "val")
     metrics: dict[str, Any] = {}
-    if distributed.is_main():  # scikit-learn runs once; the others wait for the result
+    if distributed.is_main():  # one fit (on this rank's device, e.g. a GPU); the others wait for the result
+        on_device = [None if t is None else t.to(device) for t in (train_x, test_x, val_x)]
         metrics, _ = logistic_probe(
-            train_x,
+            on_device[0],
             train_y,
-            test_x,
+            on_device[1],
             test_y,
             num_classes=test.num_classes,
             metric=test.metric,
-            val_x=val_x,
+            val_x=on_device[2],
             val_y=val_y,
             seed=args.seed,
         )

@@ -1,10 +1,11 @@
 """Linear classification on a frozen image tower (DESIGN §6), two protocols.
 
-``logistic`` (CLIP paper, App. A.3): L2-regularised multinomial logistic regression (scikit-learn,
-L-BFGS) on frozen features, standardised with the train split's mean and std; the inverse
-regularisation ``C`` is chosen on a held-out part of the train split by a coarse log-grid followed
-by a halving (binary-search-like) refinement, then the classifier is refit on the whole
-train split with that ``C`` and scored on the test split.
+``logistic`` (CLIP paper, App. A.3): L2-regularised multinomial logistic regression (scikit-learn's
+objective, solved with torch's L-BFGS on the features' device) on frozen features, standardised with the
+train split's mean and std; the inverse regularisation ``C`` is chosen on a held-out part of the train
+split by a coarse log-grid followed by a halving (binary-search-like) refinement, then the classifier is
+refit on the whole train split with that ``C`` and scored on the test split. It lives in
+``openslip.eval.logistic``; its names are re-exported here.
 
 ``sgd`` (the SLIP reference's ``main_linear.py``, after MoCo v3): a linear head (weights ~ N(0, 0.01),
 bias 0) on the frozen ViT in eval mode, trained with SGD (momentum 0.9, no weight decay) for 90 epochs with
@@ -26,129 +27,29 @@ from torch import nn
 
 from openslip import distributed
 from openslip.errors import ConfigError
+from openslip.eval.logistic import (
+    LogisticConfig,
+    LogisticModel,
+    feature_eig,
+    fit_logistic,
+    logistic_probe,
+    search_c,
+)
 from openslip.eval.metrics import classification_metrics
 
-# --- logistic regression on features ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class LogisticConfig:
-    """The C search of the logistic-regression probe."""
-
-    grid: tuple[float, ...] = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)
-    """Coarse log10(C) values tried first (CLIP swept 1e-6 .. 1e6)."""
-    refine_steps: int = 3
-    """Halvings of the step around the best coarse value (steps 1, 0.5, 0.25 in log10 units)."""
-    max_iter: int = 500
-    """L-BFGS iterations per fit (features are standardised and fits warm-started, so few are needed)."""
-    holdout: float = 0.2
-    """Fraction of the train split held out to choose C when no validation split is given."""
-
-    def __post_init__(self) -> None:
-        if not self.grid or self.refine_steps < 0 or self.max_iter < 1 or not 0 < self.holdout < 1:
-            raise ConfigError("logistic probe: need a non-empty grid, refine_steps >= 0, max_iter >= 1, 0<holdout<1")
-
-
-class _Fitter:
-    """One scikit-learn model refit for each C, warm-started from the previous solution (the search moves
-    C in small steps, so this cuts L-BFGS iterations several-fold)."""
-
-    def __init__(self, max_iter: int) -> None:
-        from sklearn.linear_model import LogisticRegression
-
-        self.clf = LogisticRegression(max_iter=max_iter, solver="lbfgs", warm_start=True)
-
-    def fit(self, x: np.ndarray, y: np.ndarray, c: float):
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-
-        self.clf.set_params(C=c)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            self.clf.fit(x, y)
-        return self.clf
-
-
-def _scores(clf, x: np.ndarray, num_classes: int) -> torch.Tensor:
-    """[N, num_classes] class log-probabilities; classes absent from the fit get -inf."""
-    out = torch.full((x.shape[0], num_classes), float("-inf"), dtype=torch.float64)
-    out[:, torch.as_tensor(clf.classes_)] = torch.as_tensor(clf.predict_log_proba(x))
-    return out
-
-
-def search_c(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    val_x: np.ndarray,
-    val_y: np.ndarray,
-    *,
-    num_classes: int,
-    metric: str = "top1",
-    config: LogisticConfig | None = None,
-) -> tuple[float, float, list[tuple[float, float]]]:
-    """(best C, its held-out score, every (C, score) tried) by coarse grid + halving refinement."""
-    config = config or LogisticConfig()
-    tried: dict[float, float] = {}
-    fitter = _Fitter(config.max_iter)
-
-    def score(log_c: float) -> float:
-        log_c = round(log_c, 6)
-        if log_c not in tried:
-            clf = fitter.fit(train_x, train_y, 10.0**log_c)
-            tried[log_c] = classification_metrics(_scores(clf, val_x, num_classes), torch.as_tensor(val_y), metric)[
-                "score"
-            ]
-        return tried[log_c]
-
-    # Ties go to the smaller C (stronger regularisation).
-    best = max(config.grid, key=lambda c: (score(c), -c))
-    step = 1.0
-    for _ in range(config.refine_steps):
-        best = max((best - step, best, best + step), key=lambda c: (score(c), -c))
-        step /= 2
-    log = sorted((10.0**c, s) for c, s in tried.items())
-    return 10.0**best, tried[round(best, 6)], log
-
-
-def logistic_probe(
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    test_x: torch.Tensor,
-    test_y: torch.Tensor,
-    *,
-    num_classes: int,
-    metric: str = "top1",
-    val_x: torch.Tensor | None = None,
-    val_y: torch.Tensor | None = None,
-    config: LogisticConfig | None = None,
-    seed: int = 0,
-) -> tuple[dict[str, float], torch.Tensor]:
-    """Fit the probe; returns (test metrics with ``C`` and ``val_score``, test scores [N, C]).
-
-    Without ``val_x`` a ``config.holdout`` fraction of the train split (random, seeded) chooses C.
-    """
-    from openslip.eval.datasets import split_indices
-
-    config = config or LogisticConfig()
-    # Standardise with the train statistics: L-BFGS converges far faster, and C is searched anyway.
-    mean, std = train_x.double().mean(0), train_x.double().std(0).clamp_min(1e-6)
-    tx, ty = ((train_x.double() - mean) / std).numpy(), train_y.numpy()
-    test_x = (test_x.double() - mean) / std
-    if val_x is not None:
-        val_x = (val_x.double() - mean) / std
-    if val_x is None:
-        fit_idx, hold_idx = split_indices(len(ty), config.holdout, seed)
-        sx, sy, vx, vy = tx[fit_idx], ty[fit_idx], tx[hold_idx], ty[hold_idx]
-    else:
-        sx, sy, vx, vy = tx, ty, val_x.double().numpy(), val_y.numpy()  # type: ignore[union-attr]
-    c, val_score, log = search_c(sx, sy, vx, vy, num_classes=num_classes, metric=metric, config=config)
-    clf = _Fitter(config.max_iter).fit(tx, ty, c)
-    scores = _scores(clf, test_x.double().numpy(), num_classes)
-    out = classification_metrics(scores, test_y, metric)
-    out.update({"C": c, "val_score": val_score, "num_train": float(len(ty)), "num_c_tried": float(len(log))})
-    return out, scores
-
+__all__ = [
+    "LogisticConfig",
+    "LogisticModel",
+    "SGDProbeConfig",
+    "epoch_loader",
+    "epoch_shard",
+    "feature_eig",
+    "fit_logistic",
+    "logistic_probe",
+    "search_c",
+    "sgd_learning_rate",
+    "sgd_probe",
+]
 
 # --- the reference's SGD protocol ---------------------------------------------------------------------
 
