@@ -146,7 +146,8 @@ def test_classnames_files_are_read_as_the_releases_ship_them(tmp_path: Path) -> 
 
     cases = {
         "classInd.txt": ("1 ApplyEyeMakeup\n2 ApplyLipstick\n", ["apply eye makeup", "apply lipstick"]),
-        "classes.txt": ("1 001.Black_footed_Albatross\n2 002.Laysan_Albatross\n", ["Black footed Albatross", "Laysan Albatross"]),
+        "classes.txt": ("1 001.Black_footed_Albatross\n2 002.Laysan_Albatross\n",
+                        ["Black footed Albatross", "Laysan Albatross"]),
         "ClassName.txt": ("/a/abbey\n/b/bakery/shop\n", ["abbey", "bakery shop"]),
         "food.txt": ("apple_pie\nbaby_back_ribs\n", ["apple pie", "baby back ribs"]),
         "variants.txt": ("707-320\nF-16A/B\nCessna 172\n", ["707-320", "F-16A/B", "Cessna 172"]),
