@@ -195,6 +195,12 @@ def test_finetune_transform() -> None:
     a = plain(arr)
     torch.manual_seed(3)
     assert torch.equal(a, TrainTransform(32)(arr))
+    # the demo preset: whole image, no flip, no RandAugment or erasing -> the same tensor for every draw
+    demo = FinetuneTransform.from_config(32, ft.PRESETS["demo"])
+    square = _image(40, 40)
+    assert demo.recipe.flip_p == 0 and torch.equal(
+        demo(square, torch.Generator().manual_seed(1)), demo(square, torch.Generator().manual_seed(2))
+    )
 
 
 def test_seeded_samples_depend_on_seed_epoch_index_only() -> None:
