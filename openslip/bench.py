@@ -52,7 +52,6 @@ class TrainBenchConfig:
     with_data: bool = False  # also time end-to-end steps with the real data pipeline
     data: str = "demo"  # data spec for `with_data`
     num_workers: int = 2  # loader workers for `with_data`
-    worker_nice: int | None = None  # the workers' nice increment; None: the trainer's default (10 on CPU)
     augment: str = "cpu"  # "cpu": views in the workers; "device": batched on the device
     baseline: bool = False  # also time the 2021 implementation on the same weights
     compile: bool = False  # torch.compile the model
@@ -288,7 +287,7 @@ def _train_config(bc: TrainBenchConfig, out_dir: str, device: torch.device) -> A
             "steps": 10**9,
             "progress": False,
         },
-        "data": {"train": bc.data, "num_workers": bc.num_workers, "augment": bc.augment, "worker_nice": bc.worker_nice},
+        "data": {"train": bc.data, "num_workers": bc.num_workers, "augment": bc.augment},
         "loss": {
             "clip_scale": 1.0 if parts.text is not None else 0.0,
             "ssl_scale": 1.0 if parts.ssl_head is not None else 0.0,

@@ -39,14 +39,12 @@ class DataConfig:
     image_size: int | None = None  # training resolution; None: the model's
     num_workers: int = 2  # loader worker processes per rank (0: load in the training process)
     augment: str = "cpu"  # "cpu": augment in loader workers; "device": batched on the training device
-    worker_nice: int | None = None  # raise the workers' nice value by this; None: 10 when training on CPU, else 0
     max_skip_rate: float = 0.1  # stop the run if more than this fraction of samples is unreadable
     demo_size: int = 100_000  # demo world: samples per epoch of the training split
 
     def __post_init__(self) -> None:
         _choice("data.augment", self.augment, AUGMENT_PATHS)
         _positive("data.num_workers", self.num_workers, allow_zero=True)
-        _positive("data.worker_nice", self.worker_nice, allow_zero=True)
         if not 0.0 <= self.max_skip_rate <= 1.0:
             raise ConfigError(f"data.max_skip_rate={self.max_skip_rate} must be in [0, 1]")
 

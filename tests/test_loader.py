@@ -190,22 +190,3 @@ def test_loader_leaves_the_callers_rng_alone(small: Path):
 def test_round_robin_matches_dataloader_order():
     assert round_robin([2, 1, 3]) == [0, 1, 2, 0, 2, 2]
     assert round_robin([2, 1, 3], start=2) == [2, 0, 1, 2, 0, 2]
-
-
-def _niceness(img: Image.Image) -> dict[str, torch.Tensor]:
-    import os
-
-    return {"image": torch.tensor([os.nice(0)])}
-
-
-def test_workers_run_niced_when_asked(small: Path) -> None:
-    import os
-
-    base = os.nice(0)
-    for nice, expected in ((0, base), (5, min(base + 5, 19))):
-        loader = build_train_loader(
-            open_source(str(small)), _niceness, _tokenize, batch_size=4, num_workers=1, worker_nice=nice
-        )
-        batch = next(iter(loader))
-        assert batch["image"].flatten().tolist() == [expected] * 4
-    assert os.nice(0) == base  # the training process keeps its priority

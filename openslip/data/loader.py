@@ -38,9 +38,7 @@ hash(seed, epoch, sample). The caller's RNG state is restored afterwards (it mat
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -104,16 +102,6 @@ class _BatchStream(IterableDataset):
             yield from self.plan.iterate(self.epoch, logical, self.quotas[logical], tuple(self.stream_pos[logical]))
 
 
-def _lower_priority(nice: int, worker_id: int) -> None:
-    """DataLoader worker start: run below the training process. When workers share the cores with the
-    compute threads (a CPU run), an equal-priority worker preempts one OpenMP thread and its siblings spin at
-    the next barrier; a niced worker takes the cores' idle gaps instead and the prefetch queue absorbs it."""
-    try:
-        os.nice(nice)
-    except OSError:  # not permitted or not supported: keep the default priority
-        pass
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The loader
 # ---------------------------------------------------------------------------------------------------------------
@@ -142,7 +130,6 @@ class TrainLoader:
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
         multiprocessing_context: Any = None,
-        worker_nice: int = 0,
     ) -> None:
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
@@ -161,7 +148,6 @@ class TrainLoader:
         self.pin_memory = pin_memory
         self.prefetch_factor = prefetch_factor
         self.multiprocessing_context = multiprocessing_context
-        self.worker_nice = worker_nice
         self._num_streams = max(1, num_workers)
         self._common = BatchSettings(
             transform=transform,
@@ -308,8 +294,6 @@ class TrainLoader:
         if self.num_workers > 0:
             kwargs["prefetch_factor"] = self.prefetch_factor or 2
             kwargs["multiprocessing_context"] = self.multiprocessing_context
-            if self.worker_nice > 0:
-                kwargs["worker_init_fn"] = functools.partial(_lower_priority, self.worker_nice)
         return DataLoader(
             stream,
             batch_size=None,
@@ -357,8 +341,7 @@ def build_train_loader(
         **kwargs: ``max_skip_rate`` (default 0.1; None disables), ``min_samples_for_check`` (default 1000),
             ``max_pixels``, ``max_attempts`` (replacements tried for one bad sample, default 100),
             ``draft_size`` (let JPEGs decode at a reduced scale that keeps both sides >= this; None: full size),
-            ``pin_memory``, ``prefetch_factor``, ``multiprocessing_context``, ``worker_nice`` (raise the
-            workers' nice value by this much; for CPU training, where they share cores with the model).
+            ``pin_memory``, ``prefetch_factor``, ``multiprocessing_context``.
     """
     return TrainLoader(
         source,

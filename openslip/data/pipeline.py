@@ -60,11 +60,6 @@ class TrainData:
         return inputs
 
 
-# On CPU the workers share the cores with the model's threads; niced, they fill the idle gaps of a step instead of
-# preempting an OpenMP thread (docs/PERFORMANCE.md, "Tiny SLIP").
-CPU_WORKER_NICE = 10
-
-
 def build_train_data(cfg: Config, image_size: int, rank: int, world_size: int, device: torch.device) -> TrainData:
     """The training loader of `cfg.data` for this rank; batch size per rank = global / (world x accum)."""
     options = {"size": cfg.data.demo_size, "image_size": image_size} if cfg.data.train == "demo" else {}
@@ -88,9 +83,6 @@ def build_train_data(cfg: Config, image_size: int, rank: int, world_size: int, d
         world_size=world_size,
         max_skip_rate=cfg.data.max_skip_rate,
         pin_memory=device.type == "cuda",
-        worker_nice=cfg.data.worker_nice
-        if cfg.data.worker_nice is not None
-        else CPU_WORKER_NICE * (device.type == "cpu"),
     )
     augment = BatchedSLIPAugment(image_size) if device_path else None
     return TrainData(loader=loader, device_augment=augment, seed=cfg.seed)
