@@ -52,6 +52,7 @@ class TrainBenchConfig:
     with_data: bool = False  # also time end-to-end steps with the real data pipeline
     data: str = "demo"  # data spec for `with_data`
     num_workers: int = 2  # loader workers for `with_data`
+    worker_priority: str = "auto"  # loader workers' CPU priority (data.worker_priority)
     augment: str = "cpu"  # "cpu": views in the workers; "device": batched on the device
     baseline: bool = False  # also time the 2021 implementation on the same weights
     compile: bool = False  # torch.compile the model
@@ -287,7 +288,12 @@ def _train_config(bc: TrainBenchConfig, out_dir: str, device: torch.device) -> A
             "steps": 10**9,
             "progress": False,
         },
-        "data": {"train": bc.data, "num_workers": bc.num_workers, "augment": bc.augment},
+        "data": {
+            "train": bc.data,
+            "num_workers": bc.num_workers,
+            "augment": bc.augment,
+            "worker_priority": bc.worker_priority,
+        },
         "loss": {
             "clip_scale": 1.0 if parts.text is not None else 0.0,
             "ssl_scale": 1.0 if parts.ssl_head is not None else 0.0,

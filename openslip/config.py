@@ -20,6 +20,7 @@ from openslip.errors import ConfigError
 PRECISIONS = ("fp32", "bf16", "fp16")
 GATHERS = ("grad", "reference")
 AUGMENT_PATHS = ("cpu", "device")
+WORKER_PRIORITIES = ("auto", "idle", "normal")
 
 
 def _choice(key: str, value: object, choices: tuple) -> None:
@@ -39,12 +40,14 @@ class DataConfig:
     image_size: int | None = None  # training resolution; None: the model's
     num_workers: int = 2  # loader worker processes per rank (0: load in the training process)
     augment: str = "cpu"  # "cpu": augment in loader workers; "device": batched on the training device
+    worker_priority: str = "auto"  # loader workers' CPU priority: "idle" (SCHED_IDLE), "normal"; auto: idle on CPU
     max_skip_rate: float = 0.1  # stop the run if more than this fraction of samples is unreadable
     demo_size: int = 100_000  # demo world: samples per epoch of the training split
 
     def __post_init__(self) -> None:
         _choice("data.augment", self.augment, AUGMENT_PATHS)
         _positive("data.num_workers", self.num_workers, allow_zero=True)
+        _choice("data.worker_priority", self.worker_priority, WORKER_PRIORITIES)
         if not 0.0 <= self.max_skip_rate <= 1.0:
             raise ConfigError(f"data.max_skip_rate={self.max_skip_rate} must be in [0, 1]")
 

@@ -190,3 +190,23 @@ def test_loader_leaves_the_callers_rng_alone(small: Path):
 def test_round_robin_matches_dataloader_order():
     assert round_robin([2, 1, 3]) == [0, 1, 2, 0, 2, 2]
     assert round_robin([2, 1, 3], start=2) == [2, 0, 1, 2, 0, 2]
+
+
+def _policy(img: Image.Image) -> dict[str, torch.Tensor]:
+    import os
+
+    return {"image": torch.tensor([os.sched_getscheduler(0)])}
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_workers_run_at_idle_priority_when_asked(small: Path) -> None:
+    import os
+
+    base = os.sched_getscheduler(0)
+    for idle, expected in ((False, base), (True, os.SCHED_IDLE)):
+        loader = build_train_loader(
+            open_source(str(small)), _policy, _tokenize, batch_size=4, num_workers=1, idle_workers=idle
+        )
+        batch = next(iter(loader))
+        assert batch["image"].flatten().tolist() == [expected] * 4
+    assert os.sched_getscheduler(0) == base  # the training process keeps its priority

@@ -29,6 +29,9 @@ def register(subparsers: Any) -> None:
     t.add_argument("--with-data", action="store_true", help="also time end-to-end steps with the data pipeline")
     t.add_argument("--data", default="demo", help="data spec for --with-data (default: the demo world)")
     t.add_argument("--num-workers", type=int, default=2, help="loader workers for --with-data (default 2)")
+    t.add_argument(
+        "--worker-priority", default="auto", choices=("auto", "idle", "normal"), help="loader workers' CPU priority"
+    )
     t.add_argument("--augment", default="cpu", choices=("cpu", "device"), help="where the views are rendered")
     t.add_argument("--baseline", action="store_true", help="also time the 2021 implementation, same weights")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -80,6 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
         with_data=args.with_data,
         data=args.data,
         num_workers=args.num_workers,
+        worker_priority=args.worker_priority,
         augment=args.augment,
         baseline=args.baseline,
         compile=args.compile,

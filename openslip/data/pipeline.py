@@ -83,6 +83,8 @@ def build_train_data(cfg: Config, image_size: int, rank: int, world_size: int, d
         world_size=world_size,
         max_skip_rate=cfg.data.max_skip_rate,
         pin_memory=device.type == "cuda",
+        idle_workers=cfg.data.worker_priority == "idle"
+        or (cfg.data.worker_priority == "auto" and device.type == "cpu"),
     )
     augment = BatchedSLIPAugment(image_size) if device_path else None
     return TrainData(loader=loader, device_augment=augment, seed=cfg.seed)
