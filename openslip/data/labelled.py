@@ -122,22 +122,27 @@ def label_csv(
         raw_labels.append(row[lab_col].strip())
     if not paths:
         raise DataError(f"{path}: no rows")
-    numeric = all(lab.lstrip("-").isdigit() for lab in raw_labels)
-    if numeric:
-        labels = [int(lab) for lab in raw_labels]
+    labels, names = index_labels(raw_labels, classes, str(path))
+    base = Path(root).expanduser() if root is not None else path.parent
+    return LabelledSource(str(path), base, paths, labels, names)
+
+
+def index_labels(raw: Sequence[str], classes: Sequence[str] | None, where: str) -> tuple[list[int], list[str]]:
+    """(label indices, class names) from raw label texts: integers index ``classes`` (default: the numbers as
+    text); names are looked up in ``classes`` when given, else in the sorted set of names found."""
+    if all(lab.lstrip("-").isdigit() for lab in raw):
+        labels = [int(lab) for lab in raw]
         names = list(classes) if classes is not None else [str(i) for i in range(max(labels) + 1)]
         bad = [lab for lab in labels if not 0 <= lab < len(names)]
         if bad:
-            raise DataError(f"{path}: label {bad[0]} is outside 0..{len(names) - 1}")
-    else:
-        names = list(classes) if classes is not None else sorted(set(raw_labels))
-        lookup = {n: i for i, n in enumerate(names)}
-        unknown = sorted({lab for lab in raw_labels if lab not in lookup})
-        if unknown:
-            raise DataError(f"{path}: labels not in the class list: {', '.join(unknown[:5])}")
-        labels = [lookup[lab] for lab in raw_labels]
-    base = Path(root).expanduser() if root is not None else path.parent
-    return LabelledSource(str(path), base, paths, labels, names)
+            raise DataError(f"{where}: label {bad[0]} is outside 0..{len(names) - 1}")
+        return labels, names
+    names = list(classes) if classes is not None else sorted(set(raw))
+    lookup = {n: i for i, n in enumerate(names)}
+    unknown = sorted({lab for lab in raw if lab not in lookup})
+    if unknown:
+        raise DataError(f"{where}: labels not in the class list: {', '.join(unknown[:5])}")
+    return [lookup[lab] for lab in raw], names
 
 
 def _column(header: list[str], wanted: str | None, defaults: Sequence[str], what: str, path: Path) -> int:
@@ -152,7 +157,12 @@ def _column(header: list[str], wanted: str | None, defaults: Sequence[str], what
 
 
 def open_labelled(spec: str | os.PathLike, **options: Any) -> LabelledSource:
-    """A folder of class sub-folders or a ``.csv`` / ``.tsv`` of (path, label)."""
+    """A folder of class sub-folders, a ``.csv`` / ``.tsv`` of (path, label), or labelled shards
+    (``openslip.data.labelled_shards``; ``classes=`` fixes the class order of their indices)."""
+    from openslip.data.labelled_shards import is_shard_set, labelled_shards
+
+    if is_shard_set(spec):
+        return labelled_shards(spec, **options)
     p = Path(spec).expanduser()
     if p.is_dir():
         return image_folder(p, **options)
@@ -160,4 +170,4 @@ def open_labelled(spec: str | os.PathLike, **options: Any) -> LabelledSource:
         return label_csv(p, **options)
     if not p.exists():
         raise DataError(f"no such file or directory: {spec}")
-    raise DataError(f"{spec}: a labelled set is a folder of class folders or a .csv/.tsv of path,label")
+    raise DataError(f"{spec}: a labelled set is a folder of class folders, a .csv/.tsv of path,label, or .tar shards")

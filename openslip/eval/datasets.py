@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from openslip.data.augment import EvalTransform, apply_view
 from openslip.data.augment_params import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, sample_view_params
+from openslip.data.labelled_shards import is_shard_set
 from openslip.data.skips import BadSample
 from openslip.errors import DataError
 from openslip.eval.catalog import (
@@ -192,10 +193,11 @@ def open_classification(
     metric: str | None = None,
     seed: int = 0,
 ) -> ImageSet:
-    """A labelled set: a demo task name, an ImageFolder tree, or a CSV/TSV of (image, label).
+    """A labelled set: a demo task name, an ImageFolder tree, a CSV/TSV of (image, label), or labelled
+    WebDataset shards (``openslip.data.labelled_shards``: KEY.jpg + KEY.cls, classnames.txt beside them).
 
     Args:
-        spec: demo task name (``demo_shapes`` ...), folder, or CSV path.
+        spec: demo task name (``demo_shapes`` ...), folder, CSV path, or shards (a pattern, .tar, or folder).
         split: the demo split ("train" / "val" / "test"); ignored for files.
         image_size: the model's input size (files: resize to size / 0.875, centre crop).
         n: number of demo images (default per split).
@@ -217,9 +219,9 @@ def open_classification(
             ds.templates = check_templates(list(temps))
         return ds
     path = Path(spec).expanduser()
-    if not path.exists():
+    if not path.exists() and not is_shard_set(spec):
         raise DataError(
-            f"{spec}: neither a demo task ({', '.join(demo_task_names())}) nor an existing folder or CSV file"
+            f"{spec}: neither a demo task ({', '.join(demo_task_names())}) nor an existing folder, CSV file or shards"
         )
     source = _labelled_source(path, entry, names)
     final_templates = check_templates(list(temps or (entry.templates if entry else DEFAULT_TEMPLATES)))
@@ -246,7 +248,7 @@ def _labelled_source(path: Path, entry: CatalogEntry | None, names: Sequence[str
     from openslip.data.labelled import open_labelled
 
     wanted = list(names) if names is not None else (list(entry.classnames) if entry and entry.classnames else None)
-    if path.is_file():
+    if path.is_file() or is_shard_set(path):
         return open_labelled(path, classes=wanted)
     source = open_labelled(path)
     folders = list(source.classes)
