@@ -21,7 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from openslip.data.labelled import LabelledSource, index_labels
-from openslip.data.shards import _IMAGE_SUFFIXES, _REMOTE, _split_key, expand_shard_spec
+from openslip.data.shards import (
+    IMAGE_SUFFIXES,
+    REMOTE_PREFIXES,
+    expand_shard_spec,
+    looks_like_shard_spec,
+    split_member_name,
+)
 from openslip.data.sources import Record
 from openslip.errors import DataError
 
@@ -31,8 +37,6 @@ CLASSNAMES_FILE = "classnames.txt"
 def is_shard_set(spec: str | os.PathLike) -> bool:
     """True for shard patterns, ``.tar`` files, and folders holding ``.tar`` files but no sub-folders."""
     text = os.fspath(spec)
-    from openslip.data.shards import looks_like_shard_spec
-
     if looks_like_shard_spec(text):
         return True
     p = Path(text).expanduser()
@@ -48,8 +52,16 @@ def _read_member(url: str, offset: int, size: int) -> bytes:
 class ShardLabelledSource(LabelledSource):
     """A ``LabelledSource`` whose images are (shard, offset, size) spans instead of files."""
 
-    def __init__(self, description: str, urls: list[str], spans: list[tuple[int, int, int]], keys: list[str], **kw):
-        super().__init__(description, Path("."), keys, kw.pop("labels"), kw.pop("classes"))
+    def __init__(
+        self,
+        description: str,
+        urls: list[str],
+        spans: list[tuple[int, int, int]],
+        keys: list[str],
+        labels: list[int],
+        classes: list[str],
+    ) -> None:
+        super().__init__(description, Path("."), keys, labels, classes)
         self.urls = urls
         self.spans = spans  # (shard index, byte offset, byte count) of each sample's image
 
@@ -75,19 +87,19 @@ def _label_of(files: dict[str, bytes], where: str) -> str:
 
 def _index_shard(url: str, shard: int) -> list[tuple[str, tuple[int, int, int], str]]:
     """(key, image span, raw label) of every sample of one local uncompressed shard, from its headers."""
-    if url.startswith(_REMOTE) or not url.lower().endswith(".tar"):
+    if url.startswith(REMOTE_PREFIXES) or not url.lower().endswith(".tar"):
         raise DataError(f"{url}: evaluation shards must be local uncompressed .tar files (they are read by offset)")
     out: list[tuple[str, tuple[int, int, int], str]] = []
     try:
         with tarfile.open(url, mode="r:") as tar:
             groups: dict[str, dict] = {}  # insertion-ordered: the shard's sample order
             for member in tar:
-                parts = _split_key(member.name) if member.isfile() else None
+                parts = split_member_name(member.name) if member.isfile() else None
                 if parts is None:
                     continue
                 key, suffix = parts
                 groups.setdefault(key, {"files": {}, "span": None})
-                if suffix in _IMAGE_SUFFIXES and groups[key]["span"] is None:
+                if suffix in IMAGE_SUFFIXES and groups[key]["span"] is None:
                     groups[key]["span"] = (shard, member.offset_data, member.size)
                 elif suffix in ("cls", "json"):
                     f = tar.extractfile(member)
@@ -125,6 +137,4 @@ def labelled_shards(spec: str | os.PathLike, *, classes: Sequence[str] | None = 
         raise DataError(f"{text}: the shards hold no samples")
     names = list(classes) if classes is not None else _classnames_beside(urls)
     labels, names = index_labels([label for _, _, label in rows], names, text)
-    return ShardLabelledSource(
-        text, urls, [span for _, span, _ in rows], [key for key, _, _ in rows], labels=labels, classes=names
-    )
+    return ShardLabelledSource(text, urls, [span for _, span, _ in rows], [key for key, _, _ in rows], labels, names)

@@ -38,8 +38,8 @@ from openslip.errors import DataError
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "openslip-shards/1"
-_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
-_REMOTE = ("http://", "https://", "pipe:", "s3://", "gs://")
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+REMOTE_PREFIXES = ("http://", "https://", "pipe:", "s3://", "gs://")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -70,7 +70,7 @@ def expand_braces(pattern: str) -> list[str]:
 
 def looks_like_shard_spec(spec: str) -> bool:
     """True for ``*.tar`` paths and patterns, brace patterns, ``::`` lists and remote shard URLs."""
-    if "::" in spec or spec.startswith(_REMOTE):
+    if "::" in spec or spec.startswith(REMOTE_PREFIXES):
         return True
     if re.search(r"\{[^{}]*(\.\.|,)[^{}]*\}", spec):
         return True
@@ -84,7 +84,7 @@ def expand_shard_spec(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> 
     spec = os.fspath(spec)
     if "::" in spec:
         return [u for s in spec.split("::") if s for u in expand_shard_spec(s)]
-    if spec.startswith(_REMOTE):
+    if spec.startswith(REMOTE_PREFIXES):
         return expand_braces(spec)
     p = Path(spec).expanduser()
     if p.is_dir():
@@ -147,11 +147,11 @@ class ShardSample:
         return (self.shard << 32) | self.position
 
     def image_bytes(self) -> bytes:
-        for suffix in _IMAGE_SUFFIXES:
+        for suffix in IMAGE_SUFFIXES:
             if suffix in self.files:
                 return self.files[suffix]
         for suffix, data in self.files.items():
-            if suffix.rsplit(".", 1)[-1] in _IMAGE_SUFFIXES:
+            if suffix.rsplit(".", 1)[-1] in IMAGE_SUFFIXES:
                 return data
         raise BadSample("missing_image", self.key)
 
@@ -179,7 +179,7 @@ class ShardSample:
         return clean_captions(self.raw_captions())
 
 
-def _split_key(name: str) -> tuple[str, str] | None:
+def split_member_name(name: str) -> tuple[str, str] | None:
     directory, _, base = name.rpartition("/")
     if base.startswith(".") or "." not in base:
         return None  # hidden files (e.g. macOS "._x") and suffix-less members are not sample parts
@@ -248,7 +248,7 @@ class ShardSource:
 
 @contextlib.contextmanager
 def _open_stream(url: str) -> Iterator[tarfile.TarFile]:
-    if url.startswith(_REMOTE):
+    if url.startswith(REMOTE_PREFIXES):
         try:
             from webdataset.gopen import gopen
         except ImportError as err:
@@ -273,7 +273,7 @@ def _iter_tar_groups(url: str, *, skip: int = 0) -> Iterator[tuple[str, dict[str
         for member in tar:
             if not member.isfile():
                 continue
-            parts = _split_key(member.name)
+            parts = split_member_name(member.name)
             if parts is None:
                 continue
             key, suffix = parts
@@ -295,7 +295,7 @@ def count_samples(url: str) -> int:
     try:
         with _open_stream(url) as tar:
             for member in tar:
-                parts = _split_key(member.name) if member.isfile() else None
+                parts = split_member_name(member.name) if member.isfile() else None
                 if parts is not None and parts[0] != current:
                     current = parts[0]
                     n += 1
@@ -307,7 +307,7 @@ def count_samples(url: str) -> int:
 def _sizes_from_indexes(urls: Sequence[str]) -> list[int] | None:
     """Shard sizes from the ``index.json`` next to the shards, when it lists every one of them."""
     sizes: dict[str, int] = {}
-    for folder in {os.path.dirname(os.path.abspath(u)) for u in urls if not u.startswith(_REMOTE)}:
+    for folder in {os.path.dirname(os.path.abspath(u)) for u in urls if not u.startswith(REMOTE_PREFIXES)}:
         index = read_index(folder)
         if index is not None:
             for s in index["shards"]:
