@@ -12,10 +12,11 @@ probes and kNN read, and the only one a SimCLR-only model has).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,17 @@ def load_eval_model(spec: str, *, pretrained: str | None = None, device: torch.d
             f"weights, or --pretrained FILE for weights of that model"
         )
     raise CheckpointError(f"{spec}: no such checkpoint file or directory")
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run the block with ``model`` in eval mode (BatchNorm, dropout), then restore its train/eval state."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def feature_fn(model: Any, kind: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -11,7 +11,7 @@ import torch
 
 from openslip.errors import ConfigError
 from openslip.eval.datasets import RetrievalSet
-from openslip.eval.features import dataset_features, encode_texts
+from openslip.eval.features import dataset_features, encode_texts, eval_mode
 from openslip.eval.metrics import retrieval_metrics
 
 
@@ -29,9 +29,7 @@ def evaluate_retrieval(
     if not getattr(model, "has_text", False):
         raise ConfigError("retrieval needs a model with a text tower (SLIP or CLIP, not SimCLR-only)")
     texts, owner = data.flat()
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         image_feats, _ = dataset_features(
             model,
             data.images,
@@ -43,6 +41,4 @@ def evaluate_retrieval(
             desc=f"retrieval images {data.name}",
         )
         text_feats = encode_texts(model, texts, batch_size=batch_size, device=device)
-    finally:
-        model.train(was_training)
     return retrieval_metrics(image_feats, text_feats, torch.as_tensor(owner), ks=ks)

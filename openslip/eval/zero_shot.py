@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from openslip.errors import ConfigError
+from openslip.eval.features import dataset_features, eval_mode
 from openslip.eval.metrics import classification_metrics, topk_accuracy
 from openslip.models.slip import SLIP
 from openslip.tokenizer import Tokenizer, get_tokenizer
@@ -92,15 +93,11 @@ def evaluate_demo_zero_shot(
 
     size = image_size or model.cfg.vision.image_size
     task = demo_task(task_name, "test", n, image_size=size)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         classifier = zero_shot_classifier(model, task.classnames, task.templates, device=device)
         images, labels = task.arrays()
         batches = (normalize_uint8(images[i : i + batch_size]) for i in range(0, len(images), batch_size))
         logits = image_features(model, batches, device=device) @ classifier
-    finally:
-        model.train(was_training)
     target = torch.as_tensor(labels, device=logits.device)
     return {
         "top1": topk_accuracy(logits, target, 1),
@@ -123,13 +120,9 @@ def evaluate_zero_shot(
     Returns (metrics, logits [N, C], labels [N]); the metrics hold top1, top5, mean_per_class,
     top1_top5_mean (and roc_auc on binary tasks), ``metric`` (the dataset's) and ``score`` (its value).
     """
-    from openslip.eval.features import dataset_features
-
     if not model.has_text:
         raise ConfigError(f"{model.cfg.name} is SimCLR-only: it has no text tower for zero-shot transfer")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         classifier = zero_shot_classifier(
             model, dataset.classnames, dataset.templates, device=device, batch_size=batch_size, shard=True
         )
@@ -143,8 +136,6 @@ def evaluate_zero_shot(
             cache_dir=cache_dir,
             desc=f"zero-shot {dataset.name}",
         )
-    finally:
-        model.train(was_training)
     logits = feats @ classifier.cpu()  # [N, C] cosine similarities
     metrics = classification_metrics(logits, labels, dataset.metric)
     metrics["num_classes"] = float(dataset.num_classes)
