@@ -20,6 +20,7 @@ from openslip.errors import ConfigError
 PRECISIONS = ("fp32", "bf16", "fp16")
 GATHERS = ("grad", "reference")
 AUGMENT_PATHS = ("cpu", "device")
+IMAGE_VIEWS = ("clip", "simclr")
 WORKER_PRIORITIES = ("auto", "idle", "normal")
 
 
@@ -40,12 +41,14 @@ class DataConfig:
     image_size: int | None = None  # training resolution; None: the model's
     num_workers: int = 2  # loader worker processes per rank (0: load in the training process)
     augment: str = "cpu"  # "cpu": augment in loader workers; "device": batched on the training device
+    image_view: str = "clip"  # CLIP view's augmentation: "clip" (crop 0.5-1) or "simclr" (the SimCLR views' recipe)
     worker_priority: str = "auto"  # loader workers' CPU priority: "idle" (SCHED_IDLE), "normal"; auto: idle on CPU
     max_skip_rate: float = 0.1  # stop the run if more than this fraction of samples is unreadable
     demo_size: int = 100_000  # demo world: samples per epoch of the training split
 
     def __post_init__(self) -> None:
         _choice("data.augment", self.augment, AUGMENT_PATHS)
+        _choice("data.image_view", self.image_view, IMAGE_VIEWS)
         _positive("data.num_workers", self.num_workers, allow_zero=True)
         _choice("data.worker_priority", self.worker_priority, WORKER_PRIORITIES)
         if not 0.0 <= self.max_skip_rate <= 1.0:
@@ -141,7 +144,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        from openslip.models import MODELS
+        from openslip.models import MODELS, model_without
 
         if self.model not in MODELS:
             raise ConfigError(f"model={self.model!r} is not a registered model; choose one of: {', '.join(MODELS)}")
@@ -154,6 +157,16 @@ class Config:
             raise ConfigError(f"model={self.model} has no text tower: set loss.clip_scale=0 (SimCLR only)")
         if parts.ssl_head is None and self.loss.ssl_scale > 0:
             raise ConfigError(f"model={self.model} has no SimCLR head: set loss.ssl_scale=0 (CLIP only)")
+        # A part that no loss term trains would get no gradient (DDP refuses that) and would make the data
+        # pipeline render views for nothing: the baselines are their own models (DESIGN §1).
+        for part, scale, objective in (("ssl_head", "ssl_scale", "CLIP"), ("text", "clip_scale", "SimCLR")):
+            if getattr(parts, part) is not None and getattr(self.loss, scale) == 0:
+                other = model_without(self.model, part)
+                use = f"use model={other}" if other else "use a model without it"
+                raise ConfigError(
+                    f"model={self.model} with loss.{scale}=0 trains {objective} only and would carry an untrained "
+                    f"{'SimCLR head' if part == 'ssl_head' else 'text tower'}: {use}"
+                )
         if self.train.batch_size % self.train.accum_steps:
             b, a = self.train.batch_size, self.train.accum_steps
             raise ConfigError(f"train.batch_size={b} is not divisible by train.accum_steps={a}")

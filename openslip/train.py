@@ -126,7 +126,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         ssl_temperature=cfg.loss.ssl_temperature,
         gather=cfg.loss.gather,
     )
-    data = build_train_data(cfg, model.cfg.vision.image_size, dist.rank, dist.world_size, dist.device)
+    data = build_train_data(cfg, model.cfg, dist.rank, dist.world_size, dist.device)
     return Trainer(
         cfg=cfg,
         dist=dist,
@@ -241,6 +241,8 @@ def train(cfg: Config) -> dict[str, Any]:
                 f"training {cfg.model} ({cfg.recipe}) for {cfg.train.steps} steps, global batch "
                 f"{cfg.train.batch_size}, {dist.world_size} process(es) on {dist.device.type}; run dir {run_dir}"
             )
+            if cfg.eval.zeroshot and not t.model.has_text:
+                log.message(f"zero-shot evaluation skipped: {cfg.model} has no text tower (SimCLR only)")
         return _loop(t, log)
     except RuntimeError as err:
         if dist.world_size > 1 and any(w in str(err).lower() for w in ("connection", "gloo", "nccl", "timed out")):

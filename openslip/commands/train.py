@@ -53,7 +53,8 @@ def _report(summary: dict) -> None:
         f"done: {summary['steps']} steps ({summary['trained_steps']} this run) in {summary['wall_s'] / 60:.1f} min"
     ]
     if "loss" in m:
-        lines.append(f"final loss {m['loss']:.3f}" + (f", clip_acc {m['clip_acc']:.1f}%" if "clip_acc" in m else ""))
+        accs = "".join(f", {k} {m[k]:.1f}%" for k in ("clip_acc", "ssl_acc") if k in m)
+        lines.append(f"final loss {m['loss']:.3f}{accs}")
     for k, v in m.items():
         if k.startswith("zeroshot/"):
             lines.append(f"zero-shot {k.split('/', 1)[1]}: top-1 {v:.1f}%")

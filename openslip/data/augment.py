@@ -42,6 +42,7 @@ from openslip.data.augment_params import (  # noqa: F401 - re-exported: the reci
     ViewParams,
     ViewRecipe,
     centre_crop_fallback,
+    check_views,
     crop_from_uniforms,
     jitter_ranges,
     resolve_config,
@@ -149,15 +150,21 @@ def apply_view(
 
 
 class SLIPTransform:
-    """The three SLIP views of one image, for loader workers (DESIGN §4: one decode feeds all views).
+    """The SLIP views of one image, for loader workers (DESIGN §4: one decode feeds all views).
 
     ``SLIPTransform(224)(pil_image)`` -> ``{"image": [3, 224, 224], "view1": ..., "view2": ...}`` float32.
-    Randomness comes from ``generator`` or, when it is None, torch's global RNG (which DataLoader seeds
-    per worker). All draws of a sample happen in one call, so a seeded generator makes it reproducible.
+    ``views`` names the views to render (a CLIP-only run needs ``("image",)``, SimCLR-only
+    ``("view1", "view2")``); the parameters of all three are drawn either way, so a view of a baseline is
+    the same view the SLIP run with that seed sees. Randomness comes from ``generator`` or, when it is
+    None, torch's global RNG (which DataLoader seeds per worker). All draws of a sample happen in one call,
+    so a seeded generator makes it reproducible.
     """
 
-    def __init__(self, image_size: int | None = None, *, config: AugmentConfig | None = None) -> None:
+    def __init__(
+        self, image_size: int | None = None, *, config: AugmentConfig | None = None, views: Sequence[str] = VIEW_NAMES
+    ) -> None:
         self.config = resolve_config(image_size, config)
+        self.views = check_views(views)
         self._mean, self._std = _channel_tensors(self.config)
 
     def sample_params(self, height: int, width: int, generator: torch.Generator | None = None) -> dict[str, ViewParams]:
@@ -180,7 +187,7 @@ class SLIPTransform:
         src = _source_tensor(image)
         params = self.sample_params(src.shape[2], src.shape[3], generator)
         size = self.config.image_size
-        return {name: render_view(src, p, size, self._mean, self._std) for name, p in params.items()}
+        return {name: render_view(src, params[name], size, self._mean, self._std) for name in self.views}
 
 
 def eval_resize_size(height: int, width: int, image_size: int, crop_fraction: float = 0.875) -> tuple[int, int]:

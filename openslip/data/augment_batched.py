@@ -45,6 +45,7 @@ from openslip.data.augment_params import (
     AugmentConfig,
     ViewParams,
     ViewRecipe,
+    check_views,
     jitter_ranges,
     resolve_config,
 )
@@ -346,7 +347,8 @@ def _colour_ops(x: Tensor, p: ViewParamsBatch) -> Tensor:
 
 
 class BatchedSLIPAugment:
-    """The three SLIP views of a batch on its device: ``{"image", "view1", "view2"}`` each [B, 3, S, S].
+    """The SLIP views of a batch on its device: ``{"image", "view1", "view2"}`` each [B, 3, S, S] (or the
+    subset named by ``views``, as :class:`openslip.data.augment.SLIPTransform`).
 
     ``images`` is a uint8 [B, 3, H, W] tensor or a list of uint8 [3, H, W] tensors of different sizes
     (decoded on the CPU, moved to the device). Every sample gets its own crop boxes, jitter factors and
@@ -360,11 +362,13 @@ class BatchedSLIPAugment:
         image_size: int | None = None,
         *,
         config: AugmentConfig | None = None,
+        views: Sequence[str] = VIEW_NAMES,
         dtype: torch.dtype = torch.float32,
         chunk_size: int | None = None,
         resize_mode: str = "auto",
     ) -> None:
         self.config = resolve_config(image_size, config)
+        self.views = check_views(views)
         self.dtype = dtype
         self.chunk_size = chunk_size
         self.resize_mode = resize_mode
@@ -404,4 +408,5 @@ class BatchedSLIPAugment:
         self, images: Tensor | Sequence[Tensor], generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
         batch, heights, widths = _pad_batch(images)
-        return self.apply(batch, self.sample_params(heights, widths, generator))
+        params = self.sample_params(heights, widths, generator)  # all three, as the per-sample path
+        return self.apply(batch, {name: params[name] for name in self.views})

@@ -111,6 +111,14 @@ class AugmentConfig:
         return self.clip_view if view == "image" else self.ssl_view
 
 
+def check_views(views: Sequence[str]) -> tuple[str, ...]:
+    """``views`` as a tuple in :data:`VIEW_NAMES` order; a ValueError for an unknown or empty selection."""
+    unknown = [v for v in views if v not in VIEW_NAMES]
+    if unknown or not views:
+        raise ValueError(f"views must be a non-empty subset of {VIEW_NAMES}, got {tuple(views)}")
+    return tuple(v for v in VIEW_NAMES if v in views)
+
+
 def resolve_config(image_size: int | None, config: AugmentConfig | None) -> AugmentConfig:
     """``config`` (default: the reference recipe) with ``image_size`` overridden when given."""
     config = config if config is not None else AugmentConfig()

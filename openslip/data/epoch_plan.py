@@ -104,6 +104,8 @@ class BatchSettings:
     """Replacements tried for one bad sample before giving up with DataError."""
     draft_size: int | None = None
     """JPEG draft decoding: reduced-scale decode keeping both sides >= this (None: full size)."""
+    captions: bool = True
+    """False: captions are never read (a SimCLR-only run): a sample needs none and batches carry none."""
 
     def decode_options(self) -> dict[str, Any]:
         return {} if self.draft_size is None else {"draft_size": self.draft_size}
@@ -117,9 +119,9 @@ def finish_batch(
         batch: dict[str, Any] = {k: torch.stack([torch.as_tensor(v[k]) for v in views]) for k in views[0]}
     else:
         batch = {"image": torch.stack([torch.as_tensor(v) for v in views])}
-    if common.tokenize is not None:
+    if common.captions and common.tokenize is not None:
         batch["text"] = common.tokenize(texts)
-    else:
+    elif common.captions:
         batch["caption"] = texts
     batch["id"] = torch.tensor(ids, dtype=torch.long)
     batch["_meta"] = {"skips": counter.state_dict()}
@@ -181,7 +183,7 @@ class MapPlan:
             counter.add_seen()
             try:
                 record = self.source.record(index)
-                captions = record.clean_captions()
+                captions = record.clean_captions() if c.captions else [""]
                 image = record.load_image(max_pixels=c.max_pixels, counter=counter, **c.decode_options())
             except BadSample as bad:
                 counter.skip(bad.reason)
@@ -267,7 +269,7 @@ class ShardPlan:
                     end = (cycle, li, sample.position + 1)
                     counter.add_seen()
                     try:
-                        captions = sample.clean_captions()
+                        captions = sample.clean_captions() if c.captions else [""]
                         image = sample.load_image(max_pixels=c.max_pixels, counter=counter, **c.decode_options())
                     except BadSample as bad:
                         counter.skip(bad.reason)

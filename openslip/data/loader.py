@@ -148,6 +148,7 @@ class TrainLoader:
         prefetch_factor: int | None = None,
         multiprocessing_context: Any = None,
         idle_workers: bool = False,
+        captions: bool = True,
     ) -> None:
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
@@ -178,6 +179,7 @@ class TrainLoader:
             max_pixels=max_pixels,
             max_attempts=max_attempts,
             draft_size=draft_size,
+            captions=captions,
         )
         if isinstance(source, ShardSource):
             self.kind = "shards"
@@ -363,7 +365,8 @@ def build_train_loader(
             ``max_pixels``, ``max_attempts`` (replacements tried for one bad sample, default 100),
             ``draft_size`` (let JPEGs decode at a reduced scale that keeps both sides >= this; None: full size),
             ``pin_memory``, ``prefetch_factor``, ``multiprocessing_context``, ``idle_workers`` (run the
-            workers at idle CPU priority; for CPU training, where they share the cores with the model).
+            workers at idle CPU priority; for CPU training, where they share the cores with the model),
+            ``captions`` (False: never read captions, for SimCLR-only training; batches have no text).
     """
     return TrainLoader(
         source,

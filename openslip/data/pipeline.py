@@ -15,10 +15,12 @@ import torch
 from PIL import Image
 
 from openslip.config import Config
-from openslip.data.augment import SLIPTransform, to_rgb_uint8
+from openslip.data.augment import CLIP_VIEW, SIMCLR_VIEW, AugmentConfig, SLIPTransform, to_rgb_uint8
 from openslip.data.augment_batched import BatchedSLIPAugment
 from openslip.data.loader import TrainLoader, build_train_loader, mix_seed
 from openslip.data.sources import open_source
+from openslip.errors import ConfigError
+from openslip.models.config import ModelConfig
 from openslip.tokenizer import get_tokenizer
 
 _TAG_DEVICE_AUGMENT = 11
@@ -48,7 +50,7 @@ class TrainData:
     seed: int
 
     def views(self, batch: dict, step: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """Model inputs of a batch on `device`: image, view1, view2 (float) and text (long)."""
+        """Model inputs of a batch on `device`: the views it carries or renders (float) and text (long)."""
         inputs = {
             k: v.to(device, non_blocking=True) for k, v in batch.items() if k in ("image", "view1", "view2", "text")
         }
@@ -60,22 +62,29 @@ class TrainData:
         return inputs
 
 
-def build_train_data(cfg: Config, image_size: int, rank: int, world_size: int, device: torch.device) -> TrainData:
-    """The training loader of `cfg.data` for this rank; batch size per rank = global / (world x accum)."""
+def build_train_data(cfg: Config, model: ModelConfig, rank: int, world_size: int, device: torch.device) -> TrainData:
+    """The training loader of `cfg.data` for this rank; batch size per rank = global / (world x accum).
+
+    Only what `model`'s objectives read is produced (DESIGN §5): CLIP-only gets the CLIP view and tokens,
+    SimCLR-only the two SimCLR views and no caption at all, SLIP all three views and tokens."""
+    image_size = model.vision.image_size
+    views = model.image_views
     options = {"size": cfg.data.demo_size, "image_size": image_size} if cfg.data.train == "demo" else {}
     source = open_source(cfg.data.train, format=cfg.data.format, **options)
     per_rank = cfg.train.batch_size // world_size
     if per_rank * world_size != cfg.train.batch_size:
-        from openslip.errors import ConfigError
-
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world_size} processes")
+    # data.image_view=simclr: the CLIP view drawn with the SimCLR recipe (the strong-augmentation CLIP baseline)
+    augment = AugmentConfig(
+        image_size=image_size, clip_view=SIMCLR_VIEW if cfg.data.image_view == "simclr" else CLIP_VIEW
+    )
     device_path = cfg.data.augment == "device"
-    transform = DecodeOnly(2 * image_size) if device_path else SLIPTransform(image_size)
-    tokenizer = get_tokenizer()
+    transform = DecodeOnly(2 * image_size) if device_path else SLIPTransform(config=augment, views=views)
+    with_text = model.text is not None
     loader = build_train_loader(
         source,
         transform,
-        tokenizer,
+        get_tokenizer() if with_text else None,
         batch_size=per_rank,
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
@@ -85,6 +94,7 @@ def build_train_data(cfg: Config, image_size: int, rank: int, world_size: int, d
         pin_memory=device.type == "cuda",
         idle_workers=cfg.data.worker_priority == "idle"
         or (cfg.data.worker_priority == "auto" and device.type == "cpu"),
+        captions=with_text,
     )
-    augment = BatchedSLIPAugment(image_size) if device_path else None
-    return TrainData(loader=loader, device_augment=augment, seed=cfg.seed)
+    batched = BatchedSLIPAugment(config=augment, views=views) if device_path else None
+    return TrainData(loader=loader, device_augment=batched, seed=cfg.seed)

@@ -68,6 +68,14 @@ class ModelConfig:
         if self.text is None and self.ssl_head is None:
             raise ValueError("a model needs a text tower (CLIP), an ssl head (SimCLR) or both (SLIP)")
 
+    @property
+    def image_views(self) -> tuple[str, ...]:
+        """The augmented views its objectives read: the CLIP view "image" (with a caption) when it has a text
+        tower, the two SimCLR views "view1", "view2" when it has an ssl head. The data pipeline renders these
+        and no others, so a baseline pays only for what it trains (DESIGN §5)."""
+        clip = ("image",) if self.text is not None else ()
+        return clip + (("view1", "view2") if self.ssl_head is not None else ())
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -68,3 +68,15 @@ def model_config(name: str, **overrides: object) -> ModelConfig:
             raise ValueError(f"{name} has no SimCLR head to set head_norm on")
         cfg.ssl_head = replace(cfg.ssl_head, norm=str(norm))
     return replace(cfg, **overrides) if overrides else cfg
+
+
+def model_without(name: str, part: str) -> str | None:
+    """The registered model equal to `name` less `part` ("text" or "ssl_head"), e.g. slip_vit_b16 less its
+    SimCLR head is clip_vit_b16; None when there is none."""
+    base = MODELS.get(name).to_dict()
+    want = {**base, part: None}
+    for other in MODELS.names():
+        cfg = MODELS.get(other).to_dict()
+        if {**cfg, "name": base["name"]} == want:
+            return other
+    return None

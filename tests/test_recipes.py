@@ -1,0 +1,28 @@
+"""Every registered recipe trains through `openslip train`, shrunk to a micro model of its own family."""
+
+import pytest
+
+from openslip.cli import main
+from openslip.models import MODELS
+from openslip.recipes import RECIPES
+
+
+def _micro_of_same_family(model: str) -> str:
+    """The micro-sized registered model with the same parts (text tower, SimCLR head) as `model`."""
+    parts = MODELS.get(model)
+    for name in MODELS.names():
+        cand = MODELS.get(name)
+        same = (cand.text is None, cand.ssl_head is None) == (parts.text is None, parts.ssl_head is None)
+        if same and cand.vision.width <= 64:
+            return name
+    raise AssertionError(f"no micro model with the parts of {model}")
+
+
+@pytest.mark.parametrize("recipe", RECIPES.names())
+def test_every_recipe_trains_two_steps_from_the_cli(tmp_path, recipe):
+    model = _micro_of_same_family(RECIPES.get(recipe)().model)
+    argv = ["train", f"recipe={recipe}", f"model={model}", f"out_dir={tmp_path}", "data.train=demo"]
+    argv += ["train.steps=2", "train.batch_size=8", "train.log_every=1", "train.progress=false"]
+    argv += ["data.num_workers=0", "optim.warmup_steps=1", "ckpt.every_steps=2", "eval.samples=16"]
+    assert main(argv) == 0
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_0000002"
