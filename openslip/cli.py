@@ -24,6 +24,7 @@ COMMANDS: list[str] = [
     "embed",
     "finetune",
     "bench",
+    "compare",
 ]
 
 

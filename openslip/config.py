@@ -258,10 +258,10 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {err}") from None
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in update.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -304,12 +304,12 @@ def make_config(overrides: dict[str, Any] | None = None, *, yaml_path: str | Pat
     from openslip.recipes import RECIPES
 
     file_values = load_yaml(yaml_path) if yaml_path else {}
-    values = _deep_merge(file_values, overrides or {})
+    values = deep_merge(file_values, overrides or {})
     recipe = values.get("recipe", "demo")
     if not isinstance(recipe, str):
         raise ConfigError(f"recipe={recipe!r} should be a recipe name")
     base = RECIPES.get(recipe)().to_dict()
-    return _build(Config, _deep_merge(base, values))
+    return _build(Config, deep_merge(base, values))
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

@@ -9,8 +9,6 @@ the JSON, whose keys are metric names plus `metric` (the dataset's reported one)
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -135,19 +133,13 @@ def finish(args: argparse.Namespace, title: str, metrics: dict[str, Any], *, key
     if distributed.is_main():
         print(format_table(title, metrics, keys))
         if args.output:
+            from openslip.atomic import write_json
+
             write_json(args.output, metrics)
             print(f"wrote {args.output}")
     distributed.barrier()
     distributed.destroy_distributed()
     return 0
-
-
-def write_json(path: str, data: dict[str, Any]) -> None:
-    out = Path(path).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, out)
 
 
 def format_table(title: str, metrics: dict[str, Any], keys: list[str] | None = None) -> str:

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def load_eval_model(spec: str, *, pretrained: str | None = None, device: torch.d
             raise ConfigError(f"--pretrained needs a model name, one of: {', '.join(MODELS.names())}")
         if pretrained.lower() == "none":
             torch.manual_seed(0)
-            return create_model(spec).to(device).eval()
+            return mark_untrained(create_model(spec).to(device).eval())
         return load_model(pretrained, map_location=device, model_name=spec).eval()
     if Path(spec).expanduser().exists():
         return load_model(Path(spec).expanduser(), map_location=device).eval()
@@ -58,6 +59,18 @@ def load_eval_model(spec: str, *, pretrained: str | None = None, device: torch.d
             f"weights, or --pretrained FILE for weights of that model"
         )
     raise CheckpointError(f"{spec}: no such checkpoint file or directory")
+
+
+def mark_untrained(model: Any) -> Any:
+    """Flag a randomly initialised model, so that zero-shot and retrieval warn that its scores are a floor."""
+    model.untrained = True
+    return model
+
+
+def warn_if_untrained(model: Any, what: str) -> None:
+    """Zero-shot and retrieval read the text tower: with random weights their scores are chance level."""
+    if getattr(model, "untrained", False):
+        warnings.warn(f"{what}: the text tower was never trained (random weights): expect chance level", stacklevel=3)
 
 
 @contextlib.contextmanager

@@ -95,12 +95,30 @@ def retrieval_metrics(
     ks: tuple[int, ...] = (1, 5, 10),
     chunk: int = 4096,
 ) -> dict[str, float]:
-    """Recall@k both ways from L2-normalised features; ``text_owner[j]`` is the image index of caption j.
+    """Recall@k both ways from L2-normalised features; ``text_owner[j]`` is the image index of caption j."""
+    i2t_rank, t2i_rank = retrieval_ranks(image_features, text_features, text_owner, chunk=chunk)
+    return recall_from_ranks(i2t_rank, t2i_rank, ks)
+
+
+def recall_from_ranks(i2t_rank: torch.Tensor, t2i_rank: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict:
+    """Recall@k (percent) both ways, their mean and the set sizes, from the ranks of `retrieval_ranks`."""
+    out = {f"image_to_text_R@{k}": 100.0 * (i2t_rank < k).float().mean().item() for k in ks}
+    out.update({f"text_to_image_R@{k}": 100.0 * (t2i_rank < k).float().mean().item() for k in ks})
+    out["mean_recall"] = sum(out.values()) / len(out)
+    out["num_images"] = float(len(i2t_rank))
+    out["num_texts"] = float(len(t2i_rank))
+    return out
+
+
+def retrieval_ranks(
+    image_features: torch.Tensor, text_features: torch.Tensor, text_owner: torch.Tensor, chunk: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """0-based ranks: of each image's best own caption among all captions [N_img], and of each caption's own
+    image among all images [N_txt] (the per-sample outcomes behind Recall@k).
 
     Ranks are strict (a tie with the correct item counts in its favour). Image rows are processed in chunks
     so COCO-sized sets (5k x 25k) fit in memory.
     """
-    i2t = {k: 0.0 for k in ks}
     n_img = image_features.shape[0]
     text_owner = text_owner.long().cpu()
     chunks = range(0, n_img, chunk)
@@ -113,19 +131,13 @@ def retrieval_metrics(
         cols = mine.nonzero().flatten()
         own_score[cols] = sim[text_owner[cols] - start, cols]
     # Pass 2: ranks both ways.
+    i2t_rank = torch.empty(n_img, dtype=torch.long)
     t2i_rank = torch.zeros(text_features.shape[0], dtype=torch.long)
     for start in chunks:
         sim = (image_features[start : start + chunk] @ text_features.t()).cpu()
-        part = _best_own_rank(sim, text_owner - start)
-        for k in ks:
-            i2t[k] += float((part < k).sum())
+        i2t_rank[start : start + sim.shape[0]] = _best_own_rank(sim, text_owner - start)
         t2i_rank += (sim > own_score.view(1, -1)).sum(dim=0)
-    out = {f"image_to_text_R@{k}": 100.0 * i2t[k] / n_img for k in ks}
-    out.update({f"text_to_image_R@{k}": 100.0 * (t2i_rank < k).float().mean().item() for k in ks})
-    out["mean_recall"] = sum(out.values()) / len(out)
-    out["num_images"] = float(n_img)
-    out["num_texts"] = float(text_features.shape[0])
-    return out
+    return i2t_rank, t2i_rank
 
 
 def _best_own_rank(sim: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from openslip.errors import ConfigError
-from openslip.eval.features import dataset_features, eval_mode
+from openslip.eval.features import dataset_features, eval_mode, warn_if_untrained
 from openslip.eval.metrics import classification_metrics, topk_accuracy
 from openslip.models.slip import SLIP
 from openslip.tokenizer import Tokenizer, get_tokenizer
@@ -122,6 +122,7 @@ def evaluate_zero_shot(
     """
     if not model.has_text:
         raise ConfigError(f"{model.cfg.name} is SimCLR-only: it has no text tower for zero-shot transfer")
+    warn_if_untrained(model, f"zero-shot {dataset.name}")
     with eval_mode(model):
         classifier = zero_shot_classifier(
             model, dataset.classnames, dataset.templates, device=device, batch_size=batch_size, shard=True

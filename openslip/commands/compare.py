@@ -1,0 +1,78 @@
+"""`openslip compare [--methods ...] [--seeds ...] [--eval-sets ...] [key=value ...] --out-dir DIR`: the paper's
+experiment in one resumable command (see `openslip.compare`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="pre-train CLIP, SimCLR, SLIP (and CLIP with SimCLR augmentation) alike, evaluate all, tabulate",
+        description="The SLIP paper's comparison in one resumable command: every method is pre-trained with the same "
+        "data, steps, batch, image size and seed (the demo world and tiny models by default), then evaluated with "
+        "every evaluation that applies. Writes OUT_DIR/results.{json,md,png}. Rerun the same command to continue.",
+    )
+    p.add_argument("--out-dir", default="runs/compare", help="experiment directory (default: runs/compare)")
+    p.add_argument("--methods", type=_csv, default=None, help="comma-separated: clip, clip_aug, simclr, slip (all)")
+    p.add_argument("--seeds", type=_ints, default=(0,), help="comma-separated pre-training seeds (default: 0)")
+    p.add_argument(
+        "--eval-sets",
+        type=_csv,
+        default=None,
+        help="comma-separated: demo task names, TEST or TEST@TRAIN labelled sets (folder, CSV, shards), "
+        "retrieval:SPEC (default: demo_shapes,demo_colours,demo)",
+    )
+    p.add_argument("--finetune", action="store_true", help="also finetune every model end to end (slow)")
+    p.add_argument("--finetune-epochs", type=int, help="override the finetuning preset's epochs")
+    p.add_argument("--num-test", type=int, help="images per demo test set (default: the set's)")
+    p.add_argument("--num-train", type=int, help="images per demo probe train split (default: the set's)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--device", help="evaluation device (default: cuda if available, else cpu)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="training settings for every run (e.g. train.steps=600), or METHOD:key=value for one method",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from openslip.compare import CompareConfig, run_compare
+    from openslip.compare.experiment import DEFAULT_EVAL_SETS
+    from openslip.compare.methods import DEFAULT_METHODS
+
+    cc = CompareConfig(
+        out_dir=args.out_dir,
+        methods=args.methods if args.methods is not None else DEFAULT_METHODS,
+        seeds=args.seeds,
+        eval_sets=args.eval_sets if args.eval_sets is not None else DEFAULT_EVAL_SETS,
+        overrides=tuple(args.overrides),
+        finetune=args.finetune,
+        finetune_epochs=args.finetune_epochs,
+        num_test=args.num_test,
+        num_train=args.num_train,
+        bootstrap=args.bootstrap,
+        device=args.device,
+    )
+    run_compare(cc, log=lambda msg: print(msg, flush=True))
+    from openslip import distributed
+
+    if distributed.is_main():
+        print((Path(cc.out_dir) / "results.md").read_text(), end="")
+        print(f"wrote {cc.out_dir}/results.json, results.md, results.png")
+    return 0

@@ -1,0 +1,51 @@
+"""The pre-training methods `openslip compare` sets side by side (SLIP §4): SLIP, its two baselines, and CLIP
+trained on SimCLR-augmented views.
+
+A method is the SLIP model of the experiment less a part, its loss weights, and the paper's learning rate
+and weight decay for its objective (the values the recipes use, `openslip.recipes.OBJECTIVES`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from openslip.recipes import OBJECTIVES
+from openslip.registry import Registry
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    title: str  # the row label of the results table
+    objective: str  # a key of openslip.recipes.OBJECTIVES: lr, wd and loss weights of the paper
+    drop: str | None  # the model part it trains without: "ssl_head" (CLIP), "text" (SimCLR), None (SLIP)
+    overrides: dict[str, Any] = field(default_factory=dict)  # further config values, nested like the config
+
+    def config_values(self) -> dict[str, Any]:
+        """The config values this method sets (model aside): loss weights, lr, wd and its own overrides."""
+        _, lr, wd, ssl_scale, clip_scale = OBJECTIVES[self.objective]
+        values: dict[str, Any] = {
+            "loss": {"ssl_scale": ssl_scale, "clip_scale": clip_scale},
+            "optim": {"lr": lr, "wd": wd},
+        }
+        for section, items in self.overrides.items():
+            values.setdefault(section, {}).update(items)
+        return values
+
+
+METHODS: Registry[Method] = Registry("method")
+for _m in (
+    Method("clip", "CLIP", "clip", drop="ssl_head"),
+    # The CLIP view drawn with the SimCLR recipe: the augmentation ablation of SLIP, which later work found
+    # closes much of SLIP's gain over CLIP (Fini et al. 2023; Li et al. 2024).
+    Method("clip_aug", "CLIP + SimCLR aug.", "clip", drop="ssl_head", overrides={"data": {"image_view": "simclr"}}),
+    Method("simclr", "SimCLR", "simclr", drop="text"),
+    Method("slip", "SLIP", "slip", drop=None),
+):
+    METHODS.register(_m.name, _m)
+
+DEFAULT_METHODS = ("clip", "clip_aug", "simclr", "slip")
+# The random-initialisation row: the floor every method must clear (on small sets a random ViT's probe can
+# beat a briefly trained one).
+RANDOM_ROW = "random"

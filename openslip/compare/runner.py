@@ -1,0 +1,187 @@
+"""`openslip compare`: pre-train every method, evaluate every model with every evaluation that applies, report.
+
+Resumable at any point. Each training run is an ordinary `openslip train` run directory (a killed run
+continues bit-exactly from its last checkpoint); each finished evaluation is two files written atomically,
+its per-sample outcomes (``.npz``) and then its metrics (``.json``, the completion mark). A rerun of the
+same command skips what is finished, and the results are rebuilt from those files, so an interrupted
+experiment ends with the numbers of an uninterrupted one.
+
+Layout of ``out_dir``::
+
+    experiment.json                 the settings (a rerun with other settings is refused)
+    runs/METHOD_seedS/              training runs (config.yaml, metrics.jsonl, checkpoints/), train_done.json
+    evals/ROW_seedS/EVAL__SET.json  metrics of one evaluation; EVAL__SET.npz its per-sample outcomes
+    results.json, results.md, results.png, timings.json
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from openslip import distributed
+from openslip.atomic import write_json, write_npz
+from openslip.compare.experiment import CompareConfig, first_difference, run_key
+from openslip.compare.methods import METHODS, RANDOM_ROW
+from openslip.errors import ConfigError
+from openslip.eval.suite import EVALS, EvalOptions, EvalSet, Evaluation, open_eval_set
+
+EXPERIMENT_FILE = "experiment.json"
+TRAIN_DONE = "train_done.json"
+EVAL_ORDER = ("zeroshot", "retrieval", "linear", "knn", "finetune")
+
+
+@dataclass
+class Cell:
+    """One evaluation of one model on one set: its files, or why it does not apply."""
+
+    row: str
+    seed: int
+    evaluation: Evaluation
+    eval_set: EvalSet
+    slug: str
+    reason: str | None  # None: it applies
+
+    def paths(self, out: Path) -> tuple[Path, Path]:
+        base = out / "evals" / run_key(self.row, self.seed) / f"{self.evaluation.name}__{self.slug}"
+        return base.with_suffix(".json"), base.with_suffix(".npz")
+
+
+def run_compare(cc: CompareConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or finish) the experiment; returns results.json's content."""
+    from openslip.compare.report import write_reports
+
+    out = Path(cc.out_dir)
+    base = cc.base_config()  # validates the shared settings before anything is written
+    check_experiment(out, cc)
+    image_size = base.data.image_size or _model_cfg(base.model).vision.image_size
+    sets = [open_eval_set(s, image_size=image_size, num_test=cc.num_test, num_train=cc.num_train) for s in cc.eval_sets]
+    slugs = _slugs([s.name for s in sets])
+    evals = [EVALS.get(n) for n in EVAL_ORDER if n != "finetune" or cc.finetune]
+    device = cc.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rows = [(RANDOM_ROW, s) for s in cc.seeds] + [(m, s) for m in cc.methods for s in cc.seeds]
+    timings: dict[str, float] = _read_json(out / "timings.json") or {}
+    cells: list[Cell] = []
+    for row, seed in rows:
+        model_cfg = _model_cfg(cc.run_config(METHODS.get(row), seed).model if row != RANDOM_ROW else base.model)
+        row_cells = [
+            Cell(row, seed, ev, es, slug, ev.why_not(model_cfg, es))
+            for es, slug in zip(sets, slugs, strict=True)
+            for ev in evals
+        ]
+        cells += row_cells
+        todo = [c for c in row_cells if c.reason is None and not c.paths(out)[0].is_file()]
+        if row != RANDOM_ROW:
+            _train(cc, row, seed, log, timings, out)
+        if not todo:
+            continue
+        model = _load(cc, row, seed, base, device)
+        for cell in todo:
+            log(f"compare: {cell.evaluation.name} on {cell.eval_set.name} of {run_key(row, seed)}")
+            opts = EvalOptions(
+                device=device,
+                seed=seed,
+                cache_dir=str(out / "cache"),
+                finetune_epochs=cc.finetune_epochs,
+                finetune_dir=str(out / "finetune" / run_key(row, seed) / cell.slug),
+            )
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                if row == RANDOM_ROW:  # the floor row is random on purpose: no "never trained" warning
+                    warnings.simplefilter("ignore", UserWarning)
+                result = cell.evaluation.run(model, cell.eval_set, opts)
+            timings[f"{run_key(row, seed)}/{cell.evaluation.name}/{cell.slug}"] = time.perf_counter() - t0
+            if distributed.is_main():
+                json_path, npz_path = cell.paths(out)
+                write_npz(npz_path, result.outcomes)
+                write_json(json_path, _plain(result.metrics))  # last: marks the evaluation finished
+                write_json(out / "timings.json", timings)
+    results = write_reports(cc, base, sets, slugs, cells, out) if distributed.is_main() else {}
+    distributed.barrier()
+    return results
+
+
+def check_experiment(out: Path, cc: CompareConfig) -> None:
+    """Record the experiment's settings in a new out_dir; refuse an out_dir that holds another experiment."""
+    identity = json.loads(json.dumps(cc.identity()))  # tuples -> lists, as read back from the file
+    path = out / EXPERIMENT_FILE
+    if path.is_file():
+        old = _read_json(path)
+        if old is None:
+            raise ConfigError(f"--out-dir {out}: {EXPERIMENT_FILE} is unreadable; use another --out-dir")
+        diff = first_difference(old, identity)
+        if diff:
+            raise ConfigError(
+                f"--out-dir {out} holds another experiment ({diff}); use another --out-dir, or the same settings"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out-dir {out} is not empty and holds no {EXPERIMENT_FILE}; use another --out-dir")
+    if distributed.is_main():
+        write_json(path, identity)
+
+
+def _train(cc: CompareConfig, method: str, seed: int, log: Callable[[str], None], timings: dict, out: Path) -> None:
+    from openslip.train import train
+
+    run_dir = cc.run_dir(method, seed)
+    if (run_dir / TRAIN_DONE).is_file():
+        return
+    cfg = cc.run_config(METHODS.get(method), seed)
+    log(f"compare: training {run_key(method, seed)} ({cfg.model}, {cfg.train.steps} steps, lr {cfg.optim.lr:g})")
+    summary = train(cfg)
+    timings[f"{run_key(method, seed)}/train"] = timings.get(f"{run_key(method, seed)}/train", 0.0) + summary["wall_s"]
+    if distributed.is_main():
+        done = {"steps": summary["steps"], "checkpoint": summary["checkpoint"], "metrics": summary["metrics"]}
+        write_json(run_dir / TRAIN_DONE, done)
+        write_json(out / "timings.json", timings)
+
+
+def _load(cc: CompareConfig, row: str, seed: int, base: Any, device: str) -> Any:
+    from openslip.eval.features import mark_untrained
+    from openslip.models import create_model
+
+    if row == RANDOM_ROW:
+        torch.manual_seed(seed)
+        size = {"image_size": base.data.image_size} if base.data.image_size else {}
+        return mark_untrained(create_model(base.model, **size).to(device).eval())
+    from openslip.checkpoint import load_model
+
+    return load_model(cc.run_dir(row, seed), map_location=device).eval()
+
+
+def _model_cfg(name: str) -> Any:
+    from openslip.models import model_config
+
+    return model_config(name)
+
+
+def _slugs(names: list[str]) -> list[str]:
+    """File-name-safe, unique names of the evaluation sets, in order."""
+    out: list[str] = []
+    for name in names:
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "set"
+        while slug in out:
+            slug += "_"
+        out.append(slug)
+    return out
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in metrics.items()}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,235 @@
+"""Evaluations by name (DESIGN §6): ``EVALS[name].run(model, eval_set, options) -> EvalResult``.
+
+Each evaluation returns the metrics of its `openslip eval` command (with ``metric`` and ``score``) and the
+per-sample outcomes behind them (``openslip.eval.stats``), so a caller can put an interval on every score
+and pair two models on the same images. ``Evaluation.why_not`` says when one does not apply (zero-shot
+needs a text tower, a probe needs a train split); `openslip compare` shows those cells as "—".
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from openslip import distributed
+from openslip.errors import ConfigError
+from openslip.eval.datasets import ImageSet, RetrievalSet, open_classification, open_retrieval
+from openslip.eval.features import dataset_features, extract_features
+from openslip.eval.metrics import classification_metrics, recall_from_ranks
+from openslip.eval.stats import Outcomes, classification_outcomes, retrieval_outcomes
+from openslip.models.config import ModelConfig
+from openslip.registry import Registry
+
+RETRIEVAL_PREFIX = "retrieval:"
+
+
+@dataclass(kw_only=True)
+class EvalOptions:
+    device: torch.device | str = "cpu"  # where features are computed
+    batch_size: int = 256  # images per forward pass
+    num_workers: int = 0  # data loader workers
+    cache_dir: str | None = None  # feature cache (keyed by weights and dataset)
+    seed: int = 0  # probe / finetuning seed
+    knn_k: int = 20  # kNN neighbours (DINO protocol)
+    knn_temperature: float = 0.07  # kNN vote temperature
+    finetune_preset: str = "demo"  # `openslip finetune --preset`
+    finetune_epochs: int | None = None  # override the preset's epochs
+    finetune_dir: str | None = None  # resumable finetuning state (one directory per model and set)
+
+
+@dataclass
+class EvalSet:
+    """A named evaluation set: a labelled test set (and its train split, for probes) or a retrieval set."""
+
+    spec: str  # as the user wrote it
+    name: str
+    kind: str  # "classification" or "retrieval"
+    test: ImageSet | RetrievalSet
+    train: ImageSet | None = None
+
+    @property
+    def metric(self) -> str:
+        return self.test.metric if isinstance(self.test, ImageSet) else "mean_recall"
+
+    def baselines(self) -> dict[str, float]:
+        """Chance and majority-class scores (classification; the floor any model must clear)."""
+        if not isinstance(self.test, ImageSet):
+            return {}
+        from openslip.eval.stats import score
+
+        labels = self.test.labels
+        reference = self.train.labels if self.train is not None else labels  # the majority of what a probe sees
+        majority = int(torch.as_tensor(reference).bincount().argmax())
+        top5 = torch.full((len(labels), 1), majority).numpy()
+        majority_score = score({"labels": labels, "top5": top5, "margin": (top5[:, 0] * 0.0)}, self.metric)
+        return {"chance": 100.0 / self.test.num_classes, "majority": majority_score}
+
+
+def open_eval_set(
+    spec: str, *, image_size: int, num_test: int | None = None, num_train: int | None = None, seed: int = 0
+) -> EvalSet:
+    """``demo_shapes`` (a demo task, with its train split), ``TEST[@TRAIN]`` (labelled folder / CSV / shards;
+    without TRAIN the probes do not apply), ``retrieval:SPEC`` or ``demo`` (a retrieval set, as
+    `openslip eval retrieval --dataset SPEC`)."""
+    from openslip.data.demo_tasks import demo_task_names
+
+    if spec.startswith(RETRIEVAL_PREFIX) or spec == "demo":
+        data = open_retrieval(spec.removeprefix(RETRIEVAL_PREFIX), image_size=image_size, n=num_test, seed=seed)
+        return EvalSet(spec=spec, name=data.name, kind="retrieval", test=data)
+    test_spec, _, train_spec = spec.partition("@")
+    if not test_spec:
+        raise ConfigError(f"evaluation set {spec!r}: give TEST or TEST@TRAIN")
+    if test_spec in demo_task_names() and not train_spec:
+        train_spec = test_spec
+    test = open_classification(test_spec, split="test", image_size=image_size, n=num_test, seed=seed)
+    train = None
+    if train_spec:
+        train = open_classification(train_spec, split="train", image_size=image_size, n=num_train, seed=seed)
+        if train.classnames != test.classnames:
+            raise ConfigError(
+                f"evaluation set {spec!r}: train and test have different classes "
+                f"({train.num_classes} vs {test.num_classes})"
+            )
+    return EvalSet(spec=spec, name=test.name, kind="classification", test=test, train=train)
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, Any]  # metric name -> value, with "metric" (the reported one) and "score"
+    outcomes: Outcomes = field(default_factory=dict)  # per-sample outcomes (openslip.eval.stats)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    name: str
+    title: str  # a short column title
+    kind: str  # the kind of set it reads
+    needs_text: bool
+    needs_train: bool
+    run: Callable[[Any, EvalSet, EvalOptions], EvalResult]
+
+    def why_not(self, model: ModelConfig, eval_set: EvalSet) -> str | None:
+        """None when the evaluation applies to this model and set, else the reason it does not."""
+        if eval_set.kind != self.kind:
+            return f"{self.name} reads {self.kind} sets"
+        if self.needs_text and model.text is None:
+            return "no text tower (SimCLR only)"
+        if self.needs_train and eval_set.train is None:
+            return "the set has no train split (TEST@TRAIN)"
+        return None
+
+
+EVALS: Registry[Evaluation] = Registry("evaluation")
+
+
+def _features(model: Any, ds: ImageSet, kind: str, opt: EvalOptions, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return dataset_features(
+        model,
+        ds,
+        kind=kind,
+        batch_size=opt.batch_size,
+        num_workers=opt.num_workers,
+        device=opt.device,
+        cache_dir=opt.cache_dir,
+        desc=f"{what} {ds.name}",
+    )
+
+
+def run_zeroshot(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
+    from openslip.eval.zero_shot import evaluate_zero_shot
+
+    metrics, logits, labels = evaluate_zero_shot(
+        model,
+        es.test,
+        batch_size=opt.batch_size,
+        num_workers=opt.num_workers,
+        device=opt.device,
+        cache_dir=opt.cache_dir,
+    )
+    return EvalResult(metrics, classification_outcomes(logits, labels))
+
+
+def run_retrieval(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
+    from openslip.eval.retrieval import retrieval_ranks_of
+
+    i2t, t2i, owner = retrieval_ranks_of(
+        model, es.test, batch_size=opt.batch_size, num_workers=opt.num_workers, device=opt.device
+    )
+    metrics = {"metric": "mean_recall", **recall_from_ranks(i2t, t2i)}
+    metrics["score"] = metrics["mean_recall"]
+    return EvalResult(metrics, retrieval_outcomes(i2t, t2i, owner))
+
+
+def run_linear(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
+    """The logistic probe on frozen backbone features (C chosen on held-out train data; CLIP paper protocol)."""
+    from openslip.eval.linear import logistic_probe
+
+    train_x, train_y = _features(model, es.train, "backbone", opt, "train features")
+    test_x, test_y = _features(model, es.test, "backbone", opt, "test features")
+    result: tuple[dict, Outcomes] = ({}, {})
+    if distributed.is_main():  # one fit; the other ranks wait for its result
+        metrics, scores = logistic_probe(
+            train_x.to(opt.device),
+            train_y,
+            test_x.to(opt.device),
+            test_y,
+            num_classes=es.test.num_classes,
+            metric=es.metric,
+            seed=opt.seed,
+        )
+        result = (metrics, classification_outcomes(scores, test_y))
+    metrics, outcomes = distributed.broadcast_object(result)
+    return EvalResult(metrics, outcomes)
+
+
+def run_knn(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
+    from openslip.eval.knn import knn_scores
+
+    train_x, train_y = _features(model, es.train, "backbone", opt, "train features")
+    test_x, test_y = _features(model, es.test, "backbone", opt, "test features")
+    scores = knn_scores(
+        train_x, train_y, test_x, num_classes=es.test.num_classes, k=opt.knn_k, temperature=opt.knn_temperature
+    )
+    metrics = classification_metrics(scores, test_y, es.metric)
+    metrics.update({"k": float(opt.knn_k), "temperature": opt.knn_temperature, "num_train": float(len(train_y))})
+    return EvalResult(metrics, classification_outcomes(scores, test_y))
+
+
+def run_finetune(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
+    """BEiT-style end-to-end finetuning (`openslip finetune`), resumable per epoch in ``opt.finetune_dir``."""
+    from openslip.eval.finetune import FinetuneTransform, config_from_preset, finetune
+
+    cfg = config_from_preset(opt.finetune_preset, epochs=opt.finetune_epochs, seed=opt.seed)
+    image_size = model.cfg.vision.image_size
+    train = copy.copy(es.train).with_transform(FinetuneTransform.from_config(image_size, cfg))  # keep es.train's
+    metrics, classifier = finetune(
+        model,
+        train,
+        es.test,
+        num_classes=es.test.num_classes,
+        metric=es.metric,
+        config=cfg,
+        device=opt.device,
+        num_workers=opt.num_workers,
+        out_dir=opt.finetune_dir,
+        log=False,
+    )
+    with torch.no_grad():
+        logits, labels = extract_features(
+            classifier, es.test, batch_size=opt.batch_size, device=opt.device, normalize=False
+        )
+    return EvalResult(metrics, classification_outcomes(logits, labels))
+
+
+for _e in (
+    Evaluation("zeroshot", "zero-shot", "classification", needs_text=True, needs_train=False, run=run_zeroshot),
+    Evaluation("linear", "linear probe", "classification", needs_text=False, needs_train=True, run=run_linear),
+    Evaluation("knn", "kNN", "classification", needs_text=False, needs_train=True, run=run_knn),
+    Evaluation("finetune", "finetune", "classification", needs_text=False, needs_train=True, run=run_finetune),
+    Evaluation("retrieval", "retrieval", "retrieval", needs_text=True, needs_train=False, run=run_retrieval),
+):
+    EVALS.register(_e.name, _e)
