@@ -62,13 +62,11 @@ class CompareConfig:
     def base_config(self) -> Config:
         """The shared config every run starts from (validated; its model must be a SLIP model)."""
         shared, _ = self.split_overrides()
+        model = shared.get("model")
+        if isinstance(model, str) and model in MODELS:  # before the config's own checks, which assume one run
+            _check_slip(model)
         base = make_config(shared)
-        parts = MODELS.get(base.model)
-        if parts.text is None or parts.ssl_head is None:
-            raise ConfigError(
-                f"model={base.model}: compare derives every method from a SLIP model (text tower and SimCLR "
-                "head); pass model=slip_..."
-            )
+        _check_slip(base.model)  # a recipe may name a baseline model
         return base
 
     def run_config(self, method: Method, seed: int) -> Config:
@@ -97,6 +95,15 @@ class CompareConfig:
         _, own = self.split_overrides()
         keep = ("eval_sets", "finetune", "finetune_epochs", "num_test", "num_train", "bootstrap")
         return {"base_config": base, "method_overrides": own, **{k: _jsonable(asdict(self)[k]) for k in keep}}
+
+
+def _check_slip(model: str) -> None:
+    parts = MODELS.get(model)
+    if parts.text is None or parts.ssl_head is None:
+        raise ConfigError(
+            f"model={model}: compare derives every method from a SLIP model (text tower and SimCLR head); "
+            "pass model=slip_... (or recipe=slip_...)"
+        )
 
 
 def run_key(row: str, seed: int) -> str:

@@ -1,0 +1,69 @@
+"""Scores recomputed from per-sample outcomes equal the evaluations' metrics; intervals and paired tests behave."""
+
+import numpy as np
+import pytest
+import torch
+
+from openslip.eval.metrics import classification_metrics, recall_from_ranks, retrieval_ranks
+from openslip.eval.stats import (
+    bootstrap_interval,
+    classification_outcomes,
+    paired_difference,
+    retrieval_outcomes,
+    score,
+)
+
+
+CASES = [(c, m) for c in (2, 3, 10) for m in ("top1", "top5", "mean_per_class", "top1_top5_mean")] + [(2, "roc_auc")]
+
+
+@pytest.mark.parametrize("classes,metric", CASES)
+def test_classification_score_matches_metrics(classes, metric):
+    g = torch.Generator().manual_seed(classes)
+    logits = torch.randn(300, classes, generator=g)
+    labels = torch.randint(0, classes, (300,), generator=g)
+    expected = classification_metrics(logits, labels, metric)["score"]
+    assert score(classification_outcomes(logits, labels), metric) == pytest.approx(
+        expected, abs=1e-4
+    )  # the metrics count in float32
+
+
+def test_retrieval_score_matches_recall():
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(40, 8, generator=g), dim=1)
+    owner = torch.arange(40).repeat_interleave(3)
+    txt = torch.nn.functional.normalize(img[owner] + 0.8 * torch.randn(120, 8, generator=g), dim=1)
+    i2t, t2i = retrieval_ranks(img, txt, owner)
+    expected = recall_from_ranks(i2t, t2i)
+    outcomes = retrieval_outcomes(i2t, t2i, owner)
+    for key in ("mean_recall", "image_to_text_R@1", "text_to_image_R@5"):
+        assert score(outcomes, key) == pytest.approx(expected[key], abs=1e-4)  # the metrics count in float32
+    # Resampling images carries their captions: drawing every image once is the full set.
+    assert score(outcomes, "mean_recall", np.arange(40)) == pytest.approx(expected["mean_recall"])
+
+
+def _outcomes(hits: np.ndarray) -> dict:
+    labels = np.zeros(len(hits), dtype=np.int64)
+    return {"labels": labels, "top5": np.where(hits, 0, 1)[:, None]}
+
+
+def test_bootstrap_interval_covers_the_value_and_shrinks_with_n():
+    rng = np.random.default_rng(0)
+    small = bootstrap_interval([_outcomes(rng.random(100) < 0.6)], "top1", reps=500)
+    large = bootstrap_interval([_outcomes(rng.random(10000) < 0.6)], "top1", reps=200)
+    assert small["lo"] <= small["value"] <= small["hi"]
+    assert (large["hi"] - large["lo"]) < (small["hi"] - small["lo"]) / 4
+    # The binomial standard error is sqrt(p (1 - p) / n): 4.9 points at n = 100.
+    assert small["se"] == pytest.approx(100 * np.sqrt(0.6 * 0.4 / 100), rel=0.25)
+
+
+def test_paired_difference_detects_a_consistent_gain_and_not_noise():
+    rng = np.random.default_rng(1)
+    base = rng.random(400) < 0.5
+    better = base | (rng.random(400) < 0.1)  # the same images right, plus some more
+    d = paired_difference([_outcomes(better)], [_outcomes(base)], "top1", reps=1000)
+    assert d["value"] > 0 and d["lo"] > 0 and d["p"] < 0.01
+    same = paired_difference([_outcomes(base)], [_outcomes(base)], "top1", reps=200)
+    assert same["value"] == 0 and same["p"] == 1.0
+    with pytest.raises(ValueError, match="different test sets"):
+        paired_difference([_outcomes(base)], [_outcomes(base[:10])], "top1")
