@@ -13,7 +13,6 @@ from openslip.eval.stats import (
     score,
 )
 
-
 CASES = [(c, m) for c in (2, 3, 10) for m in ("top1", "top5", "mean_per_class", "top1_top5_mean")] + [(2, "roc_auc")]
 
 
