@@ -180,3 +180,13 @@ def test_zero_shot_of_an_untrained_text_tower_warns(capsys):
     argv = ["eval", "zeroshot", "--model", "slip_vit_micro", "--pretrained", "none", "--dataset", "demo_colours"]
     with pytest.warns(UserWarning, match="text tower was never trained"):
         assert main([*argv, "-n", "16"]) == 0
+
+
+def test_finetuning_is_opt_in_and_reported(tmp_path):
+    out = tmp_path / "exp"
+    argv = ["--methods", "slip", "--eval-sets", "demo_colours", "--finetune", "--finetune-epochs", "1"]
+    assert _compare(out, *argv) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert [c["evaluation"] for c in r["columns"]] == ["zeroshot", "linear", "knn", "finetune"]
+    assert r["table"]["slip"]["finetune/demo_colours"]["applies"]
+    assert r["table"]["random"]["finetune/demo_colours"]["applies"]  # finetuning from scratch: the floor

@@ -38,6 +38,9 @@ from openslip.eval.suite import EVALS, EvalOptions, EvalSet, Evaluation, open_ev
 EXPERIMENT_FILE = "experiment.json"
 TRAIN_DONE = "train_done.json"
 EVAL_ORDER = ("zeroshot", "retrieval", "linear", "knn", "finetune")
+# Decoded evaluation images kept in memory per set: every model reads the same images (the demo sets at
+# 64 px take 60 MB), and re-rendering or re-decoding them for each model cost more than the probes.
+IMAGE_MEMORY = 1 << 30
 
 
 @dataclass
@@ -64,7 +67,10 @@ def run_compare(cc: CompareConfig, log: Callable[[str], None] = print) -> dict[s
     base = cc.base_config()  # validates the shared settings before anything is written
     check_experiment(out, cc)
     image_size = base.data.image_size or _model_cfg(base.model).vision.image_size
-    sets = [open_eval_set(s, image_size=image_size, num_test=cc.num_test, num_train=cc.num_train) for s in cc.eval_sets]
+    sets = [
+        open_eval_set(s, image_size=image_size, num_test=cc.num_test, num_train=cc.num_train, memory_bytes=IMAGE_MEMORY)
+        for s in cc.eval_sets
+    ]
     slugs = _slugs([s.name for s in sets])
     evals = [EVALS.get(n) for n in EVAL_ORDER if n != "finetune" or cc.finetune]
     device = cc.device or ("cuda" if torch.cuda.is_available() else "cpu")

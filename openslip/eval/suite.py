@@ -69,12 +69,49 @@ class EvalSet:
         return {"chance": 100.0 / self.test.num_classes, "majority": majority_score}
 
 
+class MemoizedLoad:
+    """``ImageSet.load`` that keeps decoded (or rendered) images in memory up to a byte budget, so a set that
+    several models are evaluated on is read once. Beyond the budget, images are loaded as before."""
+
+    def __init__(self, load: Callable[[int], Any], budget_bytes: int) -> None:
+        self.load = load
+        self.budget = budget_bytes
+        self.images: dict[int, Any] = {}
+
+    def __call__(self, i: int) -> Any:
+        if i in self.images:
+            return self.images[i].copy()  # a transform may write into what it is given
+        image = self.load(i)
+        size = image.nbytes if hasattr(image, "nbytes") else 3 * image.size[0] * image.size[1]
+        if size <= self.budget:
+            self.images[i] = image.copy()
+            self.budget -= size
+        return image
+
+
 def open_eval_set(
-    spec: str, *, image_size: int, num_test: int | None = None, num_train: int | None = None, seed: int = 0
+    spec: str,
+    *,
+    image_size: int,
+    num_test: int | None = None,
+    num_train: int | None = None,
+    seed: int = 0,
+    memory_bytes: int = 0,
 ) -> EvalSet:
     """``demo_shapes`` (a demo task, with its train split), ``TEST[@TRAIN]`` (labelled folder / CSV / shards;
     without TRAIN the probes do not apply), ``retrieval:SPEC`` or ``demo`` (a retrieval set, as
-    `openslip eval retrieval --dataset SPEC`)."""
+    `openslip eval retrieval --dataset SPEC`). ``memory_bytes``: keep up to that many bytes of loaded images
+    in memory (for evaluating several models on the set)."""
+    es = _open_eval_set(spec, image_size=image_size, num_test=num_test, num_train=num_train, seed=seed)
+    if memory_bytes > 0:
+        test = es.test.images if isinstance(es.test, RetrievalSet) else es.test
+        for ds in (test, es.train):
+            if ds is not None:
+                ds.load = MemoizedLoad(ds.load, memory_bytes // 2)
+    return es
+
+
+def _open_eval_set(spec: str, *, image_size: int, num_test: int | None, num_train: int | None, seed: int) -> EvalSet:
     from openslip.data.demo_tasks import demo_task_names
 
     if spec.startswith(RETRIEVAL_PREFIX) or spec == "demo":
