@@ -36,7 +36,8 @@ def _positive(key: str, value: float | int | None, *, allow_zero: bool = False) 
 
 @dataclass(kw_only=True)
 class DataConfig:
-    train: str = "demo"  # "demo", a manifest (.csv/.tsv/.jsonl), an image folder, or shards ("data-{000..009}.tar")
+    # "demo", a manifest (.csv/.tsv/.jsonl), an image folder, shards ("data-{000..009}.tar"), or a list of them
+    train: str | list[str] = "demo"
     format: str | None = None  # force a source format (see `openslip data inspect`); None: from the path
     image_size: int | None = None  # training resolution; None: the model's
     num_workers: int = 2  # loader worker processes per rank (0: load in the training process)
@@ -47,6 +48,12 @@ class DataConfig:
     demo_size: int = 100_000  # demo world: samples per epoch of the training split
 
     def __post_init__(self) -> None:
+        if isinstance(self.train, list):
+            if not self.train:
+                raise ConfigError("data.train=[] names no data: give a path, or a list of paths")
+            repeated = next((s for i, s in enumerate(self.train) if s in self.train[:i]), None)
+            if repeated is not None:  # without per-source weights a repeat would silently double that source
+                raise ConfigError(f"data.train lists {repeated!r} twice: each source is read once per epoch")
         _choice("data.augment", self.augment, AUGMENT_PATHS)
         _choice("data.image_view", self.image_view, IMAGE_VIEWS)
         _positive("data.num_workers", self.num_workers, allow_zero=True)
@@ -275,6 +282,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
+            if raw.lstrip().startswith("["):  # meant as a list: as a plain string it would be a baffling path
+                raise ConfigError(
+                    f"override {item!r} is not a valid YAML list: quote the items that hold {{ }} , ? or :, "
+                    f"e.g. {key.strip()}=['/data/shard-{{000..009}}.tar',/data/photos]"
+                ) from None
             value = raw
         node = tree
         parts = key.strip().split(".")

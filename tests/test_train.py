@@ -196,3 +196,67 @@ def test_periodic_zero_shot_on_demo_task_and_image_folder(tmp_path, capsys):
     assert rows and "zeroshot/demo_colours" in rows[-1] and len([k for k in rows[-1] if k.startswith("zeroshot/")]) == 2
     assert main(["train", *overrides(tmp_path / "bad", "eval.zeroshot=[/no/such/dir]")]) == 2
     assert "eval.zeroshot" in capsys.readouterr().err
+
+
+# --- several training sources -------------------------------------------
+
+
+def _images(folder: Path, n: int, seed: int, *, captions: bool = False, size: int = 40) -> list[str]:
+    """`n` random images in `folder` (with sidecar captions when asked); their file names."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        if captions:
+            (folder / f"{i}.txt").write_text(f"a folder picture number {i}\n")
+        names.append(f"{i}.png")
+    return names
+
+
+def _manifest_and_folder(root: Path) -> tuple[Path, Path]:
+    names = _images(root / "m", 24, seed=1)
+    manifest = root / "m" / "train.csv"
+    manifest.write_text("image,caption\n" + "".join(f"{n},a manifest photo {n}\n" for n in names))
+    _images(root / "photos", 24, seed=2, captions=True)
+    return manifest, root / "photos"
+
+
+def test_train_on_a_manifest_and_a_folder_together_resumes_bit_exact(tmp_path, capsys):
+    manifest, folder = _manifest_and_folder(tmp_path)
+    sources = f"data.train=[{manifest},{folder}]"
+    extra = ("train.steps=4", "ckpt.every_steps=2", "ckpt.keep_last=5")
+    assert main(["train", *overrides(tmp_path / "ref", sources, *extra)]) == 0
+    saved = (tmp_path / "ref" / "config.yaml").read_text()
+    assert f"  train:\n  - {manifest}\n  - {folder}\n" in saved
+    assert read_metrics(tmp_path / "ref")[-1]["data/seen"] >= 4 * 16
+    # a second run resumed from the first one's step 2 ends with the same bits
+    step2 = tmp_path / "ref" / "checkpoints" / "step_0000002"
+    assert main(["train", *overrides(tmp_path / "resumed", sources, *extra, f"resume={step2}")]) == 0
+    assert "resumed from" in capsys.readouterr().err
+    ref, resumed = final_weights(tmp_path / "ref"), final_weights(tmp_path / "resumed")
+    assert set(ref) == set(resumed) and all(torch.equal(ref[k], resumed[k]) for k in ref)
+
+
+def test_several_sources_bad_input_is_one_line(tmp_path, capsys):
+    from openslip.data.shards import make_shards
+    from openslip.data.sources import open_source
+
+    manifest, folder = _manifest_and_folder(tmp_path)
+    make_shards(open_source(str(manifest)), tmp_path / "shards", shard_size=8)
+    cases = [
+        (["data.train=[]"], "data.train=[] names no data"),
+        ([f"data.train=[{manifest},{tmp_path / 'gone.csv'}]"], f"data.train[1]: no such file or directory: {tmp_path}"),
+        ([f"data.train=[{manifest},{manifest}]"], "twice"),
+        ([f"data.train=[{manifest},{manifest.parent}/../m/train.csv]"], "repeats data.train[0]"),
+        ([f"data.train=[{tmp_path / 'shards'},{folder}]"], f"openslip data make-shards {folder} SHARD_DIR"),
+        ([f"data.train=[{tmp_path}/s-{{0..1}}.tar,{folder}]"], "not a valid YAML list: quote the items"),
+    ]
+    for args, needle in cases:
+        code = main(["train", *overrides(tmp_path / "run", "train.steps=1", *args)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and needle in err, (args, err)
+        assert "Traceback" not in err and len(err.splitlines()) == 1
