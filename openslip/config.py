@@ -137,7 +137,8 @@ class EvalConfig:
 
 @dataclass(kw_only=True)
 class Config:
-    recipe: str = "demo"  # the recipe these values started from (`openslip train recipe=NAME`)
+    # the recipe these values started from (`openslip train recipe=NAME`); unnamed: demo, or custom for own data
+    recipe: str = "demo"
     model: str = "slip_vit_tiny"  # registered model name (`openslip.list_models()`)
     head_norm: str | None = None  # SimCLR head norm: "bn", "ln", "none"; None: the model's default (bn)
     out_dir: str = "runs/demo"  # run directory: config, metrics, checkpoints, plots
@@ -317,11 +318,23 @@ def make_config(overrides: dict[str, Any] | None = None, *, yaml_path: str | Pat
 
     file_values = load_yaml(yaml_path) if yaml_path else {}
     values = _deep_merge(file_values, overrides or {})
-    recipe = values.get("recipe", "demo")
+    data = values.get("data")
+    train_data = data.get("train", "demo") if isinstance(data, dict) else "demo"
+    # Unnamed, the recipe follows the data: the demo recipe's zero-shot tasks are the demo world's, so a run on
+    # the user's data starts from `custom` (no demo tasks, its own label and run dir) instead of posing as the demo.
+    recipe = values.get("recipe", "demo" if is_demo_data(train_data) else "custom")
     if not isinstance(recipe, str):
         raise ConfigError(f"recipe={recipe!r} should be a recipe name")
     base = RECIPES.get(recipe)().to_dict()
     return _build(Config, _deep_merge(base, values))
+
+
+def is_demo_data(train: Any) -> bool:
+    """True when `data.train` is the built-in demo world alone (`demo`, `[demo]`, `demo:train`, `demo?...`)."""
+    from openslip.data.sources import parse_spec
+
+    specs = train if isinstance(train, list) else [train]
+    return bool(specs) and all(isinstance(s, str) and parse_spec(s)[0] == "demo" for s in specs)
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

@@ -198,7 +198,7 @@ def test_periodic_zero_shot_on_demo_task_and_image_folder(tmp_path, capsys):
     assert "eval.zeroshot" in capsys.readouterr().err
 
 
-# --- several training sources -------------------------------------------
+# --- several training sources, the custom recipe -------------------------------------------
 
 
 def _images(folder: Path, n: int, seed: int, *, captions: bool = False, size: int = 40) -> list[str]:
@@ -230,8 +230,10 @@ def test_train_on_a_manifest_and_a_folder_together_resumes_bit_exact(tmp_path, c
     sources = f"data.train=[{manifest},{folder}]"
     extra = ("train.steps=4", "ckpt.every_steps=2", "ckpt.keep_last=5")
     assert main(["train", *overrides(tmp_path / "ref", sources, *extra)]) == 0
+    err = capsys.readouterr().err
+    assert "training slip_vit_micro (custom)" in err
     saved = (tmp_path / "ref" / "config.yaml").read_text()
-    assert f"  train:\n  - {manifest}\n  - {folder}\n" in saved
+    assert f"  train:\n  - {manifest}\n  - {folder}\n" in saved and "recipe: custom" in saved
     assert read_metrics(tmp_path / "ref")[-1]["data/seen"] >= 4 * 16
     # a second run resumed from the first one's step 2 ends with the same bits
     step2 = tmp_path / "ref" / "checkpoints" / "step_0000002"
@@ -239,6 +241,35 @@ def test_train_on_a_manifest_and_a_folder_together_resumes_bit_exact(tmp_path, c
     assert "resumed from" in capsys.readouterr().err
     ref, resumed = final_weights(tmp_path / "ref"), final_weights(tmp_path / "resumed")
     assert set(ref) == set(resumed) and all(torch.equal(ref[k], resumed[k]) for k in ref)
+
+
+def test_print_config_data_train_string_or_list_and_the_recipe_it_implies(tmp_path, capsys):
+    import yaml
+
+    def printed(*args: str) -> dict:
+        assert main(["train", "--print-config", *args]) == 0
+        return yaml.safe_load(capsys.readouterr().out)
+
+    demo = printed()
+    assert demo["recipe"] == "demo" and demo["data"]["train"] == "demo"
+    assert demo["eval"]["zeroshot"] == ["demo_shapes", "demo_colours"] and demo["out_dir"] == "runs/demo"
+    own = printed("data.train=/data/a.csv")
+    assert own["recipe"] == "custom" and own["data"]["train"] == "/data/a.csv" and own["eval"]["zeroshot"] == []
+    assert own["out_dir"] == "runs/custom"
+    assert {k: v for k, v in own.items() if k not in ("recipe", "out_dir", "data", "eval")} == {
+        k: v for k, v in demo.items() if k not in ("recipe", "out_dir", "data", "eval")
+    }  # the custom recipe is the demo's model and schedule
+    both = printed("data.train=[/data/a.csv,/data/photos/]")
+    assert both["data"]["train"] == ["/data/a.csv", "/data/photos/"] and both["recipe"] == "custom"
+    assert printed("data.train=[demo]")["recipe"] == "demo"
+    named = printed("data.train=/data/a.csv", "eval.zeroshot=[demo_shapes]")
+    assert named["recipe"] == "custom" and named["eval"]["zeroshot"] == ["demo_shapes"]
+    asked = printed("data.train=/data/a.csv", "recipe=demo")  # a named recipe is kept as it is
+    assert asked["recipe"] == "demo" and asked["eval"]["zeroshot"] == ["demo_shapes", "demo_colours"]
+    for cfg in (own, both):  # a saved config.yaml reads back to the same config, string or list
+        path = tmp_path / "saved.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        assert printed("--config", str(path)) == cfg
 
 
 def test_several_sources_bad_input_is_one_line(tmp_path, capsys):
