@@ -129,10 +129,35 @@ class EvalConfig:
     zeroshot: list[str] = field(default_factory=lambda: ["demo_shapes", "demo_colours"])
     every_steps: int = 200  # evaluate every N steps (and at the end); 0: only at the end
     samples: int = 1000  # images per zero-shot task
+    # the next three apply to the folder / CSV / shard sets of eval.zeroshot (demo tasks keep their own), as the
+    # same-named options of `openslip eval zeroshot`; a JSON {"classnames": [...], "templates": [...]} gives both
+    classnames: str | None = None  # class names file: one per line, a JSON list, or that JSON object
+    templates: str | None = None  # prompt templates file (one "{}" each): one per line, a JSON list, or that object
+    catalog: str | None = None  # catalog dataset giving class names, templates and metric (`openslip eval --list`)
 
     def __post_init__(self) -> None:
         _positive("eval.every_steps", self.every_steps, allow_zero=True)
         _positive("eval.samples", self.samples)
+        if self.catalog is not None:
+            from openslip.eval.catalog import get_entry
+
+            try:
+                get_entry(self.catalog)
+            except ConfigError as err:
+                raise ConfigError(f"eval.catalog: {err}") from None
+        given = [k for k in ("classnames", "templates", "catalog") if getattr(self, k) is not None]
+        if given and not self.file_sets():  # a setting nothing reads is a mistake, not a no-op
+            raise ConfigError(
+                f"eval.{given[0]} is set but eval.zeroshot names no image folder, CSV or shards to use it on "
+                "(demo tasks keep their own class names and templates)"
+            )
+
+    def file_sets(self) -> list[str]:
+        """The sets of `zeroshot` that are not demo tasks (those read classnames / templates / catalog)."""
+        from openslip.data.demo_tasks import demo_task_names
+
+        demo = set(demo_task_names())
+        return [spec for spec in self.zeroshot if spec not in demo]
 
 
 @dataclass(kw_only=True)

@@ -198,7 +198,7 @@ def test_periodic_zero_shot_on_demo_task_and_image_folder(tmp_path, capsys):
     assert "eval.zeroshot" in capsys.readouterr().err
 
 
-# --- several training sources, the custom recipe -------------------------------------------
+# --- several training sources, the custom recipe, zero-shot prompt files -------------------------------------------
 
 
 def _images(folder: Path, n: int, seed: int, *, captions: bool = False, size: int = 40) -> list[str]:
@@ -288,6 +288,71 @@ def test_several_sources_bad_input_is_one_line(tmp_path, capsys):
     ]
     for args, needle in cases:
         code = main(["train", *overrides(tmp_path / "run", "train.steps=1", *args)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and needle in err, (args, err)
+        assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def _val_folder(root: Path) -> Path:
+    for cls in ("cat", "dog"):
+        _images(root / cls, 4, seed=len(cls) + ord(cls[0]), size=32)
+    return root
+
+
+def test_periodic_zero_shot_takes_classnames_and_templates_files(tmp_path, monkeypatch):
+    import openslip.train as train_module
+
+    val = _val_folder(tmp_path / "val")
+    seen = []
+    real = train_module.evaluate_zero_shot
+
+    def spy(model, dataset, **kwargs):
+        seen.append((dataset.name, dataset.classnames, dataset.templates))
+        return real(model, dataset, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_zero_shot", spy)
+    both = tmp_path / "prompts.json"
+    both.write_text(json.dumps({"classnames": ["kitten", "puppy"], "templates": ["a snapshot of a {}."]}))
+    names, temps = tmp_path / "names.txt", tmp_path / "templates.txt"
+    names.write_text("tabby cat\nlabrador\n")
+    temps.write_text("a photo of my {}.\n{} in a picture\n")
+    common = ("train.steps=2", "eval.every_steps=2", "eval.samples=8", f"eval.zeroshot=[demo_colours,{val}]")
+    runs = [
+        ([f"eval.classnames={both}"], ["kitten", "puppy"], ["a snapshot of a {}."]),  # one file gives both
+        ([f"eval.templates={both}"], ["kitten", "puppy"], ["a snapshot of a {}."]),
+        (
+            [f"eval.classnames={names}", f"eval.templates={temps}"],
+            ["tabby cat", "labrador"],
+            temps.read_text().split("\n")[:2],
+        ),
+        ([f"eval.templates={temps}"], ["cat", "dog"], ["a photo of my {}.", "{} in a picture"]),  # folder names
+    ]
+    for i, (args, want_names, want_templates) in enumerate(runs):
+        seen.clear()
+        assert main(["train", *overrides(tmp_path / f"run{i}", *common, *args)]) == 0
+        assert ("val", want_names, want_templates) in seen
+        demo = next(s for s in seen if s[0] == "demo_colours")  # demo tasks keep their own prompts
+        assert "kitten" not in demo[1] and "a snapshot of a {}." not in demo[2]
+        assert "zeroshot/val" in read_metrics(tmp_path / f"run{i}")[-1]
+
+
+def test_zero_shot_prompt_file_errors_are_one_line(tmp_path, capsys):
+    val = _val_folder(tmp_path / "val")
+    half = tmp_path / "half.json"
+    half.write_text(json.dumps({"classnames": ["kitten", "puppy"]}))
+    bad_template = tmp_path / "t.txt"
+    bad_template.write_text("a photo of a {}.\na photo without a slot\n")
+    three = tmp_path / "three.txt"
+    three.write_text("kitten\npuppy\nhamster\n")
+    cases = [
+        ([f"eval.classnames={half}"], f'{half}: the JSON object has no "templates" list'),
+        ([f"eval.templates={bad_template}"], f"{bad_template}: prompt template 'a photo without a slot'"),
+        ([f"eval.classnames={three}"], f"{three}: 3 class names, but {val} has 2 class folders"),
+        ([f"eval.classnames={tmp_path / 'none.txt'}"], "no such class names file"),
+        (["eval.catalog=food101", "eval.zeroshot=[demo_shapes]"], "eval.catalog is set but eval.zeroshot names no"),
+    ]
+    for args, needle in cases:
+        code = main(["train", *overrides(tmp_path / "run", f"eval.zeroshot=[{val}]", *args)])
         err = capsys.readouterr().err.strip()
         assert code == 2 and needle in err, (args, err)
         assert "Traceback" not in err and len(err.splitlines()) == 1
