@@ -353,12 +353,11 @@ def _captions_of_data(trainer: Any, bc: TrainBenchConfig, image_size: int) -> to
     """One batch of real tokenized captions from the data (read in this process, no views rendered), so the
     model-only phase runs the same text lengths as the end-to-end phase and their ratio isolates the data cost."""
     from openslip.data.loader import build_train_loader
-    from openslip.data.sources import open_source
+    from openslip.data.pipeline import open_train_source
     from openslip.tokenizer import get_tokenizer
 
     cfg = trainer.cfg
-    options = {"size": cfg.data.demo_size, "image_size": image_size} if cfg.data.train == "demo" else {}
-    source = open_source(cfg.data.train, format=cfg.data.format, **options)
+    source = open_train_source(cfg, image_size)
     loader = build_train_loader(
         source,
         _no_views,
@@ -378,12 +377,11 @@ def _no_views(image: Any) -> torch.Tensor:
 def _baseline_loader(trainer: Any, bc: TrainBenchConfig, image_size: int) -> Any:
     from openslip.bench_baseline import PILSLIPTransform
     from openslip.data.loader import build_train_loader
-    from openslip.data.sources import open_source
+    from openslip.data.pipeline import open_train_source
     from openslip.tokenizer import get_tokenizer
 
     cfg = trainer.cfg
-    options = {"size": cfg.data.demo_size, "image_size": image_size} if cfg.data.train == "demo" else {}
-    source = open_source(cfg.data.train, format=cfg.data.format, **options)
+    source = open_train_source(cfg, image_size)
     return build_train_loader(
         source,
         PILSLIPTransform(image_size),

@@ -36,7 +36,8 @@ def _positive(key: str, value: float | int | None, *, allow_zero: bool = False) 
 
 @dataclass(kw_only=True)
 class DataConfig:
-    train: str = "demo"  # "demo", a manifest (.csv/.tsv/.jsonl), an image folder, or shards ("data-{000..009}.tar")
+    # "demo", a manifest (.csv/.tsv/.jsonl), an image folder, shards ("data-{000..009}.tar"), or a list of them
+    train: str | list[str] = "demo"
     format: str | None = None  # force a source format (see `openslip data inspect`); None: from the path
     image_size: int | None = None  # training resolution; None: the model's
     num_workers: int = 2  # loader worker processes per rank (0: load in the training process)
@@ -47,6 +48,12 @@ class DataConfig:
     demo_size: int = 100_000  # demo world: samples per epoch of the training split
 
     def __post_init__(self) -> None:
+        if isinstance(self.train, list):
+            if not self.train:
+                raise ConfigError("data.train=[] names no data: give a path, or a list of paths")
+            repeated = next((s for i, s in enumerate(self.train) if s in self.train[:i]), None)
+            if repeated is not None:  # without per-source weights a repeat would silently double that source
+                raise ConfigError(f"data.train lists {repeated!r} twice: each source is read once per epoch")
         _choice("data.augment", self.augment, AUGMENT_PATHS)
         _choice("data.image_view", self.image_view, IMAGE_VIEWS)
         _positive("data.num_workers", self.num_workers, allow_zero=True)
@@ -122,15 +129,41 @@ class EvalConfig:
     zeroshot: list[str] = field(default_factory=lambda: ["demo_shapes", "demo_colours"])
     every_steps: int = 200  # evaluate every N steps (and at the end); 0: only at the end
     samples: int = 1000  # images per zero-shot task
+    # the next three apply to the folder / CSV / shard sets of eval.zeroshot (demo tasks keep their own), as the
+    # same-named options of `openslip eval zeroshot`; a JSON {"classnames": [...], "templates": [...]} gives both
+    classnames: str | None = None  # class names file: one per line, a JSON list, or that JSON object
+    templates: str | None = None  # prompt templates file (one "{}" each): one per line, a JSON list, or that object
+    catalog: str | None = None  # catalog dataset giving class names, templates and metric (`openslip eval --list`)
 
     def __post_init__(self) -> None:
         _positive("eval.every_steps", self.every_steps, allow_zero=True)
         _positive("eval.samples", self.samples)
+        if self.catalog is not None:
+            from openslip.eval.catalog import get_entry
+
+            try:
+                get_entry(self.catalog)
+            except ConfigError as err:
+                raise ConfigError(f"eval.catalog: {err}") from None
+        given = [k for k in ("classnames", "templates", "catalog") if getattr(self, k) is not None]
+        if given and not self.file_sets():  # a setting nothing reads is a mistake, not a no-op
+            raise ConfigError(
+                f"eval.{given[0]} is set but eval.zeroshot names no image folder, CSV or shards to use it on "
+                "(demo tasks keep their own class names and templates)"
+            )
+
+    def file_sets(self) -> list[str]:
+        """The sets of `zeroshot` that are not demo tasks (those read classnames / templates / catalog)."""
+        from openslip.data.demo_tasks import demo_task_names
+
+        demo = set(demo_task_names())
+        return [spec for spec in self.zeroshot if spec not in demo]
 
 
 @dataclass(kw_only=True)
 class Config:
-    recipe: str = "demo"  # the recipe these values started from (`openslip train recipe=NAME`)
+    # the recipe these values started from (`openslip train recipe=NAME`); unnamed: demo, or custom for own data
+    recipe: str = "demo"
     model: str = "slip_vit_tiny"  # registered model name (`openslip.list_models()`)
     head_norm: str | None = None  # SimCLR head norm: "bn", "ln", "none"; None: the model's default (bn)
     out_dir: str = "runs/demo"  # run directory: config, metrics, checkpoints, plots
@@ -275,6 +308,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
+            if raw.lstrip().startswith("["):  # meant as a list: as a plain string it would be a baffling path
+                raise ConfigError(
+                    f"override {item!r} is not a valid YAML list: quote the items that hold {{ }} , ? or :, "
+                    f"e.g. {key.strip()}=['/data/shard-{{000..009}}.tar',/data/photos]"
+                ) from None
             value = raw
         node = tree
         parts = key.strip().split(".")
@@ -305,11 +343,23 @@ def make_config(overrides: dict[str, Any] | None = None, *, yaml_path: str | Pat
 
     file_values = load_yaml(yaml_path) if yaml_path else {}
     values = deep_merge(file_values, overrides or {})
-    recipe = values.get("recipe", "demo")
+    data = values.get("data")
+    train_data = data.get("train", "demo") if isinstance(data, dict) else "demo"
+    # Unnamed, the recipe follows the data: the demo recipe's zero-shot tasks are the demo world's, so a run on
+    # the user's data starts from `custom` (no demo tasks, its own label and run dir) instead of posing as the demo.
+    recipe = values.get("recipe", "demo" if is_demo_data(train_data) else "custom")
     if not isinstance(recipe, str):
         raise ConfigError(f"recipe={recipe!r} should be a recipe name")
     base = RECIPES.get(recipe)().to_dict()
     return _build(Config, deep_merge(base, values))
+
+
+def is_demo_data(train: Any) -> bool:
+    """True when `data.train` is the built-in demo world alone (`demo`, `[demo]`, `demo:train`, `demo?...`)."""
+    from openslip.data.sources import parse_spec
+
+    specs = train if isinstance(train, list) else [train]
+    return bool(specs) and all(isinstance(s, str) and parse_spec(s)[0] == "demo" for s in specs)
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

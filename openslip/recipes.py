@@ -1,6 +1,7 @@
 """Recipes: functions returning a `Config`. Each docstring says how to launch it and what it should reach.
 
     openslip train                                   # the demo recipe
+    openslip train data.train=/data/train.csv        # the custom recipe (own data, no demo zero-shot tasks)
     openslip train recipe=slip_vit_b16_yfcc15m data.train=/data/yfcc15m/shard-{000000..001499}.tar
 
 The paper's runs (SLIP §4, reference code `main.py`): global batch 4096, AdamW betas (0.9, 0.98),
@@ -39,6 +40,24 @@ def demo() -> Config:
 
 
 RECIPES.register("demo", demo)
+
+
+def custom() -> Config:
+    """Tiny SLIP on your own data: the demo recipe's model and schedule, without the demo world's zero-shot tasks.
+
+    Launch: `openslip train data.train=/data/train.csv` (chosen by itself when data.train is not the demo and
+    no recipe is named). Zero-shot runs only on the sets you name: `eval.zeroshot=[/data/val]` with
+    `eval.classnames=FILE` / `eval.templates=FILE` for your prompts (docs/TRAINING.md).
+    """
+    cfg = demo()
+    cfg.recipe = "custom"
+    cfg.out_dir = "runs/custom"  # not runs/demo: resume=auto there would continue the demo run on other data
+    cfg.data.train = "/data/train.csv"  # a placeholder, as in the paper recipes: set data.train
+    cfg.eval.zeroshot = []
+    return cfg
+
+
+RECIPES.register("custom", custom)
 
 # Samples per epoch used to turn the paper's epochs into steps (the reference's filtered subsets).
 DATASET_SIZES = {"yfcc15m": 14_689_880, "cc3m": 3_318_333, "cc12m": 12_423_374}

@@ -195,8 +195,13 @@ def evaluate(t: Trainer) -> dict[str, float]:
 
 
 def _zero_shot_set(cfg: Config, spec: str, image_size: int):
-    """A demo task name (`demo_shapes`), an ImageFolder or a CSV of labelled images (see `openslip eval`)."""
-    return open_classification(spec, image_size=image_size, n=cfg.eval.samples)
+    """A demo task name (`demo_shapes`), an ImageFolder, a CSV of labelled images or labelled shards (see
+    `openslip eval zeroshot`); the file sets take `eval.classnames`, `eval.templates` and `eval.catalog`."""
+    ev = cfg.eval
+    files = {}
+    if spec in ev.file_sets():
+        files = {"classnames": ev.classnames, "templates": ev.templates, "catalog": ev.catalog}
+    return open_classification(spec, image_size=image_size, n=ev.samples, **files)
 
 
 def check_eval_tasks(cfg: Config) -> None:

@@ -19,7 +19,7 @@ from openslip.data.loader import mix_seed
 from openslip.data.manifest import FolderSource, ManifestSource
 from openslip.data.shards import ShardSource, count_samples, expand_braces, expand_shard_spec, make_shards
 from openslip.data.skips import BadSample, SkipCounter
-from openslip.data.sources import SOURCE_FORMATS, Record, open_source, parse_spec
+from openslip.data.sources import SOURCE_FORMATS, ConcatSource, Record, open_source, open_sources, parse_spec
 from openslip.errors import DataError
 
 
@@ -326,6 +326,57 @@ def test_open_source_errors_and_registry_hook(tmp_path: Path):
         SOURCE_FORMATS.register(name, lambda path, **kw: [Record(id=path or "none", image=b"", captions=["c"])])
     assert open_source(f"{name}:abc")[0].id == "abc"
     assert open_source(name)[0].id == "none"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Several sources as one (data.train=[...])
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_open_sources_concatenates_map_style_sources(image_dir: Path, tmp_path: Path):
+    (image_dir / "m.csv").write_text("image,caption\n" + "".join(f"img/{i}.png,cap {i}\n" for i in range(10)))
+    for i in range(4):
+        _png(tmp_path / "photos" / f"{i}.png", 7 * i)
+        (tmp_path / "photos" / f"{i}.txt").write_text(f"photo {i}\n")
+    specs = [str(image_dir / "m.csv"), str(tmp_path / "photos"), "demo?size=5&image_size=16"]
+    src = open_sources(specs)
+    assert isinstance(src, ConcatSource) and len(src) == 10 + 4 + 5 and src.sizes == [10, 4, 5]
+    # ids name the part: the same relative name in two parts stays two samples
+    assert src.record(3).id == f"{specs[0]}#img/3.png" and _value(src.record(3)) == 60
+    assert src.record(11).id == f"{specs[1]}#1.png" and src.record(11).clean_captions() == ["photo 1"]
+    assert src.record(14).id == f"{specs[2]}#demo/train/0" and src.record(18).clean_captions()
+    assert len({src.record(i).id for i in range(len(src))}) == len(src)
+    assert src[-1].id == src.record(18).id
+    # one spec, alone or in a list of one, is exactly what open_source gives
+    assert type(open_sources(specs[:1])) is type(open_source(specs[0])) is ManifestSource
+    assert isinstance(open_sources(specs[0]), ManifestSource)
+
+
+def test_open_sources_concatenates_shards(image_dir: Path, tmp_path: Path):
+    (image_dir / "m.csv").write_text("image,caption\n" + "".join(f"img/{i}.png,cap {i}\n" for i in range(10)))
+    make_shards(open_source(str(image_dir / "m.csv")), tmp_path / "a", shard_size=4, seed=0)
+    make_shards(open_source(str(image_dir / "m.csv")), tmp_path / "b", shard_size=3, seed=1)
+    src = open_sources([str(tmp_path / "a"), str(tmp_path / "b" / "shard-{000000..000003}.tar")])
+    assert isinstance(src, ShardSource) and len(src.urls) == 7 and src.sizes == [4, 4, 2, 3, 3, 3, 1]
+    assert len(src) == 20 and Path(src.urls[3]).parent.name == "b"
+
+
+def test_open_sources_bad_input(image_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (image_dir / "m.csv").write_text("image,caption\n" + "".join(f"img/{i}.png,cap {i}\n" for i in range(4)))
+    make_shards(open_source(str(image_dir / "m.csv")), tmp_path / "s", shard_size=2)
+    csv_path = str(image_dir / "m.csv")
+    with pytest.raises(DataError, match="empty list"):
+        open_sources([], what="data.train")
+    with pytest.raises(DataError, match=r"^data.train\[1\]: no such file or directory: .*missing.csv$"):
+        open_sources([csv_path, str(tmp_path / "missing.csv")], what="data.train")
+    monkeypatch.chdir(image_dir)  # the same file under two spellings is a repeat
+    with pytest.raises(DataError, match=r"data.train\[1\] \(./m.csv\) repeats data.train\[0\]"):
+        open_sources([csv_path, "./m.csv"], what="data.train")
+    with pytest.raises(DataError, match="named by both"):
+        open_sources([str(tmp_path / "s"), str(tmp_path / "s" / "shard-000000.tar")])
+    with pytest.raises(DataError, match="mixes shards") as err:
+        open_sources([str(tmp_path / "s"), csv_path])
+    assert f"openslip data make-shards {csv_path} SHARD_DIR" in str(err.value)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,36 @@ def test_classnames_files_are_read_as_the_releases_ship_them(tmp_path: Path) -> 
     _folder(tmp_path / "cub", ["001.Black_footed_Albatross", "002.Laysan_Albatross"], per_class=2)
     ds = open_classification(str(tmp_path / "cub"), classnames=str(tmp_path / "classes.txt"), image_size=16)
     assert ds.classnames == ["Black footed Albatross", "Laysan Albatross"] and sorted(set(ds.labels)) == [0, 1]
+
+
+def test_one_json_file_gives_class_names_and_templates(tmp_path: Path) -> None:
+    from openslip.eval.catalog import read_classnames, read_templates
+
+    both = tmp_path / "prompts.json"
+    both.write_text(json.dumps({"classnames": ["pie", "ribs"], "templates": ["a photo of {}, a dish."], "x": 1}))
+    assert read_classnames(both) == ["pie", "ribs"] and read_templates(both) == ["a photo of {}, a dish."]
+    root = _folder(tmp_path / "food", ["apple_pie", "baby_back_ribs"])
+    for given in ({"classnames": str(both)}, {"templates": str(both)}):  # either option fills the other
+        ds = open_classification(str(root), image_size=16, **given)
+        assert ds.classnames == ["pie", "ribs"] and ds.templates == ["a photo of {}, a dish."]
+    (tmp_path / "t.txt").write_text("{} on a plate\n")
+    ds = open_classification(str(root), image_size=16, classnames=str(both), templates=str(tmp_path / "t.txt"))
+    assert ds.classnames == ["pie", "ribs"] and ds.templates == ["{} on a plate"]  # the explicit file wins
+    (tmp_path / "list.json").write_text(json.dumps(["{} again"]))
+    assert read_templates(tmp_path / "list.json") == ["{} again"]
+    # bad input: one line naming the file
+    bad = {
+        "half.json": (json.dumps({"templates": ["a {}"]}), 'no "classnames" list'),
+        "empty.json": (json.dumps({"classnames": [], "templates": ["a {}"]}), '"classnames" must be a non-empty list'),
+        "slot.json": (json.dumps({"classnames": ["a"], "templates": ["no slot"]}), "exactly one '{}'"),
+        "broken.json": ('{"classnames": [', "not valid JSON"),
+    }
+    for name, (text, needle) in bad.items():
+        (tmp_path / name).write_text(text)
+        for reader in (read_classnames, read_templates) if name != "slot.json" else (read_templates,):
+            with pytest.raises((DataError, ConfigError)) as err:
+                reader(tmp_path / name)
+            assert str(err.value).startswith(str(tmp_path / name)) and needle in str(err.value), name
+    (tmp_path / "three.txt").write_text("pie\nribs\ncake\n")
+    with pytest.raises(DataError, match=r"three.txt: 3 class names, but .*food has 2 class folders"):
+        open_classification(str(root), classnames=str(tmp_path / "three.txt"), image_size=16)

@@ -135,3 +135,24 @@ def test_finetune_demo_runs(tmp_path: Path, capsys) -> None:
     from safetensors.torch import load_file
 
     assert load_file(str(weights))["head.weight"].shape == (8, 64)
+
+
+def test_zeroshot_takes_one_json_of_class_names_and_templates(tmp_path: Path, capsys) -> None:
+    for c in ("cat", "dog"):
+        (tmp_path / "val" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                tmp_path / "val" / c / f"{i}.jpg"
+            )
+    both = tmp_path / "prompts.json"
+    both.write_text(json.dumps({"classnames": ["kitten", "puppy"], "templates": ["a {}.", "my {}."]}))
+    preds = tmp_path / "pred.csv"
+    argv = ["eval", "zeroshot", *RANDOM, "--dataset", str(tmp_path / "val")]
+    for option in ("--classnames", "--templates"):
+        code, stdout, _ = _run([*argv, option, str(both), "--save-predictions", str(preds)], capsys)
+        assert code == 0 and "6 images, 2 classes, 2 templates" in stdout
+        assert {row.split(",")[3] for row in preds.read_text().splitlines()[1:]} == {"kitten", "puppy"}
+    (tmp_path / "half.json").write_text(json.dumps({"classnames": ["kitten", "puppy"]}))
+    code, _, err = _run([*argv, "--classnames", str(tmp_path / "half.json")], capsys)
+    assert code == 2 and f'{tmp_path / "half.json"}: the JSON object has no "templates"' in err
+    assert len(err.strip().splitlines()) == 1

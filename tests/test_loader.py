@@ -12,7 +12,7 @@ from PIL import Image
 
 from openslip.data.loader import build_train_loader, round_robin
 from openslip.data.shards import make_shards
-from openslip.data.sources import open_source
+from openslip.data.sources import open_source, open_sources
 
 N = 1000
 SMALL = 200
@@ -63,6 +63,14 @@ def uneven_shards(small: Path) -> Path:
     out = small.parent / "uneven"
     make_shards(open_source(str(small)), out, shard_size=12, seed=1)  # 17 shards, the last one of 8
     return out
+
+
+@pytest.fixture(scope="module")
+def second(manifest: Path) -> Path:
+    """Rows 200-299 of the images as a manifest of their own: concatenated after `small`, sample i is row i."""
+    lines = ["image,caption"] + [f"img/{i}.png,sample {i}" for i in range(SMALL, SMALL + 100)]
+    (manifest.parent / "second.csv").write_text("\n".join(lines) + "\n")
+    return manifest.parent / "second.csv"
 
 
 def _loader(source, *, rank=0, world_size=1, num_workers=2, batch_size=10, seed=0, **kw):
@@ -156,6 +164,40 @@ def test_shards_resume_mid_epoch_gives_the_remaining_batches(uneven_shards: Path
         resumed.load_state_dict(interrupted.state_dict())
         rest = list(itertools.islice(resumed.forever(), n + 5 - k))
         _same_batches(taken + rest, full)
+
+
+def test_concatenated_manifests_cover_the_epoch_resume_exactly_and_name_their_files(small: Path, second: Path):
+    source = open_sources([str(small), str(second)])
+    loader = _loader(source, batch_size=10)
+    batches = list(loader)
+    assert len(batches) == 30 and sorted(_ids(batches)) == list(range(SMALL + 100))
+    for b in batches:  # the ids index the concatenation: caption and pixels of row i in either file
+        assert torch.equal(b["text"][:, 0], b["id"])
+        assert torch.equal((b["image"][:, 0, 0, 0] * 255).round().long(), b["id"] % 256)
+    assert loader.describe_ids([3, SMALL + 50]) == [f"{small}#img/3.png", f"{second}#img/{SMALL + 50}.png"]
+    full = list(itertools.islice(_loader(source, seed=5).forever(), 35))  # into epoch 2
+    interrupted = _loader(source, seed=5)
+    taken = list(itertools.islice(interrupted.forever(), 12))
+    resumed = _loader(source, seed=0, num_workers=1)
+    resumed.load_state_dict(interrupted.state_dict())
+    _same_batches(taken + list(itertools.islice(resumed.forever(), 23)), full)
+
+
+def test_concatenated_shard_sets_resume_exactly(small: Path, second: Path, tmp_path: Path):
+    make_shards(open_source(str(small)), tmp_path / "a", shard_size=30, seed=1)  # 7 shards, the last of 20
+    make_shards(open_source(str(second)), tmp_path / "b", shard_size=25, seed=2)  # 4 shards
+    source = open_sources([str(tmp_path / "a"), str(tmp_path / "b")])
+    reference = _loader(source, rank=1, world_size=2, seed=4)
+    n = len(reference)
+    full = list(itertools.islice(reference.forever(), n + 4))
+    texts = [t for b in full[:n] for t in b["text"][:, 0].tolist()]
+    assert len(texts) == len(set(texts)) == n * 10  # one epoch of this rank: no sample twice
+    interrupted = _loader(source, rank=1, world_size=2, seed=4)
+    taken = list(itertools.islice(interrupted.forever(), 5))
+    resumed = _loader(source, rank=1, world_size=2, seed=0)
+    resumed.load_state_dict(interrupted.state_dict())
+    _same_batches(taken + list(itertools.islice(resumed.forever(), n - 1)), full)
+    assert any(loader_id >> 32 >= 7 for loader_id in _ids(full))  # shards of the second set are read too
 
 
 def test_map_resume_across_world_sizes_keeps_global_batches(small: Path):

@@ -196,3 +196,163 @@ def test_periodic_zero_shot_on_demo_task_and_image_folder(tmp_path, capsys):
     assert rows and "zeroshot/demo_colours" in rows[-1] and len([k for k in rows[-1] if k.startswith("zeroshot/")]) == 2
     assert main(["train", *overrides(tmp_path / "bad", "eval.zeroshot=[/no/such/dir]")]) == 2
     assert "eval.zeroshot" in capsys.readouterr().err
+
+
+# --- several training sources, the custom recipe, zero-shot prompt files -------------------------------------------
+
+
+def _images(folder: Path, n: int, seed: int, *, captions: bool = False, size: int = 40) -> list[str]:
+    """`n` random images in `folder` (with sidecar captions when asked); their file names."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        if captions:
+            (folder / f"{i}.txt").write_text(f"a folder picture number {i}\n")
+        names.append(f"{i}.png")
+    return names
+
+
+def _manifest_and_folder(root: Path) -> tuple[Path, Path]:
+    names = _images(root / "m", 24, seed=1)
+    manifest = root / "m" / "train.csv"
+    manifest.write_text("image,caption\n" + "".join(f"{n},a manifest photo {n}\n" for n in names))
+    _images(root / "photos", 24, seed=2, captions=True)
+    return manifest, root / "photos"
+
+
+def test_train_on_a_manifest_and_a_folder_together_resumes_bit_exact(tmp_path, capsys):
+    manifest, folder = _manifest_and_folder(tmp_path)
+    sources = f"data.train=[{manifest},{folder}]"
+    extra = ("train.steps=4", "ckpt.every_steps=2", "ckpt.keep_last=5")
+    assert main(["train", *overrides(tmp_path / "ref", sources, *extra)]) == 0
+    err = capsys.readouterr().err
+    assert "training slip_vit_micro (custom)" in err
+    saved = (tmp_path / "ref" / "config.yaml").read_text()
+    assert f"  train:\n  - {manifest}\n  - {folder}\n" in saved and "recipe: custom" in saved
+    assert read_metrics(tmp_path / "ref")[-1]["data/seen"] >= 4 * 16
+    # a second run resumed from the first one's step 2 ends with the same bits
+    step2 = tmp_path / "ref" / "checkpoints" / "step_0000002"
+    assert main(["train", *overrides(tmp_path / "resumed", sources, *extra, f"resume={step2}")]) == 0
+    assert "resumed from" in capsys.readouterr().err
+    ref, resumed = final_weights(tmp_path / "ref"), final_weights(tmp_path / "resumed")
+    assert set(ref) == set(resumed) and all(torch.equal(ref[k], resumed[k]) for k in ref)
+
+
+def test_print_config_data_train_string_or_list_and_the_recipe_it_implies(tmp_path, capsys):
+    import yaml
+
+    def printed(*args: str) -> dict:
+        assert main(["train", "--print-config", *args]) == 0
+        return yaml.safe_load(capsys.readouterr().out)
+
+    demo = printed()
+    assert demo["recipe"] == "demo" and demo["data"]["train"] == "demo"
+    assert demo["eval"]["zeroshot"] == ["demo_shapes", "demo_colours"] and demo["out_dir"] == "runs/demo"
+    own = printed("data.train=/data/a.csv")
+    assert own["recipe"] == "custom" and own["data"]["train"] == "/data/a.csv" and own["eval"]["zeroshot"] == []
+    assert own["out_dir"] == "runs/custom"
+    assert {k: v for k, v in own.items() if k not in ("recipe", "out_dir", "data", "eval")} == {
+        k: v for k, v in demo.items() if k not in ("recipe", "out_dir", "data", "eval")
+    }  # the custom recipe is the demo's model and schedule
+    both = printed("data.train=[/data/a.csv,/data/photos/]")
+    assert both["data"]["train"] == ["/data/a.csv", "/data/photos/"] and both["recipe"] == "custom"
+    assert printed("data.train=[demo]")["recipe"] == "demo"
+    named = printed("data.train=/data/a.csv", "eval.zeroshot=[demo_shapes]")
+    assert named["recipe"] == "custom" and named["eval"]["zeroshot"] == ["demo_shapes"]
+    asked = printed("data.train=/data/a.csv", "recipe=demo")  # a named recipe is kept as it is
+    assert asked["recipe"] == "demo" and asked["eval"]["zeroshot"] == ["demo_shapes", "demo_colours"]
+    for cfg in (own, both):  # a saved config.yaml reads back to the same config, string or list
+        path = tmp_path / "saved.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        assert printed("--config", str(path)) == cfg
+
+
+def test_several_sources_bad_input_is_one_line(tmp_path, capsys):
+    from openslip.data.shards import make_shards
+    from openslip.data.sources import open_source
+
+    manifest, folder = _manifest_and_folder(tmp_path)
+    make_shards(open_source(str(manifest)), tmp_path / "shards", shard_size=8)
+    cases = [
+        (["data.train=[]"], "data.train=[] names no data"),
+        ([f"data.train=[{manifest},{tmp_path / 'gone.csv'}]"], f"data.train[1]: no such file or directory: {tmp_path}"),
+        ([f"data.train=[{manifest},{manifest}]"], "twice"),
+        ([f"data.train=[{manifest},{manifest.parent}/../m/train.csv]"], "repeats data.train[0]"),
+        ([f"data.train=[{tmp_path / 'shards'},{folder}]"], f"openslip data make-shards {folder} SHARD_DIR"),
+        ([f"data.train=[{tmp_path}/s-{{0..1}}.tar,{folder}]"], "not a valid YAML list: quote the items"),
+    ]
+    for args, needle in cases:
+        code = main(["train", *overrides(tmp_path / "run", "train.steps=1", *args)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and needle in err, (args, err)
+        assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def _val_folder(root: Path) -> Path:
+    for cls in ("cat", "dog"):
+        _images(root / cls, 4, seed=len(cls) + ord(cls[0]), size=32)
+    return root
+
+
+def test_periodic_zero_shot_takes_classnames_and_templates_files(tmp_path, monkeypatch):
+    import openslip.train as train_module
+
+    val = _val_folder(tmp_path / "val")
+    seen = []
+    real = train_module.evaluate_zero_shot
+
+    def spy(model, dataset, **kwargs):
+        seen.append((dataset.name, dataset.classnames, dataset.templates))
+        return real(model, dataset, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_zero_shot", spy)
+    both = tmp_path / "prompts.json"
+    both.write_text(json.dumps({"classnames": ["kitten", "puppy"], "templates": ["a snapshot of a {}."]}))
+    names, temps = tmp_path / "names.txt", tmp_path / "templates.txt"
+    names.write_text("tabby cat\nlabrador\n")
+    temps.write_text("a photo of my {}.\n{} in a picture\n")
+    common = ("train.steps=2", "eval.every_steps=2", "eval.samples=8", f"eval.zeroshot=[demo_colours,{val}]")
+    runs = [
+        ([f"eval.classnames={both}"], ["kitten", "puppy"], ["a snapshot of a {}."]),  # one file gives both
+        ([f"eval.templates={both}"], ["kitten", "puppy"], ["a snapshot of a {}."]),
+        (
+            [f"eval.classnames={names}", f"eval.templates={temps}"],
+            ["tabby cat", "labrador"],
+            temps.read_text().split("\n")[:2],
+        ),
+        ([f"eval.templates={temps}"], ["cat", "dog"], ["a photo of my {}.", "{} in a picture"]),  # folder names
+    ]
+    for i, (args, want_names, want_templates) in enumerate(runs):
+        seen.clear()
+        assert main(["train", *overrides(tmp_path / f"run{i}", *common, *args)]) == 0
+        assert ("val", want_names, want_templates) in seen
+        demo = next(s for s in seen if s[0] == "demo_colours")  # demo tasks keep their own prompts
+        assert "kitten" not in demo[1] and "a snapshot of a {}." not in demo[2]
+        assert "zeroshot/val" in read_metrics(tmp_path / f"run{i}")[-1]
+
+
+def test_zero_shot_prompt_file_errors_are_one_line(tmp_path, capsys):
+    val = _val_folder(tmp_path / "val")
+    half = tmp_path / "half.json"
+    half.write_text(json.dumps({"classnames": ["kitten", "puppy"]}))
+    bad_template = tmp_path / "t.txt"
+    bad_template.write_text("a photo of a {}.\na photo without a slot\n")
+    three = tmp_path / "three.txt"
+    three.write_text("kitten\npuppy\nhamster\n")
+    cases = [
+        ([f"eval.classnames={half}"], f'{half}: the JSON object has no "templates" list'),
+        ([f"eval.templates={bad_template}"], f"{bad_template}: prompt template 'a photo without a slot'"),
+        ([f"eval.classnames={three}"], f"{three}: 3 class names, but {val} has 2 class folders"),
+        ([f"eval.classnames={tmp_path / 'none.txt'}"], "no such class names file"),
+        (["eval.catalog=food101", "eval.zeroshot=[demo_shapes]"], "eval.catalog is set but eval.zeroshot names no"),
+    ]
+    for args, needle in cases:
+        code = main(["train", *overrides(tmp_path / "run", f"eval.zeroshot=[{val}]", *args)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and needle in err, (args, err)
+        assert "Traceback" not in err and len(err.splitlines()) == 1

@@ -29,8 +29,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     z = tasks.add_parser("zeroshot", help="zero-shot classification (class names x prompt templates)")
     _common(z)
     z.add_argument("--catalog", metavar="NAME", help="catalog dataset for class names, templates, metric (--list)")
-    z.add_argument("--classnames", metavar="FILE", help="class names, one per line (or a JSON list)")
-    z.add_argument("--templates", metavar="FILE", help="prompt templates with one {} each, one per line")
+    z.add_argument(
+        "--classnames",
+        metavar="FILE",
+        help='class names: one per line, a JSON list, or a JSON {"classnames": [...], "templates": [...]} '
+        "(which gives the templates too)",
+    )
+    z.add_argument(
+        "--templates",
+        metavar="FILE",
+        help="prompt templates with one {} each: one per line, a JSON list, or the JSON object of --classnames",
+    )
     z.add_argument("--metric", choices=_metric_names(), help="reported metric (default: the catalog's, else top1)")
     z.add_argument("--save-predictions", metavar="FILE.csv", help="write per-image labels, predictions, top-5")
     z.add_argument("--confusion-matrix", metavar="FILE.png", help="write the confusion matrix as an image")

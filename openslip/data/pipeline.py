@@ -18,7 +18,7 @@ from openslip.config import Config
 from openslip.data.augment import CLIP_VIEW, SIMCLR_VIEW, AugmentConfig, SLIPTransform, to_rgb_uint8
 from openslip.data.augment_batched import BatchedSLIPAugment
 from openslip.data.loader import TrainLoader, build_train_loader, mix_seed
-from openslip.data.sources import open_source
+from openslip.data.sources import open_sources
 from openslip.errors import ConfigError
 from openslip.models.config import ModelConfig
 from openslip.tokenizer import get_tokenizer
@@ -62,6 +62,16 @@ class TrainData:
         return inputs
 
 
+def open_train_source(cfg: Config, image_size: int):
+    """The source of `data.train`: one spec, or a list opened as one source (`open_sources`); the demo world is
+    rendered at `image_size` with `data.demo_size` samples."""
+
+    def options(spec: str) -> dict:
+        return {"size": cfg.data.demo_size, "image_size": image_size} if spec == "demo" else {}
+
+    return open_sources(cfg.data.train, format=cfg.data.format, options_for=options, what="data.train")
+
+
 def build_train_data(cfg: Config, model: ModelConfig, rank: int, world_size: int, device: torch.device) -> TrainData:
     """The training loader of `cfg.data` for this rank; batch size per rank = global / (world x accum).
 
@@ -69,8 +79,7 @@ def build_train_data(cfg: Config, model: ModelConfig, rank: int, world_size: int
     SimCLR-only the two SimCLR views and no caption at all, SLIP all three views and tokens."""
     image_size = model.vision.image_size
     views = model.image_views
-    options = {"size": cfg.data.demo_size, "image_size": image_size} if cfg.data.train == "demo" else {}
-    source = open_source(cfg.data.train, format=cfg.data.format, **options)
+    source = open_train_source(cfg, image_size)
     per_rank = cfg.train.batch_size // world_size
     if per_rank * world_size != cfg.train.batch_size:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world_size} processes")

@@ -16,10 +16,16 @@ Spec grammar::
     FORMAT:PATH                           an explicit format, e.g. ``coco:/data/captions_train2017.json``
     FORMAT                                a format that needs no path, e.g. ``demo``
     SPEC?key=value&key=value              options for the opener, e.g. ``...json?root=/data/coco``
+
+``open_sources(specs)`` opens a list of specs as one source (``data.train=[a.csv,photos/]``): map-style
+sources are concatenated into a ``ConcatSource``, shard sources into one ``ShardSource``. A mix of the two
+is refused (see ``open_sources``).
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import importlib
 import json
 import os
@@ -349,3 +355,123 @@ def _sniff_json(path: Path) -> str:
     if isinstance(data, list):
         return "manifest"  # a JSON array of manifest rows
     raise DataError(f"{path}: a JSON file that is neither COCO captions, RedCaps annotations nor a manifest")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Several sources as one
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ConcatSource(BaseMapSource):
+    """Map-style sources read as one: index ``i`` is sample ``i - starts[k]`` of part ``k``.
+
+    The loader's sample ids are indices into this source, so they stay unique across the parts; a record's
+    ``id`` is prefixed with its part's name (``/data/a.csv#img/3.jpg``), so a reported sample names its file.
+    """
+
+    def __init__(self, parts: Sequence[tuple[str, Any]]) -> None:
+        if not parts:
+            raise DataError("no sources to concatenate")
+        self.names = [name for name, _ in parts]
+        self.parts = [source for _, source in parts]
+        self.sizes = [len(source) for source in self.parts]
+        self.starts = [0]
+        for size in self.sizes:
+            self.starts.append(self.starts[-1] + size)
+        self.description = " + ".join(self.names)
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def part_of(self, i: int) -> tuple[int, int]:
+        """(part, index inside the part) of sample ``i``; empty parts are never chosen."""
+        k = bisect.bisect_right(self.starts, i) - 1
+        return k, i - self.starts[k]
+
+    def record(self, i: int) -> Record:
+        k, j = self.part_of(i)
+        rec = self.parts[k].record(j)
+        return dataclasses.replace(rec, id=f"{self.names[k]}#{rec.id}")
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n} ({s:,})" for n, s in zip(self.names, self.sizes, strict=True))
+        return f"ConcatSource({inner})"
+
+
+def _dedup_key(spec: str) -> tuple[str | None, str | None, tuple[tuple[str, str], ...]]:
+    """What a spec points at, for spotting the same source listed twice (``a.csv`` and ``./a.csv``)."""
+    fmt, path, options = parse_spec(spec)
+    if path and "://" not in path and not path.startswith("pipe:"):
+        path = os.path.normpath(os.path.abspath(os.path.expanduser(path)))
+    return fmt, path, tuple(sorted(options.items()))
+
+
+def open_sources(
+    specs: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    format: str | None = None,  # noqa: A002
+    options_for: Callable[[str], dict[str, Any]] | None = None,
+    what: str = "data",
+):
+    """Open one spec, or several as one source (what ``data.train=[...]`` reads).
+
+    One spec (or a list of one) gives exactly what ``open_source`` gives. Several map-style sources
+    (manifests, folders, reference formats, the demo world) give a ``ConcatSource``; several shard sources
+    give one ``ShardSource`` over all their shards. Shards mixed with map-style sources are refused: the loader
+    reads shards as per-worker streams and map-style sources by a global permutation, and one epoch cannot
+    follow both rules; writing the map-style ones as shards (``openslip data make-shards``) makes them one kind.
+
+    Args:
+        specs: a spec or a list of specs (see the module docstring).
+        format: force this format for every spec (``FORMAT:PATH`` sets one spec's format).
+        options_for: spec -> extra opener options (the training pipeline sizes the demo world this way).
+        what: the name used in error messages (``data.train``): errors say ``what[i]: ...``.
+
+    Raises:
+        DataError: an empty list, a spec listed twice (or a shard named by two specs), a spec that cannot be
+            opened (the message names it), or shards mixed with map-style sources.
+    """
+    from openslip.data.shards import ShardSource
+
+    many = isinstance(specs, (list, tuple))
+    items = [os.fspath(s) for s in specs] if many else [os.fspath(specs)]
+    if not items:
+        raise DataError(f"{what} is an empty list: name at least one data source")
+    if len(items) == 1:
+        return open_source(items[0], format=format, **(options_for(items[0]) if options_for else {}))
+    seen: dict[Any, int] = {}
+    for i, spec in enumerate(items):
+        key = _dedup_key(spec)
+        if key in seen:
+            raise DataError(
+                f"{what}[{i}] ({spec}) repeats {what}[{seen[key]}]: each source is read once per epoch "
+                "(there are no per-source weights); remove the duplicate"
+            )
+        seen[key] = i
+    opened = []
+    for i, spec in enumerate(items):
+        try:
+            opened.append(open_source(spec, format=format, **(options_for(spec) if options_for else {})))
+        except DataError as err:
+            raise DataError(f"{what}[{i}]: {err}") from None
+    shard_specs = [spec for spec, src in zip(items, opened, strict=True) if isinstance(src, ShardSource)]
+    if not shard_specs:
+        return ConcatSource(list(zip(items, opened, strict=True)))
+    if len(shard_specs) < len(items):
+        other = next(spec for spec, src in zip(items, opened, strict=True) if not isinstance(src, ShardSource))
+        raise DataError(
+            f"{what} mixes shards ({shard_specs[0]}) with a map-style source ({other}), which one loader cannot "
+            f"read in one epoch: write it as shards (openslip data make-shards {other} SHARD_DIR) and list SHARD_DIR"
+        )
+    urls: list[str] = []
+    owner: dict[str, int] = {}
+    for i, src in enumerate(opened):
+        for url in src.urls:
+            if url in owner:
+                raise DataError(f"shard {url} is named by both {what}[{owner[url]}] and {what}[{i}]; name it once")
+            owner[url] = i
+            urls.append(url)
+    # Sizes per part: an indexed part has them already, only the others are scanned (as the loader would).
+    combined = ShardSource(urls, sizes=[n for src in opened for n in src.ensure_sizes()])
+    combined.description = " + ".join(items)
+    return combined

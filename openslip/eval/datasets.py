@@ -34,8 +34,9 @@ from openslip.eval.catalog import (
     check_templates,
     clean_folder_name,
     get_entry,
+    is_prompt_json,
     read_classnames,
-    read_lines_file,
+    read_templates,
 )
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
@@ -203,15 +204,22 @@ def open_classification(
         n: number of demo images (default per split).
         catalog: a catalog entry (``openslip.eval.catalog``) giving class names, templates and metric.
         classnames: a file (one per line, release class lists as shipped, or a JSON list) or a list of class
-            names; overrides the catalog's.
+            names; overrides the catalog's. A JSON ``{"classnames": [...], "templates": [...]}`` gives both
+            (given as ``classnames`` or ``templates``, it fills the other unless that is given too).
         templates: a file or list of prompt templates with one ``{}``; overrides the catalog's.
         metric: the reported metric; overrides the catalog's.
     """
     from openslip.data.demo_tasks import demo_task, demo_task_names
 
     entry = get_entry(catalog) if catalog else None
-    names = read_classnames(classnames) if isinstance(classnames, (str, os.PathLike)) else classnames
-    temps = read_lines_file(templates, "templates") if isinstance(templates, (str, os.PathLike)) else templates
+    names_file = classnames if isinstance(classnames, (str, os.PathLike)) else None
+    temps_file = templates if isinstance(templates, (str, os.PathLike)) else None
+    names = read_classnames(names_file) if names_file is not None else classnames
+    temps = read_templates(temps_file) if temps_file is not None else templates
+    if names is None and temps_file is not None and is_prompt_json(temps_file):
+        names, names_file = read_classnames(temps_file), temps_file
+    if temps is None and names_file is not None and is_prompt_json(names_file):
+        temps = read_templates(names_file)
     if spec in demo_task_names():
         task = demo_task(spec, split, n, seed=seed, image_size=image_size)
         ds: ImageSet = DemoImageSet(task, metric=metric or (entry.metric if entry else "top1"))
@@ -223,7 +231,7 @@ def open_classification(
         raise DataError(
             f"{spec}: neither a demo task ({', '.join(demo_task_names())}) nor an existing folder, CSV file or shards"
         )
-    source = _labelled_source(path, entry, names)
+    source = _labelled_source(path, entry, names, names_file)
     final_templates = check_templates(list(temps or (entry.templates if entry else DEFAULT_TEMPLATES)))
     final_metric = metric or (entry.metric if entry else "top1")
     if entry is not None and len(source.classes) != entry.num_classes:
@@ -243,20 +251,27 @@ def open_classification(
     )
 
 
-def _labelled_source(path: Path, entry: CatalogEntry | None, names: Sequence[str] | None) -> Any:
-    """The labelled source with ``classes`` = the class names to prompt with, labels indexing them."""
+def _labelled_source(
+    path: Path, entry: CatalogEntry | None, names: Sequence[str] | None, names_file: str | os.PathLike | None = None
+) -> Any:
+    """The labelled source with ``classes`` = the class names to prompt with, labels indexing them.
+    ``names_file``: where ``names`` came from, named by the errors about them."""
     from openslip.data.labelled import open_labelled
 
     wanted = list(names) if names is not None else (list(entry.classnames) if entry and entry.classnames else None)
+    names_from = f" (class names from {Path(names_file).expanduser()})" if names_file is not None else ""
     if path.is_file() or is_shard_set(path):
-        return open_labelled(path, classes=wanted)
+        try:
+            return open_labelled(path, classes=wanted)
+        except DataError as err:
+            raise DataError(f"{err}{names_from}") from None
     source = open_labelled(path)
     folders = list(source.classes)
     if all(re.fullmatch(r"\d+", f) for f in folders):  # ROOT/<index>/: folder k is class k
         index = [int(f) for f in folders]
         count = len(wanted) if wanted is not None else max(index) + 1
         if max(index) >= count:
-            raise DataError(f"{path}: class folder {max(index)} but only {count} class names")
+            raise DataError(f"{path}: class folder {max(index)} but only {count} class names{names_from}")
         source.labels = [index[lab] for lab in source.labels]
         source.classes = wanted if wanted is not None else [str(i) for i in range(count)]
         return source
@@ -270,6 +285,11 @@ def _labelled_source(path: Path, entry: CatalogEntry | None, names: Sequence[str
     lookup = {_norm(c): i for i, c in enumerate(wanted)}
     mapping = [lookup.get(_norm(clean_folder_name(f)), lookup.get(_norm(f))) for f in folders]
     missing = [f for f, m in zip(folders, mapping, strict=True) if m is None]
+    if missing and names_file is not None:  # the user's list: counts differ and the names do not match either
+        raise DataError(
+            f"{Path(names_file).expanduser()}: {len(wanted)} class names, but {path} has {len(folders)} class "
+            f"folders, and folder(s) {', '.join(missing[:3])} match none of the names"
+        )
     if missing:
         hint = f"; expected layout: {entry.layout}" if entry else ""
         raise DataError(
