@@ -194,51 +194,23 @@ def _params() -> list:
 # of a sub-command without an entry fails, naming this dict. `model` of train / bench is swapped for the
 # micro model of the same family (_micro_model), not listed here.
 SHRINK: dict[tuple[str, ...], list[str]] = {
-    ("train",): [
-        "train.steps=2",
-        "train.batch_size=8",
-        "data.num_workers=0",
-        "eval.samples=16",
-        "optim.warmup_steps=1",
-        "ckpt.every_steps=2",
-        "train.progress=false",
-    ],
-    ("eval", "zeroshot"): ["-n", "16"],
-    ("eval", "retrieval"): ["-n", "16"],
-    ("eval", "linear"): ["-n", "16", "--num-train", "32", "--epochs", "1", "--train-batch-size", "16"],
-    ("eval", "knn"): ["-n", "16", "--num-train", "32"],
-    ("finetune",): [
-        "-n",
-        "16",
-        "--num-train",
-        "32",
-        "--epochs",
-        "1",
-        "--warmup-epochs",
-        "0",
-        "--train-batch-size",
-        "16",
-    ],
-    ("embed",): ["--batch-size", "16"],
-    ("bench", "train"): [
-        "--batch-size",
-        "8",
-        "--steps",
-        "1",
-        "--warmup",
-        "1",
-        "--peak-budget",
-        "0.05",
-        "--threads",
-        "1",
-        "--num-workers",
-        "0",
-        "--sweep-batches",
-        "4,8",
-    ],
-    ("bench", "data"): ["--n", "8", "--rounds", "1"],
+    ("train",): (
+        "train.steps=2 train.batch_size=8 data.num_workers=0 eval.samples=16 optim.warmup_steps=1 "
+        "ckpt.every_steps=2 train.progress=false"
+    ).split(),
+    ("eval", "zeroshot"): "-n 16".split(),
+    ("eval", "retrieval"): "-n 16".split(),
+    ("eval", "linear"): "-n 16 --num-train 32 --epochs 1 --train-batch-size 16".split(),
+    ("eval", "knn"): "-n 16 --num-train 32".split(),
+    ("finetune",): "-n 16 --num-train 32 --epochs 1 --warmup-epochs 0 --train-batch-size 16".split(),
+    ("embed",): "--batch-size 16".split(),
+    # one loader worker still runs the worker path (and --worker-priority); a small sweep for --memory-sweep
+    ("bench", "train"): (
+        "--batch-size 8 --steps 1 --warmup 1 --peak-budget 0.05 --threads 1 --num-workers 1 --sweep-batches 4,8"
+    ).split(),
+    ("bench", "data"): "--n 8 --rounds 1".split(),
     ("data", "make-shards"): [],
-    ("data", "inspect"): ["--n", "4", "--scan", "16"],
+    ("data", "inspect"): "--n 4 --scan 16".split(),
     ("convert",): [],
     ("plot",): [],
 }
@@ -439,7 +411,7 @@ def resolve_placeholders(argv: list[str], inputs: Inputs, cwd: Path) -> list[str
     """Replace each documented placeholder (a whole argument, or the value of key=value) by its small input."""
     out = []
     for arg in argv:
-        key, sep, value = arg.rpartition("=") if "=" in arg and not arg.startswith("-") else ("", "", arg)
+        key, sep, value = arg.partition("=") if "=" in arg and not arg.startswith("-") else ("", "", arg)
         if value in PLACEHOLDERS:
             value = PLACEHOLDERS[value](inputs, cwd)
         elif value.startswith("/"):
@@ -486,8 +458,9 @@ def test_extractor_finds_the_documented_commands() -> None:
     per_file: dict[str, int] = {}
     for cmd in COMMANDS_IN_DOCS:
         per_file[cmd.file] = per_file.get(cmd.file, 0) + 1
-    assert len(COMMANDS_IN_DOCS) >= 40, per_file
-    assert per_file.get("README.md", 0) >= 15 and per_file.get("docs/PERFORMANCE.md", 0) >= 10, per_file
+    assert len(COMMANDS_IN_DOCS) >= 30, per_file
+    assert per_file.get("README.md", 0) >= 12, per_file
+    assert per_file.get("docs/TRAINING.md", 0) >= 5 and per_file.get("docs/PERFORMANCE.md", 0) >= 8, per_file
     texts = {cmd.text for cmd in COMMANDS_IN_DOCS}
     stale = sorted(set(LEFT_OUT) - texts)
     assert not stale, f"LEFT_OUT names commands that are no longer in the docs: {stale}"
@@ -574,7 +547,7 @@ def test_documented_command_runs(
     out = capsys.readouterr()
     if cmd.expected_error is not None:
         assert code == 2, f"documented to fail, but exited {code}: {' '.join(argv)}\n{out.err}"
-        assert out.err.strip() == cmd.expected_error, "the documented error message differs from the real one"
+        assert cmd.expected_error in out.err.splitlines(), f"the docs show another message than:\n{out.err}"
         return
     assert code == 0, f"`openslip {' '.join(argv)}` exited {code}\n{out.err[-3000:]}"
     missing = [str(p) for p in _outputs(argv) if not p.exists()]
