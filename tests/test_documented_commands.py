@@ -213,6 +213,10 @@ SHRINK: dict[tuple[str, ...], list[str]] = {
     ("data", "inspect"): "--n 4 --scan 16".split(),
     ("convert",): [],
     ("plot",): [],
+    ("compare",): (
+        "--num-test 16 --num-train 32 --bootstrap 100 --finetune-epochs 1 train.steps=2 train.batch_size=8 "
+        "data.num_workers=0 train.progress=false model=slip_vit_micro"
+    ).split(),
 }
 
 
@@ -259,6 +263,8 @@ def shrink(cmd: DocCommand, argv: list[str], inputs: Inputs, cwd: Path) -> list[
     if sub == ("train",) and cmd.expected_error is None:
         # a command documented to fail keeps its model, so that the message is the documented one
         extra.append(f"model={_micro_model(_train_model(argv))}")
+    if sub == ("compare",) and "--eval-sets" not in argv:
+        extra += ["--eval-sets", "demo_colours,demo"]  # one labelled and one retrieval set of the default three
     if sub == ("bench", "train"):
         model = argv[argv.index("--model") + 1] if "--model" in argv else "slip_vit_tiny"
         extra += ["--model", _micro_model(model)]
@@ -315,6 +321,23 @@ def _csv_manifest(path: Path) -> None:
     _write_images(path.parent / "images", 16, seed=11)
     rows = [f"images/{i:03d}.png,a photo of noise number {i}" for i in range(16)]
     path.write_text("image,caption\n" + "\n".join(rows) + "\n")
+
+
+def _captioned_folder(root: Path) -> str:
+    """An image folder with a sidecar .txt caption per image."""
+    _write_images(root, 12, seed=13)
+    for i in range(12):
+        (root / f"{i:03d}.txt").write_text(f"a picture of noise number {i}")
+    return str(root)
+
+
+PROMPTS_JSON = '{"classnames": ["cat", "dog"], "templates": ["a photo of a {}.", "a picture of a {}."]}'
+
+
+def _text_file(root: Path, name: str, text: str) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / name).write_text(text)
+    return str(root / name)
 
 
 def _original_slip_checkpoint(path: Path) -> None:
@@ -402,21 +425,41 @@ PLACEHOLDERS: dict[str, Builder] = {
     "/shared/yfcc/shard-{000000..001499}.tar": _shared("yfcc", _caption_shards),
     "/shared/yfcc15m/shard-{000000..001499}.tar": _shared("yfcc", _caption_shards),
     "/data/yfcc15m/shard-{000000..000999}.tar": _shared("yfcc", _caption_shards),  # the paper recipes' default
+    # own data (docs/TRAINING.md, docs/COMPARE.md)
+    "/data/train.csv": _shared("own_csv", _csv_in),
+    "/data/photos": _shared("photos", _captioned_folder),
+    "/data/a/shard-{000000..000009}.tar": _shared("shards_a", _caption_shards),
+    "/data/b/": _shared("shards_b", lambda p: str(Path(_caption_shards(p)).parent)),
+    "/data/val": _shared("val", lambda p: str(_image_folder(p, ["cat", "dog"], per_class=4))),
+    "/data/prompts.json": _shared("prompts", lambda p: _text_file(p, "prompts.json", PROMPTS_JSON)),
+    "/data/names.txt": _shared("names", lambda p: _text_file(p, "names.txt", "cat\ndog\n")),
+    "/data/templates.txt": _shared("templates", lambda p: _text_file(p, "templates.txt", "a photo of a {}.\n")),
+    "runs/custom": _copied_run("runs/custom"),
+    "/data/pets/test": _shared("pets_test", lambda p: str(_image_folder(p, ["cat", "dog"], per_class=4))),
+    "/data/pets/train": _shared("pets_train", lambda p: str(_image_folder(p, ["cat", "dog"], per_class=8))),
+    "/data/flickr30k/test.csv": _shared("flickr30k", _csv_in),
     # outputs on shared storage land in the working directory
     "/shared/runs/slip_b16": lambda inputs, cwd: "runs/slip_b16",
 }
 
 
+# What separates several paths in one value: YAML lists ('[a,b]', quoted items), compare's sets ('TEST@TRAIN,...').
+_PATH_SEPARATORS = re.compile(r"(\[|\]|,|@|'|retrieval:)")
+
+
 def resolve_placeholders(argv: list[str], inputs: Inputs, cwd: Path) -> list[str]:
-    """Replace each documented placeholder (a whole argument, or the value of key=value) by its small input."""
+    """Replace each documented placeholder (a whole argument, the value of key=value, or one path of a list of
+    them) by its small input."""
     out = []
     for arg in argv:
         key, sep, value = arg.partition("=") if "=" in arg and not arg.startswith("-") else ("", "", arg)
-        if value in PLACEHOLDERS:
-            value = PLACEHOLDERS[value](inputs, cwd)
-        elif value.startswith("/"):
-            pytest.fail(f"{arg!r} names a path of the user's machine: add a small input for it to PLACEHOLDERS")
-        out.append(f"{key}{sep}{value}")
+        pieces = [value] if value in PLACEHOLDERS else _PATH_SEPARATORS.split(value)
+        for i, piece in enumerate(pieces):
+            if piece in PLACEHOLDERS:
+                pieces[i] = PLACEHOLDERS[piece](inputs, cwd)
+            elif piece.startswith("/"):
+                pytest.fail(f"{arg!r} names a path of the user's machine: add a small input for it to PLACEHOLDERS")
+        out.append(f"{key}{sep}{''.join(pieces)}")
     return out
 
 
