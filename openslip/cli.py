@@ -39,7 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may follow options (`openslip compare a=1 --seeds 0,1 b=2`), which a positional list
+    # alone does not accept once an option has interrupted it.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if isinstance(getattr(args, "overrides", None), list) and all("=" in e and e[0] != "-" for e in extra):
+            args.overrides += extra
+        else:
+            parser.parse_args(argv)  # argparse's own message for what it does not know, and exit 2
     try:
         result = args.func(args)
     except UserError as err:

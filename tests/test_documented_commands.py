@@ -471,8 +471,8 @@ def _outputs(argv: list[str]) -> list[Path]:
     """What a successful command must have written (relative paths: in the test's folder)."""
     paths = [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a in OUTPUT_FLAGS]
     if argv[:1] == ["train"] and not LISTING_FLAGS & set(argv):
-        values = _train_values(argv)
-        out_dir = values.get("out_dir") or RECIPES.get(values.get("recipe", "demo"))().out_dir
+        overrides = [a for a in argv[1:] if "=" in a and not a.startswith("-")]
+        out_dir = make_config(parse_overrides(overrides)).out_dir  # the recipe may follow the data (custom)
         paths.append(Path(out_dir) / "checkpoints" / "latest")
     return paths
 
