@@ -44,13 +44,7 @@ from openslip.data.augment_bench import benchmark_augment, pil_render_view
 from openslip.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Loader workers run single-threaded; so do these tests (the machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 LEVEL = 1.0 / 255.0  # one grey level in [0, 1] units

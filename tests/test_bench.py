@@ -23,12 +23,7 @@ from openslip.perf import tune_cpu_runtime
 EOT, SOT = 49407, 49406
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(model, batch: int, text_len: int) -> dict[str, torch.Tensor]:

@@ -33,7 +33,10 @@ from openslip.models import MODELS, create_model
 from openslip.recipes import RECIPES
 
 # The paper recipes train in bf16, which this kind of CPU emulates slowly: the warning is expected here.
-pytestmark = pytest.mark.filterwarnings("ignore:train.precision=bf16 has no fast kernels:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:train.precision=bf16 has no fast kernels:UserWarning"),
+    pytest.mark.usefixtures("one_thread"),  # micro models on a shared 2-core CPU (conftest.py)
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -482,13 +485,6 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     return Inputs(tmp_path_factory.mktemp("doc_inputs"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Micro models on a shared 2-core CPU: one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------------------------
