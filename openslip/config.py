@@ -17,7 +17,7 @@ import yaml
 
 from openslip.errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
 GATHERS = ("grad", "reference")
 AUGMENT_PATHS = ("cpu", "device")
 IMAGE_VIEWS = ("clip", "simclr")
@@ -67,7 +67,7 @@ class TrainConfig:
     steps: int = 600  # optimizer steps in the run
     batch_size: int = 64  # global batch (all ranks, all accumulation micro-batches): the contrastive batch
     accum_steps: int = 1  # micro-batches per step; the loss is still over the whole batch (exact, GradCache-style)
-    precision: str = "fp32"  # "fp32", "bf16" (autocast) or "fp16" (autocast + loss scaling)
+    precision: str = "fp32"  # "fp32", "bf16" (autocast), "fp16" (autocast + loss scaling), "fp64" (numerics checks)
     grad_clip: float | None = None  # clip the global gradient norm to this value; None: no clipping
     grad_checkpointing: bool = False  # recompute activations in the backward pass to save memory
     compile: bool = False  # torch.compile the model

@@ -34,6 +34,11 @@ from openslip.run_log import RunLogger
 from openslip.train_state import rng_state, set_rng_state
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# fp64 runs the whole step in float64: weights, views, losses and AdamW. Adam turns the rounding noise of a
+# near-zero gradient into a step of about lr, whose sign depends on the order of float operations (thread
+# count, instruction set); in float64 that noise sits far below AdamW's eps, so two CPUs give the same losses
+# to ~1e-10 instead of drifting apart within a few steps. For numerics checks (the golden-loss test); slow.
+PARAM_DTYPES = {"fp64": torch.float64}
 
 
 @dataclass
@@ -110,7 +115,8 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
     overrides = {"head_norm": cfg.head_norm} if cfg.head_norm else {}
     if cfg.data.image_size:
         overrides["image_size"] = cfg.data.image_size
-    model = create_model(cfg.model, **overrides).to(dist.device)
+    dtype = PARAM_DTYPES.get(cfg.train.precision, torch.float32)
+    model = create_model(cfg.model, **overrides).to(dist.device, dtype=dtype)
     if dist.world_size > 1 and model.has_ssl_head:
         convert_global_batchnorm(model.image_mlp)  # the reference's SyncBatchNorm, on every backend
     model.set_grad_checkpointing(cfg.train.grad_checkpointing)
@@ -126,7 +132,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         ssl_temperature=cfg.loss.ssl_temperature,
         gather=cfg.loss.gather,
     )
-    data = build_train_data(cfg, model.cfg, dist.rank, dist.world_size, dist.device)
+    data = build_train_data(cfg, model.cfg, dist.rank, dist.world_size, dist.device, dtype=dtype)
     return Trainer(
         cfg=cfg,
         dist=dist,

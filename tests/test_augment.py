@@ -43,7 +43,6 @@ from openslip.data.augment_batched import (
 from openslip.data.augment_bench import benchmark_augment, pil_render_view
 from openslip.errors import ConfigError
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -48,6 +48,7 @@ class TrainData:
     loader: TrainLoader
     device_augment: BatchedSLIPAugment | None  # None: the views come ready from the workers
     seed: int
+    dtype: torch.dtype = torch.float32  # of the views handed to the model (float64 for train.precision=fp64)
 
     def views(self, batch: dict, step: int, device: torch.device) -> dict[str, torch.Tensor]:
         """Model inputs of a batch on `device`: the views it carries or renders (float) and text (long)."""
@@ -59,7 +60,7 @@ class TrainData:
             images = [raw[i, :, :h, :w] for i, (h, w) in enumerate(batch["raw_hw"].tolist())]
             gen = torch.Generator().manual_seed(mix_seed(self.seed, step, _TAG_DEVICE_AUGMENT))
             inputs.update(self.device_augment(images, generator=gen))
-        return inputs
+        return {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in inputs.items()}
 
 
 def open_train_source(cfg: Config, image_size: int):
@@ -72,7 +73,14 @@ def open_train_source(cfg: Config, image_size: int):
     return open_sources(cfg.data.train, format=cfg.data.format, options_for=options, what="data.train")
 
 
-def build_train_data(cfg: Config, model: ModelConfig, rank: int, world_size: int, device: torch.device) -> TrainData:
+def build_train_data(
+    cfg: Config,
+    model: ModelConfig,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> TrainData:
     """The training loader of `cfg.data` for this rank; batch size per rank = global / (world x accum).
 
     Only what `model`'s objectives read is produced (DESIGN §5): CLIP-only gets the CLIP view and tokens,
@@ -106,4 +114,4 @@ def build_train_data(cfg: Config, model: ModelConfig, rank: int, world_size: int
         captions=with_text,
     )
     batched = BatchedSLIPAugment(config=augment, views=views) if device_path else None
-    return TrainData(loader=loader, device_augment=batched, seed=cfg.seed)
+    return TrainData(loader=loader, device_augment=batched, seed=cfg.seed, dtype=dtype)

@@ -88,11 +88,13 @@ def feature_fn(model: Any, kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The image -> feature function of a feature kind (see the module docstring)."""
     if kind not in FEATURE_KINDS:
         raise ConfigError(f"feature kind {kind!r}; choose one of: {', '.join(FEATURE_KINDS)}")
-    if kind == "embed":
-        if not model.has_text:
-            raise ConfigError(f"{model.cfg.name} is SimCLR-only: it has no image-text embedding; use backbone features")
-        return model.encode_image
-    return model.visual
+    if kind == "embed" and not model.has_text:
+        raise ConfigError(f"{model.cfg.name} is SimCLR-only: it has no image-text embedding; use backbone features")
+    encode = model.encode_image if kind == "embed" else model.visual
+    dtype = next(model.parameters()).dtype
+    if dtype == torch.float32:
+        return encode
+    return lambda images: encode(images.to(dtype))  # e.g. a model trained with train.precision=fp64
 
 
 # --- sharding and gathering -----------------------------------------------------------------------------
