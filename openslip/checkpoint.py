@@ -15,6 +15,7 @@ half-written checkpoint under its final name. Nothing is ever unpickled beyond p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -52,6 +53,9 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TRAIN_STATE_FILE = "train_state.pt"
 LATEST_FILE = "latest"
+# SHA-256 of every other file of the checkpoint, written last: a flipped byte in a file that still parses (a
+# zip's stored tensor data, a safetensors payload) is caught on resume and on load instead of training on it.
+CHECKSUM_FILE = "checksums.json"
 CHECKPOINTS_DIR = "checkpoints"
 FORMAT_VERSION = 1
 _RESERVED_KEYS = ("format_version", "openslip_version", "model")
@@ -138,6 +142,46 @@ def _write_train_state(path: Path, train_state: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_checksums(ckpt: Path) -> None:
+    sums = {p.name: file_sha256(p) for p in sorted(ckpt.iterdir()) if p.is_file() and p.name != CHECKSUM_FILE}
+    with open(ckpt / CHECKSUM_FILE, "w", encoding="utf-8") as f:
+        f.write(json.dumps(sums, indent=1) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def checksum_problem(ckpt: Path) -> str | None:
+    """Which file of `ckpt` no longer matches the checksum saved with it (None: all match). A checkpoint
+    written before checksums existed has no checksums.json and is not checked."""
+    path = ckpt / CHECKSUM_FILE
+    if not path.is_file():
+        return None
+    try:
+        sums = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{path}: unreadable ({err})"
+    if not isinstance(sums, dict):
+        return f"{path}: not a mapping of file names to checksums"
+    for name, expected in sums.items():
+        target = ckpt / str(name)
+        if not target.is_file():
+            return f"{target}: missing (listed in {CHECKSUM_FILE})"
+        if file_sha256(target) != expected:
+            return (
+                f"{target}: corrupt (its SHA-256 differs from the one saved with it; "
+                f"if it was edited on purpose, delete {CHECKSUM_FILE})"
+            )
+    return None
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -199,6 +243,7 @@ def save_checkpoint(
         _write_config(staged / CONFIG_FILE, doc)
         if train_state is not None:
             _write_train_state(staged / TRAIN_STATE_FILE, train_state)
+        _write_checksums(staged)
         fsync_dir(staged)
         _move_into_place(staged, final)
     except BaseException:
@@ -217,8 +262,9 @@ def save_model(model: nn.Module, path: PathLike) -> Path:
 # ----------------------------------------------------------------------------------- run directories
 
 
-def checkpoint_problem(ckpt_dir: PathLike) -> str | None:
-    """Why `ckpt_dir` is not a complete checkpoint (files missing, truncated, unparsable), or None if it is."""
+def checkpoint_problem(ckpt_dir: PathLike, *, verify: bool = False) -> str | None:
+    """Why `ckpt_dir` is not a complete checkpoint (files missing, truncated, unparsable; with `verify`, a file
+    that does not match its saved checksum), or None if it is."""
     ckpt = Path(ckpt_dir)
     if not ckpt.is_dir():
         return f"{ckpt}: no such directory"
@@ -233,7 +279,7 @@ def checkpoint_problem(ckpt_dir: PathLike) -> str | None:
     state = ckpt / TRAIN_STATE_FILE
     if state.exists() and not zipfile.is_zipfile(state):
         return f"{state}: truncated or corrupt"
-    return None
+    return checksum_problem(ckpt) if verify else None
 
 
 def _checkpoints_root(run_dir: Path) -> Path:
@@ -241,17 +287,17 @@ def _checkpoints_root(run_dir: Path) -> Path:
     return sub if sub.is_dir() else run_dir
 
 
-def list_checkpoints(run_dir: PathLike, *, valid_only: bool = True) -> list[Path]:
+def list_checkpoints(run_dir: PathLike, *, valid_only: bool = True, verify: bool = False) -> list[Path]:
     """The `step_N` directories of a run (`OUT_DIR` or `OUT_DIR/checkpoints`), oldest step first;
-    broken ones are left out unless `valid_only=False`."""
+    broken ones are left out unless `valid_only=False` (with `verify`, also those failing their checksums)."""
     root = _checkpoints_root(Path(run_dir))
     if not root.is_dir():
         return []
     found = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_RE.fullmatch(p.name)) and p.is_dir())
-    return [p for _, p in found if not valid_only or checkpoint_problem(p) is None]
+    return [p for _, p in found if not valid_only or checkpoint_problem(p, verify=verify) is None]
 
 
-def _latest_pointer(root: Path) -> tuple[Path | None, str | None]:
+def _latest_pointer(root: Path, verify: bool = False) -> tuple[Path | None, str | None]:
     """(checkpoint named by `root/latest` if complete, else the reason it cannot be used)."""
     pointer = root / LATEST_FILE
     if not pointer.is_file():
@@ -262,22 +308,23 @@ def _latest_pointer(root: Path) -> tuple[Path | None, str | None]:
         return None, f"cannot read {pointer} ({err})"
     if not _STEP_RE.fullmatch(name):
         return None, f"{pointer} holds {name[:80]!r}, not a checkpoint name"
-    problem = checkpoint_problem(root / name)
+    problem = checkpoint_problem(root / name, verify=verify)
     if problem is not None:
-        return None, f"{pointer} names an incomplete checkpoint ({problem})"
+        return None, f"{pointer} names a broken checkpoint ({problem})"
     return root / name, None
 
 
-def find_latest_checkpoint(run_dir: PathLike) -> Path | None:
+def find_latest_checkpoint(run_dir: PathLike, *, verify: bool = False) -> Path | None:
     """The checkpoint `OUT_DIR/checkpoints/latest` names; if that file is missing or names a broken
-    checkpoint, the highest-numbered complete `step_N` with a warning; None when there is none."""
+    checkpoint (with `verify`: or one failing its checksums), the highest-numbered complete `step_N` with a
+    warning naming the broken one; None when there is none."""
     root = _checkpoints_root(Path(run_dir))
     if not root.is_dir():
         return None
-    found, reason = _latest_pointer(root)
+    found, reason = _latest_pointer(root, verify)
     if found is not None:
         return found
-    candidates = list_checkpoints(root)
+    candidates = list_checkpoints(root, verify=verify)
     if candidates:
         warnings.warn(f"{reason}; using {candidates[-1].name}, the newest complete checkpoint", stacklevel=2)
         return candidates[-1]
@@ -286,20 +333,21 @@ def find_latest_checkpoint(run_dir: PathLike) -> Path | None:
     return None
 
 
-def resolve_checkpoint(path: PathLike) -> Path:
-    """The checkpoint directory for a checkpoint directory or a run directory (its newest checkpoint)."""
+def resolve_checkpoint(path: PathLike, *, verify: bool = False) -> Path:
+    """The checkpoint directory for a checkpoint directory or a run directory (its newest checkpoint); with
+    `verify`, its files must match their checksums (a run directory falls back to an older good one)."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or directory")
     if p.is_file() and p.name == CONFIG_FILE:
         p = p.parent
     if (p / CONFIG_FILE).exists() or (p / MODEL_FILE).exists():
-        problem = checkpoint_problem(p)
+        problem = checkpoint_problem(p, verify=verify)
         if problem is not None:
-            raise CheckpointError(f"incomplete checkpoint: {problem}")
+            raise CheckpointError(f"broken checkpoint: {problem}")
         return p
     if p.is_dir():
-        found = find_latest_checkpoint(p)
+        found = find_latest_checkpoint(p, verify=verify)
         if found is not None:
             return found
         raise CheckpointError(f"{p}: neither a checkpoint ({MODEL_FILE} + {CONFIG_FILE}) nor a run directory with one")
@@ -336,9 +384,11 @@ def load_checkpoint_config(path: PathLike) -> dict[str, Any]:
     return read_config_document(resolve_checkpoint(p) / CONFIG_FILE)
 
 
-def load_train_state(ckpt_dir: PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_train_state(
+    ckpt_dir: PathLike, map_location: str | torch.device = "cpu", *, verify: bool = True
+) -> dict[str, Any]:
     """The training state saved with a checkpoint (or with a run's newest one), loaded as data only."""
-    ckpt = resolve_checkpoint(ckpt_dir)
+    ckpt = resolve_checkpoint(ckpt_dir, verify=verify)
     path = ckpt / TRAIN_STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"{ckpt}: no {TRAIN_STATE_FILE}; a weights-only checkpoint cannot resume training")
@@ -409,6 +459,11 @@ def _load_into(model: SLIP, sd: dict[str, torch.Tensor], strict: bool, source: P
         raise CheckpointError(f"{source}: weights do not fit model {model.cfg.name!r}: " + "; ".join(problems))
     if problems:
         warnings.warn(f"{source}: loading non-strictly into {model.cfg.name!r}: " + "; ".join(problems), stacklevel=2)
+    # A model never holds inf / NaN on purpose: such weights come from a diverged run or a damaged file, and
+    # would silently turn every embedding computed from them into NaN.
+    bad = [k for k, t in sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{source}: non-finite values (inf / NaN) in {key_summary(bad)}")
     model.load_state_dict(sd, strict=strict)
 
 
@@ -473,7 +528,8 @@ def _load(path: Path, map_location: str | torch.device, strict: bool, model_name
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     if path.is_dir() or path.name == CONFIG_FILE:
-        return _load_safetensors_file(resolve_checkpoint(path) / MODEL_FILE, device, strict, model_name)
+        ckpt = resolve_checkpoint(path, verify=True)
+        return _load_safetensors_file(ckpt / MODEL_FILE, device, strict, model_name)
     kind = describe_file(path)
     if kind == "safetensors" or (path.suffix == ".safetensors" and kind not in ("torch-zip", "pickle")):
         return _load_safetensors_file(path, device, strict, model_name)
@@ -498,9 +554,9 @@ def load_model(
     return _load(Path(path), map_location, strict, model_name)[0]
 
 
-def load_weights(model: nn.Module, path: PathLike, *, strict: bool = True) -> None:
+def load_weights(model: nn.Module, path: PathLike, *, strict: bool = True, verify: bool = True) -> None:
     """Copy the weights of a checkpoint (or a run's newest one) into an existing, possibly wrapped, model."""
-    ckpt = resolve_checkpoint(path)
+    ckpt = resolve_checkpoint(path, verify=verify)
     inner = unwrap_model(model)
     device = next(inner.parameters()).device
     sd, _ = load_safetensors(ckpt / MODEL_FILE, device)

@@ -172,14 +172,16 @@ def resume(t: Trainer, log: RunLogger) -> None:
     if choice == "none":
         return
     if choice == "auto":
-        found = ckpt.find_latest_checkpoint(t.run_dir) if (t.run_dir / ckpt.CHECKPOINTS_DIR).exists() else None
+        # verify: a checkpoint whose files fail their checksums is skipped for the previous good one, with a warning
+        has_dir = (t.run_dir / ckpt.CHECKPOINTS_DIR).exists()
+        found = ckpt.find_latest_checkpoint(t.run_dir, verify=True) if has_dir else None
         if found is None:
             return
         path = found
     else:
-        path = ckpt.resolve_checkpoint(choice)
-    ckpt.load_weights(t.model, path)
-    state = ckpt.load_train_state(path, map_location=t.dist.device)
+        path = ckpt.resolve_checkpoint(choice, verify=True)
+    ckpt.load_weights(t.model, path, verify=False)  # verified just above
+    state = ckpt.load_train_state(path, map_location=t.dist.device, verify=False)
     t.optimizer.load_state_dict(state["optimizer"])
     t.scaler.load_state_dict(state["scaler"])
     t.data.loader.load_state_dict(state["loader"])

@@ -121,7 +121,7 @@ def reference_pt(tmp_path, slip_model) -> Path:
 def test_round_trip_is_bit_exact(tmp_path, kind):
     model = _trained(f"{kind}_vit_micro")
     out = openslip.save_model(model, tmp_path / "m")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["checksums.json", "config.json", "model.safetensors"]
     loaded = openslip.load_model(out)
     assert loaded.cfg == model.cfg and not loaded.training
     _assert_same(model, loaded, embeddings=True)
@@ -226,7 +226,7 @@ def test_latest_and_fallback_when_newest_is_truncated(tmp_path):
     weights = root / "step_0000030" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     assert "truncated" in ckpt.checkpoint_problem(root / "step_0000030")
-    with pytest.warns(UserWarning, match="incomplete checkpoint.*using step_0000020"):
+    with pytest.warns(UserWarning, match="broken checkpoint.*using step_0000020"):
         _assert_same(models[20], ckpt.load_model(run))
     (root / "latest").unlink()
     with pytest.warns(UserWarning, match="no 'latest' file.*using step_0000020"):
@@ -364,6 +364,7 @@ def test_broken_and_foreign_files_are_refused(tmp_path, reference_pt):
 
 def test_config_naming_an_unknown_model_is_refused(tmp_path):
     out = ckpt.save_model(_trained("clip_vit_micro"), tmp_path / "m")
+    (out / "checksums.json").unlink()  # config.json is edited by hand below
     (out / "config.json").write_text(json.dumps({"model": "slip_vit_huge"}))
     with pytest.raises(CheckpointError, match="unknown model 'slip_vit_huge'; choose one of: .*slip_vit_micro"):
         ckpt.load_model(out)

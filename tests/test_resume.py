@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from train_utils import final_weights, overrides
 
@@ -65,3 +66,61 @@ def test_truncated_newest_checkpoint_falls_back(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "resumed from" in result.stderr and "step_0000002" in result.stderr
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000006"
+
+
+def _flip_bytes(path: Path, start: int, count: int) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(start, min(start + count, len(data))):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_train_state_is_caught_by_its_checksum_and_the_run_falls_back(tmp_path):
+    """2,000 flipped bytes inside the newest train_state.pt leave a zip that still parses: only the
+    checksum saved with the checkpoint catches it; resume warns, names the file and uses step 2."""
+    run = tmp_path / "run"
+    train(make_config(parse_overrides(overrides(run, "train.steps=4", "ckpt.every_steps=2", "ckpt.keep_last=5"))))
+    state = run / "checkpoints" / "step_0000004" / "train_state.pt"
+    _flip_bytes(state, state.stat().st_size // 3, 2000)
+    result = subprocess.run(
+        [sys.executable, "-m", "openslip.cli", "train", *overrides(run, "train.steps=6", "ckpt.every_steps=2")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "step_0000004/train_state.pt: corrupt" in result.stderr and "using step_0000002" in result.stderr
+    assert "resumed from" in result.stderr and "step_0000002 at step 2" in result.stderr
+    assert all(torch.isfinite(t).all() for t in final_weights(run).values())
+
+
+def test_loading_a_corrupt_or_non_finite_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    import openslip
+    from openslip.cli import main
+    from openslip.errors import CheckpointError
+
+    run = tmp_path / "run"
+    train(make_config(parse_overrides(overrides(run, "train.steps=2", "ckpt.every_steps=2"))))
+    ckpt = run / "checkpoints" / "step_0000002"
+    weights = ckpt / "model.safetensors"
+    _flip_bytes(weights, weights.stat().st_size - 4000, 64)  # inside the tensor data: the header still parses
+    with pytest.raises(CheckpointError, match="model.safetensors: corrupt"):
+        openslip.load_model(ckpt)
+    # A file written with NaN (and checksums to match): refused for what it holds.
+    sd = load_file(str(_fresh_weights(tmp_path)))
+    sd["visual.cls_token"][0, 0, 0] = float("nan")
+    save_file(sd, str(weights), metadata={"format": "pt"})
+    (ckpt / "checksums.json").unlink()  # as a checkpoint from before checksums
+    argv = ["eval", "zeroshot", "--model", str(ckpt), "--dataset", "demo_colours", "-n", "8"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "non-finite values" in err and "visual.cls_token" in err and len(err.splitlines()) == 1
+
+
+def _fresh_weights(tmp_path: Path) -> Path:
+    out = tmp_path / "fresh"
+    train(make_config(parse_overrides(overrides(out, "train.steps=1", "ckpt.every_steps=1"))))
+    return out / "checkpoints" / "step_0000001" / "model.safetensors"
