@@ -166,7 +166,7 @@ def checksum_problem(ckpt: Path) -> str | None:
         return None
     try:
         sums = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         return f"{path}: unreadable ({err})"
     if not isinstance(sums, dict):
         return f"{path}: not a mapping of file names to checksums"
@@ -443,7 +443,9 @@ def _new_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype | None
     return model.to(device=device, dtype=dtype) if dtype else model.to(device)
 
 
-def _load_into(model: SLIP, sd: dict[str, torch.Tensor], strict: bool, source: Path) -> None:
+def _fit_problems(model: SLIP, sd: dict[str, torch.Tensor], strict: bool, source: Path) -> list[str]:
+    """Missing / unexpected keys of `sd` for `model` (which may live on the meta device); a shape mismatch, or
+    any problem when `strict`, raises."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
@@ -457,6 +459,11 @@ def _load_into(model: SLIP, sd: dict[str, torch.Tensor], strict: bool, source: P
         problems.append(f"unexpected keys: {key_summary(unexpected)}")
     if shapes or (strict and problems):
         raise CheckpointError(f"{source}: weights do not fit model {model.cfg.name!r}: " + "; ".join(problems))
+    return problems
+
+
+def _load_into(model: SLIP, sd: dict[str, torch.Tensor], strict: bool, source: Path) -> None:
+    problems = _fit_problems(model, sd, strict, source)
     if problems:
         warnings.warn(f"{source}: loading non-strictly into {model.cfg.name!r}: " + "; ".join(problems), stacklevel=2)
     # A model never holds inf / NaN on purpose: such weights come from a diverged run or a damaged file, and
@@ -474,6 +481,8 @@ def _file_dtype(sd: dict[str, torch.Tensor]) -> torch.dtype | None:
 
 
 def _build(cfg: ModelConfig, sd: dict[str, torch.Tensor], device: torch.device, strict: bool, source: Path) -> SLIP:
+    with torch.device("meta"):  # shapes without memory: a config claiming a huge model fails here, allocating nothing
+        _fit_problems(SLIP(cfg), sd, strict, source)
     model = _new_model(cfg, device, _file_dtype(sd), uninitialised=strict)
     _load_into(model, sd, strict, source)
     return model.eval()

@@ -7,6 +7,7 @@ is a `ConfigError` naming the key and the valid choices. Recipes live in `opensl
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class DataConfig:
                 raise ConfigError(f"data.train lists {repeated!r} twice: each source is read once per epoch")
         _choice("data.augment", self.augment, AUGMENT_PATHS)
         _choice("data.image_view", self.image_view, IMAGE_VIEWS)
+        _positive("data.image_size", self.image_size)
         _positive("data.num_workers", self.num_workers, allow_zero=True)
         _choice("data.worker_priority", self.worker_priority, WORKER_PRIORITIES)
         if not 0.0 <= self.max_skip_rate <= 1.0:
@@ -93,6 +95,9 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _positive("optim.lr", self.lr)
+        _positive("optim.eps", self.eps)
+        _positive("optim.start_lr", self.start_lr, allow_zero=True)
+        _positive("optim.end_lr", self.end_lr, allow_zero=True)
         _positive("optim.wd", self.wd, allow_zero=True)
         _positive("optim.warmup_steps", self.warmup_steps, allow_zero=True)
         if not all(0.0 <= b < 1.0 for b in self.betas):
@@ -200,6 +205,11 @@ class Config:
                     f"model={self.model} with loss.{scale}=0 trains {objective} only and would carry an untrained "
                     f"{'SimCLR head' if part == 'ssl_head' else 'text tower'}: {use}"
                 )
+        patch = parts.vision.patch_size
+        if self.data.image_size is not None and self.data.image_size % patch:
+            raise ConfigError(
+                f"data.image_size={self.data.image_size} is not a multiple of {self.model}'s patch size {patch}"
+            )
         if self.train.batch_size % self.train.accum_steps:
             b, a = self.train.batch_size, self.train.accum_steps
             raise ConfigError(f"train.batch_size={b} is not divisible by train.accum_steps={a}")
@@ -252,13 +262,18 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # no setting means anything with nan or inf (torch would raise later)
+                raise ConfigError(f"{key}={value!r} should be a finite number")
+            return number
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

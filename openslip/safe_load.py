@@ -91,7 +91,7 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot read: {err.strerror or err}") from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # RecursionError: absurd nesting
         raise CheckpointError(f"{path}: bad safetensors header (not JSON: {err})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: bad safetensors header (not a JSON object)")
@@ -172,7 +172,7 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read: {err.strerror or err}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # RecursionError: absurd nesting
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
 
 
@@ -245,7 +245,7 @@ def config_from_metadata(meta: dict[str, str], path: Path) -> dict[str, Any]:
     """The config.json document an openslip .safetensors file carries in its header metadata."""
     try:
         doc = json.loads(meta[CONFIG_METADATA_KEY])
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path}: the safetensors file carries no readable openslip config") from None
     if not isinstance(doc, dict) or "model" not in doc:
         raise CheckpointError(f"{path}: the safetensors file's openslip config has no 'model' entry")

@@ -399,3 +399,23 @@ def test_convert_command_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "a.txt").write_text("not a checkpoint")
     assert cli_main(["convert", str(tmp_path / "a.txt"), str(tmp_path / "out")]) == 2
     assert "text file" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_config_claiming_a_huge_model_fails_before_allocating(tmp_path):
+    """config.json naming ViT-L sizes beside micro weights: refused from the shapes alone (on the meta device),
+    instead of allocating the large model first."""
+    out = ckpt.save_model(_trained("slip_vit_micro"), tmp_path / "m")
+    doc = json.loads((out / "config.json").read_text())
+    doc["model"]["vision"].update(width=4096, layers=48, heads=32)
+    (out / "config.json").write_text(json.dumps(doc))
+    (out / "checksums.json").unlink()  # edited by hand
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        ckpt.load_model(out)
+
+
+def test_absurdly_nested_json_is_a_checkpoint_error(tmp_path):
+    out = ckpt.save_model(_trained("slip_vit_micro"), tmp_path / "m")
+    (out / "config.json").write_text("[" * 200_000 + "]" * 200_000)
+    (out / "checksums.json").unlink()
+    with pytest.raises(CheckpointError, match="config.json"):
+        ckpt.load_model(out)

@@ -89,6 +89,11 @@ def test_accumulated_training_run_matches_plain_run(tmp_path):
         (["model=clip_vit_micro"], "loss.ssl_scale=0"),
         (["train.batch_size=10", "train.accum_steps=4"], "not divisible"),
         (["data.train=/does/not/exist.csv", "train.steps=1"], "no such file or directory: /does/not/exist.csv"),
+        (["optim.lr=.nan"], "optim.lr=nan should be a finite number"),
+        (["train.grad_clip=.inf"], "should be a finite number"),
+        (["optim.eps=-1"], "optim.eps=-1.0 must be > 0"),
+        (["data.image_size=7"], "not a multiple of slip_vit_tiny's patch size 16"),
+        (["data.image_size=0"], "data.image_size=0 must be > 0"),
     ],
 )
 def test_config_errors_are_one_line(tmp_path, capsys, args, needle):
