@@ -247,3 +247,22 @@ def test_a_caption_over_the_csv_field_limit_does_not_break_the_manifest(tmp_path
     assert len(ManifestSource(manifest).record(0).captions[0]) > 131_072
     assert csv.field_size_limit() == limit  # the process-wide limit is restored
     assert main(["train", *overrides(tmp_path / "run", f"data.train={manifest}", "train.steps=1")]) == 0
+
+
+def test_skip_check_uses_a_lower_confidence_bound():
+    from openslip.data.skips import SkipCounter
+    from openslip.errors import DataError
+
+    def counter(seen: int, skipped: int) -> SkipCounter:
+        c = SkipCounter()
+        c.add_seen(seen)
+        c.skip("missing_file", skipped)
+        return c
+
+    assert round(counter(100, 25).rate_lower_bound(), 3) == 0.145  # the documented example
+    with pytest.raises(DataError, match=r"^skipped 25% of 100 samples \(missing_file: 25\)"):
+        counter(100, 25).check(0.1)
+    counter(100, 15).check(0.1)  # 15% of 100 is not significantly above 10%
+    counter(99, 99).check(0.1, min_samples=100)  # below the minimum: not checked
+    with pytest.raises(DataError):
+        counter(100_000, 10_500).check(0.1)  # a long run: the bound nears the observed rate

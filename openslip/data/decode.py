@@ -1,8 +1,12 @@
 """Safe image and caption decoding with the bad-input policy of DESIGN §4.
 
 ``decode_image`` returns an 8-bit RGB ``PIL.Image`` or raises ``BadSample(reason)``; it never lets a bad
-file crash a loader worker. The image size is read from the header and checked against ``max_pixels``
-*before* any pixel is decoded, so a decompression bomb costs a header read.
+file crash or block a loader worker. A path is ``stat``-ed before it is opened: anything but a regular file
+(a FIFO would block the read forever, ``/dev/zero`` never ends) is ``not_a_file``, and a file over
+``max_bytes`` is ``too_large_file``, unread. The image size is read from the header and checked against
+``max_pixels`` *before* any pixel is decoded, so a decompression bomb costs a header read; a ``MemoryError``
+while decoding is ``out_of_memory``. The EXIF orientation tag is applied (``exif_transpose=False`` keeps the
+stored pixel order).
 
 Pixel formats that are not 8-bit RGB are converted, not skipped (and counted as ``converted/<mode>``):
 

@@ -24,11 +24,13 @@ batch stays full and its content does not depend on the number of workers.
 **Shards.** Each epoch shuffles the shard list with (seed, e); shard ``k`` goes to rank ``k mod R`` and,
 within it, to worker stream ``(k // R) mod W``. A worker reads its shards in order and cuts batches of
 ``B`` consecutive good samples; when bad samples leave it short, it continues from the start of its own
-shards (a few samples repeat). From the shard sizes (``index.json``) every rank computes the batch count
-of every worker of every rank, and all ranks yield ``min over ranks`` batches: the tail of each stream
-(fewer than ``B`` samples) and a rank's batches beyond that minimum are not used this epoch (the shard
-order, hence what is left over, changes every epoch). Exact resumption of shards needs the same world
-size, worker count and batch size; otherwise the loader warns and starts the next epoch.
+shards (a few samples repeat); after ``max_attempts + 1`` failures in a row (shards without one usable
+sample) it stops with a ``DataError`` naming its shards instead of reading them round and round. From the
+shard sizes (``index.json``) every rank computes the batch count of every worker of every rank, and all
+ranks yield ``min over ranks`` batches: the tail of each stream (fewer than ``B`` samples) and a rank's
+batches beyond that minimum are not used this epoch (the shard order, hence what is left over, changes
+every epoch). Exact resumption of shards needs the same world size, worker count and batch size; otherwise
+the loader warns and starts the next epoch.
 
 Randomness: before each sample's transform, ``torch``'s CPU generator, ``random`` and ``numpy.random``
 are seeded from hash(seed, epoch, sample position); the caption of a multi-caption sample is picked by
