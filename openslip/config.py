@@ -45,7 +45,12 @@ class DataConfig:
     augment: str = "cpu"  # "cpu": augment in loader workers; "device": batched on the training device
     image_view: str = "clip"  # CLIP view's augmentation: "clip" (crop 0.5-1) or "simclr" (the SimCLR views' recipe)
     worker_priority: str = "auto"  # loader workers' CPU priority: "idle" (SCHED_IDLE), "normal"; auto: idle on CPU
-    max_skip_rate: float = 0.1  # stop the run if more than this fraction of samples is unreadable
+    max_skip_rate: float = 0.1  # stop the run when the skipped fraction is significantly above this (TRAINING.md)
+    min_samples_for_skip_check: int = 100  # samples seen before data.max_skip_rate is checked
+    max_file_bytes: int = 64 * 1024 * 1024  # image files / tar members larger than this are skipped unread
+    max_pixels: int = 100_000_000  # images whose header claims more pixels are skipped before decoding
+    jpeg_draft: bool = True  # decode large JPEGs at a reduced scale keeping both sides >= 2x image_size
+    exif_transpose: bool = True  # turn images upright by their EXIF orientation tag (phone photos)
     demo_size: int = 100_000  # demo world: samples per epoch of the training split
 
     def __post_init__(self) -> None:
@@ -62,6 +67,9 @@ class DataConfig:
         _choice("data.worker_priority", self.worker_priority, WORKER_PRIORITIES)
         if not 0.0 <= self.max_skip_rate <= 1.0:
             raise ConfigError(f"data.max_skip_rate={self.max_skip_rate} must be in [0, 1]")
+        _positive("data.min_samples_for_skip_check", self.min_samples_for_skip_check, allow_zero=True)
+        _positive("data.max_file_bytes", self.max_file_bytes)
+        _positive("data.max_pixels", self.max_pixels)
 
 
 @dataclass(kw_only=True)

@@ -1,8 +1,12 @@
 """Safe image and caption decoding with the bad-input policy of DESIGN §4.
 
 ``decode_image`` returns an 8-bit RGB ``PIL.Image`` or raises ``BadSample(reason)``; it never lets a bad
-file crash a loader worker. The image size is read from the header and checked against ``max_pixels``
-*before* any pixel is decoded, so a decompression bomb costs a header read.
+file crash or block a loader worker. A path is ``stat``-ed before it is opened: anything but a regular file
+(a FIFO would block the read forever, ``/dev/zero`` never ends) is ``not_a_file``, and a file over
+``max_bytes`` is ``too_large_file``, unread. The image size is read from the header and checked against
+``max_pixels`` *before* any pixel is decoded, so a decompression bomb costs a header read; a ``MemoryError``
+while decoding is ``out_of_memory``. The EXIF orientation tag is applied (``exif_transpose=False`` keeps the
+stored pixel order).
 
 Pixel formats that are not 8-bit RGB are converted, not skipped (and counted as ``converted/<mode>``):
 
@@ -23,18 +27,25 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from openslip.data.skips import BadSample, SkipCounter
 
-# Far above any training image (a 12k x 12k photo is 144 MP); Pillow's own bomb limit is 89.5 MP (warning)
-# and 179 MP (error). Our check runs first; Pillow's error is caught and reported as "too_large" too.
-DEFAULT_MAX_PIXELS = 178_956_970
+# Above any real photo (a 100 MP medium-format frame is 11648 x 8736); a 1-bit 13000 x 13000 PNG is a few KB on
+# disk but 500 MB once converted to RGB. Pillow's own bomb limit is 89.5 MP (warning, silenced: ours is
+# checked) and 179 MP (error, caught and reported as "too_large" too).
+DEFAULT_MAX_PIXELS = 100_000_000
+# Bytes read for one file or tar member, checked on its size before reading: the largest photos are tens of MB,
+# and without a limit a manifest row naming a huge file (or a device) is read whole into a worker's memory.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# The EXIF tag of the camera's orientation (1: upright; 2-8: mirrored and/or rotated).
+_EXIF_ORIENTATION = 0x0112
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | Callable[[], Any]
 
@@ -54,15 +65,35 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """The file's bytes, or ``BadSample("missing_file" | "unreadable_file")``."""
+def read_bytes(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The file's bytes, or ``BadSample("missing_file" | "unreadable_file" | "not_a_file" | "too_large_file")``.
+
+    The file is checked with ``stat`` before it is opened: a FIFO would block the open (or read) forever and a
+    device such as ``/dev/zero`` never ends, so anything but a regular file is refused as ``not_a_file``
+    (a directory stays ``unreadable_file``); a file over ``max_bytes`` is refused as ``too_large_file``.
+    """
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        st = os.stat(path)
     except FileNotFoundError:
         raise BadSample("missing_file", str(path)) from None
-    except OSError as err:  # a directory, permissions, an I/O error on a network file system
+    except OSError as err:  # permissions on a parent folder, an I/O error on a network file system
         raise BadSample("unreadable_file", f"{path}: {err.strerror or err}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise BadSample("unreadable_file", f"{path}: is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise BadSample("not_a_file", f"{path}: not a regular file (a FIFO, socket or device)")
+    if st.st_size > max_bytes:
+        raise BadSample("too_large_file", f"{path}: {st.st_size:,} bytes > max_bytes={max_bytes:,}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)  # bounded even if the file grew since the stat
+    except FileNotFoundError:
+        raise BadSample("missing_file", str(path)) from None
+    except OSError as err:  # permissions, an I/O error on a network file system
+        raise BadSample("unreadable_file", f"{path}: {err.strerror or err}") from None
+    if len(data) > max_bytes:
+        raise BadSample("too_large_file", f"{path}: more than max_bytes={max_bytes:,} bytes")
+    return data
 
 
 def decode_image(
@@ -71,6 +102,8 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),
     draft_size: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    exif_transpose: bool = True,
     counter: SkipCounter | None = None,
 ) -> Image.Image:
     """Decode a file path, encoded bytes, a PIL image or a zero-argument callable into an 8-bit RGB image.
@@ -80,11 +113,14 @@ def decode_image(
         background: RGB colour that transparent pixels are composited over.
         draft_size: for JPEGs, let the decoder downscale by a power of two while both sides stay
             >= ``draft_size`` (much faster on large photos; None decodes at full size).
+        max_bytes: a file larger than this is refused as ``too_large_file`` before it is read.
+        exif_transpose: rotate / mirror the image as its EXIF orientation tag says (phone photos are stored
+            sideways with the tag telling viewers to turn them); False keeps the stored pixel order.
         counter: receives ``convert(<mode>)`` for every image that was not already RGB.
 
     Raises:
-        BadSample: with reason missing_file, unreadable_file, empty_file, truncated, not_an_image, corrupt,
-            too_large or unsupported_mode.
+        BadSample: with reason missing_file, unreadable_file, not_a_file, too_large_file, empty_file, truncated,
+            not_an_image, corrupt, too_large, out_of_memory or unsupported_mode.
     """
     if callable(src) and not isinstance(src, Image.Image):
         try:
@@ -97,12 +133,14 @@ def decode_image(
         _check_size(src.size, max_pixels)
         try:
             src.load()  # no-op for an image in memory; decodes a lazily opened one
+        except MemoryError:
+            raise BadSample("out_of_memory", f"<image>: {src.size[0]}x{src.size[1]}") from None
         except Exception as err:  # noqa: BLE001 -- see the decode below
             raise BadSample("corrupt", f"<image>: {type(err).__name__}: {err}") from None
-        return to_rgb(src, background=background, counter=counter)
+        return to_rgb(_oriented(src, exif_transpose), background=background, counter=counter)
     if isinstance(src, (str, os.PathLike)):
         name = str(src)
-        data = read_bytes(src)
+        data = read_bytes(src, max_bytes=max_bytes)
     elif isinstance(src, (bytes, bytearray, memoryview)):
         name, data = "<bytes>", bytes(src)
     else:
@@ -115,12 +153,29 @@ def decode_image(
         img.draft("RGB", (draft_size, draft_size))
     try:
         img.load()
+    except MemoryError:  # a worker must survive an image its memory cannot hold: skip it, counted
+        raise BadSample("out_of_memory", f"{name}: {img.size[0]}x{img.size[1]}") from None
     except (OSError, EOFError) as err:
         reason = "truncated" if isinstance(err, EOFError) or "truncated" in str(err).lower() else "corrupt"
         raise BadSample(reason, f"{name}: {err}") from None
     except Exception as err:  # noqa: BLE001 -- Pillow plugins raise ValueError, SyntaxError, struct.error, ...
         raise BadSample("corrupt", f"{name}: {type(err).__name__}: {err}") from None
-    return to_rgb(img, background=background, counter=counter)
+    return to_rgb(_oriented(img, exif_transpose), background=background, counter=counter)
+
+
+def _oriented(img: Image.Image, exif_transpose: bool) -> Image.Image:
+    """The image turned upright by its EXIF orientation tag, when asked and when it has one (else unchanged)."""
+    if not exif_transpose:
+        return img
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+        if orientation in (1, None):
+            return img
+        return ImageOps.exif_transpose(img)
+    except MemoryError:
+        raise BadSample("out_of_memory", f"<image>: {img.size[0]}x{img.size[1]}") from None
+    except Exception:  # noqa: BLE001 -- a malformed EXIF block: keep the stored orientation, the pixels are fine
+        return img
 
 
 def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
@@ -172,6 +227,8 @@ def to_rgb(
             out.paste(rgba, mask=rgba.getchannel("A"))
         else:
             out = img.convert("RGB")  # CMYK, P, L, 1, YCbCr, LAB, HSV
+    except MemoryError:
+        raise BadSample("out_of_memory", f"mode {mode} {img.size[0]}x{img.size[1]} to RGB") from None
     except (ValueError, OSError, KeyError, TypeError) as err:
         raise BadSample("unsupported_mode", f"mode {mode}: {err}") from None
     if out.mode != "RGB":

@@ -9,6 +9,7 @@ world size, batch size, and for shards the worker count), so a resumed run rebui
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from openslip.data.decode import DEFAULT_MAX_BYTES
 from openslip.data.shards import ShardSource
 from openslip.data.skips import BadSample, SkipCounter
 from openslip.errors import DataError
@@ -104,11 +106,18 @@ class BatchSettings:
     """Replacements tried for one bad sample before giving up with DataError."""
     draft_size: int | None = None
     """JPEG draft decoding: reduced-scale decode keeping both sides >= this (None: full size)."""
+    max_bytes: int = DEFAULT_MAX_BYTES
+    """Image files and tar members larger than this are skipped as too_large_file without being read."""
+    exif_transpose: bool = True
+    """Turn decoded images upright by their EXIF orientation tag."""
     captions: bool = True
     """False: captions are never read (a SimCLR-only run): a sample needs none and batches carry none."""
 
     def decode_options(self) -> dict[str, Any]:
-        return {} if self.draft_size is None else {"draft_size": self.draft_size}
+        options: dict[str, Any] = {"max_bytes": self.max_bytes, "exif_transpose": self.exif_transpose}
+        if self.draft_size is not None:
+            options["draft_size"] = self.draft_size
+        return options
 
 
 def finish_batch(
@@ -254,16 +263,30 @@ class ShardPlan:
         if not shards:
             raise DataError(f"worker stream {logical} of rank {c.rank} has batches to make but no shard")
         samples = self._samples(epoch, shards, stream_pos)
+        # Like MapPlan's replacement attempts: a stream whose samples all fail (no caption anywhere, every image
+        # undecodable) would otherwise read its shards round and round forever.
+        failures = 0
+        recent = SkipCounter()  # the reasons of the current run of failures, for the message
         for _ in range(count):
             counter = SkipCounter()
             views, texts, ids = [], [], []
             end = stream_pos
             with preserve_rng():
                 while len(views) < c.batch_size:
+                    if failures > c.max_attempts:
+                        names = ", ".join(os.path.basename(self.source.urls[s]) for s in shards[:4])
+                        more = f" and {len(shards) - 4} more" if len(shards) > 4 else ""
+                        raise DataError(
+                            f"{failures} samples in a row failed to load in loader stream {logical} of rank {c.rank} "
+                            f"(shards {names}{more}): {recent.summary()}; is the data path right?"
+                        )
                     item = next(samples)
                     if isinstance(item, str):  # a bad shard, reported by its reason
                         counter.add_seen()
                         counter.skip(item)
+                        recent.add_seen()
+                        recent.skip(item)
+                        failures += 1
                         continue
                     cycle, li, sample = item
                     end = (cycle, li, sample.position + 1)
@@ -273,7 +296,11 @@ class ShardPlan:
                         image = sample.load_image(max_pixels=c.max_pixels, counter=counter, **c.decode_options())
                     except BadSample as bad:
                         counter.skip(bad.reason)
+                        recent.add_seen()
+                        recent.skip(bad.reason)
+                        failures += 1
                         continue
+                    failures, recent = 0, SkipCounter()
                     text = captions[mix_seed(c.seed, epoch, sample.id, _TAG_CAPTION) % len(captions)]
                     seed_all(mix_seed(c.seed, epoch, sample.id, cycle, _TAG_AUGMENT))
                     views.append(c.transform(image))
@@ -291,7 +318,9 @@ class ShardPlan:
             good_in_cycle = False
             full_cycle = li == 0 and skip == 0
             while li < len(shards):
-                for sample in self.source.iter_shard(shards[li], skip=skip, on_error=lambda r, d: errors.append(r)):
+                for sample in self.source.iter_shard(
+                    shards[li], skip=skip, on_error=lambda r, d: errors.append(r), max_bytes=self.c.max_bytes
+                ):
                     good_in_cycle = True
                     yield cycle, li, sample
                 while errors:

@@ -24,11 +24,13 @@ batch stays full and its content does not depend on the number of workers.
 **Shards.** Each epoch shuffles the shard list with (seed, e); shard ``k`` goes to rank ``k mod R`` and,
 within it, to worker stream ``(k // R) mod W``. A worker reads its shards in order and cuts batches of
 ``B`` consecutive good samples; when bad samples leave it short, it continues from the start of its own
-shards (a few samples repeat). From the shard sizes (``index.json``) every rank computes the batch count
-of every worker of every rank, and all ranks yield ``min over ranks`` batches: the tail of each stream
-(fewer than ``B`` samples) and a rank's batches beyond that minimum are not used this epoch (the shard
-order, hence what is left over, changes every epoch). Exact resumption of shards needs the same world
-size, worker count and batch size; otherwise the loader warns and starts the next epoch.
+shards (a few samples repeat); after ``max_attempts + 1`` failures in a row (shards without one usable
+sample) it stops with a ``DataError`` naming its shards instead of reading them round and round. From the
+shard sizes (``index.json``) every rank computes the batch count of every worker of every rank, and all
+ranks yield ``min over ranks`` batches: the tail of each stream (fewer than ``B`` samples) and a rank's
+batches beyond that minimum are not used this epoch (the shard order, hence what is left over, changes
+every epoch). Exact resumption of shards needs the same world size, worker count and batch size; otherwise
+the loader warns and starts the next epoch.
 
 Randomness: before each sample's transform, ``torch``'s CPU generator, ``random`` and ``numpy.random``
 are seeded from hash(seed, epoch, sample position); the caption of a multi-caption sample is picked by
@@ -47,7 +49,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from openslip.data.decode import DEFAULT_MAX_PIXELS
+from openslip.data.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from openslip.data.epoch_plan import (
     BatchSettings,
     MapPlan,
@@ -140,10 +142,12 @@ class TrainLoader:
         world_size: int = 1,
         drop_last: bool = True,
         max_skip_rate: float | None = 0.1,
-        min_samples_for_check: int = 1000,
+        min_samples_for_check: int = 100,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_attempts: int = 100,
         draft_size: int | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        exif_transpose: bool = True,
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
         multiprocessing_context: Any = None,
@@ -179,6 +183,8 @@ class TrainLoader:
             max_pixels=max_pixels,
             max_attempts=max_attempts,
             draft_size=draft_size,
+            max_bytes=max_bytes,
+            exif_transpose=exif_transpose,
             captions=captions,
         )
         if isinstance(source, ShardSource):
@@ -361,9 +367,11 @@ def build_train_loader(
         batch_size: per rank. num_workers: DataLoader worker processes (0: in this process).
         seed, rank, world_size: the data order is a function of these and the epoch only.
         drop_last: map-style only; shards always drop the incomplete last batch.
-        **kwargs: ``max_skip_rate`` (default 0.1; None disables), ``min_samples_for_check`` (default 1000),
-            ``max_pixels``, ``max_attempts`` (replacements tried for one bad sample, default 100),
-            ``draft_size`` (let JPEGs decode at a reduced scale that keeps both sides >= this; None: full size),
+        **kwargs: ``max_skip_rate`` (default 0.1; None disables; see ``SkipCounter.check``),
+            ``min_samples_for_check`` (default 100), ``max_pixels``, ``max_attempts`` (replacements tried for one
+            bad sample, and consecutive failures allowed in a shard stream, default 100), ``draft_size`` (let
+            JPEGs decode at a reduced scale that keeps both sides >= this; None: full size), ``max_bytes``
+            (files and tar members over this are skipped unread), ``exif_transpose`` (default True),
             ``pin_memory``, ``prefetch_factor``, ``multiprocessing_context``, ``idle_workers`` (run the
             workers at idle CPU priority; for CPU training, where they share the cores with the model),
             ``captions`` (False: never read captions, for SimCLR-only training; batches have no text).

@@ -161,15 +161,24 @@ def _read_table(path: Path, delimiter: str) -> tuple[int, list[str], Iterator[tu
     return header_line, header, rows()
 
 
+# Python's csv module refuses fields over 131,072 characters by default, which made one long caption fail the
+# whole manifest. The limit is raised while a manifest is parsed (and restored: it is process-wide) to a size no
+# caption reaches but that still stops a stray quote from swallowing a huge file into one field.
+CSV_FIELD_LIMIT = 16 * 1024 * 1024
+
+
 def _csv_rows(reader: Any, path: Path) -> Iterator[tuple[int, list[str]]]:
     while True:
         start = reader.line_num + 1
+        previous = csv.field_size_limit(CSV_FIELD_LIMIT)
         try:
             fields = next(reader)
         except StopIteration:
             return
         except csv.Error as err:
             raise DataError(f"{path}:{start}: malformed CSV: {err}") from None
+        finally:
+            csv.field_size_limit(previous)
         yield start, fields
 
 

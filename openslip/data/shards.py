@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from openslip.data.decode import DEFAULT_MAX_PIXELS, clean_captions, decode_image, read_bytes
+from openslip.data.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, clean_captions, decode_image, read_bytes
 from openslip.data.skips import BadSample, SkipCounter
 from openslip.errors import DataError
 
@@ -140,6 +140,8 @@ class ShardSample:
     shard: int
     position: int
     files: dict[str, bytes] = field(default_factory=dict)
+    too_large: str = ""
+    """Names of members left unread because they exceed the byte limit (the sample is skipped as too_large_file)."""
 
     @property
     def id(self) -> int:
@@ -147,6 +149,8 @@ class ShardSample:
         return (self.shard << 32) | self.position
 
     def image_bytes(self) -> bytes:
+        if self.too_large:
+            raise BadSample("too_large_file", f"{self.key}: {self.too_large.rstrip('; ')}")
         for suffix in IMAGE_SUFFIXES:
             if suffix in self.files:
                 return self.files[suffix]
@@ -156,6 +160,8 @@ class ShardSample:
         raise BadSample("missing_image", self.key)
 
     def raw_captions(self) -> Any:
+        if self.too_large:
+            raise BadSample("too_large_file", f"{self.key}: {self.too_large.rstrip('; ')}")
         meta = None
         if "json" in self.files:
             try:
@@ -214,9 +220,17 @@ class ShardSource:
         return self.sizes
 
     def iter_shard(
-        self, shard: int, *, skip: int = 0, on_error: Callable[[str, str], None] | None = None
+        self,
+        shard: int,
+        *,
+        skip: int = 0,
+        on_error: Callable[[str, str], None] | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> Iterator[ShardSample]:
         """Samples of shard ``shard`` from position ``skip`` on (skipped samples are not read, only their headers).
+
+        A member larger than ``max_bytes`` (its size is in the tar header) is not read; its sample comes with
+        ``too_large`` set and raises ``BadSample("too_large_file")`` when its image or captions are asked for.
 
         A shard that cannot be opened or ends in the middle is reported once to ``on_error("bad_shard",
         detail)`` (a warning without a callback) and ends the iteration; samples already read are kept.
@@ -224,8 +238,8 @@ class ShardSource:
         url = self.urls[shard]
         position = skip
         try:
-            for key, files in _iter_tar_groups(url, skip=skip):
-                yield ShardSample(key=key, shard=shard, position=position, files=files)
+            for key, files, too_large in _iter_tar_groups(url, skip=skip, max_bytes=max_bytes):
+                yield ShardSample(key=key, shard=shard, position=position, files=files, too_large=too_large)
                 position += 1
         except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
             detail = f"{url}: {type(err).__name__}: {err}"
@@ -264,11 +278,15 @@ def _open_stream(url: str) -> Iterator[tarfile.TarFile]:
             yield tar
 
 
-def _iter_tar_groups(url: str, *, skip: int = 0) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {suffix: bytes}) for consecutive members sharing a key; the first ``skip`` groups are not read."""
+def _iter_tar_groups(
+    url: str, *, skip: int = 0, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Iterator[tuple[str, dict[str, bytes], str]]:
+    """(key, {suffix: bytes}, members over ``max_bytes``) for consecutive members sharing a key; the first
+    ``skip`` groups are not read, nor is any member over ``max_bytes`` (judged by its header's size)."""
     with _open_stream(url) as tar:
         current: str | None = None
         files: dict[str, bytes] = {}
+        too_large = ""
         index = -1
         for member in tar:
             if not member.isfile():
@@ -279,13 +297,16 @@ def _iter_tar_groups(url: str, *, skip: int = 0) -> Iterator[tuple[str, dict[str
             key, suffix = parts
             if key != current:
                 if current is not None and index >= skip:
-                    yield current, files
-                current, files, index = key, {}, index + 1
+                    yield current, files, too_large
+                current, files, too_large, index = key, {}, "", index + 1
             if index >= skip:
+                if member.size > max_bytes:
+                    too_large += f"{member.name} is {member.size:,} bytes > max_bytes={max_bytes:,}; "
+                    continue
                 f = tar.extractfile(member)
                 files[suffix] = f.read() if f is not None else b""
         if current is not None and index >= skip:
-            yield current, files
+            yield current, files, too_large
 
 
 def count_samples(url: str) -> int:
