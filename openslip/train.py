@@ -230,6 +230,7 @@ RESUMABLE_CHANGES = (
     "resume_force",
     "recipe",  # a label; the values it set are compared one by one
     "train.steps",
+    "train.accum_steps",  # exact over the whole batch (accumulate.py): a memory setting
     "train.log_every",
     "train.progress",
     "train.compile",
@@ -318,8 +319,9 @@ def prepare_run_dir(cfg: Config, dist: DistInfo) -> tuple[Path, int | None]:
 
 
 def _lock_run_dir(run_dir: Path) -> int:
-    # flock belongs to the open file, so the kernel drops it when the process ends in any way (SIGKILL, OOM);
-    # a lock file left by a dead run therefore never blocks the next one.
+    # A POSIX record lock (lockf) belongs to this process: the kernel drops it when the process ends in any
+    # way (SIGKILL, OOM), so a lock file left by a dead run never blocks the next one. Unlike flock it is not
+    # shared with forked data-loader workers, which may outlive a killed trainer by a few seconds.
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not run_dir.is_dir():
@@ -330,11 +332,11 @@ def _lock_run_dir(run_dir: Path) -> int:
     except OSError as err:
         raise ConfigError(f"out_dir={str(run_dir)!r} cannot be used: {err.strerror or err}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+        if err.errno in (errno.EACCES, errno.EAGAIN):
             raise ConfigError(
                 f"out_dir={str(run_dir)!r} is in use by another openslip train (pid {holder}); "
                 "wait for it to end or choose another out_dir"
@@ -351,7 +353,7 @@ def _lock_run_dir(run_dir: Path) -> int:
 
 def release_run_dir(fd: int | None) -> None:
     if fd is not None:
-        os.close(fd)  # drops the flock; the file stays (deleting it would race with a run taking it)
+        os.close(fd)  # drops the lock; the file stays (deleting it would race with a run taking it)
 
 
 def _write_run_config(cfg: Config, run_dir: Path) -> None:

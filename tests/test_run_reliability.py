@@ -89,7 +89,8 @@ def test_second_run_on_same_out_dir_is_refused(tmp_path):
 
 def test_sigkilled_run_does_not_block_the_next(tmp_path):
     run = tmp_path / "run"
-    proc = _start(run, "train.steps=6", "ckpt.every_steps=2")
+    # with a loader worker, which outlives the killed trainer for a moment and must not hold the lock
+    proc = _start(run, "train.steps=6", "ckpt.every_steps=2", "data.num_workers=1")
     try:
         marker = run / "checkpoints" / "step_0000002"
         deadline = time.monotonic() + 240
@@ -101,7 +102,7 @@ def test_sigkilled_run_does_not_block_the_next(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert marker.exists()
-    assert (run / ".lock").exists()  # left behind by the killed run; its flock died with it
+    assert (run / ".lock").exists()  # left behind by the killed run; its lock died with it
     resumed = _run(run, "train.steps=6", "ckpt.every_steps=2")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr
