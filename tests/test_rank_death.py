@@ -82,3 +82,23 @@ def test_stuck_rank_makes_survivor_exit_after_collective_timeout(tmp_path):
     assert procs[0].returncode == 2, err
     last = err.strip().splitlines()[-1]
     assert "lost contact with another process" in last and "resume with resume=auto" in last
+
+
+@pytest.mark.multiprocess
+def test_sigterm_to_one_rank_stops_all_at_the_same_step(tmp_path):
+    """torchrun forwards SIGTERM to every rank, but a signal that reaches one rank only must stop them all
+    after the same step (the stop flag is all-reduced), with one checkpoint to resume from."""
+    procs = _start_ranks(tmp_path)
+    try:
+        _wait_for_checkpoint(tmp_path, procs[0])
+        procs[1].send_signal(signal.SIGTERM)
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, errs
+    lasts = [e.strip().splitlines()[-1] for e in errs]
+    assert lasts[0] == lasts[1] and "stopped by SIGTERM at step" in lasts[0], lasts
+    step = int(lasts[0].split(" at step ")[1].split(";")[0])
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == f"step_{step:07d}"
