@@ -272,3 +272,17 @@ def test_disk_full_during_checkpoint_is_one_line(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["train", *overrides(run, "train.steps=4", "ckpt.every_steps=2")]) == 0
     assert "resumed from" in capsys.readouterr().err
+
+
+def test_changed_settings_compares_what_trains_only():
+    from openslip.config import make_config
+    from openslip.train import _changed_settings
+
+    saved = make_config().to_dict()
+    new = make_config({"train": {"steps": 9, "log_every": 3}, "ckpt": {"keep_last": 9}, "eval": {"zeroshot": []}})
+    assert _changed_settings(saved, new.to_dict()) == []
+    new = make_config({"seed": 3, "optim": {"betas": [0.9, 0.95]}, "data": {"num_workers": 0}})
+    assert _changed_settings(saved, new.to_dict()) == ["seed 0 -> 3", "optim.betas [0.9, 0.98] -> [0.9, 0.95]"]
+    del saved["seed"]  # a key an older checkpoint does not have is not compared
+    assert _changed_settings(saved, new.to_dict()) == ["optim.betas [0.9, 0.98] -> [0.9, 0.95]"]
+    assert _changed_settings(None, new.to_dict()) == []  # an exported model carries no run settings
