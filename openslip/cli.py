@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from openslip.errors import UserError
+from openslip.errors import RunStopped, UserError
 
 # Sub-command modules in help order; imported lazily so `openslip --help` stays fast.
 COMMANDS: list[str] = [
@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"openslip {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RunStopped as stop:  # a clean stop on SIGTERM / SIGINT, with a checkpoint to resume from
+        print(f"openslip {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print(f"openslip {args.command}: interrupted", file=sys.stderr)
         return 130

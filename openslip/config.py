@@ -83,10 +83,12 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     log_every: int = 10  # write metrics every N steps
     progress: bool = True  # show a progress bar (rank 0, interactive terminals)
+    # seconds a collective waits for a silent rank (stuck, stopped, lost) before every other rank stops
+    collective_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         _choice("train.precision", self.precision, PRECISIONS)
-        for key in ("steps", "batch_size", "accum_steps", "log_every"):
+        for key in ("steps", "batch_size", "accum_steps", "log_every", "collective_timeout_s"):
             _positive(f"train.{key}", getattr(self, key))
         _positive("train.grad_clip", self.grad_clip)
 
@@ -182,6 +184,7 @@ class Config:
     out_dir: str = "runs/demo"  # run directory: config, metrics, checkpoints, plots
     seed: int = 0  # seeds the model init, the data order and the augmentations
     resume: str = "auto"  # "auto": continue from OUT_DIR's newest checkpoint if any; "none"; or a checkpoint path
+    resume_force: bool = False  # resume even when the checkpoint's model, data, loss, optim or seed settings differ
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

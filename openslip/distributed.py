@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 __all__ = [
     "DistInfo",
+    "all_reduce_max",
     "all_reduce_mean",
     "barrier",
     "broadcast_object",
@@ -99,7 +100,8 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
     ``env://`` rendezvous). The backend is NCCL when CUDA is available and gloo otherwise, unless
     ``backend`` names one. On CUDA the current device is set to ``LOCAL_RANK`` before joining. Without
     ``WORLD_SIZE`` (or with ``WORLD_SIZE=1``) nothing is initialised and single-process info is returned.
-    Calling it again once the group exists returns the same info.
+    Calling it again once the group exists returns the same info. ``timeout_s`` bounds how long a
+    collective waits for a rank that does not answer (``train.collective_timeout_s`` in a run).
     """
     local_rank = _env_int("LOCAL_RANK", 0)
     if is_distributed():
@@ -159,6 +161,15 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
         out = out.float()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / world_size()
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Maximum of ``tensor`` over ranks, as a new tensor (the input on one process); e.g. a stop flag."""
+    if world_size() == 1:
+        return tensor
+    out = tensor.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

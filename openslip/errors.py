@@ -19,3 +19,11 @@ class DataError(UserError):
 
 class TrainingError(UserError):
     """A run that cannot go on: a non-finite loss, a lost peer process. The message says where to resume."""
+
+
+class RunStopped(Exception):  # noqa: N818 - not an error: the run stopped where it was asked to
+    """SIGTERM / SIGINT ended a run after a final checkpoint; the CLI prints the message and exits `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

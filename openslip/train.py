@@ -8,6 +8,10 @@ contrastive losses gather features over the global batch with gradient (DESIGN Â
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import os
+import signal
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -21,8 +25,15 @@ from openslip import checkpoint as ckpt
 from openslip.accumulate import accumulated_backward
 from openslip.config import Config, save_yaml
 from openslip.data.pipeline import TrainData, build_train_data
-from openslip.distributed import DistInfo, all_reduce_mean, average_gradients, barrier, init_distributed
-from openslip.errors import CheckpointError, ConfigError, TrainingError, UserError
+from openslip.distributed import (
+    DistInfo,
+    all_reduce_max,
+    all_reduce_mean,
+    average_gradients,
+    broadcast_object,
+    init_distributed,
+)
+from openslip.errors import CheckpointError, ConfigError, RunStopped, TrainingError, UserError
 from openslip.eval.datasets import open_classification
 from openslip.eval.zero_shot import evaluate_zero_shot
 from openslip.losses import SLIPLoss
@@ -57,6 +68,7 @@ class Trainer:
     step: int = 0
     last_checkpoint: Path | None = None
     history: dict[str, float] = field(default_factory=dict)
+    stop_signal: int = 0  # set by the SIGTERM / SIGINT handler; the loop stops after the current step
 
     def autocast(self) -> contextlib.AbstractContextManager:
         dtype = AMP_DTYPES.get(self.cfg.train.precision)
@@ -149,6 +161,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
 def save(t: Trainer) -> Path:
     """Checkpoint the run at the current step (rank 0 writes; every rank waits for it)."""
     path = t.run_dir / ckpt.CHECKPOINTS_DIR / ckpt.checkpoint_dir_name(t.step)
+    problem = None
     if t.dist.is_main:
         state = {
             "step": t.step,
@@ -157,11 +170,23 @@ def save(t: Trainer) -> Path:
             "rng": rng_state(),
             "loader": t.data.loader.state_dict(),
         }
-        ckpt.save_checkpoint(
-            path, t.model, config_extra={"train_config": t.cfg.to_dict(), "step": t.step}, train_state=state
-        )
-        ckpt.prune_checkpoints(t.run_dir, keep_last=t.cfg.ckpt.keep_last)
-    barrier()
+        try:
+            ckpt.save_checkpoint(
+                path, t.model, config_extra={"train_config": t.cfg.to_dict(), "step": t.step}, train_state=state
+            )
+        except OSError as err:  # disk full, quota, read-only remount: the staged copy is already removed
+            previous = (
+                f"the previous checkpoint {t.last_checkpoint} is intact"
+                if t.last_checkpoint
+                else "no earlier checkpoint of this run exists"
+            )
+            problem = f"cannot write checkpoint {path} ({err.strerror or err}); {previous}"
+        else:
+            ckpt.prune_checkpoints(t.run_dir, keep_last=t.cfg.ckpt.keep_last)
+    # doubles as the barrier: every rank learns whether rank 0's write failed instead of waiting on it
+    problem = broadcast_object(problem)
+    if problem:
+        raise TrainingError(problem)
     t.last_checkpoint = path
     return path
 
@@ -180,6 +205,14 @@ def resume(t: Trainer, log: RunLogger) -> None:
         path = found
     else:
         path = ckpt.resolve_checkpoint(choice, verify=True)
+    changed = _changed_settings(ckpt.load_checkpoint_config(path).get("train_config"), t.cfg.to_dict())
+    if changed and not t.cfg.resume_force:
+        raise ConfigError(
+            f"checkpoint {path} was trained with other settings ({'; '.join(changed)}): use another out_dir, "
+            "or resume_force=true to continue it with the new values"
+        )
+    if changed:
+        log.message(f"warning: resume_force=true: continuing {path} with changed settings: {'; '.join(changed)}")
     ckpt.load_weights(t.model, path, verify=False)  # verified just above
     state = ckpt.load_train_state(path, map_location=t.dist.device, verify=False)
     t.optimizer.load_state_dict(state["optimizer"])
@@ -189,6 +222,53 @@ def resume(t: Trainer, log: RunLogger) -> None:
     t.step = int(state["step"])
     t.last_checkpoint = path
     log.message(f"resumed from {path} at step {t.step}")
+
+
+# Settings a resumed run may change without changing what it trains: its length (the schedule follows
+# train.steps), logging, checkpointing, evaluation, loader processes and the run's plumbing.
+RESUMABLE_CHANGES = (
+    "out_dir",
+    "resume",
+    "resume_force",
+    "recipe",  # a label; the values it set are compared one by one
+    "train.steps",
+    "train.accum_steps",  # exact over the whole batch (accumulate.py): a memory setting
+    "train.log_every",
+    "train.progress",
+    "train.compile",
+    "train.grad_checkpointing",
+    "train.collective_timeout_s",
+    "data.num_workers",
+    "data.worker_priority",
+    "ckpt.",
+    "eval.",
+)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _changed_settings(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """`key saved -> current` for each compared setting that differs (keys a checkpoint lacks are not compared)."""
+    if not isinstance(saved, dict):  # a converted or exported model: no run settings to compare
+        return []
+    old, new = _flatten(saved), _flatten(current)
+    free = [k for k in RESUMABLE_CHANGES if not k.endswith(".")]
+    free_sections = tuple(k for k in RESUMABLE_CHANGES if k.endswith("."))
+    changed = []
+    for key, value in new.items():
+        if key in free or key.startswith(free_sections) or key not in old:
+            continue
+        if old[key] != value:
+            changed.append(f"{key} {old[key]!r} -> {value!r}")
+    return changed
 
 
 def evaluate(t: Trainer) -> dict[str, float]:
@@ -221,15 +301,93 @@ def check_eval_tasks(cfg: Config) -> None:
             raise ConfigError(f"eval.zeroshot: {err}") from None
 
 
-def prepare_run_dir(cfg: Config, dist: DistInfo) -> Path:
+LOCK_FILE = ".lock"
+
+
+def prepare_run_dir(cfg: Config, dist: DistInfo) -> tuple[Path, int | None]:
+    """Create `out_dir` and lock it for this run (rank 0; the ranks of one job share it). Returns the run dir
+    and the lock's file descriptor (None off rank 0): `release_run_dir` or the process's end frees it."""
     run_dir = Path(cfg.out_dir)
+    problem, fd = None, None
     if dist.is_main:
+        try:
+            fd = _lock_run_dir(run_dir)
+        except UserError as err:
+            problem = str(err)
+    problem = broadcast_object(problem)  # every rank stops with rank 0's message instead of waiting for it
+    if problem:
+        raise ConfigError(problem)
+    return run_dir, fd
+
+
+def _lock_run_dir(run_dir: Path) -> int:
+    # A POSIX record lock (lockf) belongs to this process: the kernel drops it when the process ends in any
+    # way (SIGKILL, OOM), so a lock file left by a dead run never blocks the next one. Unlike flock it is not
+    # shared with forked data-loader workers, which may outlive a killed trainer by a few seconds.
+    try:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not run_dir.is_dir():
-            raise ConfigError(f"out_dir={cfg.out_dir!r} is not a directory")
+            raise ConfigError(f"out_dir={str(run_dir)!r} is not a directory")
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileExistsError:
+        raise ConfigError(f"out_dir={str(run_dir)!r} is a file, not a directory") from None
+    except OSError as err:
+        raise ConfigError(f"out_dir={str(run_dir)!r} cannot be used: {err.strerror or err}") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if err.errno in (errno.EACCES, errno.EAGAIN):
+            raise ConfigError(
+                f"out_dir={str(run_dir)!r} is in use by another openslip train (pid {holder}); "
+                "wait for it to end or choose another out_dir"
+            ) from None
+        raise ConfigError(f"out_dir={str(run_dir)!r} cannot be locked: {err.strerror or err}") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as err:
+        os.close(fd)
+        raise ConfigError(f"out_dir={str(run_dir)!r} cannot be written: {err.strerror or err}") from None
+    return fd
+
+
+def release_run_dir(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # drops the lock; the file stays (deleting it would race with a run taking it)
+
+
+def _write_run_config(cfg: Config, run_dir: Path) -> None:
+    try:
         save_yaml(cfg, run_dir / "config.yaml")
-    barrier()
-    return run_dir
+    except OSError as err:
+        raise ConfigError(f"cannot write {run_dir / 'config.yaml'}: {err.strerror or err}") from None
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(t: Trainer):
+    """While training, SIGTERM / SIGINT ask the loop to checkpoint and stop; a second one stops at once."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if t.stop_signal:  # asked twice: do not wait for the step to end
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        t.stop_signal = signum
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    except ValueError:  # not the main thread (train() called from a worker thread): no handlers to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 # --- the run ------------------------------------------------------------------------------------------
@@ -238,8 +396,15 @@ def prepare_run_dir(cfg: Config, dist: DistInfo) -> Path:
 def train(cfg: Config) -> dict[str, Any]:
     """Train `cfg` to `cfg.train.steps`; returns a summary (steps, time, final metrics, paths)."""
     check_eval_tasks(cfg)
-    dist = init_distributed()
-    run_dir = prepare_run_dir(cfg, dist)
+    dist = init_distributed(timeout_s=cfg.train.collective_timeout_s)
+    run_dir, lock = prepare_run_dir(cfg, dist)
+    try:
+        return _train_locked(cfg, dist, run_dir)
+    finally:
+        release_run_dir(lock)
+
+
+def _train_locked(cfg: Config, dist: DistInfo, run_dir: Path) -> dict[str, Any]:
     t = build_trainer(cfg, dist)
     log = RunLogger(
         run_dir, enabled=dist.is_main, total_steps=cfg.train.steps, start_step=0, progress=cfg.train.progress
@@ -249,6 +414,8 @@ def train(cfg: Config) -> dict[str, Any]:
             resume(t, log)
         except CheckpointError as err:
             raise TrainingError(f"cannot resume: {err}") from None
+        if dist.is_main:  # only now: a refused resume leaves the run's config.yaml as it was
+            _write_run_config(cfg, run_dir)
         if t.dist.is_main:
             log.message(
                 f"training {cfg.model} ({cfg.recipe}) for {cfg.train.steps} steps, global batch "
@@ -256,7 +423,8 @@ def train(cfg: Config) -> dict[str, Any]:
             )
             if cfg.eval.zeroshot and not t.model.has_text:
                 log.message(f"zero-shot evaluation skipped: {cfg.model} has no text tower (SimCLR only)")
-        return _loop(t, log)
+        with _stop_on_signals(t):
+            return _loop(t, log)
     except RuntimeError as err:
         if dist.world_size > 1 and any(w in str(err).lower() for w in ("connection", "gloo", "nccl", "timed out")):
             raise TrainingError(
@@ -307,8 +475,19 @@ def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
                 t.history.update(results)
                 log.log(step, results)
                 log.message(f"step {step}: " + ", ".join(f"{k} {v:.1f}%" for k, v in results.items()))
-        if step % cfg.ckpt.every_steps == 0 or last:
+        saved = step % cfg.ckpt.every_steps == 0 or last
+        if saved:
             save(t)
+        # one tiny collective per step (only with several ranks) so that all ranks stop after the same step
+        stop = int(all_reduce_max(torch.tensor(t.stop_signal)).item()) if t.dist.world_size > 1 else t.stop_signal
+        if stop and not last:
+            if not saved:
+                save(t)
+            name = signal.Signals(stop).name
+            raise RunStopped(
+                f"stopped by {name} at step {step}; checkpoint {t.last_checkpoint} (run the same command to resume)",
+                128 + stop,
+            )
     wall = time.perf_counter() - start_time
     return {
         "steps": t.step,
