@@ -50,6 +50,9 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # count, instruction set); in float64 that noise sits far below AdamW's eps, so two CPUs give the same losses
 # to ~1e-10 instead of drifting apart within a few steps. For numerics checks (the golden-loss test); slow.
 PARAM_DTYPES = {"fp64": torch.float64}
+# Words of the errors a collective raises when a peer died or stopped answering. Gloo says "Connection closed
+# by peer" for a dead rank and "Application timeout caused pair closure" for one past the collective timeout.
+LOST_CONTACT_WORDS = ("connection", "gloo", "nccl", "timed out", "timeout", "pair closure")
 
 
 @dataclass
@@ -426,7 +429,7 @@ def _train_locked(cfg: Config, dist: DistInfo, run_dir: Path) -> dict[str, Any]:
         with _stop_on_signals(t):
             return _loop(t, log)
     except RuntimeError as err:
-        if dist.world_size > 1 and any(w in str(err).lower() for w in ("connection", "gloo", "nccl", "timed out")):
+        if dist.world_size > 1 and any(w in str(err).lower() for w in LOST_CONTACT_WORDS):
             raise TrainingError(
                 f"rank {dist.rank}: lost contact with another process ({err}); "
                 f"resume with resume=auto from {t.last_checkpoint or 'the start'}"
