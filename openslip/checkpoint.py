@@ -125,6 +125,11 @@ def _write_weights(path: Path, tensors: dict[str, torch.Tensor], doc: dict[str, 
     from safetensors.torch import save_file
 
     save_file(tensors, str(path), metadata={"format": "pt", CONFIG_METADATA_KEY: json.dumps(doc)})
+    # safetensors writes through a private temporary file (mode 0600); give it the mode every other file of the
+    # checkpoint gets from the umask, so that a shared run directory stays readable by its group as before.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
     _fsync_file(path)
 
 

@@ -419,3 +419,9 @@ def test_absurdly_nested_json_is_a_checkpoint_error(tmp_path):
     (out / "checksums.json").unlink()
     with pytest.raises(CheckpointError, match="config.json"):
         ckpt.load_model(out)
+
+
+def test_checkpoint_files_share_one_mode(tmp_path):
+    out = ckpt.save_model(_trained("clip_vit_micro"), tmp_path / "m")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert len(set(modes.values())) == 1, modes  # model.safetensors was 0600 while the others were 0644
