@@ -57,15 +57,16 @@ def test_truncated_newest_checkpoint_falls_back(tmp_path):
     newest = run / "checkpoints" / "step_0000004" / "model.safetensors"
     data = newest.read_bytes()
     newest.write_bytes(data[: len(data) // 2])
-    result = subprocess.run(
-        [sys.executable, "-m", "openslip.cli", "train", *overrides(run, "train.steps=6", "ckpt.every_steps=2")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _continue_to_step_6(run)
     assert result.returncode == 0, result.stderr
     assert "resumed from" in result.stderr and "step_0000002" in result.stderr
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000006"
+
+
+def _continue_to_step_6(run: Path) -> subprocess.CompletedProcess:
+    """The run's command again with more steps, in a fresh process (what a user does after a crash)."""
+    argv = [sys.executable, "-m", "openslip.cli", "train", *overrides(run, "train.steps=6", "ckpt.every_steps=2")]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300)
 
 
 def _flip_bytes(path: Path, start: int, count: int) -> None:
@@ -82,12 +83,7 @@ def test_corrupt_train_state_is_caught_by_its_checksum_and_the_run_falls_back(tm
     train(make_config(parse_overrides(overrides(run, "train.steps=4", "ckpt.every_steps=2", "ckpt.keep_last=5"))))
     state = run / "checkpoints" / "step_0000004" / "train_state.pt"
     _flip_bytes(state, state.stat().st_size // 3, 2000)
-    result = subprocess.run(
-        [sys.executable, "-m", "openslip.cli", "train", *overrides(run, "train.steps=6", "ckpt.every_steps=2")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _continue_to_step_6(run)
     assert result.returncode == 0, result.stderr
     assert "step_0000004/train_state.pt: corrupt" in result.stderr and "using step_0000002" in result.stderr
     assert "resumed from" in result.stderr and "step_0000002 at step 2" in result.stderr
