@@ -140,7 +140,8 @@ class CheckpointConfig:
 
 @dataclass(kw_only=True)
 class EvalConfig:
-    # periodic zero-shot sets: demo task names, ImageFolder trees or labelled CSVs (as `openslip eval zeroshot`)
+    # periodic zero-shot sets: demo task names, ImageFolder trees, labelled CSVs or shards (as `openslip eval
+    # zeroshot`); `NAME:PATH` names the set's catalog dataset (`imagenet:/data/imagenet/val`)
     zeroshot: list[str] = field(default_factory=lambda: ["demo_shapes", "demo_colours"])
     every_steps: int = 200  # evaluate every N steps (and at the end); 0: only at the end
     samples: int = 1000  # images per zero-shot task
@@ -149,15 +150,20 @@ class EvalConfig:
     classnames: str | None = None  # class names file: one per line, a JSON list, or that JSON object
     templates: str | None = None  # prompt templates file (one "{}" each): one per line, a JSON list, or that object
     catalog: str | None = None  # catalog dataset giving class names, templates and metric (`openslip eval --list`)
+    prompts: str = "reference"  # the catalog's prompt set: "reference" (the 2021 reference's) or "clip_benchmark"
 
     def __post_init__(self) -> None:
         _positive("eval.every_steps", self.every_steps, allow_zero=True)
         _positive("eval.samples", self.samples)
-        if self.catalog is not None:
-            from openslip.eval.catalog import get_entry
+        from openslip.eval.catalog import check_prompt_set, get_entry
 
+        try:
+            check_prompt_set(self.prompts)
+        except ConfigError as err:
+            raise ConfigError(f"eval.prompts: {err}") from None
+        if self.catalog is not None:
             try:
-                get_entry(self.catalog)
+                get_entry(self.catalog, self.prompts)
             except ConfigError as err:
                 raise ConfigError(f"eval.catalog: {err}") from None
         given = [k for k in ("classnames", "templates", "catalog") if getattr(self, k) is not None]

@@ -34,6 +34,7 @@ from openslip.distributed import (
     init_distributed,
 )
 from openslip.errors import CheckpointError, ConfigError, RunStopped, TrainingError, UserError
+from openslip.eval.catalog import split_catalog_spec
 from openslip.eval.datasets import open_classification
 from openslip.eval.zero_shot import evaluate_zero_shot
 from openslip.losses import SLIPLoss
@@ -287,11 +288,14 @@ def evaluate(t: Trainer) -> dict[str, float]:
 
 def _zero_shot_set(cfg: Config, spec: str, image_size: int):
     """A demo task name (`demo_shapes`), an ImageFolder, a CSV of labelled images or labelled shards (see
-    `openslip eval zeroshot`); the file sets take `eval.classnames`, `eval.templates` and `eval.catalog`."""
+    `openslip eval zeroshot`), optionally as `CATALOG:PATH`; the file sets take `eval.classnames`,
+    `eval.templates`, `eval.catalog` and `eval.prompts`."""
     ev = cfg.eval
     files = {}
     if spec in ev.file_sets():
-        files = {"classnames": ev.classnames, "templates": ev.templates, "catalog": ev.catalog}
+        catalog, spec = split_catalog_spec(spec)
+        files = {"classnames": ev.classnames, "templates": ev.templates, "catalog": catalog or ev.catalog}
+        files["prompts"] = ev.prompts
     return open_classification(spec, image_size=image_size, n=ev.samples, **files)
 
 

@@ -16,6 +16,8 @@ from openslip.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from openslip.eval.catalog import DEFAULT_PROMPTS, PROMPT_SETS
+
     p = sub.add_parser(
         "eval",
         help="evaluate a model: zero-shot classification, retrieval, linear probe, kNN",
@@ -39,6 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--templates",
         metavar="FILE",
         help="prompt templates with one {} each: one per line, a JSON list, or the JSON object of --classnames",
+    )
+    z.add_argument(
+        "--prompts",
+        choices=PROMPT_SETS,
+        default=DEFAULT_PROMPTS,
+        help="the catalog's class names and templates: the 2021 reference's (default; the paper's protocol) or "
+        "clip-benchmark's",
     )
     z.add_argument("--metric", choices=_metric_names(), help="reported metric (default: the catalog's, else top1)")
     z.add_argument("--save-predictions", metavar="FILE.csv", help="write per-image labels, predictions, top-5")
@@ -180,7 +189,7 @@ def _classification_set(args: argparse.Namespace, spec: str, split: str, n: int 
 
 def run_zeroshot(args: argparse.Namespace) -> int:
     if args.list:
-        return _list_datasets()
+        return _list_datasets(args.prompts)
     if not args.dataset:
         raise ConfigError("--dataset is required (a demo task name, an image folder or a CSV; --list shows them)")
     from openslip.eval.zero_shot import evaluate_zero_shot
@@ -195,6 +204,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         classnames=args.classnames,
         templates=args.templates,
         metric=args.metric,
+        prompts=args.prompts,
     )
     metrics, logits, labels = evaluate_zero_shot(
         model, ds, batch_size=args.batch_size, num_workers=args.num_workers, device=device, cache_dir=args.cache_dir
@@ -212,16 +222,22 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     return finish(args, title, metrics)
 
 
-def _list_datasets() -> int:
+def _list_datasets(prompts: str) -> int:
     from openslip.data.demo_tasks import demo_task_names
     from openslip.eval.catalog import catalog_names, get_entry
 
     print("demo tasks (no files needed): " + ", ".join(demo_task_names()))
-    print("catalog (--catalog NAME with an image folder or CSV):")
+    print(f"catalog (--catalog NAME with an image folder, CSV or shards; prompts: {prompts}):")
     for name in catalog_names():
         e = get_entry(name)
+        if prompts != e.prompts:
+            try:
+                e = get_entry(name, prompts)
+            except ConfigError:
+                print(f"  {name:16s} {e.title:32s} (no {prompts} prompts)")
+                continue
         names = f"{e.num_classes} classes" + ("" if e.classnames else " (names from folders / --classnames)")
-        print(f"  {name:16s} {e.title:32s} {e.metric:15s} {names}")
+        print(f"  {name:16s} {e.title:32s} {e.metric:15s} {names}, {len(e.templates)} templates")
     return 0
 
 

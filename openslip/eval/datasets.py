@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from openslip.data.labelled_shards import is_shard_set
 from openslip.data.skips import BadSample
 from openslip.errors import DataError
 from openslip.eval.catalog import (
+    DEFAULT_PROMPTS,
     CatalogEntry,
     check_templates,
     clean_folder_name,
@@ -98,6 +100,8 @@ class ImageSet(Dataset):
         self.metric = metric
         self.identity = identity
         self.transform = transform
+        # every name of each class to prompt with (a catalog's synonym lists); None: just `classnames`
+        self.prompt_names: list[list[str]] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -193,6 +197,7 @@ def open_classification(
     templates: str | Sequence[str] | None = None,
     metric: str | None = None,
     seed: int = 0,
+    prompts: str = DEFAULT_PROMPTS,
 ) -> ImageSet:
     """A labelled set: a demo task name, an ImageFolder tree, a CSV/TSV of (image, label), or labelled
     WebDataset shards (``openslip.data.labelled_shards``: KEY.jpg + KEY.cls, classnames.txt beside them).
@@ -208,10 +213,11 @@ def open_classification(
             (given as ``classnames`` or ``templates``, it fills the other unless that is given too).
         templates: a file or list of prompt templates with one ``{}``; overrides the catalog's.
         metric: the reported metric; overrides the catalog's.
+        prompts: the catalog's prompt set: ``reference`` (the 2021 reference's files) or ``clip_benchmark``.
     """
     from openslip.data.demo_tasks import demo_task, demo_task_names
 
-    entry = get_entry(catalog) if catalog else None
+    entry = get_entry(catalog, prompts) if catalog else None
     names_file = classnames if isinstance(classnames, (str, os.PathLike)) else None
     temps_file = templates if isinstance(templates, (str, os.PathLike)) else None
     names = read_classnames(names_file) if names_file is not None else classnames
@@ -240,7 +246,7 @@ def open_classification(
             f"expected layout: {entry.layout}"
         )
     identity = f"files:{path.resolve()}:{len(source)}:{image_size}:{'|'.join(source.classes)}"
-    return FileImageSet(
+    ds = FileImageSet(
         source,
         name=entry.name if entry else path.name,
         classnames=list(source.classes),
@@ -249,6 +255,9 @@ def open_classification(
         identity=identity,
         transform=EvalTransform(image_size),
     )
+    if names is None and entry is not None and entry.classnames is not None:
+        ds.prompt_names = entry.prompt_names()  # the reference averages the prompts of all of a class's names
+    return ds
 
 
 def _labelled_source(
@@ -267,37 +276,62 @@ def _labelled_source(
             raise DataError(f"{err}{names_from}") from None
     source = open_labelled(path)
     folders = list(source.classes)
-    if all(re.fullmatch(r"\d+", f) for f in folders):  # ROOT/<index>/: folder k is class k
-        index = [int(f) for f in folders]
-        count = len(wanted) if wanted is not None else max(index) + 1
-        if max(index) >= count:
-            raise DataError(f"{path}: class folder {max(index)} but only {count} class names{names_from}")
-        source.labels = [index[lab] for lab in source.labels]
-        source.classes = wanted if wanted is not None else [str(i) for i in range(count)]
-        return source
     if wanted is None:
+        if all(re.fullmatch(r"\d+", f) for f in folders):  # ROOT/<index>/ without names: folder k is class k
+            return _relabel(source, [int(f) for f in folders], [str(i) for i in range(max(map(int, folders)) + 1)])
         source.classes = [clean_folder_name(f) for f in folders]
         return source
-    if names is not None and len(names) == len(folders):  # --classnames FILE lists the sorted folders' names
+    numbered = all(re.fullmatch(r"\d+", f) for f in folders)
+    if names is not None and len(names) == len(folders) and not numbered:  # --classnames FILE: sorted folders' names
         source.classes = list(names)
         return source
-    # Catalog names: match each folder to its class by name (folder order differs from catalog order).
-    lookup = {_norm(c): i for i, c in enumerate(wanted)}
-    mapping = [lookup.get(_norm(clean_folder_name(f)), lookup.get(_norm(f))) for f in folders]
-    missing = [f for f, m in zip(folders, mapping, strict=True) if m is None]
-    if missing and names_file is not None:  # the user's list: counts differ and the names do not match either
-        raise DataError(
-            f"{Path(names_file).expanduser()}: {len(wanted)} class names, but {path} has {len(folders)} class "
-            f"folders, and folder(s) {', '.join(missing[:3])} match none of the names"
-        )
-    if missing:
+    mapping = _folder_classes(folders, wanted, entry.class_ids if entry and names is None else None)
+    if mapping is None:
+        unmatched = [f for f in folders if _folder_classes([f], wanted, None) is None][:3] or folders[:3]
+        if names_file is not None:  # the user's list: counts differ and the names do not match either
+            raise DataError(
+                f"{Path(names_file).expanduser()}: {len(wanted)} class names, but {path} has {len(folders)} class "
+                f"folders, and folder(s) {', '.join(unmatched)} match none of the names or indices"
+            )
+        ids = ", WordNet id" if entry and entry.class_ids and names is None else ""
         hint = f"; expected layout: {entry.layout}" if entry else ""
         raise DataError(
-            f"{path}: class folder(s) {', '.join(missing[:3])} match no class name of "
-            f"{entry.title if entry else 'the class list'} (pass --classnames FILE){hint}"
+            f"{path}: class folder(s) {', '.join(unmatched)} match no class name{ids} or class index "
+            f"0..{len(wanted) - 1} of {entry.title if entry else 'the class list'} (pass --classnames FILE){hint}"
         )
+    if entry is not None and names is None and len(set(mapping)) < len(wanted):
+        warnings.warn(
+            f"{path}: {len(set(mapping))} of {entry.title}'s {len(wanted)} classes have a folder; the images are "
+            f"still classified among all {len(wanted)} classes",
+            stacklevel=2,
+        )
+    return _relabel(source, mapping, wanted)
+
+
+def _folder_classes(folders: list[str], wanted: list[str], class_ids: Sequence[str] | None) -> list[int] | None:
+    """The class index of each folder, trying in turn the class names (any order of folders, underscores and
+    case ignored: 'apple_pie' is 'apple pie'), the dataset's folder ids (ImageNet's 'n01440764'), and class
+    indices ('0', '17', '007'); None when no rule places every folder. Names come first because some names are
+    numbers (CLEVR counts '3' … '10')."""
+    by_name: dict[str, int | None] = {}
+    for i, c in enumerate(wanted):
+        by_name[_norm(c)] = None if _norm(c) in by_name else i  # a name given twice (ImageNet) places no folder
+    mapping = [by_name.get(_norm(clean_folder_name(f)), by_name.get(_norm(f))) for f in folders]
+    if all(m is not None for m in mapping):
+        return mapping  # type: ignore[return-value]
+    if class_ids is not None:
+        by_id = {c: i for i, c in enumerate(class_ids)}
+        if all(f in by_id for f in folders):
+            return [by_id[f] for f in folders]
+    if all(re.fullmatch(r"\d+", f) and int(f) < len(wanted) for f in folders):
+        return [int(f) for f in folders]
+    return None
+
+
+def _relabel(source: Any, mapping: list[int], classes: list[str]) -> Any:
+    """Point the source's labels (indices of its folders) at ``classes`` through ``mapping``."""
     source.labels = [mapping[lab] for lab in source.labels]
-    source.classes = wanted
+    source.classes = list(classes)
     return source
 
 

@@ -18,6 +18,7 @@ import torch
 
 from openslip import distributed
 from openslip.errors import ConfigError
+from openslip.eval.catalog import split_catalog_spec
 from openslip.eval.datasets import ImageSet, RetrievalSet, open_classification, open_retrieval
 from openslip.eval.features import dataset_features, extract_features
 from openslip.eval.metrics import classification_metrics, recall_from_ranks
@@ -123,10 +124,13 @@ def _open_eval_set(spec: str, *, image_size: int, num_test: int | None, num_trai
         raise ConfigError(f"evaluation set {spec!r}: give TEST or TEST@TRAIN")
     if test_spec in demo_task_names() and not train_spec:
         train_spec = test_spec
-    test = open_classification(test_spec, split="test", image_size=image_size, n=num_test, seed=seed)
+    catalog, test_spec = split_catalog_spec(test_spec)  # `imagenet:/data/val@/data/train`: the catalog's prompts
+    test = open_classification(test_spec, split="test", image_size=image_size, n=num_test, seed=seed, catalog=catalog)
     train = None
     if train_spec:
-        train = open_classification(train_spec, split="train", image_size=image_size, n=num_train, seed=seed)
+        train = open_classification(
+            train_spec, split="train", image_size=image_size, n=num_train, seed=seed, catalog=catalog
+        )
         if train.classnames != test.classnames:
             raise ConfigError(
                 f"evaluation set {spec!r}: train and test have different classes "

@@ -30,7 +30,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @torch.no_grad()
 def zero_shot_classifier(
     model: SLIP,
-    classnames: Sequence[str],
+    classnames: Sequence[str | Sequence[str]],
     templates: Sequence[str],
     *,
     tokenizer: Tokenizer | None = None,
@@ -40,9 +40,13 @@ def zero_shot_classifier(
 ) -> torch.Tensor:
     """[embed_dim, num_classes] normalised class embeddings.
 
-    With ``shard`` the prompts are split over ranks and gathered (a collective: every rank must call it).
+    A class given as a list of names (the reference's synonym lists, e.g. FER-2013 "happy" / "smiling") is
+    prompted with every (template, name) pair, and all those embeddings are averaged with equal weight, as the
+    reference's eval_zeroshot.py does. With ``shard`` the prompts are split over ranks and gathered (a
+    collective: every rank must call it).
     """
-    prompts = [t.format(c) for c in classnames for t in templates]  # class-major: [C * T]
+    per_class = [[c] if isinstance(c, str) else list(c) for c in classnames]
+    prompts = [t.format(name) for names in per_class for t in templates for name in names]  # class-major: [P]
     if shard:
         from openslip.eval.features import encode_texts
 
@@ -53,10 +57,13 @@ def zero_shot_classifier(
         for i in range(0, len(prompts), batch_size):
             tokens = tok(prompts[i : i + batch_size], context_length=model.context_length).to(device)
             embeds.append(torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1))
-        per_prompt = torch.cat(embeds)
-    per_prompt = per_prompt.view(len(classnames), len(templates), -1)  # [C, T, D]
-    weights = torch.nn.functional.normalize(per_prompt.mean(dim=1), dim=-1)  # [C, D]
-    return weights.t()
+        per_prompt = torch.cat(embeds)  # [P, D]
+    counts = [len(names) * len(templates) for names in per_class]
+    if len(set(counts)) == 1:  # the same number of prompts per class: [C, T * names, D]
+        means = per_prompt.view(len(per_class), counts[0], -1).mean(dim=1)
+    else:
+        means = torch.stack([chunk.mean(dim=0) for chunk in per_prompt.split(counts)])  # [C, D]
+    return torch.nn.functional.normalize(means, dim=-1).t()
 
 
 def normalize_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -125,7 +132,12 @@ def evaluate_zero_shot(
     warn_if_untrained(model, f"zero-shot {dataset.name}")
     with eval_mode(model):
         classifier = zero_shot_classifier(
-            model, dataset.classnames, dataset.templates, device=device, batch_size=batch_size, shard=True
+            model,
+            dataset.prompt_names or dataset.classnames,
+            dataset.templates,
+            device=device,
+            batch_size=batch_size,
+            shard=True,
         )
         feats, labels = dataset_features(
             model,
