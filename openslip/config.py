@@ -151,11 +151,16 @@ class EvalConfig:
     templates: str | None = None  # prompt templates file (one "{}" each): one per line, a JSON list, or that object
     catalog: str | None = None  # catalog dataset giving class names, templates and metric (`openslip eval --list`)
     prompts: str = "reference"  # the catalog's prompt set: "reference" (the 2021 reference's) or "clip_benchmark"
+    # image files: centre crop / resized shorter side; None: zero-shot's, as the reference (1.0, resize to the size)
+    crop_fraction: float | None = None
 
     def __post_init__(self) -> None:
         _positive("eval.every_steps", self.every_steps, allow_zero=True)
         _positive("eval.samples", self.samples)
         from openslip.eval.catalog import check_prompt_set, get_entry
+        from openslip.eval.preprocess import check_crop_fraction
+
+        check_crop_fraction(self.crop_fraction, "eval.crop_fraction")
 
         try:
             check_prompt_set(self.prompts)

@@ -296,7 +296,7 @@ def _zero_shot_set(cfg: Config, spec: str, image_size: int):
         catalog, spec = split_catalog_spec(spec)
         files = {"classnames": ev.classnames, "templates": ev.templates, "catalog": catalog or ev.catalog}
         files["prompts"] = ev.prompts
-    return open_classification(spec, image_size=image_size, n=ev.samples, **files)
+    return open_classification(spec, image_size=image_size, n=ev.samples, crop_fraction=ev.crop_fraction, **files)
 
 
 def check_eval_tasks(cfg: Config) -> None:

@@ -40,10 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _images(spec: str, image_size: int) -> tuple[Any, list[str]]:
-    from openslip.data.augment import EvalTransform
+def _images(spec: str, image_size: int, crop_fraction: float | None) -> tuple[Any, list[str]]:
     from openslip.data.sources import open_source
     from openslip.eval.datasets import RecordImageSet
+    from openslip.eval.preprocess import eval_transform
 
     source = open_source(spec)
     if not hasattr(source, "record"):
@@ -56,7 +56,7 @@ def _images(spec: str, image_size: int) -> tuple[Any, list[str]]:
         templates=[],
         metric="top1",
         identity=f"embed:{spec}",
-        transform=EvalTransform(image_size),
+        transform=eval_transform("embed", image_size, crop_fraction),
     )
     return ds, [r.id for r in records]
 
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         ids = _texts(args.input)
         emb = encode_texts(model, ids, batch_size=args.batch_size, device=device, normalize=normalize)
     else:
-        ds, ids = _images(args.input, args.image_size)
+        ds, ids = _images(args.input, args.image_size, args.crop_fraction)
         emb, _ = extract_features(
             feature_fn(model, args.features),
             ds,

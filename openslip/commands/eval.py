@@ -99,6 +99,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this rank's GPU, else cpu)")
     p.add_argument("--image-size", type=int, help="input size (default: the model's)")
+    p.add_argument(
+        "--crop-fraction",
+        type=float,
+        metavar="F",
+        help="centre crop / resized shorter side: 1.0 resizes to the input size, 0.875 to size / 0.875 "
+        "(default: the protocol's, as the reference: 1.0 for zero-shot, retrieval and embed; 0.875 for probes and "
+        "finetuning)",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass per process")
     p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes per rank")
 
@@ -181,7 +189,17 @@ def format_table(title: str, metrics: dict[str, Any], keys: list[str] | None = N
 def _classification_set(args: argparse.Namespace, spec: str, split: str, n: int | None, **extra: Any) -> Any:
     from openslip.eval.datasets import open_classification
 
-    return open_classification(spec, split=split, image_size=args.image_size, n=n, seed=args.seed, **extra)
+    protocol = getattr(args, "task", None) or args.command  # eval's zeroshot / linear / knn, or finetune
+    return open_classification(
+        spec,
+        split=split,
+        image_size=args.image_size,
+        n=n,
+        seed=args.seed,
+        protocol=protocol,
+        crop_fraction=args.crop_fraction,
+        **extra,
+    )
 
 
 # --- zeroshot -------------------------------------------------------------------------------------------
@@ -303,6 +321,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
         image_root=args.image_root,
         caption_keys=args.caption_keys,
         seed=args.seed,
+        crop_fraction=args.crop_fraction,
     )
     metrics = evaluate_retrieval(
         model, data, batch_size=args.batch_size, num_workers=args.num_workers, device=device, cache_dir=args.cache_dir

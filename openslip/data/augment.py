@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -50,6 +51,7 @@ from openslip.data.augment_params import (  # noqa: F401 - re-exported: the reci
     sample_view_params,
     view_params_from_uniforms,
 )
+from openslip.errors import ConfigError
 
 # --- Input conversion --------------------------------------------------------------------------------
 
@@ -102,17 +104,18 @@ def _source_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
 # --- Rendering ----------------------------------------------------------------------------------------
 
 
-def resize_crop_uint8(src: Tensor, box: CropBox, size: tuple[int, int]) -> Tensor:
-    """Crop ``box`` of ``src`` [1, 3, H, W] uint8 and resize it to ``size`` with antialiased bilinear.
+def resize_crop_uint8(src: Tensor, box: CropBox, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
+    """Crop ``box`` of ``src`` [1, 3, H, W] uint8 and resize it to ``size`` with an antialiased ``mode``
+    ("bilinear" or "bicubic").
 
-    torch's uint8 antialias kernel implements PIL's bilinear filter (support scaled when downscaling),
-    matching ``img.crop(box).resize(size, BILINEAR)`` to within one grey level.
+    torch's uint8 antialias kernels implement PIL's filters (support scaled when downscaling), matching
+    ``img.crop(box).resize(size, BILINEAR or BICUBIC)`` to within a grey level or two.
     """
     top, left, h, w = box
     crop = src[:, :, top : top + h, left : left + w]
     if (h, w) == tuple(size):
         return crop
-    return F.interpolate(crop, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(crop, size=size, mode=mode, antialias=True, align_corners=False)
 
 
 def _channel_tensors(config: AugmentConfig) -> tuple[Tensor, Tensor]:
@@ -198,18 +201,42 @@ def eval_resize_size(height: int, width: int, image_size: int, crop_fraction: fl
     return int(short_target * height / width), short_target
 
 
-class EvalTransform:
-    """Evaluation preprocessing: resize the shorter side to S / 0.875 (256 for 224), centre-crop S, normalise."""
+EVAL_INTERPOLATIONS = ("bilinear", "bicubic")
 
-    def __init__(self, image_size: int | None = None, *, config: AugmentConfig | None = None) -> None:
+
+class EvalTransform:
+    """Evaluation preprocessing, torchvision's ``Resize(floor(S / crop_fraction)) -> CenterCrop(S)``, normalised.
+
+    ``crop_fraction`` 1.0 resizes the shorter side to S itself (the reference's zero-shot transform), 0.875 to
+    256 for S = 224 (its linear probe's, and BEiT's with ``interpolation="bicubic"``); None takes the config's.
+    """
+
+    def __init__(
+        self,
+        image_size: int | None = None,
+        *,
+        config: AugmentConfig | None = None,
+        crop_fraction: float | None = None,
+        interpolation: str = "bilinear",
+    ) -> None:
         self.config = resolve_config(image_size, config)
+        if crop_fraction is not None:
+            self.config = replace(self.config, eval_crop_fraction=crop_fraction)  # checked by AugmentConfig
+        if interpolation not in EVAL_INTERPOLATIONS:
+            raise ConfigError(f"interpolation must be one of {', '.join(EVAL_INTERPOLATIONS)}, got {interpolation!r}")
+        self.interpolation = interpolation
         self._mean, self._std = _channel_tensors(self.config)
+
+    @property
+    def key(self) -> str:
+        """What the output depends on besides the image (feature caches are keyed by it)."""
+        return f"resize-crop:{self.config.image_size}:{self.config.eval_crop_fraction}:{self.interpolation}"
 
     def __call__(self, image: Image.Image | np.ndarray | Tensor) -> Tensor:
         src = _source_tensor(image)
         size = self.config.image_size
         rh, rw = eval_resize_size(src.shape[2], src.shape[3], size, self.config.eval_crop_fraction)
-        resized = resize_crop_uint8(src, (0, 0, src.shape[2], src.shape[3]), (rh, rw))
+        resized = resize_crop_uint8(src, (0, 0, src.shape[2], src.shape[3]), (rh, rw), self.interpolation)
         # torchvision CenterCrop offsets; the resized image is never smaller than the crop (crop_fraction <= 1).
         top, left = int(round((rh - size) / 2.0)), int(round((rw - size) / 2.0))
         y = resized[0, :, top : top + size, left : left + size]

@@ -40,6 +40,7 @@ from openslip.eval.catalog import (
     read_classnames,
     read_templates,
 )
+from openslip.eval.preprocess import eval_transform
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
 DEMO_RETRIEVAL_NAMES = ("demo", "demo_retrieval")
@@ -98,7 +99,7 @@ class ImageSet(Dataset):
         self.classnames = classnames
         self.templates = templates
         self.metric = metric
-        self.identity = identity
+        self._identity = identity
         self.transform = transform
         # every name of each class to prompt with (a catalog's synonym lists); None: just `classnames`
         self.prompt_names: list[list[str]] | None = None
@@ -117,8 +118,20 @@ class ImageSet(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.load(i)), int(self.labels[i])
 
+    @property
+    def identity(self) -> str:
+        """The exact set and preprocessing (keys the feature cache)."""
+        return f"{self._identity}:{getattr(self.transform, 'key', type(self.transform).__name__)}"
+
     def with_transform(self, transform: Callable[[Any], torch.Tensor]) -> ImageSet:
         self.transform = transform
+        return self
+
+    def for_protocol(self, protocol: str, crop_fraction: float | None = None) -> ImageSet:
+        """Resize and crop image files as ``protocol`` does (``openslip.eval.preprocess``); demo images are
+        rendered at the model's size and stay as they are."""
+        if isinstance(self.transform, EvalTransform):
+            self.transform = eval_transform(protocol, self.transform.config.image_size, crop_fraction)
         return self
 
     def __repr__(self) -> str:
@@ -198,6 +211,8 @@ def open_classification(
     metric: str | None = None,
     seed: int = 0,
     prompts: str = DEFAULT_PROMPTS,
+    protocol: str = "zeroshot",
+    crop_fraction: float | None = None,
 ) -> ImageSet:
     """A labelled set: a demo task name, an ImageFolder tree, a CSV/TSV of (image, label), or labelled
     WebDataset shards (``openslip.data.labelled_shards``: KEY.jpg + KEY.cls, classnames.txt beside them).
@@ -205,7 +220,7 @@ def open_classification(
     Args:
         spec: demo task name (``demo_shapes`` ...), folder, CSV path, or shards (a pattern, .tar, or folder).
         split: the demo split ("train" / "val" / "test"); ignored for files.
-        image_size: the model's input size (files: resize to size / 0.875, centre crop).
+        image_size: the model's input size (files are resized and centre-cropped to it as ``protocol`` does).
         n: number of demo images (default per split).
         catalog: a catalog entry (``openslip.eval.catalog``) giving class names, templates and metric.
         classnames: a file (one per line, release class lists as shipped, or a JSON list) or a list of class
@@ -214,6 +229,8 @@ def open_classification(
         templates: a file or list of prompt templates with one ``{}``; overrides the catalog's.
         metric: the reported metric; overrides the catalog's.
         prompts: the catalog's prompt set: ``reference`` (the 2021 reference's files) or ``clip_benchmark``.
+        protocol, crop_fraction: the test-image preprocessing (``openslip.eval.preprocess``); switch it later
+            with ``ImageSet.for_protocol``.
     """
     from openslip.data.demo_tasks import demo_task, demo_task_names
 
@@ -253,7 +270,7 @@ def open_classification(
         templates=final_templates,
         metric=final_metric,
         identity=identity,
-        transform=EvalTransform(image_size),
+        transform=eval_transform(protocol, image_size, crop_fraction),
     )
     if names is None and entry is not None and entry.classnames is not None:
         ds.prompt_names = entry.prompt_names()  # the reference averages the prompts of all of a class's names
@@ -366,6 +383,7 @@ def open_retrieval(
     image_root: str | None = None,
     caption_keys: str | None = None,
     seed: int = 0,
+    crop_fraction: float | None = None,
 ) -> RetrievalSet:
     """``demo`` (the demo world's retrieval split), a Karpathy-split JSON (COCO / Flickr30k, ``split``
     selects its images), or anything ``openslip.data.sources.open_source`` reads with captions (CSV / JSONL
@@ -424,7 +442,7 @@ def open_retrieval(
         templates=[],
         metric="recall",
         identity=f"retrieval:{path.resolve()}:{split}:{len(paths)}:{image_size}",
-        transform=EvalTransform(image_size),
+        transform=eval_transform("retrieval", image_size, crop_fraction),
     )
     return RetrievalSet(path.stem, images, captions)
 

@@ -41,6 +41,7 @@ class EvalOptions:
     finetune_preset: str = "demo"  # `openslip finetune --preset`
     finetune_epochs: int | None = None  # override the preset's epochs
     finetune_dir: str | None = None  # resumable finetuning state (one directory per model and set)
+    crop_fraction: float | None = None  # image files: None, each protocol's own (``openslip.eval.preprocess``)
 
 
 @dataclass
@@ -177,7 +178,7 @@ def _features(model: Any, ds: ImageSet, kind: str, opt: EvalOptions, what: str) 
         num_workers=opt.num_workers,
         device=opt.device,
         cache_dir=opt.cache_dir,
-        desc=f"{what} {ds.name}",
+        desc=f"{what} features {ds.name}",
     )
 
 
@@ -186,7 +187,7 @@ def run_zeroshot(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
 
     metrics, logits, labels = evaluate_zero_shot(
         model,
-        es.test,
+        es.test.for_protocol("zeroshot", opt.crop_fraction),
         batch_size=opt.batch_size,
         num_workers=opt.num_workers,
         device=opt.device,
@@ -198,6 +199,7 @@ def run_zeroshot(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
 def run_retrieval(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
     from openslip.eval.retrieval import retrieval_ranks_of
 
+    es.test.images.for_protocol("retrieval", opt.crop_fraction)
     i2t, t2i, owner = retrieval_ranks_of(
         model, es.test, batch_size=opt.batch_size, num_workers=opt.num_workers, device=opt.device
     )
@@ -210,8 +212,8 @@ def run_linear(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
     """The logistic probe on frozen backbone features (C chosen on held-out train data; CLIP paper protocol)."""
     from openslip.eval.linear import logistic_probe
 
-    train_x, train_y = _features(model, es.train, "backbone", opt, "train features")
-    test_x, test_y = _features(model, es.test, "backbone", opt, "test features")
+    train_x, train_y = _features(model, es.train.for_protocol("linear", opt.crop_fraction), "backbone", opt, "train")
+    test_x, test_y = _features(model, es.test.for_protocol("linear", opt.crop_fraction), "backbone", opt, "test")
     result: tuple[dict, Outcomes] = ({}, {})
     if distributed.is_main():  # one fit; the other ranks wait for its result
         metrics, scores = logistic_probe(
@@ -231,8 +233,8 @@ def run_linear(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
 def run_knn(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
     from openslip.eval.knn import knn_scores
 
-    train_x, train_y = _features(model, es.train, "backbone", opt, "train features")
-    test_x, test_y = _features(model, es.test, "backbone", opt, "test features")
+    train_x, train_y = _features(model, es.train.for_protocol("knn", opt.crop_fraction), "backbone", opt, "train")
+    test_x, test_y = _features(model, es.test.for_protocol("knn", opt.crop_fraction), "backbone", opt, "test")
     scores = knn_scores(
         train_x, train_y, test_x, num_classes=es.test.num_classes, k=opt.knn_k, temperature=opt.knn_temperature
     )
@@ -247,6 +249,7 @@ def run_finetune(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
 
     cfg = config_from_preset(opt.finetune_preset, epochs=opt.finetune_epochs, seed=opt.seed)
     image_size = model.cfg.vision.image_size
+    es.test.for_protocol("finetune", opt.crop_fraction)
     train = copy.copy(es.train).with_transform(FinetuneTransform.from_config(image_size, cfg))  # keep es.train's
     metrics, classifier = finetune(
         model,
