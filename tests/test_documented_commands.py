@@ -334,6 +334,7 @@ def _captioned_folder(root: Path) -> str:
     return str(root)
 
 
+IMAGENET_WNIDS = ["n01440764", "n01443537", "n01484850"]
 PROMPTS_JSON = '{"classnames": ["cat", "dog"], "templates": ["a photo of a {}.", "a picture of a {}."]}'
 
 
@@ -416,8 +417,11 @@ PLACEHOLDERS: dict[str, Builder] = {
     "M": _copied_run("M"),
     "slip_base_25ep.pt": _in_cwd("slip_base_25ep.pt", _original_slip_checkpoint),
     # evaluation sets
-    # Food-101 takes its class names from the folders, and there must be 101 of them
-    "/data/food101/test": _shared("food101", lambda p: str(_image_folder(p, [f"dish_{i}" for i in range(101)], 1))),
+    # Food-101's folders are its class names (the reference's, underscores for spaces); three of them here
+    "/data/food101/test": _shared("food101", lambda p: str(_image_folder(p, ["apple_pie", "baklava", "tacos"], 2))),
+    # ImageNet's own layout: one folder per WordNet id (tench, goldfish, great white shark)
+    "/data/imagenet/val": _shared("in_val", lambda p: str(_image_folder(p, IMAGENET_WNIDS, 2))),
+    "/data/imagenet/train": _shared("in_train", lambda p: str(_image_folder(p, IMAGENET_WNIDS, 4))),
     "/data/cifar10/test/shard-{0..3}.tar": _shared("cifar10", _labelled_shard_pattern),
     "TEST_DIR": _in_cwd("TEST_DIR", lambda p: _image_folder(p, ["cat", "dog"], per_class=4)),
     "TRAIN_DIR": _in_cwd("TRAIN_DIR", lambda p: _image_folder(p, ["cat", "dog"], per_class=8)),
