@@ -217,15 +217,16 @@ class Stepper:
         self.baseline = baseline
         self.device = trainer.dist.device
         self.flops_cfg = dict(batch_size=batch_size, image_size=image_size)
+        # Both paths run under the same autocast: a baseline in another precision than the candidate would
+        # measure the precision, not the implementation (the reference trained under fp16 autocast on GPUs).
+        self.autocast: Callable[[], contextlib.AbstractContextManager] = trainer.autocast
         if baseline:
             o = trainer.cfg.optim
             self.forward: Callable[..., dict] = lambda **kw: reference_forward(trainer.model, **kw)
             self.optimizer = reference_optimizer(trainer.model, o.lr, o.wd, o.betas, o.eps)
-            self.autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
         else:
             self.forward = trainer.wrapped
             self.optimizer = trainer.optimizer
-            self.autocast = trainer.autocast
 
     def step_flops(self, inputs: dict[str, torch.Tensor]) -> float:
         model = self.t.model
@@ -305,6 +306,10 @@ def _train_config(bc: TrainBenchConfig, out_dir: str, device: torch.device) -> A
     return make_config(values)
 
 
+# CPU features that decide which matmul kernels exist (bf16 is emulated, and slow, without avx512_bf16 or AMX).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
 def _machine(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "device": str(device),
@@ -315,7 +320,10 @@ def _machine(device: torch.device) -> dict[str, Any]:
     }
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
-            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), info["cpu"])
+            lines = f.read().splitlines()
+        info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), info["cpu"])
+        flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+        info["isa"] = [name for name in ISA_FLAGS if name in flags]
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     if device.type == "cpu":

@@ -6,7 +6,8 @@ openslip `SLIP` module so both paths train the same weights in the same run:
 - three separate ViT passes (CLIP view, then each SimCLR view), the text tower on all 77 tokens;
 - unfused attention: explicit softmax(q k^T / sqrt(d)) v, with an additive -inf mask for the text
   tower (`nn.MultiheadAttention` of 2021);
-- fp32 (no autocast), AdamW looping over the parameters one tensor at a time (`foreach=False`);
+- AdamW looping over the parameters one tensor at a time (`foreach=False`);
+- the candidate's precision: both run under the same autocast, so the ratio measures the implementation;
 - with data: the per-sample PIL augmentation of `openslip.data.augment_bench.pil_transform` in the
   loader workers.
 

@@ -134,6 +134,28 @@ def test_bench_train_cli_writes_json(tmp_path) -> None:
     assert 0 < r["mfu"] < 1.5
     assert 0 < r["baseline"]["model_only"]["mfu"] < 1.5
     assert r["flops_per_sample"]["train"] > r["flops_per_sample"]["forward"] > 0
+    assert isinstance(r["machine"].get("isa", []), list)  # the CPU's ISA flags name the kernels a figure ran on
+
+
+def test_baseline_runs_in_the_candidates_precision(monkeypatch, tmp_path) -> None:
+    """The 2021 baseline must time the same precision as openslip's step: a bf16 run against an fp32 baseline
+    measured the precision, not the implementation."""
+    import openslip.bench as bench
+
+    seen: list[tuple[bool, object]] = []
+    real_step = bench.Stepper.step
+
+    def spy(self, get_inputs):
+        seen.append((self.baseline, self.autocast))
+        return real_step(self, get_inputs)
+
+    monkeypatch.setattr(bench.Stepper, "step", spy)
+    cfg = bench.TrainBenchConfig(
+        model="clip_vit_micro", batch_size=4, steps=1, warmup=0, baseline=True, precision="bf16", peak_budget_s=0.05
+    )
+    bench.bench_train(cfg)
+    by_path = {baseline: autocast for baseline, autocast in seen}
+    assert set(by_path) == {False, True} and by_path[True] == by_path[False]
 
 
 def test_bench_train_with_data(tmp_path) -> None:

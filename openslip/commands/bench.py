@@ -136,6 +136,8 @@ def format_train_table(r: dict[str, Any]) -> str:
         f"{c['model']} @ {r['image_size']} px, batch {c['batch_size']}, {c['precision']}, {c['steps']} steps "
         f"(+{c['warmup']} warm-up) on {m.get('gpu') or m['cpu']} ({m['threads']} threads, load "
         f"{r['load_avg']['before'][0]:.1f} -> {r['load_avg']['after'][0]:.1f})",
+        f"ISA: {' '.join(m.get('isa') or ['unknown'])}; native bf16 matmul: "
+        f"{'yes' if m.get('fast_bf16', True) else 'no (emulated)'}",
         f"matmul peak (F.linear, {c['precision']}): {r['matmul_peak_flops_per_s'] / 1e9:,.1f} GFLOP/s; "
         f"model FLOPs per sample (fwd+bwd): {r['flops_per_sample']['train'] / 1e9:,.2f} GFLOP",
         "",
@@ -158,7 +160,7 @@ def format_train_table(r: dict[str, Any]) -> str:
     if "end_to_end" in r:
         lines.append(f"end-to-end / model-only: {r['end_to_end']['ratio_to_model_only']:.2f}")
     for k, v in r.get("speedup_vs_baseline", {}).items():
-        lines.append(f"speed-up vs 2021 baseline ({k.replace('_', '-')}): {v:.2f}x")
+        lines.append(f"speed-up vs 2021 baseline, both {c['precision']} ({k.replace('_', '-')}): {v:.2f}x")
     for row in r.get("memory_sweep", []):
         mem = f"{row['peak_memory_mb']:,.0f} MB" if row.get("peak_memory_mb") is not None else row.get("error")
         lines.append(
