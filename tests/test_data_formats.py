@@ -457,8 +457,9 @@ def test_cli_bad_path_is_a_one_line_error(tmp_path: Path, capsys):
 def test_cc12m_reference_records_with_image_name_and_image_id_through_the_cli(tmp_path: Path, capsys):
     """The reference's cc12m.npy records carry both keys (README: {'image_name': '0.jpg', 'image_id': 0,
     'captions': [...]}); its datasets.py opens root/image_name. image_id alone names no file."""
-    from openslip.cli import main
     from train_utils import overrides, read_metrics
+
+    from openslip.cli import main
 
     for i in range(16):
         _jpeg(tmp_path / "cc12m" / f"{i}.jpg", 16 * i, size=40)
