@@ -71,6 +71,9 @@ def test_bad_eval_every_and_report_fail_in_one_line(capsys) -> None:
     code = main(["eval", "linear", *RANDOM, *DEMO, "--protocol", "sgd", "--eval-every", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "eval_every must be positive" in err[0]
+    code = main(["finetune", *RANDOM, *DEMO, "--eval-every", "-1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "eval_every must be >= 0" in err[0]
     with pytest.raises(SystemExit):  # argparse: usage and one error line naming the choices
         main(["finetune", *RANDOM, *DEMO, "--report", "max"])
     assert "invalid choice: 'max'" in capsys.readouterr().err

@@ -56,7 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="continue from --out-dir's state (default: when there is one); --no-resume starts over",
     )
     p.add_argument(
-        "--eval-every", type=int, default=0, help="also score the test set every N epochs (BEiT: 1; 0: the last only)"
+        "--eval-every",
+        type=int,
+        default=1,
+        help="score the test set every N epochs and after the last (default 1, as BEiT; 0: the last only)",
     )
     add_report_arg(p)
     p.add_argument("--save", metavar="FILE.safetensors", help="write the finetuned classifier's weights")

@@ -408,6 +408,8 @@ def finetune(
 
     cfg = config or FinetuneConfig()
     check_report(report)
+    if eval_every < 0:
+        raise ConfigError(f"finetune: eval_every must be >= 0 (0: score only after the last epoch), got {eval_every}")
     world, rank = distributed.world_size(), distributed.rank()
     if cfg.batch_size % world:
         raise ConfigError(f"finetune: batch size {cfg.batch_size} is not divisible by {world} processes")
