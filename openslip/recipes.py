@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from openslip.config import CheckpointConfig, Config, DataConfig, EvalConfig, LossConfig, OptimConfig, TrainConfig
+from openslip.paper import published
 from openslip.registry import Registry
 
 RECIPES: Registry[Callable[[], Config]] = Registry("recipe")
@@ -61,28 +62,32 @@ RECIPES.register("custom", custom)
 
 # Samples per epoch used to turn the paper's epochs into steps (the reference's filtered subsets).
 DATASET_SIZES = {"yfcc15m": 14_689_880, "cc3m": 3_318_333, "cc12m": 12_423_374}
+# The epochs of the paper's runs per dataset (reference README: the released *_25ep, *_cc3m_40ep, *_cc12m_35ep).
+PAPER_EPOCHS = {"yfcc15m": 25, "cc3m": 40, "cc12m": 35}
+# The longer SLIP runs on YFCC15M (reference README: slip_{small,base,large}_{50,100}ep.pt): `<name>_ep50`.
+LONGER_SLIP_EPOCHS = (50, 100)
+SIZES = ("vit_s16", "vit_b16", "vit_l16")
 # objective -> (model kind, lr, wd, ssl_scale, clip_scale)
 OBJECTIVES = {
     "slip": ("slip", 3e-3, 0.1, 1.0, 1.0),
     "clip": ("clip", 5e-4, 0.5, 0.0, 1.0),
     "simclr": ("simclr", 3.2e-3, 0.1, 1.0, 0.0),
 }
-# Published ImageNet results for ViT-B/16 on YFCC15M, 25 epochs (SLIP Tables 1-3).
-PUBLISHED_B16_YFCC15M = {
-    "slip": "zero-shot 42.8, linear 72.1, finetune 82.6",
-    "clip": "zero-shot 37.6, finetune 80.5",
-    "simclr": "linear 64.0, finetune 82.5",
-}
 
 
-def paper_recipe(objective: str, size: str, dataset: str, *, epochs: int = 25, batch_size: int = 4096) -> Config:
-    """One of the paper's pre-training runs, scaled from epochs to steps with the dataset's size."""
+def paper_recipe(
+    objective: str, size: str, dataset: str, *, epochs: int | None = None, batch_size: int = 4096
+) -> Config:
+    """One of the paper's pre-training runs, scaled from epochs (default: the paper's for the dataset) to steps
+    with the dataset's size."""
     kind, lr, wd, ssl_scale, clip_scale = OBJECTIVES[objective]
+    epochs = PAPER_EPOCHS[dataset] if epochs is None else epochs
+    name = recipe_name(objective, size, dataset, epochs)
     steps_per_epoch = DATASET_SIZES[dataset] // batch_size
     return Config(
-        recipe=f"{objective}_{size}_{dataset}",
+        recipe=name,
         model=f"{kind}_{size}",
-        out_dir=f"runs/{objective}_{size}_{dataset}",
+        out_dir=f"runs/{name}",
         data=DataConfig(train=f"/data/{dataset}/shard-{{000000..000999}}.tar", num_workers=8, augment="device"),
         train=TrainConfig(steps=epochs * steps_per_epoch, batch_size=batch_size, precision="bf16", log_every=50),
         optim=OptimConfig(lr=lr, wd=wd, warmup_steps=steps_per_epoch, start_lr=1e-6, end_lr=1e-5),
@@ -92,22 +97,37 @@ def paper_recipe(objective: str, size: str, dataset: str, *, epochs: int = 25, b
     )
 
 
+def recipe_name(objective: str, size: str, dataset: str, epochs: int) -> str:
+    """``slip_vit_b16_yfcc15m`` for the paper's epochs on the dataset, ``slip_vit_b16_yfcc15m_ep100`` otherwise."""
+    base = f"{objective}_{size}_{dataset}"
+    return base if epochs == PAPER_EPOCHS[dataset] else f"{base}_ep{epochs}"
+
+
+def _paper_doc(objective: str, size: str, dataset: str, epochs: int) -> str:
+    name = recipe_name(objective, size, dataset, epochs)
+    row = published(objective, size, dataset, epochs)
+    result = (
+        f"Published ImageNet ({row.checkpoint}): {row.summary}."
+        if row is not None
+        else "The paper published no such run (SLIP Tables 2 and 6 give the others)."
+    )
+    return (
+        f"{objective.upper()} {size} on {dataset}, {epochs} epochs at global batch 4096 (SLIP §4).\n\n"
+        f"Launch (8 GPUs x N nodes): torchrun --nproc-per-node 8 -m openslip.cli train recipe={name} "
+        f"data.train=SHARDS\n{result}"
+    )
+
+
 def _register_paper_recipes() -> None:
-    for objective in OBJECTIVES:
-        for size in ("vit_s16", "vit_b16", "vit_l16"):
-            for dataset in DATASET_SIZES:
+    runs = [(o, s, d, PAPER_EPOCHS[d]) for o in OBJECTIVES for s in SIZES for d in DATASET_SIZES]
+    runs += [("slip", s, "yfcc15m", e) for s in SIZES for e in LONGER_SLIP_EPOCHS]
+    for objective, size, dataset, epochs in runs:
 
-                def recipe(objective=objective, size=size, dataset=dataset) -> Config:
-                    return paper_recipe(objective, size, dataset)
+        def recipe(objective=objective, size=size, dataset=dataset, epochs=epochs) -> Config:
+            return paper_recipe(objective, size, dataset, epochs=epochs)
 
-                published = PUBLISHED_B16_YFCC15M[objective] if (size, dataset) == ("vit_b16", "yfcc15m") else None
-                recipe.__doc__ = (
-                    f"{objective.upper()} {size} on {dataset}, 25 epochs at global batch 4096 (SLIP §4).\n\n"
-                    f"Launch (8 GPUs x N nodes): torchrun --nproc-per-node 8 -m openslip.cli train "
-                    f"recipe={objective}_{size}_{dataset} data.train=SHARDS\n"
-                    + (f"Published ImageNet: {published}." if published else "Published: see SLIP Tables 2 and 6.")
-                )
-                RECIPES.register(f"{objective}_{size}_{dataset}", recipe)
+        recipe.__doc__ = _paper_doc(objective, size, dataset, epochs)
+        RECIPES.register(recipe_name(objective, size, dataset, epochs), recipe)
 
 
 _register_paper_recipes()

@@ -452,3 +452,28 @@ def test_cli_bad_path_is_a_one_line_error(tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("openslip data: error: no such file or directory") and err.count("\n") == 1
     assert main(["data", "make-shards", str(tmp_path / "missing.csv"), str(tmp_path / "o")]) == 2
+
+
+def test_cc12m_reference_records_with_image_name_and_image_id_through_the_cli(tmp_path: Path, capsys):
+    """The reference's cc12m.npy records carry both keys (README: {'image_name': '0.jpg', 'image_id': 0,
+    'captions': [...]}); its datasets.py opens root/image_name. image_id alone names no file."""
+    from train_utils import overrides, read_metrics
+
+    from openslip.cli import main
+
+    for i in range(16):
+        _jpeg(tmp_path / "cc12m" / f"{i}.jpg", 16 * i, size=40)
+    records = [{"image_name": f"{i}.jpg", "image_id": i, "captions": [f"photo number {i}"]} for i in range(16)]
+    np.save(tmp_path / "cc12m.npy", np.array(records, dtype=object), allow_pickle=True)
+    spec = f"cc12m:{tmp_path}/cc12m.npy?root={tmp_path}/cc12m"
+    assert main(["data", "inspect", spec, "--n", "0", "--scan", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "samples: 16" in out and "scanned: 16 samples; skipped 0% of 16 samples" in out
+    assert main(["train", *overrides(tmp_path / "run", f"data.train={spec}", "train.steps=2")]) == 0
+    last = read_metrics(tmp_path / "run")[-1]
+    assert not any(k.startswith("data/skip/") and v for k, v in last.items())
+    # cc3m keeps the reference's image_id as the file name
+    src = open_source(f"cc3m:{tmp_path}/cc12m.npy?root={tmp_path}/cc12m")
+    with pytest.raises(BadSample) as err:
+        src.record(0).load_image()
+    assert err.value.reason == "missing_file"

@@ -178,6 +178,9 @@ def test_random_erasing_rate_and_area() -> None:
 
 
 def test_finetune_transform() -> None:
+    from openslip.data.augment import resize_crop_uint8
+    from openslip.data.augment_params import sample_view_params
+    from openslip.data.color import normalize
     from openslip.eval.datasets import TrainTransform
 
     arr = _image(40, 48)
@@ -188,13 +191,19 @@ def test_finetune_transform() -> None:
     assert x1.shape == (3, 32, 32) and x1.dtype == torch.float32
     assert torch.equal(x1, full(arr, torch.Generator().manual_seed(1)))
     assert not torch.equal(x1, full(arr, torch.Generator().manual_seed(2)))
-    # with RandAugment and erasing off it is exactly TrainTransform (the same draws, the same pixels)
+    # with RandAugment and erasing off it draws TrainTransform's crop and flip, but resizes bicubic as BEiT
+    # (--train_interpolation bicubic) where TrainTransform (main_linear.py) is bilinear
     plain = FinetuneTransform.from_config(32, replace(cfg, randaug="none", reprob=0.0))
     assert plain.randaug is None and plain.erase is None
     torch.manual_seed(3)
     a = plain(arr)
     torch.manual_seed(3)
-    assert torch.equal(a, TrainTransform(32)(arr))
+    params = sample_view_params(40, 48, plain.recipe)
+    y = resize_crop_uint8(torch.from_numpy(arr).permute(2, 0, 1)[None], params.crop, (32, 32), "bicubic")[0]
+    y = y.flip(-1) if params.flip else y
+    assert torch.equal(a, normalize(y.float().div_(255), plain.mean, plain.std))
+    torch.manual_seed(3)
+    assert not torch.equal(a, TrainTransform(32)(arr))
     # the demo preset: whole image, no flip, no RandAugment or erasing -> the same tensor for every draw
     demo = FinetuneTransform.from_config(32, ft.PRESETS["demo"])
     square = _image(40, 40)

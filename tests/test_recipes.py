@@ -26,3 +26,17 @@ def test_every_recipe_trains_two_steps_from_the_cli(tmp_path, recipe):
     argv += ["data.num_workers=0", "optim.warmup_steps=1", "ckpt.every_steps=2", "eval.samples=16"]
     assert main(argv) == 0
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_0000002"
+
+
+def test_paper_recipes_run_the_papers_epochs_and_quote_its_numbers():
+    from openslip.paper import PUBLISHED
+    from openslip.recipes import DATASET_SIZES
+
+    for row in PUBLISHED:  # every published run has its recipe, with the run's epochs
+        base = f"{row.objective}_{row.size}_{row.dataset}"
+        paper_epochs = {"yfcc15m": 25, "cc3m": 40, "cc12m": 35}[row.dataset]  # SLIP README's released runs
+        name = base if row.epochs == paper_epochs else f"{base}_ep{row.epochs}"
+        cfg = RECIPES.get(name)()
+        per_epoch = DATASET_SIZES[row.dataset] // cfg.train.batch_size
+        assert cfg.recipe == name and cfg.train.steps == row.epochs * per_epoch and cfg.optim.warmup_steps == per_epoch
+        assert row.summary in RECIPES.get(name).__doc__ and f"{row.epochs} epochs" in RECIPES.get(name).__doc__

@@ -68,7 +68,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     lin.add_argument("--val", metavar="DATASET", help="validation set choosing C (default: 20%% of the train set)")
     lin.add_argument("--epochs", type=int, default=90, help="sgd: epochs (reference: 90)")
     lin.add_argument("--lr", type=float, default=0.1, help="sgd: base lr per 256 images (reference: 0.1)")
-    lin.add_argument("--train-batch-size", type=int, default=256, help="sgd: global batch (reference: 256)")
+    lin.add_argument(
+        "--train-batch-size", type=int, default=1024, help="sgd: global batch (reference: 128 per GPU x 8 = 1024)"
+    )
+    lin.add_argument(
+        "--eval-every", type=int, default=10, help="sgd: score the test set every N epochs (reference: 10)"
+    )
+    add_report_arg(lin, "sgd: ")
     lin.add_argument(
         "--reference-lr-bug",
         action="store_true",
@@ -88,6 +94,16 @@ def _metric_names() -> tuple[str, ...]:
     from openslip.eval.metrics import CLASSIFICATION_METRICS
 
     return CLASSIFICATION_METRICS
+
+
+def add_report_arg(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument(
+        "--report",
+        choices=("best", "final"),
+        default="best",
+        help=f"{prefix}the score reported: the best of the evaluations, as the reference (default), or the last "
+        "epoch's; the result gives both",
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -174,7 +190,9 @@ def format_table(title: str, metrics: dict[str, Any], keys: list[str] | None = N
     lines = [title, "-" * max(len(title), width + 12)]
     for k, v in rows:
         mark = "  <- reported" if k == metrics.get("metric") else ""
-        if isinstance(v, float) and (k.startswith("num_") or k in ("k", "epochs", "batch_size", "num_classes")):
+        if isinstance(v, float) and (
+            k.startswith("num_") or k.endswith("_epoch") or k in ("k", "epochs", "batch_size", "num_classes")
+        ):
             text = f"{int(v)}"
         elif isinstance(v, float) and k in ("C", "lr", "temperature"):
             text = f"{v:.4g}"
@@ -383,6 +401,8 @@ def run_linear(args: argparse.Namespace) -> int:
             base_lr=args.lr,
             reference_lr_bug=args.reference_lr_bug,
             seed=args.seed,
+            eval_every=args.eval_every,
+            report=args.report,
         )
         train.with_transform(TrainTransform(args.image_size, cfg.crop_scale))
         metrics = sgd_probe(

@@ -17,7 +17,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from openslip.commands.eval import add_model_args
+    from openslip.commands.eval import add_model_args, add_report_arg
 
     p = sub.add_parser(
         "finetune",
@@ -55,7 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         help="continue from --out-dir's state (default: when there is one); --no-resume starts over",
     )
-    p.add_argument("--eval-every", type=int, default=0, help="also score the test set every N epochs")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=1,
+        help="score the test set every N epochs and after the last (default 1, as BEiT; 0: the last only)",
+    )
+    add_report_arg(p)
     p.add_argument("--save", metavar="FILE.safetensors", help="write the finetuned classifier's weights")
     p.add_argument("--output", metavar="FILE.json", help="write the metrics as JSON")
     p.add_argument("--seed", type=int, default=0, help="seeds the head, data order, mixing, demo world")
@@ -99,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         out_dir=args.out_dir,
         resume=args.resume,
+        report=args.report,
     )
     if args.save and distributed.is_main():
         from pathlib import Path

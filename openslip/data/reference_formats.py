@@ -8,9 +8,11 @@ Layouts (``root`` is the reference's ``--root``):
   8-digit index ``IIJJJKKK``; ``layout="folder"``: ``root/III/JJJ/<id>.jpg`` with ``III``, ``JJJ`` the first
   six characters of the id (8-digit zero-padded when it is a number). ``"auto"`` picks zip when
   ``root/images`` exists.
-- **cc3m / cc12m**: a ``.npy`` object array (the reference) or a pickle of dicts
-  (``image_id`` or ``image_name`` + ``captions``) or of ``(filename, caption or captions)`` tuples; or a
-  header-less two-column TSV of file name and caption. Images: ``root/<filename>``.
+- **cc3m / cc12m**: a ``.npy`` object array (the reference) or a pickle of dicts (the file under ``root`` in
+  ``image_id`` for cc3m, in ``image_name`` for cc12m, whose records also carry a numeric ``image_id``; plus
+  ``captions``) or of ``(filename, caption or captions)`` tuples; or a header-less two-column TSV of file name
+  and caption. Images: ``root/<filename>``. A pickle sniffed without a format is cc12m when its first record
+  has ``image_name``.
 - **coco**: ``captions_<split>.json`` (``images`` + ``annotations``, several captions per image). Images:
   ``root/<split>/<file_name>``; ``root`` defaults to the folder above ``annotations/``.
 - **redcaps**: annotation JSON(s) (``{"annotations": [{image_id, subreddit, caption}, ...]}`` or a bare
@@ -157,8 +159,8 @@ def open_reference(kind: str, metadata: str, *, root: str | os.PathLike | None =
         raise DataError(f"no such file or directory: {path}")
     openers: dict[str, Callable[..., PackedSource]] = {
         "yfcc15m": open_yfcc15m,
-        "cc3m": open_cc,
-        "cc12m": open_cc,
+        "cc3m": functools.partial(open_cc, file_keys=CC3M_FILE_KEYS),
+        "cc12m": functools.partial(open_cc, file_keys=CC12M_FILE_KEYS),
         "coco": open_coco,
         "redcaps": open_redcaps,
     }
@@ -224,8 +226,18 @@ def read_zip_member(zip_path: str, member: str) -> bytes:
         raise BadSample("truncated", f"{zip_path}:{member}: {err}") from None
 
 
-def open_cc(path: Path, *, root: str | os.PathLike | None = None) -> PackedSource:
-    """CC3M / CC12M: reference .npy / .pkl of dicts or (filename, captions) pairs, or a two-column TSV."""
+# The record key holding the image's path under the root, first found wins. The reference's datasets.py reads
+# ``image_id`` for CC3M and ``image_name`` for CC12M, whose records carry both (README: ``{'image_name': '0.jpg',
+# 'image_id': 0, 'captions': [...]}``), so the CC12M order must not start with ``image_id``.
+CC3M_FILE_KEYS = ("image_id", "image_name", "filename", "image")
+CC12M_FILE_KEYS = ("image_name", "image_id", "filename", "image")
+
+
+def open_cc(
+    path: Path, *, root: str | os.PathLike | None = None, file_keys: tuple[str, ...] = CC12M_FILE_KEYS
+) -> PackedSource:
+    """CC3M / CC12M: reference .npy / .pkl of dicts or (filename, captions) pairs, or a two-column TSV.
+    ``file_keys``: the dict keys naming the image file, in order of preference (CC3M_FILE_KEYS for cc3m)."""
     root_dir = Path(root).expanduser() if root is not None else path.parent
     if path.suffix.lower() in (".tsv", ".txt"):
         files, captions = _read_two_column_tsv(path)
@@ -233,7 +245,7 @@ def open_cc(path: Path, *, root: str | os.PathLike | None = None) -> PackedSourc
         files, captions = [], []
         for i, item in enumerate(_iter_items(_load_metadata(path), path)):
             if isinstance(item, dict):
-                name = next((item[k] for k in ("image_id", "image_name", "filename", "image") if k in item), None)
+                name = next((item[k] for k in file_keys if k in item), None)
                 caps = item.get("captions", item.get("caption"))
             elif isinstance(item, (tuple, list, np.ndarray)) and len(item) == 2:
                 name, caps = item

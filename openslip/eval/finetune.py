@@ -42,6 +42,7 @@ from openslip.data.augment import (
 )
 from openslip.data.color import normalize
 from openslip.errors import CheckpointError, ConfigError
+from openslip.eval.best_of import best_and_final, check_report
 from openslip.eval.metrics import classification_metrics
 from openslip.eval.randaugment import RandAugment, RandomErasing, parse_randaug
 from openslip.models.vision import VisionTransformer
@@ -234,7 +235,7 @@ def mix_batch(
 
 
 class FinetuneTransform:
-    """BEiT's training transform: RandomResizedCrop + flip, RandAugment on the uint8 crop, normalise, then
+    """BEiT's training transform: RandomResizedCrop (bicubic) + flip, RandAugment on the uint8 crop, normalise, then
     random erasing. Randomness from ``generator`` or, when None, torch's global RNG (see ``SeededSamples``)."""
 
     def __init__(
@@ -262,7 +263,8 @@ class FinetuneTransform:
         arr = np.require(to_rgb_uint8(image), requirements="W")  # PIL arrays are read-only; torch wants writable
         params = sample_view_params(arr.shape[0], arr.shape[1], self.recipe, generator)
         src = torch.from_numpy(arr).permute(2, 0, 1)[None]
-        y = resize_crop_uint8(src, params.crop, (self.image_size, self.image_size))[0]
+        # BEiT's RandomResizedCropAndInterpolation with --train_interpolation bicubic (its default)
+        y = resize_crop_uint8(src, params.crop, (self.image_size, self.image_size), "bicubic")[0]
         if params.flip:
             y = y.flip(-1)
         if self.randaug is not None:
@@ -389,8 +391,13 @@ def finetune(
     out_dir: str | os.PathLike | None = None,
     resume: bool | None = None,
     log: bool = True,
+    report: str = "best",
 ) -> tuple[dict[str, float], VisionTransformer]:
     """Finetune ``model.visual`` on train_set (augmented images), score test_set; returns (metrics, classifier).
+
+    test_set is scored every ``eval_every`` epochs and after the last; ``report`` "best" gives the best of those
+    (BEiT's ``max_accuracy``), "final" the last; both are in the metrics (``best_score``, ``best_epoch``,
+    ``final_score``). The returned classifier is the last epoch's.
 
     Data-parallel over ranks: each rank trains on its shard of every epoch and gradients are averaged.
     With ``out_dir`` the state is saved there after every epoch (``finetune_state.pt``, atomically);
@@ -400,6 +407,9 @@ def finetune(
     from openslip.eval.linear import epoch_loader
 
     cfg = config or FinetuneConfig()
+    check_report(report)
+    if eval_every < 0:
+        raise ConfigError(f"finetune: eval_every must be >= 0 (0: score only after the last epoch), got {eval_every}")
     world, rank = distributed.world_size(), distributed.rank()
     if cfg.batch_size % world:
         raise ConfigError(f"finetune: batch size {cfg.batch_size} is not divisible by {world} processes")
@@ -424,6 +434,7 @@ def finetune(
     steps_per_epoch = math.ceil(math.ceil(n / world) / per_rank)
     total, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
     history: dict[str, float] = {}
+    evaluations: dict[int, dict[str, float]] = {}
     identity = _run_identity(cfg, model, train_set, num_classes, world)
     step, start_epoch = 0, 0
     if state_path is not None and resume is not False and state_path.is_file():
@@ -432,6 +443,7 @@ def finetune(
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step, start_epoch, history = state["step"], state["epoch"], dict(state["history"])
+        evaluations = {int(k): dict(v) for k, v in state.get("evaluations", {}).items()}
         if log and distributed.is_main():
             print(f"  finetune: resumed from {state_path} after epoch {start_epoch}/{cfg.epochs}", flush=True)
 
@@ -465,7 +477,8 @@ def finetune(
             step += 1
             seen, loss_sum = seen + len(labels), loss_sum + loss.item() * len(labels)
         if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < cfg.epochs:
-            history[f"epoch{epoch + 1}_score"] = evaluate()["score"]
+            evaluations[epoch + 1] = evaluate()
+            history[f"epoch{epoch + 1}_score"] = evaluations[epoch + 1]["score"]
         if log and distributed.is_main():
             print(
                 f"  finetune epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / max(seen, 1):.4f}, lr {lr:.2e}",
@@ -481,9 +494,11 @@ def finetune(
                 "optimizer": opt.state_dict(),
                 "scaler": scaler.state_dict(),
                 "history": history,
+                "evaluations": evaluations,
             }
             save_state(state_path, state)
-    out = evaluate()
+    evaluations[cfg.epochs] = evaluate()
+    out = best_and_final(evaluations, report)
     out.update({"lr": cfg.lr, "epochs": float(cfg.epochs), "batch_size": float(cfg.batch_size), **history})
     return out, vit.eval()
 

@@ -262,6 +262,7 @@ def run_finetune(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
         num_workers=opt.num_workers,
         out_dir=opt.finetune_dir,
         log=False,
+        report="final",  # the outcomes below are the last epoch's classifier's; best_score is in the metrics too
     )
     with torch.no_grad():
         logits, labels = extract_features(
