@@ -1,5 +1,7 @@
 """Every registered recipe trains through `openslip train`, shrunk to a micro model of its own family."""
 
+from pathlib import Path
+
 import pytest
 
 from openslip.cli import main
@@ -40,3 +42,20 @@ def test_paper_recipes_run_the_papers_epochs_and_quote_its_numbers():
         per_epoch = DATASET_SIZES[row.dataset] // cfg.train.batch_size
         assert cfg.recipe == name and cfg.train.steps == row.epochs * per_epoch and cfg.optim.warmup_steps == per_epoch
         assert row.summary in RECIPES.get(name).__doc__ and f"{row.epochs} epochs" in RECIPES.get(name).__doc__
+
+
+def test_docs_paper_table_gives_every_published_row_beside_its_recipe() -> None:
+    """docs/PAPER.md quotes openslip.paper's numbers (the reference README's) row by row, each with a recipe."""
+    from openslip.paper import PUBLISHED
+    from openslip.recipes import recipe_name
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "PAPER.md").read_text(encoding="utf-8")
+    rows = [line.split("|")[1:-1] for line in doc.splitlines() if line.startswith("| ") and "`" in line]
+    cells = [[c.strip() for c in row] for row in rows]
+    assert len(cells) == len(PUBLISHED) == 19
+    for row, want in zip(cells, PUBLISHED, strict=True):
+        values = [None if c == "–" else float(c) for c in row[4:7]]
+        assert values == [want.zeroshot, want.linear, want.finetune]
+        assert int(row[3]) == want.epochs and row[7] == f"`{want.checkpoint}`"
+        name = recipe_name(want.objective, want.size, want.dataset, want.epochs)
+        assert row[8] == f"`{name}`" and name in RECIPES
