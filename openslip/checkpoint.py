@@ -559,7 +559,11 @@ def _load_safetensors_file(
 
 
 def _load(
-    path: Path, map_location: str | torch.device, strict: bool, model_name: str | None, clip: dict[str, Any] | None = None
+    path: Path,
+    map_location: str | torch.device,
+    strict: bool,
+    model_name: str | None,
+    clip: dict[str, Any] | None = None,
 ):
     clip = {k: v for k, v in (clip or {}).items() if v is not None}
     device = torch.device(map_location)

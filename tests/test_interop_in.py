@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from clip_layout_utils import clip_encode_image, clip_encode_text, clip_state_dict, tokens
+from train_utils import final_weights, overrides
 
 from openslip.checkpoint import load_model
 from openslip.cli import main
@@ -26,7 +27,7 @@ def _max_diff(model, sd, heads, quick, image_size, context, vocab):
 
 @pytest.mark.parametrize(("layout", "activation"), [("openai", None), ("open_clip", "gelu")])
 def test_convert_clip_layout_matches_clip_forward(tmp_path, capsys, layout, activation):
-    """Random CLIP-layout weights (float64) -> `openslip convert` -> same image and text embeddings as CLIP's forward."""
+    """Random CLIP-layout weights (float64) -> `openslip convert` -> CLIP's image and text embeddings."""
     sd = clip_state_dict(openai=layout == "openai", image_size=64, dtype=torch.float64)
     src = tmp_path / "weights.pt"
     torch.save(sd, src)
@@ -65,3 +66,37 @@ def test_clip_layout_unknown_entries_are_one_line_errors(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "w.pt"), str(tmp_path / "o")]) != 0
     err = capsys.readouterr().err.strip()
     assert "ls_1.gamma" in err and len(err.splitlines()) == 1
+
+
+def test_train_init_from_clip_weights(tmp_path, capsys):
+    """SLIP training starting from converted CLIP weights: the CLIP parts are loaded, the SimCLR head is new and
+    listed, the optimizer and step start fresh; a source of other shapes is a one-line error."""
+    sd = clip_state_dict(patch=8, image_size=32, context=77, vocab=49408, embed=64)
+    torch.save(sd, tmp_path / "open_clip.pt")
+    argv = [
+        "convert",
+        str(tmp_path / "open_clip.pt"),
+        str(tmp_path / "clip"),
+        "--activation",
+        "gelu",
+        "--head-width",
+        "32",
+    ]
+    assert main(argv) == 0
+    run = tmp_path / "run"
+    tiny_lr = ["train.steps=1", "optim.lr=1e-12", "optim.start_lr=0", "optim.wd=0"]
+    assert main(["train", *overrides(run, f"init_from={tmp_path / 'clip'}", *tiny_lr)]) == 0
+    err = capsys.readouterr().err
+    assert "initialised as usual: image_mlp" in err and "optimizer and step start fresh" in err
+    w = final_weights(run)
+    assert (w["visual.pos_embed"][0] - sd["visual.positional_embedding"]).abs().max() < 1e-6
+    assert (w["text_projection"] - sd["text_projection"]).abs().max() < 1e-6
+    trained = load_model(run)
+    assert trained.cfg.name == "slip_vit_micro" and trained.cfg.vision.ln_pre and trained.cfg.vision.norm_eps == 1e-5
+    assert trained.has_ssl_head
+
+    other = clip_state_dict(patch=16, image_size=32, context=77, vocab=49408, embed=64, openai=True)
+    torch.save(other, tmp_path / "other.pt")
+    assert main(["train", *overrides(tmp_path / "run2", f"init_from={tmp_path / 'other.pt'}", "train.steps=1")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "do not fit" in err and "visual.patch_embed.proj.weight" in err and len(err.splitlines()) == 1

@@ -12,8 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "convert",
         help="convert an original SLIP .pt checkpoint or OpenAI / open_clip weights to the openslip format",
         description=(
-            "Convert SRC (an original SLIP .pt checkpoint, an OpenAI CLIP or open_clip ViT state dict, a torch.save'd "
-            "state dict, an openslip checkpoint or run directory) to an openslip checkpoint directory DST holding model.safetensors and config.json. "
+            "Convert SRC (an original SLIP .pt checkpoint, an OpenAI CLIP or open_clip ViT state dict, a "
+            "torch.save'd state dict, an openslip checkpoint or run directory) to an openslip checkpoint "
+            "directory DST holding model.safetensors and config.json. "
             "Files are read as data only (torch.load weights_only=True); nothing in them is executed."
         ),
     )

@@ -46,7 +46,11 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
             OrderedDict(
-                [("c_fc", nn.Linear(width, 4 * width)), ("gelu", activation(act)), ("c_proj", nn.Linear(4 * width, width))]
+                [
+                    ("c_fc", nn.Linear(width, 4 * width)),
+                    ("gelu", activation(act)),
+                    ("c_proj", nn.Linear(4 * width, width)),
+                ]
             )
         )
 

@@ -85,9 +85,7 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, cfg.width))
         rates = [drop_path_rate * i / max(cfg.layers - 1, 1) for i in range(cfg.layers)]  # grows with depth
         self.norm_pre = nn.LayerNorm(cfg.width, eps=cfg.norm_eps) if cfg.ln_pre else nn.Identity()
-        self.blocks = nn.ModuleList(
-            Block(cfg.width, cfg.heads, cfg.mlp_ratio, r, cfg.act, cfg.norm_eps) for r in rates
-        )
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio, r, cfg.act, cfg.norm_eps) for r in rates)
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.head: nn.Module = nn.Linear(cfg.width, num_classes) if num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
