@@ -81,6 +81,7 @@ def clip_config(
         heads=_heads(width, head_width, "vision"),
         mlp_ratio=fc.shape[0] / width if fc is not None else 4.0,
         ln_pre=True,
+        patch_bias=False,
         act=activation,
         norm_eps=CLIP_NORM_EPS,
     )
@@ -124,9 +125,7 @@ def clip_to_openslip(
         if key in _IGNORED:
             continue
         if key == "visual.conv1.weight":
-            out["visual.patch_embed.proj.weight"] = t
-            # CLIP's patch projection has no bias; openslip's (timm's) does: a zero bias adds nothing.
-            out["visual.patch_embed.proj.bias"] = t.new_zeros(t.shape[0])
+            out["visual.patch_embed.proj.weight"] = t  # no bias: VisionConfig.patch_bias=False
         elif key == "visual.class_embedding":
             out["visual.cls_token"] = t.reshape(1, 1, -1)  # [W] -> [1, 1, W]
         elif key == "visual.positional_embedding":

@@ -24,9 +24,10 @@ def load_source(path: str) -> SLIP:
 
 
 def adopt_layout(target: ModelConfig, source: ModelConfig) -> ModelConfig:
-    """`target`'s sizes and heads with the source's layout options (CLIP's ln_pre, activation, LayerNorm eps), so a
-    registered model (say slip_vit_b16) can start from CLIP weights of the same size."""
-    vision = replace(target.vision, ln_pre=source.vision.ln_pre, act=source.vision.act, norm_eps=source.vision.norm_eps)
+    """`target`'s sizes and heads with the source's layout options (CLIP's ln_pre, activation, eps, no patch
+    bias), so a registered model (say slip_vit_b16) can start from CLIP weights of the same size."""
+    v = source.vision
+    vision = replace(target.vision, ln_pre=v.ln_pre, act=v.act, norm_eps=v.norm_eps, patch_bias=v.patch_bias)
     text = target.text
     if text is not None and source.text is not None:
         text = replace(text, act=source.text.act)

@@ -30,6 +30,7 @@ class VisionConfig:
     ln_pre: bool = False
     act: str = "gelu"
     norm_eps: float = 1e-6  # eps of every LayerNorm in the tower (timm / SLIP: 1e-6; CLIP: 1e-5)
+    patch_bias: bool = True  # a bias on the patch projection (CLIP's `conv1` has none, nor timm's with pre_norm)
 
     def __post_init__(self) -> None:
         _check_act("vision", self.act)

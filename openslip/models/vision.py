@@ -20,9 +20,9 @@ from openslip.models.layers import DropPath, activation
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, patch_size: int, width: int) -> None:
+    def __init__(self, patch_size: int, width: int, bias: bool = True) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)  # [B, D, H/p, W/p]
@@ -80,7 +80,7 @@ class VisionTransformer(nn.Module):
         self.num_features = self.embed_dim = cfg.width
         self.patch_size = cfg.patch_size
         grid = cfg.image_size // cfg.patch_size
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.width)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.width, cfg.patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, cfg.width))
         rates = [drop_path_rate * i / max(cfg.layers - 1, 1) for i in range(cfg.layers)]  # grows with depth
