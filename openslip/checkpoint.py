@@ -31,6 +31,7 @@ from torch import nn
 
 from openslip import __version__
 from openslip.errors import CheckpointError
+from openslip.interop.transforms import CLIP_PREPROCESS
 from openslip.models import SLIP, ModelConfig, model_config
 from openslip.models.variants import MODELS
 from openslip.registry import UnknownNameError
@@ -503,6 +504,10 @@ def _reference_config(name: str, args: dict[str, Any], source: Path) -> ModelCon
     return cfg
 
 
+# What config.json of converted CLIP weights records beside the model: CLIP's own preprocessing.
+_CLIP_EXTRA = {"extra": {"preprocess": CLIP_PREPROCESS}}
+
+
 def _clip_layout(sd: dict[str, torch.Tensor], path: Path, model_name: str | None, clip: dict[str, Any]):
     """An OpenAI / open_clip state dict as (openslip config, openslip state dict), or None for other layouts."""
     from openslip.interop.clip_layout import clip_to_openslip, is_clip_layout
@@ -520,7 +525,7 @@ def _clip_layout(sd: dict[str, torch.Tensor], path: Path, model_name: str | None
 def _load_torch_file(path: Path, device: torch.device, strict: bool, model_name: str | None, clip: dict[str, Any]):
     sd, args, info = read_torch_checkpoint(path, device)
     if (found := _clip_layout(sd, path, model_name, clip)) is not None:
-        return _build(found[0], found[1], device, strict, path), {**info, "format": "open_clip"}
+        return _build(found[0], found[1], device, strict, path), {**info, "format": "open_clip", **_CLIP_EXTRA}
     recorded = args.get("model")
     if recorded is not None and model_name is not None:
         if _registered_config(recorded, path).name != _registered_config(model_name, path).name:
@@ -540,7 +545,7 @@ def _load_safetensors_file(
     sd, meta = load_safetensors(path, device)
     if CONFIG_METADATA_KEY not in meta and not (path.parent / CONFIG_FILE).is_file():
         if (found := _clip_layout(sd, path, model_name, clip)) is not None:  # open_clip's open_clip_model.safetensors
-            return _build(found[0], found[1], device, strict, path), {"format": "open_clip", "extra": {}}
+            return _build(found[0], found[1], device, strict, path), {"format": "open_clip", **_CLIP_EXTRA}
     doc, source = None, path.parent / CONFIG_FILE
     if source.is_file():
         found = read_json(source)
