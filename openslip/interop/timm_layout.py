@@ -34,11 +34,9 @@ _TIMM_EPS = {False: 1e-6, True: 1e-5}  # the eps of timm's plain ViTs and of its
 def timm_name(v: VisionConfig) -> tuple[str, bool]:
     """(the closest timm model name, whether its defaults match exactly without overrides)."""
     clip = v.ln_pre
-    table = _CLIP if clip else _PLAIN
-    found = table.get((v.patch_size, v.width, v.layers))
-    if found is None:  # no registered size: timm's generic base name, every size set by the arguments
-        return ("vit_base_patch16_clip_224" if clip else "vit_base_patch16_224"), False
-    name, heads = found
+    found = (_CLIP if clip else _PLAIN).get((v.patch_size, v.width, v.layers))
+    # no registered size: timm's generic base name, every size set by the arguments
+    name, heads = found or ("vit_base_patch16_clip_224" if clip else "vit_base_patch16_224", None)
     if clip and v.act == "quick_gelu":
         name = name.replace("_clip_", "_clip_quickgelu_")
     exact = heads == v.heads and v.image_size == 224 and v.mlp_ratio == 4.0 and v.norm_eps == _TIMM_EPS[clip]
