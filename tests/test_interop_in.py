@@ -100,3 +100,9 @@ def test_train_init_from_clip_weights(tmp_path, capsys):
     assert main(["train", *overrides(tmp_path / "run2", f"init_from={tmp_path / 'other.pt'}", "train.steps=1")]) != 0
     err = capsys.readouterr().err.strip()
     assert "do not fit" in err and "visual.patch_embed.proj.weight" in err and len(err.splitlines()) == 1
+
+
+def test_init_from_missing_path_is_one_line_error(tmp_path, capsys):
+    assert main(["train", *overrides(tmp_path / "run", f"init_from={tmp_path / 'nope'}", "train.steps=1")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("openslip train: error: init_from=") and len(err.splitlines()) == 1
