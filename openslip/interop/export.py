@@ -76,10 +76,7 @@ def onnx_inputs(model: SLIP, batch: int = 2) -> dict[str, torch.Tensor]:
 
 def export_onnx(model: SLIP, out: Path, preprocess: dict[str, Any]) -> str:
     """image_encoder.onnx (+ text_encoder.onnx) with a dynamic batch axis; checked with onnxruntime if installed."""
-    try:
-        import onnx  # noqa: F401  torch.onnx.export needs it to serialise the graph
-    except ImportError:
-        raise ConfigError("--format onnx needs the onnx package: pip install 'openslip[export]'") from None
+    _require_onnx()
     model = model.float().eval()
     model.trim_text = False  # the trim slices by a data-dependent length, which a static graph cannot hold
     inputs = onnx_inputs(model)
@@ -106,6 +103,13 @@ def export_onnx(model: SLIP, out: Path, preprocess: dict[str, Any]) -> str:
         lines.append(f"{path.name}" + (f" (onnxruntime max abs difference {diff:.2e})" if diff is not None else ""))
     _write_json(out / PREPROCESSOR_FILE, hf_preprocessor(preprocess))
     return "onnx " + ", ".join(lines)
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401  torch.onnx.export needs it to serialise the graph
+    except ImportError:
+        raise ConfigError("--format onnx needs the onnx package: pip install 'openslip[export]'") from None
 
 
 def check_onnx(path: Path, encoder: nn.Module, x: torch.Tensor) -> float | None:
@@ -168,6 +172,8 @@ def export(src: str | os.PathLike, fmt: str, dst: str | os.PathLike, *, overwrit
 
     if fmt not in WRITERS:
         raise ConfigError(f"--format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        _require_onnx()  # before anything is read or written
     out = Path(dst)
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out}: already exists (pass --force to replace it)")
