@@ -37,7 +37,7 @@ from openslip.errors import CheckpointError, ConfigError, RunStopped, TrainingEr
 from openslip.eval.catalog import split_catalog_spec
 from openslip.eval.datasets import open_classification
 from openslip.eval.zero_shot import evaluate_zero_shot
-from openslip.interop.init_from import adopt_layout, init_weights_from, load_source
+from openslip.interop.init_from import adopt_layout, init_weights_from, resume_or_source
 from openslip.losses import SLIPLoss
 from openslip.models import SLIP, create_model, model_config
 from openslip.models.sync_batchnorm import convert_global_batchnorm
@@ -129,15 +129,16 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
             "fp32 is many times faster here",
             stacklevel=2,
         )
-    source = load_source(cfg.init_from) if cfg.init_from else None  # before seeding: the fresh parts' init is unchanged
+    # before seeding: the parts init_from does not cover are initialised as in a run without it
+    source, layout = resume_or_source(cfg.init_from, cfg.resume, cfg.out_dir)
     torch.manual_seed(cfg.seed)
     overrides = {"head_norm": cfg.head_norm} if cfg.head_norm else {}
     if cfg.data.image_size:
         overrides["image_size"] = cfg.data.image_size
     dtype = PARAM_DTYPES.get(cfg.train.precision, torch.float32)
     mcfg = model_config(cfg.model, **overrides)
-    if source is not None:
-        mcfg = adopt_layout(mcfg, source.cfg)
+    if layout is not None:
+        mcfg = adopt_layout(mcfg, layout)
     model = create_model(mcfg)
     init_report = init_weights_from(model, source, cfg.init_from) if source is not None else []
     del source

@@ -4,6 +4,7 @@ them (docs/INTEROP.md)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -94,6 +95,12 @@ def test_train_init_from_clip_weights(tmp_path, capsys):
     trained = load_model(run)
     assert trained.cfg.name == "slip_vit_micro" and trained.cfg.vision.ln_pre and trained.cfg.vision.norm_eps == 1e-5
     assert trained.has_ssl_head
+    # resuming takes the layout from the run's checkpoint: the source is no longer needed
+    import shutil
+
+    shutil.rmtree(tmp_path / "clip")
+    assert main(["train", *overrides(run, f"init_from={tmp_path / 'clip'}", *tiny_lr[1:], "train.steps=2")]) == 0
+    assert "resumed from" in capsys.readouterr().err and load_model(run).cfg.vision.ln_pre
 
     other = clip_state_dict(patch=16, image_size=32, context=77, vocab=49408, embed=64, openai=True)
     torch.save(other, tmp_path / "other.pt")

@@ -5,6 +5,7 @@ converted or raw OpenAI / open_clip file): the optimizer, schedule and step star
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -21,6 +22,24 @@ def load_source(path: str) -> SLIP:
         return load_model(path)
     except CheckpointError as err:
         raise ConfigError(f"init_from={path}: {err}") from None
+
+
+def resume_or_source(init_from: str | None, resume: str, out_dir: str) -> tuple[SLIP | None, ModelConfig | None]:
+    """(the weights to start from, the config whose layout to adopt). A run about to resume from a checkpoint takes
+    the layout from it and loads no source: its weights are overwritten anyway, and the source may have moved."""
+    from openslip.checkpoint import CHECKPOINTS_DIR, find_latest_checkpoint, load_checkpoint_config, resolve_checkpoint
+
+    if not init_from:
+        return None, None
+    found = None
+    if resume == "auto" and (Path(out_dir) / CHECKPOINTS_DIR).is_dir():
+        found = find_latest_checkpoint(out_dir)
+    elif resume not in ("auto", "none"):
+        found = resolve_checkpoint(resume)
+    if found is not None:
+        return None, ModelConfig.from_dict(load_checkpoint_config(found)["model"])
+    source = load_source(init_from)
+    return source, source.cfg
 
 
 def adopt_layout(target: ModelConfig, source: ModelConfig) -> ModelConfig:
