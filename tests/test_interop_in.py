@@ -96,8 +96,6 @@ def test_train_init_from_clip_weights(tmp_path, capsys):
     assert trained.cfg.name == "slip_vit_micro" and trained.cfg.vision.ln_pre and trained.cfg.vision.norm_eps == 1e-5
     assert trained.has_ssl_head
     # resuming takes the layout from the run's checkpoint: the source is no longer needed
-    import shutil
-
     shutil.rmtree(tmp_path / "clip")
     assert main(["train", *overrides(run, f"init_from={tmp_path / 'clip'}", *tiny_lr[1:], "train.steps=2")]) == 0
     assert "resumed from" in capsys.readouterr().err and load_model(run).cfg.vision.ln_pre
