@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 # Public name -> module; imported on first use so `import openslip` stays light.
 _LAZY = {
     "create_model": "openslip.models",
+    "create_model_and_transforms": "openslip.interop.transforms",
     "list_models": "openslip.models",
     "model_config": "openslip.models",
     "ModelConfig": "openslip.models",

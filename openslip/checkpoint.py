@@ -31,6 +31,7 @@ from torch import nn
 
 from openslip import __version__
 from openslip.errors import CheckpointError
+from openslip.interop.transforms import CLIP_PREPROCESS
 from openslip.models import SLIP, ModelConfig, model_config
 from openslip.models.variants import MODELS
 from openslip.registry import UnknownNameError
@@ -503,8 +504,28 @@ def _reference_config(name: str, args: dict[str, Any], source: Path) -> ModelCon
     return cfg
 
 
-def _load_torch_file(path: Path, device: torch.device, strict: bool, model_name: str | None):
+# What config.json of converted CLIP weights records beside the model: CLIP's own preprocessing.
+_CLIP_EXTRA = {"extra": {"preprocess": CLIP_PREPROCESS}}
+
+
+def _clip_layout(sd: dict[str, torch.Tensor], path: Path, model_name: str | None, clip: dict[str, Any]):
+    """An OpenAI / open_clip state dict as (openslip config, openslip state dict), or None for other layouts."""
+    from openslip.interop.clip_layout import clip_to_openslip, is_clip_layout
+
+    if not is_clip_layout(sd):
+        return None
+    if model_name is not None:
+        raise CheckpointError(
+            f"{path}: an OpenAI / open_clip CLIP state dict; its architecture is read from the weights, so drop "
+            "model_name (CLI: --model)"
+        )
+    return clip_to_openslip(sd, source=str(path), **clip)
+
+
+def _load_torch_file(path: Path, device: torch.device, strict: bool, model_name: str | None, clip: dict[str, Any]):
     sd, args, info = read_torch_checkpoint(path, device)
+    if (found := _clip_layout(sd, path, model_name, clip)) is not None:
+        return _build(found[0], found[1], device, strict, path), {**info, "format": "open_clip", **_CLIP_EXTRA}
     recorded = args.get("model")
     if recorded is not None and model_name is not None:
         if _registered_config(recorded, path).name != _registered_config(model_name, path).name:
@@ -518,8 +539,13 @@ def _load_torch_file(path: Path, device: torch.device, strict: bool, model_name:
     return _build(_reference_config(name, args, path), sd, device, strict, path), info
 
 
-def _load_safetensors_file(path: Path, device: torch.device, strict: bool, model_name: str | None):
+def _load_safetensors_file(
+    path: Path, device: torch.device, strict: bool, model_name: str | None, clip: dict[str, Any]
+):
     sd, meta = load_safetensors(path, device)
+    if CONFIG_METADATA_KEY not in meta and not (path.parent / CONFIG_FILE).is_file():
+        if (found := _clip_layout(sd, path, model_name, clip)) is not None:  # open_clip's open_clip_model.safetensors
+            return _build(found[0], found[1], device, strict, path), {"format": "open_clip", **_CLIP_EXTRA}
     doc, source = None, path.parent / CONFIG_FILE
     if source.is_file():
         found = read_json(source)
@@ -537,23 +563,36 @@ def _load_safetensors_file(path: Path, device: torch.device, strict: bool, model
     return _build(cfg, sd, device, strict, path), {"format": "openslip", "extra": extra}
 
 
-def _load(path: Path, map_location: str | torch.device, strict: bool, model_name: str | None):
+def _load(
+    path: Path,
+    map_location: str | torch.device,
+    strict: bool,
+    model_name: str | None,
+    clip: dict[str, Any] | None = None,
+):
+    clip = {k: v for k, v in (clip or {}).items() if v is not None}
     device = torch.device(map_location)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     if path.is_dir() or path.name == CONFIG_FILE:
         ckpt = resolve_checkpoint(path, verify=True)
-        return _load_safetensors_file(ckpt / MODEL_FILE, device, strict, model_name)
+        return _load_safetensors_file(ckpt / MODEL_FILE, device, strict, model_name, clip)
     kind = describe_file(path)
     if kind == "safetensors" or (path.suffix == ".safetensors" and kind not in ("torch-zip", "pickle")):
-        return _load_safetensors_file(path, device, strict, model_name)
+        return _load_safetensors_file(path, device, strict, model_name, clip)
     if kind in ("torch-zip", "pickle"):
-        return _load_torch_file(path, device, strict, model_name)
+        return _load_torch_file(path, device, strict, model_name, clip)
     raise CheckpointError(f"{path}: not a checkpoint (it looks like {kind})")
 
 
 def load_model(
-    path: PathLike, *, map_location: str | torch.device = "cpu", strict: bool = True, model_name: str | None = None
+    path: PathLike,
+    *,
+    map_location: str | torch.device = "cpu",
+    strict: bool = True,
+    model_name: str | None = None,
+    activation: str | None = None,
+    head_width: int | None = None,
 ) -> SLIP:
     """Load a model, in eval mode, from any of:
 
@@ -561,11 +600,15 @@ def load_model(
     - a run directory `OUT_DIR` (or `OUT_DIR/checkpoints`): the checkpoint `latest` names;
     - a `.safetensors` file, configured by the config.json beside it or its own metadata;
     - an original SLIP reference `.pt` checkpoint (model from its `args.model`), or a bare state dict
-      saved with `torch.save` when `model_name` says which model it is.
+      saved with `torch.save` when `model_name` says which model it is;
+    - an OpenAI CLIP or open_clip ViT state dict (`.pt` / `.bin` / `.safetensors`), architecture read from its
+      shapes; `activation` ("gelu" / "quick_gelu") is needed unless the file is OpenAI's, `head_width` (default 64)
+      gives the head count (docs/INTEROP.md).
 
     Files are read as data only. Weights keep the dtype they were saved in when it is uniform.
     """
-    return _load(Path(path), map_location, strict, model_name)[0]
+    clip = {"activation": activation, "head_width": head_width}
+    return _load(Path(path), map_location, strict, model_name, clip)[0]
 
 
 def load_weights(model: nn.Module, path: PathLike, *, strict: bool = True, verify: bool = True) -> None:
@@ -584,8 +627,11 @@ def convert(
     model_name: str | None = None,
     overwrite: bool = False,
     map_location: str | torch.device = "cpu",
+    activation: str | None = None,
+    head_width: int | None = None,
 ) -> Path:
-    """Convert any checkpoint `load_model` reads (an original SLIP `.pt` above all) to the openslip format.
+    """Convert any checkpoint `load_model` reads (an original SLIP `.pt`, an OpenAI / open_clip state dict) to the
+    openslip format.
 
     `dst` becomes a checkpoint directory (model.safetensors + config.json); config.json records where
     the weights came from (`converted_from`: path, epoch, the reference's args).
@@ -593,7 +639,8 @@ def convert(
     src_path, dst_path = Path(src), Path(dst)
     if (dst_path.exists() or dst_path.is_symlink()) and not overwrite:
         raise CheckpointError(f"{dst_path}: already exists (pass overwrite=True, CLI: --force, to replace it)")
-    model, info = _load(src_path, map_location, True, model_name)
+    clip = {"activation": activation, "head_width": head_width}
+    model, info = _load(src_path, map_location, True, model_name, clip)
     extra = dict(info.pop("extra", {}))
     extra["converted_from"] = {"path": str(src_path), **info}
     return save_checkpoint(dst_path, model, config_extra=extra, update_latest=False)

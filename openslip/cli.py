@@ -20,6 +20,7 @@ COMMANDS: list[str] = [
     # each helper/feature adds its module name here when the command works end to end
     "data",
     "convert",
+    "export",
     "plot",
     "eval",
     "embed",

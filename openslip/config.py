@@ -196,6 +196,8 @@ class Config:
     seed: int = 0  # seeds the model init, the data order and the augmentations
     resume: str = "auto"  # "auto": continue from OUT_DIR's newest checkpoint if any; "none"; or a checkpoint path
     resume_force: bool = False  # resume even when the checkpoint's model, data, loss, optim or seed settings differ
+    # start from these weights (checkpoint, run dir, converted or OpenAI / open_clip file); optimizer and step fresh
+    init_from: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -37,6 +37,7 @@ from openslip.errors import CheckpointError, ConfigError, RunStopped, TrainingEr
 from openslip.eval.catalog import split_catalog_spec
 from openslip.eval.datasets import open_classification
 from openslip.eval.zero_shot import evaluate_zero_shot
+from openslip.interop.init_from import adopt_layout, init_weights_from, resume_or_source
 from openslip.losses import SLIPLoss
 from openslip.models import SLIP, create_model, model_config
 from openslip.models.sync_batchnorm import convert_global_batchnorm
@@ -73,6 +74,7 @@ class Trainer:
     last_checkpoint: Path | None = None
     history: dict[str, float] = field(default_factory=dict)
     stop_signal: int = 0  # set by the SIGTERM / SIGINT handler; the loop stops after the current step
+    init_report: list[str] = field(default_factory=list)  # what init_from loaded and what kept its initialisation
 
     def autocast(self) -> contextlib.AbstractContextManager:
         dtype = AMP_DTYPES.get(self.cfg.train.precision)
@@ -127,12 +129,20 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
             "fp32 is many times faster here",
             stacklevel=2,
         )
+    # before seeding: the parts init_from does not cover are initialised as in a run without it
+    source, layout = resume_or_source(cfg.init_from, cfg.resume, cfg.out_dir)
     torch.manual_seed(cfg.seed)
     overrides = {"head_norm": cfg.head_norm} if cfg.head_norm else {}
     if cfg.data.image_size:
         overrides["image_size"] = cfg.data.image_size
     dtype = PARAM_DTYPES.get(cfg.train.precision, torch.float32)
-    model = create_model(cfg.model, **overrides).to(dist.device, dtype=dtype)
+    mcfg = model_config(cfg.model, **overrides)
+    if layout is not None:
+        mcfg = adopt_layout(mcfg, layout)
+    model = create_model(mcfg)
+    init_report = init_weights_from(model, source, cfg.init_from) if source is not None else []
+    del source
+    model = model.to(dist.device, dtype=dtype)
     if dist.world_size > 1 and model.has_ssl_head:
         convert_global_batchnorm(model.image_mlp)  # the reference's SyncBatchNorm, on every backend
     model.set_grad_checkpointing(cfg.train.grad_checkpointing)
@@ -159,6 +169,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         scaler=torch.amp.GradScaler(dist.device.type, enabled=cfg.train.precision == "fp16"),
         data=data,
         run_dir=Path(cfg.out_dir),
+        init_report=init_report,
     )
 
 
@@ -419,6 +430,9 @@ def _train_locked(cfg: Config, dist: DistInfo, run_dir: Path) -> dict[str, Any]:
     try:
         try:
             resume(t, log)
+            if t.step == 0:
+                for line in t.init_report:
+                    log.message(line)
         except CheckpointError as err:
             raise TrainingError(f"cannot resume: {err}") from None
         if dist.is_main:  # only now: a refused resume leaves the run's config.yaml as it was

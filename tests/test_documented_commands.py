@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import io
 import re
 import shlex
@@ -178,6 +179,10 @@ LEFT_OUT: dict[str, tuple[str, str]] = {
 }
 
 
+if importlib.util.find_spec("onnx") is None:  # the optional [export] extra
+    LEFT_OUT["openslip export runs/demo exported/onnx --format onnx"] = ("skip", "needs the onnx package ([export])")
+
+
 def _params() -> list:
     params = []
     for cmd in COMMANDS_IN_DOCS:
@@ -214,7 +219,9 @@ SHRINK: dict[tuple[str, ...], list[str]] = {
     ("bench", "data"): "--n 8 --rounds 1".split(),
     ("data", "make-shards"): [],
     ("data", "inspect"): "--n 4 --scan 16".split(),
-    ("convert",): [],
+    # --force: the documented converted folder (clip_b16) is also an input of later commands, built in advance
+    ("convert",): ["--force"],
+    ("export",): [],
     ("plot",): [],
     ("compare",): (
         "--num-test 16 --num-train 32 --bootstrap 100 --finetune-epochs 1 train.steps=2 train.batch_size=8 "
@@ -352,6 +359,18 @@ def _original_slip_checkpoint(path: Path) -> None:
     torch.save({"epoch": 24, "state_dict": state, "args": argparse.Namespace(model="slip_vit_micro")}, path)
 
 
+def _open_clip_file(path: Path) -> None:
+    """An open_clip-layout state dict (random values) of slip_vit_micro's sizes, which the shrunk train swaps in."""
+    from clip_layout_utils import clip_state_dict
+
+    torch.save(clip_state_dict(patch=8, image_size=32, context=77, vocab=49408, embed=64), path)
+
+
+def _converted_clip(path: Path) -> None:
+    _open_clip_file(path.with_suffix(".bin"))
+    assert main(["convert", str(path.with_suffix(".bin")), str(path), "--activation", "gelu"]) == 0
+
+
 class Inputs:
     """Builds each input the first time a command asks for it; `root` is a session-wide temporary folder."""
 
@@ -416,6 +435,8 @@ PLACEHOLDERS: dict[str, Builder] = {
     "runs/demo": _copied_run("runs/demo"),
     "M": _copied_run("M"),
     "slip_base_25ep.pt": _in_cwd("slip_base_25ep.pt", _original_slip_checkpoint),
+    "open_clip_pytorch_model.bin": _in_cwd("open_clip_pytorch_model.bin", _open_clip_file),  # docs/INTEROP.md
+    "clip_b16": _in_cwd("clip_b16", _converted_clip),
     # evaluation sets
     # Food-101's folders are its class names (the reference's, underscores for spaces); three of them here
     "/data/food101/test": _shared("food101", lambda p: str(_image_folder(p, ["apple_pie", "baklava", "tacos"], 2))),

@@ -10,10 +10,11 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="convert an original SLIP .pt checkpoint to the openslip format",
+        help="convert an original SLIP .pt checkpoint or OpenAI / open_clip weights to the openslip format",
         description=(
-            "Convert SRC (an original SLIP .pt checkpoint, a torch.save'd state dict, an openslip checkpoint or "
-            "run directory) to an openslip checkpoint directory DST holding model.safetensors and config.json. "
+            "Convert SRC (an original SLIP .pt checkpoint, an OpenAI CLIP or open_clip ViT state dict, a "
+            "torch.save'd state dict, an openslip checkpoint or run directory) to an openslip checkpoint "
+            "directory DST holding model.safetensors and config.json. "
             "Files are read as data only (torch.load weights_only=True); nothing in them is executed."
         ),
     )
@@ -25,6 +26,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="model name for a bare state dict that does not record it (e.g. slip_vit_b16 or SLIP_VITB16)",
     )
+    parser.add_argument(
+        "--activation",
+        choices=("gelu", "quick_gelu"),
+        default=None,
+        help="MLP activation of an open_clip state dict (not recorded in it): quick_gelu for OpenAI weights and "
+        "'-quickgelu' models, gelu for other open_clip models; OpenAI's own files are recognised",
+    )
+    parser.add_argument(
+        "--head-width",
+        type=int,
+        default=None,
+        metavar="N",
+        help="attention head width of a CLIP state dict, heads = width / N (default 64, as OpenAI and open_clip)",
+    )
     parser.add_argument("--force", action="store_true", help="replace DST if it exists")
     parser.set_defaults(func=run)
 
@@ -32,7 +47,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from openslip.checkpoint import convert, load_checkpoint_config
 
-    dst = convert(args.src, args.dst, model_name=args.model, overwrite=args.force)
+    dst = convert(
+        args.src,
+        args.dst,
+        model_name=args.model,
+        overwrite=args.force,
+        activation=args.activation,
+        head_width=args.head_width,
+    )
     name = load_checkpoint_config(dst)["model"]["name"]
     files = ", ".join(f"{f.name} ({_size(f)})" for f in sorted(Path(dst).iterdir()))
     print(f"wrote {dst}: model {name}; {files}")

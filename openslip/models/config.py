@@ -6,6 +6,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 HEAD_NORMS = ("bn", "ln", "none")
+# MLP activations: "gelu" (timm, SLIP, open_clip's default configs) or "quick_gelu" (OpenAI CLIP, x * sigmoid(1.702 x))
+ACTIVATIONS = ("gelu", "quick_gelu")
+
+
+def _check_act(where: str, act: str) -> None:
+    if act not in ACTIVATIONS:
+        raise ValueError(f"{where} activation {act!r}; choose one of: {', '.join(ACTIVATIONS)}")
 
 
 @dataclass(kw_only=True)
@@ -18,8 +25,15 @@ class VisionConfig:
     layers: int = 12  # transformer blocks
     heads: int = 12  # attention heads (ViT-S/16 uses 12, as in the SLIP reference / MoCo v3)
     mlp_ratio: float = 4.0  # hidden width of each block's MLP relative to `width`
+    # The OpenAI / open_clip ViT layout (Radford et al. 2021): a LayerNorm on the embedded tokens before the first
+    # block (`ln_pre`, timm's `pre_norm=True`), QuickGELU in OpenAI's weights, LayerNorm eps 1e-5.
+    ln_pre: bool = False
+    act: str = "gelu"
+    norm_eps: float = 1e-6  # eps of every LayerNorm in the tower (timm / SLIP: 1e-6; CLIP: 1e-5)
+    patch_bias: bool = True  # a bias on the patch projection (CLIP's `conv1` has none, nor timm's with pre_norm)
 
     def __post_init__(self) -> None:
+        _check_act("vision", self.act)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.heads:
@@ -35,8 +49,10 @@ class TextConfig:
     width: int = 512
     layers: int = 12
     heads: int = 8
+    act: str = "quick_gelu"  # CLIP and SLIP's text tower; open_clip's non-quickgelu configs use "gelu"
 
     def __post_init__(self) -> None:
+        _check_act("text", self.act)
         if self.width % self.heads:
             raise ValueError(f"text width {self.width} is not divisible by heads {self.heads}")
 

@@ -29,3 +29,8 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def activation(name: str) -> nn.Module:
+    """The MLP activation named in a tower config ("gelu" or "quick_gelu")."""
+    return QuickGELU() if name == "quick_gelu" else nn.GELU()

@@ -33,7 +33,7 @@ class SLIP(nn.Module):
             self.context_length = t.context_length
             self.token_embedding = nn.Embedding(t.vocab_size, t.width)
             self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
-            self.transformer = TextTransformer(t.width, t.layers, t.heads)
+            self.transformer = TextTransformer(t.width, t.layers, t.heads, t.act)
             self.ln_final = nn.LayerNorm(t.width)
             self.image_projection = nn.Parameter(torch.empty(vision_width, cfg.embed_dim))
             self.text_projection = nn.Parameter(torch.empty(t.width, cfg.embed_dim))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from openslip.models.layers import QuickGELU
+from openslip.models.layers import activation
 
 
 class CausalSelfAttention(nn.Module):
@@ -39,14 +39,18 @@ class CausalSelfAttention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, act: str = "quick_gelu") -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(width)
         self.attn = CausalSelfAttention(width, heads)
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
             OrderedDict(
-                [("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(4 * width, width))]
+                [
+                    ("c_fc", nn.Linear(width, 4 * width)),
+                    ("gelu", activation(act)),
+                    ("c_proj", nn.Linear(4 * width, width)),
+                ]
             )
         )
 
@@ -58,11 +62,11 @@ class ResidualAttentionBlock(nn.Module):
 class TextTransformer(nn.Module):
     """A stack of causal residual attention blocks on [B, L, D] (batch first)."""
 
-    def __init__(self, width: int, layers: int, heads: int) -> None:
+    def __init__(self, width: int, layers: int, heads: int, act: str = "quick_gelu") -> None:
         super().__init__()
         self.width = width
         self.layers = layers
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, act) for _ in range(layers))
         self.grad_checkpointing = False
         self.init_weights()
 

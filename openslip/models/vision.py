@@ -2,7 +2,8 @@
 
 Names follow timm's `VisionTransformer` (`cls_token`, `pos_embed`, `patch_embed.proj`,
 `blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`, `norm`) as used by the SLIP reference
-with `num_classes=0`. The output is the final-LayerNorm'd CLS token; there is no `ln_pre`.
+with `num_classes=0`. The output is the final-LayerNorm'd CLS token. `VisionConfig.ln_pre` adds timm's
+`norm_pre` (CLIP's `ln_pre`) so OpenAI / open_clip ViTs map onto this module exactly.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from openslip.models.config import VisionConfig
-from openslip.models.layers import DropPath
+from openslip.models.layers import DropPath, activation
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, patch_size: int, width: int) -> None:
+    def __init__(self, patch_size: int, width: int, bias: bool = True) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)  # [B, D, H/p, W/p]
@@ -44,10 +45,10 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, width: int, hidden: int) -> None:
+    def __init__(self, width: int, hidden: int, act: str = "gelu") -> None:
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
-        self.act = nn.GELU()
+        self.act = activation(act)
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,12 +56,14 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_ratio: float, drop_path: float = 0.0) -> None:
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: float, drop_path: float = 0.0, act: str = "gelu", eps: float = 1e-6
+    ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(width, eps=1e-6)
+        self.norm1 = nn.LayerNorm(width, eps=eps)
         self.attn = Attention(width, heads)
-        self.norm2 = nn.LayerNorm(width, eps=1e-6)
-        self.mlp = Mlp(width, int(width * mlp_ratio))
+        self.norm2 = nn.LayerNorm(width, eps=eps)
+        self.mlp = Mlp(width, int(width * mlp_ratio), act)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,12 +80,13 @@ class VisionTransformer(nn.Module):
         self.num_features = self.embed_dim = cfg.width
         self.patch_size = cfg.patch_size
         grid = cfg.image_size // cfg.patch_size
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.width)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.width, cfg.patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, cfg.width))
         rates = [drop_path_rate * i / max(cfg.layers - 1, 1) for i in range(cfg.layers)]  # grows with depth
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio, r) for r in rates)
-        self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
+        self.norm_pre = nn.LayerNorm(cfg.width, eps=cfg.norm_eps) if cfg.ln_pre else nn.Identity()
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio, r, cfg.act, cfg.norm_eps) for r in rates)
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.head: nn.Module = nn.Linear(cfg.width, num_classes) if num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
         self.init_weights()
@@ -103,7 +107,7 @@ class VisionTransformer(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict[str, object]:
         """Parameter groups for layer-wise lr decay: the stem, then one group per block."""
         return {
-            "stem": r"^cls_token|^pos_embed|^patch_embed",
+            "stem": r"^cls_token|^pos_embed|^patch_embed|^norm_pre",
             "blocks": r"^blocks\.(\d+)" if not coarse else r"^blocks",
         }
 
@@ -128,7 +132,7 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] images -> [B, 1 + N, D] normalised tokens (CLS first)."""
         grid_hw = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
-        x = self._pos_embed(self.patch_embed(x), grid_hw)
+        x = self.norm_pre(self._pos_embed(self.patch_embed(x), grid_hw))
         for blk in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(blk, x, use_reentrant=False)

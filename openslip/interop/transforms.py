@@ -1,0 +1,63 @@
+"""A model together with its preprocessing, as open_clip's `create_model_and_transforms` hands them out."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from openslip.models import SLIP
+
+# OpenAI CLIP's normalisation (openai/CLIP clip.py `_transform`); its eval resizes to the crop size (crop_fraction 1).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_PREPROCESS = {"mean": list(CLIP_MEAN), "std": list(CLIP_STD), "crop_fraction": 1.0}
+
+
+def preprocess_of(model: SLIP, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """image_size, mean, std, crop_fraction, interpolation of a model: openslip's training statistics unless its
+    config.json records others (weights converted from CLIP keep CLIP's)."""
+    from openslip.data.augment_params import AugmentConfig
+
+    base = AugmentConfig()
+    out = {
+        "image_size": model.cfg.vision.image_size,
+        "mean": list(base.mean),
+        "std": list(base.std),
+        "crop_fraction": float(getattr(base, "eval_crop_fraction", 0.875)),
+        "interpolation": "bilinear",  # antialiased, as PIL's bilinear (openslip.data.augment)
+    }
+    out.update({k: v for k, v in (recorded or {}).items() if k in out})
+    return out
+
+
+def _augment_config(pre: dict[str, Any]):
+    from openslip.data.augment_params import AugmentConfig
+
+    names = {f.name for f in dataclasses.fields(AugmentConfig)}
+    values = {"image_size": pre["image_size"], "mean": tuple(pre["mean"]), "std": tuple(pre["std"])}
+    if "eval_crop_fraction" in names:
+        values["eval_crop_fraction"] = pre["crop_fraction"]
+    return dataclasses.replace(AugmentConfig(), **values)
+
+
+def create_model_and_transforms(name_or_path: str | Path, **kwargs: Any) -> tuple[SLIP, Any, Any]:
+    """(model, train transform, eval transform) for a registered model name (freshly initialised) or anything
+    `openslip.load_model` reads (weights loaded, eval mode). The train transform renders the views the model's
+    objectives read (`SLIPTransform`, a dict of tensors); the eval transform maps a PIL image / array to [3, S, S].
+
+    `kwargs` go to `create_model` for a name (e.g. image_size=) and to `load_model` for a path (e.g. activation=).
+    """
+    from openslip.checkpoint import _load
+    from openslip.data.augment import EvalTransform, SLIPTransform
+    from openslip.models import MODELS, create_model
+
+    recorded = None
+    if isinstance(name_or_path, str) and name_or_path in MODELS:
+        model = create_model(name_or_path, **kwargs)
+    else:
+        clip = {k: kwargs.pop(k) for k in ("activation", "head_width") if k in kwargs}
+        model, info = _load(Path(name_or_path), kwargs.pop("map_location", "cpu"), True, None, clip)
+        recorded = info.get("extra", {}).get("preprocess") or info.get("preprocess")
+    aug = _augment_config(preprocess_of(model, recorded))
+    return model, SLIPTransform(config=aug, views=model.cfg.image_views), EvalTransform(config=aug)
