@@ -608,7 +608,11 @@ def load_model(
     Files are read as data only. Weights keep the dtype they were saved in when it is uniform.
     """
     clip = {"activation": activation, "head_width": head_width}
-    return _load(Path(path), map_location, strict, model_name, clip)[0]
+    model, info = _load(Path(path), map_location, strict, model_name, clip)
+    recorded = (info.get("extra") or {}).get("preprocess")
+    if recorded:  # weights trained with other image statistics (CLIP's): evaluation normalises as they did
+        model.preprocess = dict(recorded)
+    return model
 
 
 def load_weights(model: nn.Module, path: PathLike, *, strict: bool = True, verify: bool = True) -> None:

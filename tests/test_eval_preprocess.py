@@ -85,9 +85,9 @@ def test_cli_uses_the_protocols_transform_and_crop_fraction(
     root = _folder(tmp_path / "set")
     seen: list[tuple[str, float | None]] = []
 
-    def spy(p: str, size: int, crop_fraction: float | None = None):
+    def spy(p: str, size: int, crop_fraction: float | None = None, normalization=None):
         seen.append((p, crop_fraction))
-        return eval_transform(p, size, crop_fraction)
+        return eval_transform(p, size, crop_fraction, normalization)
 
     monkeypatch.setattr(datasets, "eval_transform", spy)
     extra = [] if crop is None else ["--crop-fraction", str(crop)]
@@ -104,3 +104,27 @@ def test_bad_crop_fraction_is_one_line(value: str, tmp_path: Path, capsys) -> No
     assert code == 2 and len(err.splitlines()) == 1 and "--crop-fraction must be in (0, 1]" in err
     with pytest.raises(ConfigError, match="eval.crop_fraction must be in"):
         EvalConfig(crop_fraction=float(value))
+
+
+def test_converted_clip_weights_are_evaluated_with_clips_image_statistics(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Weights converted from OpenAI CLIP were trained on CLIP's mean / std: evaluation normalises with those."""
+    from clip_layout_utils import clip_state_dict
+
+    from openslip.interop.transforms import CLIP_MEAN, CLIP_STD
+
+    torch.save(clip_state_dict(openai=True, image_size=32, vocab=49408, context=77), tmp_path / "clip.pt")
+    assert main(["convert", str(tmp_path / "clip.pt"), str(tmp_path / "clip"), "--head-width", "32"]) == 0
+    root = _folder(tmp_path / "set")
+    seen = []
+
+    def spy(p: str, size: int, crop_fraction=None, normalization=None):
+        seen.append(normalization)
+        return eval_transform(p, size, crop_fraction, normalization)
+
+    monkeypatch.setattr(datasets, "eval_transform", spy)
+    assert main(["eval", "zeroshot", "--model", str(tmp_path / "clip"), "--dataset", str(root)]) == 0, (
+        capsys.readouterr()
+    )
+    assert seen == [(CLIP_MEAN, CLIP_STD)]
+    t = eval_transform("zeroshot", 32, normalization=(CLIP_MEAN, CLIP_STD))
+    assert t.config.mean == CLIP_MEAN and t.config.std == CLIP_STD

@@ -155,12 +155,14 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any]:
     """(model, device) on every rank; the process group is joined from the torchrun environment."""
     from openslip import distributed
     from openslip.eval.features import load_eval_model
+    from openslip.eval.preprocess import model_normalization
 
     if not args.model:
         raise ConfigError("--model is required (a run dir, checkpoint, SLIP .pt, or a name with --pretrained none)")
     info = distributed.init_distributed()
     device = args.device or info.device
     model = load_eval_model(args.model, pretrained=args.pretrained, device=device)
+    args.normalization = model_normalization(model)  # converted CLIP weights keep CLIP's image statistics
     if args.image_size is None:
         args.image_size = model.cfg.vision.image_size
     if args.batch_size < 1 or args.num_workers < 0:
@@ -216,6 +218,7 @@ def _classification_set(args: argparse.Namespace, spec: str, split: str, n: int 
         seed=args.seed,
         protocol=protocol,
         crop_fraction=args.crop_fraction,
+        normalization=args.normalization,
         **extra,
     )
 
@@ -340,6 +343,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
         caption_keys=args.caption_keys,
         seed=args.seed,
         crop_fraction=args.crop_fraction,
+        normalization=args.normalization,
     )
     metrics = evaluate_retrieval(
         model, data, batch_size=args.batch_size, num_workers=args.num_workers, device=device, cache_dir=args.cache_dir

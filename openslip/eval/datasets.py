@@ -40,7 +40,7 @@ from openslip.eval.catalog import (
     read_classnames,
     read_templates,
 )
-from openslip.eval.preprocess import eval_transform
+from openslip.eval.preprocess import Normalization, eval_transform
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
 DEMO_RETRIEVAL_NAMES = ("demo", "demo_retrieval")
@@ -131,7 +131,8 @@ class ImageSet(Dataset):
         """Resize and crop image files as ``protocol`` does (``openslip.eval.preprocess``); demo images are
         rendered at the model's size and stay as they are."""
         if isinstance(self.transform, EvalTransform):
-            self.transform = eval_transform(protocol, self.transform.config.image_size, crop_fraction)
+            c = self.transform.config
+            self.transform = eval_transform(protocol, c.image_size, crop_fraction, (c.mean, c.std))
         return self
 
     def __repr__(self) -> str:
@@ -213,6 +214,7 @@ def open_classification(
     prompts: str = DEFAULT_PROMPTS,
     protocol: str = "zeroshot",
     crop_fraction: float | None = None,
+    normalization: Normalization | None = None,
 ) -> ImageSet:
     """A labelled set: a demo task name, an ImageFolder tree, a CSV/TSV of (image, label), or labelled
     WebDataset shards (``openslip.data.labelled_shards``: KEY.jpg + KEY.cls, classnames.txt beside them).
@@ -231,6 +233,7 @@ def open_classification(
         prompts: the catalog's prompt set: ``reference`` (the 2021 reference's files) or ``clip_benchmark``.
         protocol, crop_fraction: the test-image preprocessing (``openslip.eval.preprocess``); switch it later
             with ``ImageSet.for_protocol``.
+        normalization: (mean, std) of the model's inputs (``model_normalization``); default ImageNet's.
     """
     from openslip.data.demo_tasks import demo_task, demo_task_names
 
@@ -270,7 +273,7 @@ def open_classification(
         templates=final_templates,
         metric=final_metric,
         identity=identity,
-        transform=eval_transform(protocol, image_size, crop_fraction),
+        transform=eval_transform(protocol, image_size, crop_fraction, normalization),
     )
     if names is None and entry is not None and entry.classnames is not None:
         ds.prompt_names = entry.prompt_names()  # the reference averages the prompts of all of a class's names
@@ -384,6 +387,7 @@ def open_retrieval(
     caption_keys: str | None = None,
     seed: int = 0,
     crop_fraction: float | None = None,
+    normalization: Normalization | None = None,
 ) -> RetrievalSet:
     """``demo`` (the demo world's retrieval split), a Karpathy-split JSON (COCO / Flickr30k, ``split``
     selects its images), or anything ``openslip.data.sources.open_source`` reads with captions (CSV / JSONL
@@ -442,7 +446,7 @@ def open_retrieval(
         templates=[],
         metric="recall",
         identity=f"retrieval:{path.resolve()}:{split}:{len(paths)}:{image_size}",
-        transform=eval_transform("retrieval", image_size, crop_fraction),
+        transform=eval_transform("retrieval", image_size, crop_fraction, normalization),
     )
     return RetrievalSet(path.stem, images, captions)
 

@@ -12,9 +12,13 @@ protocol's (``--crop-fraction``, ``eval.crop_fraction``): 1.0 resizes to S, 0.87
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from openslip.data.augment import EvalTransform
+from openslip.data.augment_params import AugmentConfig
 from openslip.errors import ConfigError
+
+Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]  # (mean, std)
 
 
 @dataclass(frozen=True)
@@ -41,12 +45,26 @@ def check_crop_fraction(value: float | None, what: str = "--crop-fraction") -> f
     return value
 
 
-def eval_transform(protocol: str, image_size: int, crop_fraction: float | None = None) -> EvalTransform:
-    """The test-image transform of ``protocol`` (a key of PROTOCOL_PREPROCESS) at ``image_size``."""
+def model_normalization(model: Any) -> Normalization | None:
+    """The (mean, std) a loaded model records (weights converted from CLIP keep CLIP's); None: openslip's."""
+    recorded = getattr(model, "preprocess", None) or {}
+    if "mean" in recorded and "std" in recorded:
+        return tuple(recorded["mean"]), tuple(recorded["std"])  # type: ignore[return-value]
+    return None
+
+
+def eval_transform(
+    protocol: str, image_size: int, crop_fraction: float | None = None, normalization: Normalization | None = None
+) -> EvalTransform:
+    """The test-image transform of ``protocol`` (a key of PROTOCOL_PREPROCESS) at ``image_size``, normalised with
+    ``normalization`` (default: the ImageNet statistics openslip trains with)."""
     if protocol not in PROTOCOL_PREPROCESS:
         raise ConfigError(f"unknown evaluation protocol {protocol!r}; choose one of: {', '.join(PROTOCOL_PREPROCESS)}")
     pre = PROTOCOL_PREPROCESS[protocol]
     crop = check_crop_fraction(crop_fraction)
+    config = AugmentConfig(image_size=image_size)
+    if normalization is not None:
+        config = AugmentConfig(image_size=image_size, mean=tuple(normalization[0]), std=tuple(normalization[1]))
     return EvalTransform(
-        image_size, crop_fraction=pre.crop_fraction if crop is None else crop, interpolation=pre.interpolation
+        config=config, crop_fraction=pre.crop_fraction if crop is None else crop, interpolation=pre.interpolation
     )

@@ -18,13 +18,15 @@ def preprocess_of(model: SLIP, recorded: dict[str, Any] | None = None) -> dict[s
     """image_size, mean, std, crop_fraction, interpolation of a model: openslip's training statistics unless its
     config.json records others (weights converted from CLIP keep CLIP's)."""
     from openslip.data.augment_params import AugmentConfig
+    from openslip.eval.preprocess import PROTOCOL_PREPROCESS
 
     base = AugmentConfig()
     out = {
         "image_size": model.cfg.vision.image_size,
         "mean": list(base.mean),
         "std": list(base.std),
-        "crop_fraction": float(getattr(base, "eval_crop_fraction", 0.875)),
+        # the reference's zero-shot transform (Resize(S) -> CenterCrop(S)), as CLIP's own eval transform
+        "crop_fraction": PROTOCOL_PREPROCESS["zeroshot"].crop_fraction,
         "interpolation": "bilinear",  # antialiased, as PIL's bilinear (openslip.data.augment)
     }
     out.update({k: v for k, v in (recorded or {}).items() if k in out})
