@@ -57,6 +57,7 @@ class TrainBenchConfig:
     baseline: bool = False  # also time the 2021 implementation on the same weights
     compile: bool = False  # torch.compile the model
     grad_checkpointing: bool = False  # activation checkpointing
+    patch_dropout: float = 0.0  # FLIP's patch dropout in the timed steps (`train.patch_dropout`)
     text_len: int | None = None  # tokens per synthetic caption (SOT..EOT); None: the full context
     device: str = "auto"  # auto | cpu | cuda[:N]
     memory_sweep: bool = False  # peak memory at `sweep_batches`, with and without checkpointing
@@ -234,7 +235,8 @@ class Stepper:
         if "text" in inputs:
             trims = not self.baseline and getattr(model, "trim_text", False)
             text_len = _text_len(inputs["text"]) if trims else inputs["text"].shape[1]
-        f = slip_sample_flops(model.cfg, text_len=text_len, **self.flops_cfg)
+        drop = 0.0 if self.baseline else self.t.cfg.train.patch_dropout  # the 2021 way runs every patch
+        f = slip_sample_flops(model.cfg, text_len=text_len, patch_dropout=drop, **self.flops_cfg)
         return float(f.train * self.flops_cfg["batch_size"])
 
     def step(self, get_inputs: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, float], float]:
@@ -286,6 +288,7 @@ def _train_config(bc: TrainBenchConfig, out_dir: str, device: torch.device) -> A
             "precision": bc.precision,
             "compile": bc.compile,
             "grad_checkpointing": bc.grad_checkpointing,
+            "patch_dropout": bc.patch_dropout,
             "steps": 10**9,
             "progress": False,
         },

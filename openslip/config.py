@@ -81,6 +81,9 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the global gradient norm to this value; None: no clipping
     grad_checkpointing: bool = False  # recompute activations in the backward pass to save memory
     compile: bool = False  # torch.compile the model
+    # FLIP's patch dropout (Li et al. 2023): drop this fraction of each training image's patch tokens. It changes the
+    # method (a speed/accuracy trade-off, FLIP uses 0.5), so it is off by default; evaluation always sees every patch.
+    patch_dropout: float = 0.0
     log_every: int = 10  # write metrics every N steps
     progress: bool = True  # show a progress bar (rank 0, interactive terminals)
     # seconds a collective waits for a silent rank (stuck, stopped, lost) before every other rank stops
@@ -91,6 +94,13 @@ class TrainConfig:
         for key in ("steps", "batch_size", "accum_steps", "log_every", "collective_timeout_s"):
             _positive(f"train.{key}", getattr(self, key))
         _positive("train.grad_clip", self.grad_clip)
+        if not 0.0 <= self.patch_dropout < 1.0:
+            raise ConfigError(f"train.patch_dropout must be in [0, 1) (FLIP uses 0.5), got {self.patch_dropout}")
+        if self.patch_dropout > 0 and self.accum_steps > 1:
+            raise ConfigError(
+                "train.patch_dropout needs train.accum_steps=1: exact accumulation encodes each micro-batch twice "
+                "and would drop different patches the second time"
+            )
 
 
 @dataclass(kw_only=True)

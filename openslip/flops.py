@@ -16,13 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from openslip.models.config import ModelConfig, VisionConfig
+from openslip.models.vision import kept_patches
 
 
-def vit_forward_flops(v: VisionConfig, image_size: int | None = None) -> tuple[int, int]:
-    """(patch embedding, transformer blocks) forward FLOPs of one image through the ViT."""
+def vit_forward_flops(v: VisionConfig, image_size: int | None = None, patch_dropout: float = 0.0) -> tuple[int, int]:
+    """(patch embedding, transformer blocks) forward FLOPs of one image through the ViT; with patch dropout the
+    blocks run on the kept tokens only."""
     size = image_size or v.image_size
     n = (size // v.patch_size) ** 2  # patches
-    t = n + 1  # + CLS
+    t = kept_patches(n, patch_dropout) + 1  # + CLS
     d, h = v.width, int(v.width * v.mlp_ratio)
     patch = 2 * n * (3 * v.patch_size**2) * d
     per_block = 2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d + 2 * 2 * t * d * h
@@ -86,13 +88,14 @@ def slip_sample_flops(
     text_len: int | None = None,
     clip: bool | None = None,
     ssl: bool | None = None,
+    patch_dropout: float = 0.0,
 ) -> StepFlops:
     """Per-sample FLOPs of a SLIP step: the CLIP view + caption (when `clip`) and two SimCLR views
     (when `ssl`); both default to the parts the model has. `batch_size` is the global (contrastive)
     batch, which sizes the loss matrices; `text_len` the tokens the text tower actually runs on."""
     clip = cfg.text is not None if clip is None else clip
     ssl = cfg.ssl_head is not None if ssl is None else ssl
-    patch, blocks = vit_forward_flops(cfg.vision, image_size)
+    patch, blocks = vit_forward_flops(cfg.vision, image_size, patch_dropout)
     views = int(clip) + 2 * int(ssl)
     text = text_forward_flops(cfg, text_len) if clip else 0
     heads = (2 * cfg.vision.width * cfg.embed_dim if clip else 0) + (2 * head_forward_flops(cfg) if ssl else 0)

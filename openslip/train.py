@@ -146,6 +146,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
     if dist.world_size > 1 and model.has_ssl_head:
         convert_global_batchnorm(model.image_mlp)  # the reference's SyncBatchNorm, on every backend
     model.set_grad_checkpointing(cfg.train.grad_checkpointing)
+    model.visual.patch_dropout = cfg.train.patch_dropout  # training mode only (FLIP); evaluation sees every patch
     wrapped: nn.Module = model
     if dist.world_size > 1:
         ids = [dist.device.index] if dist.device.type == "cuda" else None

@@ -36,6 +36,9 @@ def register(subparsers: Any) -> None:
     t.add_argument("--baseline", action="store_true", help="also time the 2021 implementation, same weights")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing")
+    t.add_argument(
+        "--patch-dropout", type=float, default=0.0, metavar="P", help="FLIP patch dropout, as train.patch_dropout"
+    )
     t.add_argument("--text-len", type=int, default=None, help="tokens per synthetic caption (default 77)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     t.add_argument("--memory-sweep", action="store_true", help="peak memory at --sweep-batches, +/- checkpointing")
@@ -88,6 +91,7 @@ def run_train(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         compile=args.compile,
         grad_checkpointing=args.grad_checkpointing,
+        patch_dropout=args.patch_dropout,
         text_len=args.text_len,
         device=args.device,
         memory_sweep=args.memory_sweep,

@@ -19,6 +19,11 @@ from openslip.models.config import VisionConfig
 from openslip.models.layers import DropPath, activation
 
 
+def kept_patches(num_patches: int, patch_dropout: float) -> int:
+    """Patch tokens left by patch dropout (FLIP, Li et al. 2023): at least one."""
+    return max(1, int(num_patches * (1.0 - patch_dropout)))
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, patch_size: int, width: int, bias: bool = True) -> None:
         super().__init__()
@@ -89,6 +94,9 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.head: nn.Module = nn.Linear(cfg.width, num_classes) if num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
+        # FLIP's patch dropout (Li et al. 2023): the fraction of patch tokens dropped at random per image in
+        # training mode. A training setting (`train.patch_dropout`), not part of the architecture: off by default.
+        self.patch_dropout = 0.0
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -132,13 +140,25 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] images -> [B, 1 + N, D] normalised tokens (CLS first)."""
         grid_hw = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
-        x = self.norm_pre(self._pos_embed(self.patch_embed(x), grid_hw))
+        x = self._pos_embed(self.patch_embed(x), grid_hw)  # [B, 1 + N, D]
+        if self.training and self.patch_dropout > 0:
+            x = self._drop_patches(x)  # [B, 1 + kept, D]
+        x = self.norm_pre(x)
         for blk in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(blk, x, use_reentrant=False)
             else:
                 x = blk(x)
         return self.norm(x)
+
+    def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Keep the CLS token and a random subset of each image's patch tokens (after the position embedding, so
+        the kept tokens keep their positions), as FLIP: the blocks then run on fewer tokens."""
+        B, T, D = x.shape
+        keep = kept_patches(T - 1, self.patch_dropout)
+        order = torch.rand(B, T - 1, device=x.device).argsort(dim=1)[:, :keep]  # [B, keep]
+        patches = x[:, 1:].gather(1, order.unsqueeze(-1).expand(-1, -1, D))
+        return torch.cat([x[:, :1], patches], dim=1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, 0]  # CLS token, [B, D]
