@@ -85,7 +85,8 @@ class TrainConfig:
     # method (a speed/accuracy trade-off, FLIP uses 0.5), so it is off by default; evaluation always sees every patch.
     patch_dropout: float = 0.0
     log_every: int = 10  # write metrics every N steps
-    progress: bool = True  # show a progress bar (rank 0, interactive terminals)
+    progress: bool = True  # show a progress bar (rank 0, interactive terminals; else plain lines)
+    print_every: int = 0  # plain progress lines (output not a terminal, or progress=false) every N steps; 0: ~10
     # seconds a collective waits for a silent rank (stuck, stopped, lost) before every other rank stops
     collective_timeout_s: float = 300.0
 
@@ -94,6 +95,7 @@ class TrainConfig:
         for key in ("steps", "batch_size", "accum_steps", "log_every", "collective_timeout_s"):
             _positive(f"train.{key}", getattr(self, key))
         _positive("train.grad_clip", self.grad_clip)
+        _positive("train.print_every", self.print_every, allow_zero=True)
         if not 0.0 <= self.patch_dropout < 1.0:
             raise ConfigError(f"train.patch_dropout must be in [0, 1) (FLIP uses 0.5), got {self.patch_dropout}")
         if self.patch_dropout > 0 and self.accum_steps > 1:

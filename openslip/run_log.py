@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,15 +20,28 @@ def _jsonable(value: Any) -> Any:
 
 
 class RunLogger:
-    """Rank 0 writes `OUT_DIR/metrics.jsonl` (one object per logged step) and TensorBoard events;
-    other ranks log nothing."""
+    """Rank 0 writes `OUT_DIR/metrics.jsonl` (one object per logged step) and TensorBoard events, and shows
+    progress: a bar on an interactive terminal, else (output to a file or a pipe, or `train.progress=false`)
+    plain lines every `print_every` steps (0: about ten per run); other ranks log nothing."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool, total_steps: int, start_step: int, progress: bool) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        enabled: bool,
+        total_steps: int,
+        start_step: int,
+        progress: bool,
+        print_every: int = 0,
+    ) -> None:
         self.enabled = enabled
         self.total_steps = total_steps
-        self._file = open(run_dir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115 - closed in close()
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self._file = None
         self._tb = None
         self._bar = None
+        self.print_every = print_every or max(1, round(total_steps / 10))
+        self._start(start_step)
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -35,7 +49,7 @@ class RunLogger:
                 self._tb = SummaryWriter(str(run_dir / "tensorboard"))
             except Exception:  # tensorboard not installed: JSON lines only
                 self._tb = None
-            if progress:
+            if progress and sys.stderr.isatty():  # a bar redrawn with \r is unreadable in a log file
                 try:
                     from tqdm import tqdm
 
@@ -45,9 +59,33 @@ class RunLogger:
                 except ImportError:
                     self._bar = None
 
+    def _start(self, step: int) -> None:
+        self._start_step, self._start_time = step, time.perf_counter()
+        self._next_line = step + self.print_every
+
+    def start_at(self, step: int) -> None:
+        """The run continues after `step` (0: from the start). The steps after its checkpoint are trained again,
+        so their records of the interrupted attempt are dropped: metrics.jsonl keeps one record per step."""
+        if not self.enabled:
+            return
+        self._start(step)
+        if self._bar is not None:
+            self._bar.n = step
+            self._bar.refresh()
+        if self._file is not None:
+            self._file.close()
+        if self.metrics_path.exists():
+            kept = [line for line in self.metrics_path.read_text().splitlines() if _step_of(line) <= step]
+            tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.metrics_path)  # atomic: a crash here leaves the old file or the new one
+        self._file = open(self.metrics_path, "a")  # noqa: SIM115 - closed in close()
+
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if self._file is None:
+            self._file = open(self.metrics_path, "a")  # noqa: SIM115 - closed in close()
         row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}, "time": round(time.time(), 3)}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
@@ -57,12 +95,32 @@ class RunLogger:
                     self._tb.add_scalar(k, v, step)
 
     def progress(self, step: int, metrics: dict[str, Any]) -> None:
-        """Advance the bar to `step`, showing loss and samples/s (tqdm shows the ETA)."""
-        if self._bar is None:
+        """Advance the bar to `step` (loss and samples/s; tqdm shows the ETA), or print a plain line when due."""
+        if not self.enabled:
             return
-        self._bar.update(step - self._bar.n)
-        shown = {k: f"{_jsonable(metrics[k]):.3g}" for k in ("loss", "samples_per_s") if k in metrics}
-        self._bar.set_postfix(shown, refresh=False)
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            shown = {k: f"{_jsonable(metrics[k]):.3g}" for k in ("loss", "samples_per_s") if k in metrics}
+            self._bar.set_postfix(shown, refresh=False)
+            return
+        if step < self._next_line and step != self.total_steps:
+            return
+        self._next_line = step + self.print_every
+        print(self.progress_line(step, metrics), file=sys.stderr, flush=True)
+
+    def progress_line(self, step: int, metrics: dict[str, Any]) -> str:
+        """`step 120/300 (40%) | loss 5.8123 | 95.3 samples/s | lr 2.10e-03 | ETA 1.9 min`."""
+        parts = [f"step {step}/{self.total_steps} ({100 * step / max(self.total_steps, 1):.0f}%)"]
+        if "loss" in metrics:
+            parts.append(f"loss {_jsonable(metrics['loss']):.4f}")
+        if "samples_per_s" in metrics:
+            parts.append(f"{_jsonable(metrics['samples_per_s']):.1f} samples/s")
+        if "lr" in metrics:
+            parts.append(f"lr {_jsonable(metrics['lr']):.2e}")
+        done, elapsed = step - self._start_step, time.perf_counter() - self._start_time
+        if 0 < done and step < self.total_steps:
+            parts.append(f"ETA {_duration(elapsed / done * (self.total_steps - step))}")
+        return " | ".join(parts)
 
     def message(self, text: str) -> None:
         """A line for the user (rank 0), printed above the progress bar."""
@@ -80,3 +138,19 @@ class RunLogger:
             self._tb.close()
         if self._file is not None:
             self._file.close()
+
+
+def _step_of(line: str) -> float:
+    """The step of one metrics.jsonl line; an unreadable line (a write cut short) counts as past every step."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -251,6 +251,7 @@ RESUMABLE_CHANGES = (
     "train.accum_steps",  # exact over the whole batch (accumulate.py): a memory setting
     "train.log_every",
     "train.progress",
+    "train.print_every",
     "train.compile",
     "train.grad_checkpointing",
     "train.collective_timeout_s",
@@ -426,11 +427,17 @@ def train(cfg: Config) -> dict[str, Any]:
 def _train_locked(cfg: Config, dist: DistInfo, run_dir: Path) -> dict[str, Any]:
     t = build_trainer(cfg, dist)
     log = RunLogger(
-        run_dir, enabled=dist.is_main, total_steps=cfg.train.steps, start_step=0, progress=cfg.train.progress
+        run_dir,
+        enabled=dist.is_main,
+        total_steps=cfg.train.steps,
+        start_step=0,
+        progress=cfg.train.progress,
+        print_every=cfg.train.print_every,
     )
     try:
         try:
             resume(t, log)
+            log.start_at(t.step)  # one metrics record per step: drop those of steps trained again
             if t.step == 0:
                 for line in t.init_report:
                     log.message(line)
