@@ -36,6 +36,7 @@ from openslip.distributed import (
 from openslip.errors import CheckpointError, ConfigError, RunStopped, TrainingError, UserError
 from openslip.eval.catalog import split_catalog_spec
 from openslip.eval.datasets import open_classification
+from openslip.eval.metrics import chance_score
 from openslip.eval.zero_shot import evaluate_zero_shot
 from openslip.interop.init_from import adopt_layout, init_weights_from, resume_or_source
 from openslip.losses import SLIPLoss
@@ -73,6 +74,7 @@ class Trainer:
     step: int = 0
     last_checkpoint: Path | None = None
     history: dict[str, float] = field(default_factory=dict)
+    chance: dict[str, float] = field(default_factory=dict)  # evaluation -> its chance score (plots draw it)
     stop_signal: int = 0  # set by the SIGTERM / SIGINT handler; the loop stops after the current step
     init_report: list[str] = field(default_factory=list)  # what init_from loaded and what kept its initialisation
 
@@ -296,6 +298,7 @@ def evaluate(t: Trainer) -> dict[str, float]:
             dataset = _zero_shot_set(t.cfg, spec, t.model.cfg.vision.image_size)
             metrics, _, _ = evaluate_zero_shot(t.model, dataset, device=t.dist.device)
             results[f"zeroshot/{dataset.name}"] = metrics["score"]
+            t.chance[f"zeroshot/{dataset.name}"] = chance_score(dataset.metric, dataset.num_classes)
     return results
 
 
@@ -502,7 +505,7 @@ def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
             results = evaluate(t)
             if results:
                 t.history.update(results)
-                log.log(step, results)
+                log.log(step, {**results, "chance": dict(t.chance)})
                 log.message(f"step {step}: " + ", ".join(f"{k} {v:.1f}%" for k, v in results.items()))
         saved = step % cfg.ckpt.every_steps == 0 or last
         if saved:

@@ -255,8 +255,10 @@ def run_zeroshot(args: argparse.Namespace) -> int:
             save_predictions(args.save_predictions, ds, logits, labels)
         if args.confusion_matrix:
             from openslip.eval.metrics import confusion_matrix
+            from openslip.plot import plot_confusion
 
-            save_confusion_png(args.confusion_matrix, confusion_matrix(logits, labels, ds.num_classes), ds.classnames)
+            matrix = confusion_matrix(logits, labels, ds.num_classes)
+            plot_confusion(args.confusion_matrix, matrix.numpy(), ds.classnames, f"zero-shot {ds.name}")
     title = f"zero-shot {ds.name}: {len(ds)} images, {ds.num_classes} classes, {len(ds.templates)} templates"
     return finish(args, title, metrics)
 
@@ -297,31 +299,6 @@ def save_predictions(path: str, ds: Any, logits: Any, labels: Any) -> None:
             w.writerow(
                 [i, ident, lab, ds.classnames[lab], pred, ds.classnames[pred], " ".join(map(str, top[i].tolist()))]
             )
-
-
-def save_confusion_png(path: str, matrix: Any, classnames: list[str]) -> None:
-    """The row-normalised confusion matrix (true class = row) as a PNG heat map, drawn with Pillow."""
-    from PIL import Image, ImageDraw
-
-    counts = matrix.double()
-    norm = (counts / counts.sum(dim=1, keepdim=True).clamp_min(1)).numpy()
-    c = norm.shape[0]
-    cell = max(2, min(40, 800 // c))
-    label_w = 160 if c <= 40 else 0
-    img = Image.new("RGB", (label_w + c * cell + 1, label_w + c * cell + 1), "white")
-    draw = ImageDraw.Draw(img)
-    for i in range(c):
-        for j in range(c):
-            shade = int(255 * (1 - norm[i, j]))
-            x, y = label_w + j * cell, label_w + i * cell
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255))
-    if label_w:
-        for i, name in enumerate(classnames):
-            draw.text((2, label_w + i * cell + cell // 3), name[:24], fill="black")
-            draw.text((label_w + i * cell + 2, 2 + (i % 8) * 18), name[:10], fill="black")
-    out = Path(path).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out, format="PNG")
 
 
 # --- retrieval ------------------------------------------------------------------------------------------

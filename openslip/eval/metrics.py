@@ -54,6 +54,14 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * float(u / (n_pos * n_neg))
 
 
+def chance_score(metric: str, num_classes: int) -> float:
+    """The expected score (%) of guessing uniformly at random: the line a plot draws under a metric's curve."""
+    if metric == "roc_auc":
+        return 50.0
+    top1, top5 = 100.0 / num_classes, min(100.0, 500.0 / num_classes)
+    return {"top5": top5, "top1_top5_mean": (top1 + top5) / 2}.get(metric, top1)
+
+
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, metric: str = "top1") -> dict[str, float]:
     """Every applicable metric, plus ``metric`` (the dataset's reported one) and ``score`` (its value).
 
