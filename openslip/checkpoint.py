@@ -533,7 +533,8 @@ def _load_torch_file(path: Path, device: torch.device, strict: bool, model_name:
     name = model_name or recorded
     if not isinstance(name, str):
         raise CheckpointError(
-            f"{path}: the file does not say which model it holds; pass model_name= (CLI: --model NAME), "
+            f"{path}: the file does not say which model it holds; pass model_name= "
+            "(CLI: --model NAME --pretrained FILE), "
             f"one of: {', '.join(MODELS.names())}"
         )
     return _build(_reference_config(name, args, path), sd, device, strict, path), info
@@ -558,7 +559,9 @@ def _load_safetensors_file(
     elif model_name is not None:
         cfg, doc = _registered_config(model_name, path), {}
     else:
-        raise CheckpointError(f"{path}: no openslip {CONFIG_FILE} next to it; pass model_name= (CLI: --model NAME)")
+        raise CheckpointError(
+            f"{path}: no openslip {CONFIG_FILE} next to it; pass model_name= (CLI: --model NAME --pretrained FILE)"
+        )
     extra = {k: v for k, v in doc.items() if k not in _RESERVED_KEYS and k != "converted_from"}
     return _build(cfg, sd, device, strict, path), {"format": "openslip", "extra": extra}
 

@@ -30,8 +30,15 @@ COMMANDS: list[str] = [
 ]
 
 
+def _version() -> str:
+    from openslip import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openslip", description="SLIP / CLIP / SimCLR pre-training and evaluation")
+    parser.add_argument("--version", action="version", version=f"openslip {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"openslip.commands.{name}")

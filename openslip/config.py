@@ -7,6 +7,7 @@ is a `ConfigError` naming the key and the valid choices. Recipes live in `opensl
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import types
 import typing
@@ -87,6 +88,8 @@ class TrainConfig:
     log_every: int = 10  # write metrics every N steps
     progress: bool = True  # show a progress bar (rank 0, interactive terminals; else plain lines)
     print_every: int = 0  # plain progress lines (output not a terminal, or progress=false) every N steps; 0: ~10
+    wandb: bool = False  # also log metrics.jsonl's records to Weights & Biases (needs `pip install wandb`)
+    wandb_project: str = "openslip"  # the W&B project; the run is named after out_dir and resumes with it
     # seconds a collective waits for a silent rank (stuck, stopped, lost) before every other rank stops
     collective_timeout_s: float = 300.0
 
@@ -96,6 +99,8 @@ class TrainConfig:
             _positive(f"train.{key}", getattr(self, key))
         _positive("train.grad_clip", self.grad_clip)
         _positive("train.print_every", self.print_every, allow_zero=True)
+        if self.wandb and importlib.util.find_spec("wandb") is None:
+            raise ConfigError("train.wandb=true needs the wandb package: pip install wandb (or leave train.wandb off)")
         if not 0.0 <= self.patch_dropout < 1.0:
             raise ConfigError(f"train.patch_dropout must be in [0, 1) (FLIP uses 0.5), got {self.patch_dropout}")
         if self.patch_dropout > 0 and self.accum_steps > 1:
@@ -382,7 +387,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r} should hold a mapping of keys, not {type(data).__name__}")
     return data

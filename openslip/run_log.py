@@ -33,6 +33,7 @@ class RunLogger:
         start_step: int,
         progress: bool,
         print_every: int = 0,
+        wandb: dict[str, Any] | None = None,
     ) -> None:
         self.enabled = enabled
         self.total_steps = total_steps
@@ -40,6 +41,7 @@ class RunLogger:
         self._file = None
         self._tb = None
         self._bar = None
+        self._wandb = _start_wandb(run_dir, wandb) if enabled and wandb else None
         self.print_every = print_every or max(1, round(total_steps / 10))
         self._start(start_step)
         if enabled:
@@ -89,10 +91,12 @@ class RunLogger:
         row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}, "time": round(time.time(), 3)}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
+        scalars = {k: v for k, v in row.items() if k not in ("step", "time") and isinstance(v, int | float)}
         if self._tb is not None:
-            for k, v in row.items():
-                if k not in ("step", "time") and isinstance(v, int | float):
-                    self._tb.add_scalar(k, v, step)
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
 
     def progress(self, step: int, metrics: dict[str, Any]) -> None:
         """Advance the bar to `step` (loss and samples/s; tqdm shows the ETA), or print a plain line when due."""
@@ -132,12 +136,28 @@ class RunLogger:
             print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
         if self._bar is not None:
             self._bar.close()
         if self._tb is not None:
             self._tb.close()
         if self._file is not None:
             self._file.close()
+
+
+def _start_wandb(run_dir: Path, settings: dict[str, Any]) -> Any:
+    """A W&B run for this run directory: its id is kept in the directory, so a resumed run continues the same
+    W&B run (W&B drops records of steps it already has, as metrics.jsonl does)."""
+    import wandb
+
+    id_file = run_dir / "wandb_id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    id_file.write_text(run_id + "\n")
+    return wandb.init(
+        project=settings["project"], name=run_dir.resolve().name, id=run_id, resume="allow",
+        dir=str(run_dir), config=settings.get("config"),
+    )  # fmt: skip
 
 
 def _step_of(line: str) -> float:

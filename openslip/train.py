@@ -254,6 +254,8 @@ RESUMABLE_CHANGES = (
     "train.log_every",
     "train.progress",
     "train.print_every",
+    "train.wandb",
+    "train.wandb_project",
     "train.compile",
     "train.grad_checkpointing",
     "train.collective_timeout_s",
@@ -436,6 +438,7 @@ def _train_locked(cfg: Config, dist: DistInfo, run_dir: Path) -> dict[str, Any]:
         start_step=0,
         progress=cfg.train.progress,
         print_every=cfg.train.print_every,
+        wandb={"project": cfg.train.wandb_project, "config": cfg.to_dict()} if cfg.train.wandb else None,
     )
     try:
         try:

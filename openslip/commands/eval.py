@@ -155,7 +155,7 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any]:
     """(model, device) on every rank; the process group is joined from the torchrun environment."""
     from openslip import distributed
     from openslip.eval.features import load_eval_model
-    from openslip.eval.preprocess import model_normalization
+    from openslip.eval.preprocess import check_crop_fraction, model_normalization
 
     if not args.model:
         raise ConfigError("--model is required (a run dir, checkpoint, SLIP .pt, or a name with --pretrained none)")
@@ -163,8 +163,15 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any]:
     device = args.device or info.device
     model = load_eval_model(args.model, pretrained=args.pretrained, device=device)
     args.normalization = model_normalization(model)  # converted CLIP weights keep CLIP's image statistics
+    check_crop_fraction(args.crop_fraction)  # also where no file is resized (demo tasks): a typo is not ignored
     if args.image_size is None:
         args.image_size = model.cfg.vision.image_size
+    patch = model.cfg.vision.patch_size
+    if args.image_size < patch or args.image_size % patch:  # the ViT would silently drop the remainder
+        raise ConfigError(
+            f"--image-size {args.image_size} is not a multiple of {model.cfg.name}'s patch size {patch} "
+            f"(try {max(patch, round(args.image_size / patch) * patch)})"
+        )
     if args.batch_size < 1 or args.num_workers < 0:
         raise ConfigError("--batch-size must be >= 1 and --num-workers >= 0")
     return model, device
@@ -346,7 +353,11 @@ def _train_test(args: argparse.Namespace) -> tuple[Any, Any]:
     test = _classification_set(args, args.dataset, args.split, args.num_samples)
     train = _classification_set(args, train_spec, "train", args.num_train)
     if train.classnames != test.classnames:
-        raise ConfigError(f"train and test sets have different classes ({train.num_classes} vs {test.num_classes})")
+        diff = next((f"{a!r} vs {b!r}" for a, b in zip(train.classnames, test.classnames, strict=False) if a != b), "")
+        raise ConfigError(
+            f"train and test sets have different classes ({train.num_classes} vs {test.num_classes}"
+            f"{'; first difference: ' + diff if diff else ''})"
+        )
     return train, test
 
 

@@ -153,7 +153,7 @@ class MapPlan:
         if self.num_batches == 0:
             raise DataError(
                 f"{self.n:,} samples give {self.per_rank:,} per rank, fewer than the batch size {common.batch_size} "
-                "(lower the batch size or pass drop_last=False)"
+                "(training: lower train.batch_size or add data)"
             )
         self._perm_epoch: int | None = None
         self._perm: np.ndarray | None = None

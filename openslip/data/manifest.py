@@ -42,7 +42,8 @@ def _pick_key(available: Sequence[str], wanted: str | None, defaults: Sequence[s
             return key
     option = "caption_keys" if what == "caption" else f"{what}_key"
     raise DataError(
-        f"{where}: no {what} column; expected one of {', '.join(defaults)} (or pass {option}=...), "
+        f"{where}: no {what} column; expected one of {', '.join(defaults)} (or name it after the path: "
+        f"data.train=FILE?{option}=COLUMN), "
         f"columns are: {', '.join(available) or '(none)'}"
     )
 

@@ -16,12 +16,15 @@ exact, which makes resumption exact); URLs and ``pipe:`` specs go through ``webd
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import io
 import json
 import os
 import re
 import tarfile
+import urllib.error
+import urllib.request
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -77,6 +80,28 @@ def looks_like_shard_spec(spec: str) -> bool:
     return spec.lower().endswith((".tar", ".tar.gz", ".tgz"))
 
 
+REACH_TIMEOUT_S = 10.0
+
+
+@functools.lru_cache(maxsize=64)
+def check_reachable(url: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Fail within seconds, with one line, when an http(s) shard cannot be fetched (no network, a refused
+    connection, an unknown host, HTTP 404), rather than after the reader's retries as a confusing later error."""
+    request = urllib.request.Request(url, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as err:
+        if err.code in (403, 405, 501):  # some servers refuse HEAD; the reader's GET will tell
+            return
+        raise DataError(f"{url}: HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise DataError(
+            f"{url}: cannot reach it ({reason}); check the network, or download the shards and pass local paths"
+        ) from None
+
+
 def expand_shard_spec(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """The shard URLs named by ``spec`` (see the module docstring); local ones must exist."""
     if isinstance(spec, (list, tuple)):
@@ -85,7 +110,10 @@ def expand_shard_spec(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> 
     if "::" in spec:
         return [u for s in spec.split("::") if s for u in expand_shard_spec(s)]
     if spec.startswith(REMOTE_PREFIXES):
-        return expand_braces(spec)
+        urls = expand_braces(spec)
+        if urls[0].startswith(("http://", "https://")):
+            check_reachable(urls[0])
+        return urls
     p = Path(spec).expanduser()
     if p.is_dir():
         index = read_index(p)
