@@ -433,6 +433,7 @@ def _csv_in(root: Path) -> str:
 PLACEHOLDERS: dict[str, Builder] = {
     # models
     "runs/demo": _copied_run("runs/demo"),
+    "runs/demo_seed1": _copied_run("runs/demo_seed1"),
     "M": _copied_run("M"),
     "slip_base_25ep.pt": _in_cwd("slip_base_25ep.pt", _original_slip_checkpoint),
     "open_clip_pytorch_model.bin": _in_cwd("open_clip_pytorch_model.bin", _open_clip_file),  # docs/INTEROP.md
