@@ -71,3 +71,22 @@ def test_unreachable_remote_shards_fail_within_seconds(tmp_path: Path, capsys) -
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "cannot reach it" in err
     assert REACH_TIMEOUT_S <= 10  # one probe with a short timeout, not the reader's retries (no timed assertion)
+
+
+def test_slurm_example_is_valid_bash_and_its_train_arguments_parse() -> None:
+    import shlex
+    import subprocess
+
+    from openslip.config import make_config, parse_overrides
+    from openslip.recipes import RECIPES
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "slurm" / "train.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    assert "scontrol show hostnames" in text and "$SLURM_NNODES" in text and "--signal=B:TERM" in text
+    args = shlex.split(text.split("-m openslip.cli train", 1)[1].split("&", 1)[0].replace("\\\n", " "))
+    values = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args}
+    assert values["recipe"] in RECIPES
+    overrides = [a.replace("$SHARDS", "/shared/s-{0..1}.tar").replace("$OUT_DIR", "/shared/run") for a in args]
+    cfg = make_config(parse_overrides(overrides))
+    assert cfg.model == "slip_vit_b16" and cfg.train.batch_size == 4096 and cfg.out_dir == "/shared/run"

@@ -430,6 +430,13 @@ def _csv_in(root: Path) -> str:
     return str(root / "train.csv")
 
 
+def _csv_with_own_columns(root: Path) -> str:
+    _write_images(root / "images", 16, seed=17)
+    rows = [f"images/{i:03d}.png,a photo of noise {i},noise {i}" for i in range(16)]
+    (root / "own.csv").write_text("jpg_path,alt_text,title\n" + "\n".join(rows) + "\n")
+    return str(root / "own.csv") + "?image_key=jpg_path&caption_keys=alt_text"
+
+
 PLACEHOLDERS: dict[str, Builder] = {
     # models
     "runs/demo": _copied_run("runs/demo"),
@@ -456,6 +463,8 @@ PLACEHOLDERS: dict[str, Builder] = {
     "/data/yfcc15m/shard-{000000..000999}.tar": _shared("yfcc", _caption_shards),  # the paper recipes' default
     # own data (docs/TRAINING.md, docs/COMPARE.md)
     "/data/train.csv": _shared("own_csv", _csv_in),
+    # a manifest with its own column names (the `,title` after it stays in the command)
+    "/data/train.csv?image_key=jpg_path&caption_keys=alt_text": _shared("own_cols", _csv_with_own_columns),
     "/data/photos": _shared("photos", _captioned_folder),
     "/data/a/shard-{000000..000009}.tar": _shared("shards_a", _caption_shards),
     "/data/b/": _shared("shards_b", lambda p: str(Path(_caption_shards(p)).parent)),

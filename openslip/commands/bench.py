@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
     t.set_defaults(func=run_train)
 
     d = sub.add_parser("data", help="three-view augmentation: ms per sample per core, CPU / batched / PIL paths")
-    d.add_argument("--n", type=int, default=64, help="images per round (default 64)")
+    d.add_argument("-n", "--num-images", "--n", dest="n", type=int, default=64, help="images per round (default 64)")
     d.add_argument("--image-size", type=int, default=224)
     d.add_argument("--rounds", type=int, default=5)
     d.add_argument("--device", default="cpu", help="device of the batched path (default cpu)")
