@@ -361,23 +361,13 @@ def _train_test(args: argparse.Namespace) -> tuple[Any, Any]:
     return train, test
 
 
-def _features(args: argparse.Namespace, model: Any, ds: Any, device: Any, what: str) -> Any:
-    from openslip.eval.features import dataset_features
+def _feature_options(args: argparse.Namespace, device: Any) -> Any:
+    from openslip.eval.probes import FeatureOptions
 
-    return dataset_features(
-        model,
-        ds,
-        kind=args.features,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=device,
-        cache_dir=args.cache_dir,
-        desc=f"{what} features",
-    )
+    return FeatureOptions(args.features, args.batch_size, args.num_workers, device, args.cache_dir)
 
 
 def run_linear(args: argparse.Namespace) -> int:
-    from openslip import distributed
 
     model, device = setup(args)
     train, test = _train_test(args)
@@ -409,49 +399,20 @@ def run_linear(args: argparse.Namespace) -> int:
         )
         title = f"linear probe (sgd, {cfg.epochs} epochs) {test.name}: {len(train)} train, {len(test)} test images"
         return finish(args, title, metrics)
-    from openslip.eval.linear import logistic_probe
+    from openslip.eval.probes import linear_probe
 
-    train_x, train_y = _features(args, model, train, device, "train")
-    test_x, test_y = _features(args, model, test, device, "test")
-    val_x = val_y = None
-    if args.val:
-        val = _classification_set(args, args.val, "val", None)
-        val_x, val_y = _features(args, model, val, device, "val")
-    metrics: dict[str, Any] = {}
-    if distributed.is_main():  # one fit (on this rank's device, e.g. a GPU); the others wait for the result
-        on_device = [None if t is None else t.to(device) for t in (train_x, test_x, val_x)]
-        metrics, _ = logistic_probe(
-            on_device[0],
-            train_y,
-            on_device[1],
-            test_y,
-            num_classes=test.num_classes,
-            metric=test.metric,
-            val_x=on_device[2],
-            val_y=val_y,
-            seed=args.seed,
-        )
-    metrics = distributed.broadcast_object(metrics)
+    val = _classification_set(args, args.val, "val", None) if args.val else None
+    metrics, _, _ = linear_probe(model, train, test, _feature_options(args, device), val=val, seed=args.seed)
     title = f"linear probe (logistic, {args.features} features) {test.name}: {len(train)} train, {len(test)} test"
     return finish(args, title, metrics)
 
 
 def run_knn(args: argparse.Namespace) -> int:
-    from openslip.eval.knn import knn_evaluate
+    from openslip.eval.probes import knn
 
     model, device = setup(args)
     train, test = _train_test(args)
-    train_x, train_y = _features(args, model, train, device, "train")
-    test_x, test_y = _features(args, model, test, device, "test")
-    metrics = knn_evaluate(
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        num_classes=test.num_classes,
-        metric=test.metric,
-        k=args.k,
-        temperature=args.temperature,
-    )
+    opt = _feature_options(args, device)
+    metrics, _, _ = knn(model, train, test, opt, k=args.k, temperature=args.temperature)
     title = f"kNN (k={args.k}, T={args.temperature}, {args.features} features) {test.name}: {len(train)} train"
     return finish(args, title, metrics)

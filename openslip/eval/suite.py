@@ -20,8 +20,9 @@ from openslip import distributed
 from openslip.errors import ConfigError
 from openslip.eval.catalog import split_catalog_spec
 from openslip.eval.datasets import ImageSet, RetrievalSet, open_classification, open_retrieval
-from openslip.eval.features import dataset_features, extract_features
-from openslip.eval.metrics import classification_metrics, recall_from_ranks
+from openslip.eval.features import extract_features
+from openslip.eval.metrics import recall_from_ranks
+from openslip.eval.probes import FeatureOptions, knn, linear_probe
 from openslip.eval.stats import Outcomes, classification_outcomes, retrieval_outcomes
 from openslip.models.config import ModelConfig
 from openslip.registry import Registry
@@ -169,19 +170,6 @@ class Evaluation:
 EVALS: Registry[Evaluation] = Registry("evaluation")
 
 
-def _features(model: Any, ds: ImageSet, kind: str, opt: EvalOptions, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return dataset_features(
-        model,
-        ds,
-        kind=kind,
-        batch_size=opt.batch_size,
-        num_workers=opt.num_workers,
-        device=opt.device,
-        cache_dir=opt.cache_dir,
-        desc=f"{what} features {ds.name}",
-    )
-
-
 def run_zeroshot(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
     from openslip.eval.zero_shot import evaluate_zero_shot
 
@@ -208,39 +196,22 @@ def run_retrieval(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
     return EvalResult(metrics, retrieval_outcomes(i2t, t2i, owner))
 
 
+def _probe_sets(es: EvalSet, protocol: str, opt: EvalOptions) -> tuple[ImageSet, ImageSet, FeatureOptions]:
+    train = es.train.for_protocol(protocol, opt.crop_fraction)
+    test = es.test.for_protocol(protocol, opt.crop_fraction)
+    return train, test, FeatureOptions("backbone", opt.batch_size, opt.num_workers, opt.device, opt.cache_dir)
+
+
 def run_linear(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
     """The logistic probe on frozen backbone features (C chosen on held-out train data; CLIP paper protocol)."""
-    from openslip.eval.linear import logistic_probe
-
-    train_x, train_y = _features(model, es.train.for_protocol("linear", opt.crop_fraction), "backbone", opt, "train")
-    test_x, test_y = _features(model, es.test.for_protocol("linear", opt.crop_fraction), "backbone", opt, "test")
-    result: tuple[dict, Outcomes] = ({}, {})
-    if distributed.is_main():  # one fit; the other ranks wait for its result
-        metrics, scores = logistic_probe(
-            train_x.to(opt.device),
-            train_y,
-            test_x.to(opt.device),
-            test_y,
-            num_classes=es.test.num_classes,
-            metric=es.metric,
-            seed=opt.seed,
-        )
-        result = (metrics, classification_outcomes(scores, test_y))
-    metrics, outcomes = distributed.broadcast_object(result)
-    return EvalResult(metrics, outcomes)
+    metrics, scores, labels = linear_probe(model, *_probe_sets(es, "linear", opt), seed=opt.seed)
+    outcomes = classification_outcomes(scores, labels) if distributed.is_main() else {}
+    return EvalResult(metrics, distributed.broadcast_object(outcomes))
 
 
 def run_knn(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
-    from openslip.eval.knn import knn_scores
-
-    train_x, train_y = _features(model, es.train.for_protocol("knn", opt.crop_fraction), "backbone", opt, "train")
-    test_x, test_y = _features(model, es.test.for_protocol("knn", opt.crop_fraction), "backbone", opt, "test")
-    scores = knn_scores(
-        train_x, train_y, test_x, num_classes=es.test.num_classes, k=opt.knn_k, temperature=opt.knn_temperature
-    )
-    metrics = classification_metrics(scores, test_y, es.metric)
-    metrics.update({"k": float(opt.knn_k), "temperature": opt.knn_temperature, "num_train": float(len(train_y))})
-    return EvalResult(metrics, classification_outcomes(scores, test_y))
+    metrics, scores, labels = knn(model, *_probe_sets(es, "knn", opt), k=opt.knn_k, temperature=opt.knn_temperature)
+    return EvalResult(metrics, classification_outcomes(scores, labels))
 
 
 def run_finetune(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
