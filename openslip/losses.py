@@ -160,10 +160,11 @@ def simclr_loss(
 class SLIPLoss(nn.Module):
     """``loss = clip_scale * clip_loss + ssl_scale * ssl_loss`` on a model output dict (SLIP §3.3).
 
-    A term is computed only when its weight is > 0 and the model output holds its inputs
-    (``image_embed``, ``text_embed``, ``logit_scale`` for CLIP; ``view1_embed``, ``view2_embed`` for
-    SimCLR), so CLIP-only (``ssl_scale=0``) and SimCLR-only (``clip_scale=0``) runs are configurations of
-    the same module. The returned dict holds ``loss`` (the only tensor with gradient) and the detached
+    A term is computed when its weight is > 0, from its inputs in the model output (``image_embed``,
+    ``text_embed``, ``logit_scale`` for CLIP; ``view1_embed``, ``view2_embed`` for SimCLR), so CLIP-only
+    (``ssl_scale=0``) and SimCLR-only (``clip_scale=0``) runs are configurations of the same module. A weighted
+    term whose inputs are missing is an error, never a silently smaller objective. The returned dict holds
+    ``loss`` (the only tensor with gradient) and the detached
     ``clip_loss``, ``clip_acc``, ``ssl_loss``, ``ssl_acc`` of the terms that were computed.
     """
 
@@ -186,6 +187,15 @@ class SLIPLoss(nn.Module):
         self.clip_scale = float(clip_scale)
         self.gather = gather
 
+    @classmethod
+    def for_model(cls, model: Any, **kwargs: Any) -> SLIPLoss:
+        """The loss of the objectives a model has: CLIP when it has a text tower, SimCLR when it has the head
+        (weights 1, or as given)."""
+        cfg = getattr(model, "cfg", model)
+        kwargs.setdefault("clip_scale", 1.0 if cfg.text is not None else 0.0)
+        kwargs.setdefault("ssl_scale", 1.0 if cfg.ssl_head is not None else 0.0)
+        return cls(**kwargs)
+
     def extra_repr(self) -> str:
         return (
             f"clip_scale={self.clip_scale}, ssl_scale={self.ssl_scale}, "
@@ -197,8 +207,15 @@ class SLIPLoss(nn.Module):
         metrics: dict[str, torch.Tensor] = {}
 
         def add(weight: float, keys: tuple[str, ...], fn: Callable[[], dict[str, torch.Tensor]]) -> None:
-            if weight <= 0 or any(outputs.get(k) is None for k in keys):
+            if weight <= 0:
                 return
+            missing = [k for k in keys if outputs.get(k) is None]
+            if missing:
+                scale = "clip_scale" if keys == CLIP_KEYS else "ssl_scale"
+                raise ValueError(
+                    f"SLIPLoss: {scale}={weight} but the model output has no {', '.join(missing)}; give the model "
+                    f"those inputs, or set {scale}=0 for a model without that objective"
+                )
             result = fn()
             name = next(k for k in result if k.endswith("_loss"))
             terms.append((weight, result[name]))

@@ -363,3 +363,12 @@ def test_two_processes_finetune_like_one() -> None:
             torch.testing.assert_close(got, v, atol=1e-5, rtol=0, msg=k)
         assert r["metrics"]["num_samples"] == single["metrics"]["num_samples"] == 12
         assert r["metrics"]["top1"] == pytest.approx(single["metrics"]["top1"])
+
+
+def test_preset_follows_the_towers_shape_not_the_models_name() -> None:
+    from openslip.eval.finetune import preset_for
+    from openslip.models import model_config
+
+    for name, preset in [("slip_vit_s16", "vit_s16"), ("CLIP_VITB16", "vit_b16"), ("simclr_vit_l16", "vit_l16"),
+                         ("slip_vit_tiny", "demo"), ("slip_vit_micro", "demo")]:  # fmt: skip
+        assert preset_for(model_config(name).vision) == preset

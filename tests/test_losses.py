@@ -163,21 +163,28 @@ def test_slip_loss_combines_terms():
     )
 
 
-def test_slip_loss_skips_zero_weights_and_missing_keys():
+def test_slip_loss_skips_zero_weights_and_refuses_missing_inputs():
     out = _model_out()
     clip_only = {k: out[k] for k in ("image_embed", "text_embed", "logit_scale")}
     ssl_only = {k: out[k] for k in ("view1_embed", "view2_embed")}
     for loss_fn, inputs, keys in [
-        (SLIPLoss(), clip_only, {"loss", "clip_loss", "clip_acc"}),
+        (SLIPLoss(ssl_scale=0.0), clip_only, {"loss", "clip_loss", "clip_acc"}),
         (SLIPLoss(ssl_scale=0.0), out, {"loss", "clip_loss", "clip_acc"}),
-        (SLIPLoss(), ssl_only, {"loss", "ssl_loss", "ssl_acc"}),
+        (SLIPLoss(clip_scale=0.0), ssl_only, {"loss", "ssl_loss", "ssl_acc"}),
         (SLIPLoss(clip_scale=0.0), out, {"loss", "ssl_loss", "ssl_acc"}),
-        (SLIPLoss(), {**out, "view2_embed": None}, {"loss", "clip_loss", "clip_acc"}),
     ]:
         res = loss_fn(inputs)
         assert set(res) == keys
         term = "clip_loss" if "clip_loss" in keys else "ssl_loss"
         torch.testing.assert_close(res["loss"].detach(), res[term])
+    # a weighted term without its inputs is an error, not a silently smaller objective
+    for loss_fn, inputs, missing in [
+        (SLIPLoss(), clip_only, "ssl_scale=1.0 but the model output has no view1_embed, view2_embed"),
+        (SLIPLoss(), ssl_only, "clip_scale=1.0 but the model output has no image_embed, text_embed, logit_scale"),
+        (SLIPLoss(), {**out, "view2_embed": None}, "has no view2_embed"),
+    ]:
+        with pytest.raises(ValueError, match=missing):
+            loss_fn(inputs)
     # a zero-weight term must not even be computed: its gradient stays None
     res = SLIPLoss(ssl_scale=0.0)(out)
     res["loss"].backward()
@@ -186,7 +193,7 @@ def test_slip_loss_skips_zero_weights_and_missing_keys():
 
 def test_slip_loss_errors():
     out = _model_out()
-    with pytest.raises(ValueError, match="no term"):
+    with pytest.raises(ValueError, match="has no text_embed, logit_scale"):
         SLIPLoss()({"image_embed": out["image_embed"]})
     with pytest.raises(ValueError, match="no term"):
         SLIPLoss(clip_scale=0.0, ssl_scale=0.0)(out)

@@ -51,7 +51,7 @@ def test_forward_backward_every_parameter_gets_gradient(kind, size):
     torch.manual_seed(0)
     model = create_model(f"{kind}_{size}")
     out = model(**_inputs(model))
-    loss = openslip.SLIPLoss()(out)["loss"]
+    loss = openslip.SLIPLoss.for_model(model)(out)["loss"]
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"no/bad gradient for {missing}"

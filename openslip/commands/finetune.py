@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     model, device = setup(args)
     train, test = _train_test(args)
     cfg = config_from_preset(
-        args.preset or preset_for(model.cfg.name),
+        args.preset or preset_for(model.cfg.vision),
         epochs=args.epochs,
         warmup_epochs=args.warmup_epochs,
         batch_size=args.train_batch_size,

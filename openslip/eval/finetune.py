@@ -45,6 +45,8 @@ from openslip.errors import CheckpointError, ConfigError
 from openslip.eval.best_of import best_and_final, check_report
 from openslip.eval.metrics import classification_metrics
 from openslip.eval.randaugment import RandAugment, RandomErasing, parse_randaug
+from openslip.models import model_config
+from openslip.models.config import VisionConfig
 from openslip.models.vision import VisionTransformer
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -140,10 +142,12 @@ PRESETS: dict[str, FinetuneConfig] = {
 }
 
 
-def preset_for(model_name: str) -> str:
-    """The preset of a model name: its ViT size (vit_s16 / vit_b16 / vit_l16), else 'demo' for tiny models."""
+def preset_for(vision: VisionConfig) -> str:
+    """The preset of an image tower: the paper's ViT-S/B/L by its shape (width, depth, patch), else 'demo' for
+    the small models. The shape decides, not the model's name: converted or renamed weights get the same."""
     for size in ("vit_s16", "vit_b16", "vit_l16"):
-        if model_name.lower().endswith(size) or model_name.upper().endswith(size.upper().replace("_", "")):
+        ref = model_config(f"slip_{size}").vision
+        if (vision.width, vision.layers, vision.patch_size) == (ref.width, ref.layers, ref.patch_size):
             return size
     return "demo"
 
