@@ -7,7 +7,9 @@ import math
 import torch
 from torch import nn
 
+from openslip import distributed
 from openslip.config import OptimConfig
+from openslip.errors import TrainingError
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -51,3 +53,13 @@ def clamp_logit_scale(model: nn.Module) -> None:
     scale = getattr(model, "logit_scale", None)
     if scale is not None:
         scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
+def stop_if_not_finite(loss: torch.Tensor, *, what: str, step: int, last_good: str) -> None:
+    """End a training loop with one line when the loss of any rank is NaN or inf: every rank checks the same
+    all-reduced flag, so all of them stop at the same step (none waits in a collective for one that left).
+    Used by finetuning and the SGD probe, which would otherwise train on NaN silently; ``last_good`` says
+    what there is to go back to."""
+    bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=loss.device)
+    if distributed.all_reduce_mean(bad).item() > 0:
+        raise TrainingError(f"{what}: non-finite loss at step {step} ({loss.item()}); {last_good}")

@@ -48,6 +48,7 @@ from openslip.eval.randaugment import RandAugment, RandomErasing, parse_randaug
 from openslip.models import model_config
 from openslip.models.config import VisionConfig
 from openslip.models.vision import VisionTransformer
+from openslip.optim import stop_if_not_finite
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISIONS = ("fp32", *AMP_DTYPES)
@@ -459,6 +460,9 @@ def finetune(
         return classification_metrics(logits, labels, metric)
 
     vit.train()
+    last_good = "no state was saved (--out-dir keeps one per epoch)"
+    if state_path is not None and start_epoch > 0:
+        last_good = f"the last good state is {state_path} (epoch {start_epoch})"
     for epoch in range(start_epoch, cfg.epochs):
         # Every stream restarts from (seed, epoch, ...) so that a resumed epoch draws what it would have drawn.
         torch.manual_seed(stream_seed(cfg.seed, _DROP_PATH, epoch, rank))  # drop-path masks differ per rank
@@ -473,6 +477,7 @@ def finetune(
             with autocast():
                 logits = vit(x)
             loss = soft_cross_entropy(logits, target)
+            stop_if_not_finite(loss, what="finetuning", step=step, last_good=last_good)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             distributed.average_gradients(vit)  # averaging scaled gradients commutes with the unscaling
@@ -501,6 +506,7 @@ def finetune(
                 "evaluations": evaluations,
             }
             save_state(state_path, state)
+            last_good = f"the last good state is {state_path} (epoch {epoch + 1}); run the command again to resume"
     evaluations[cfg.epochs] = evaluate()
     out = best_and_final(evaluations, report)
     out.update({"lr": cfg.lr, "epochs": float(cfg.epochs), "batch_size": float(cfg.batch_size), **history})

@@ -40,6 +40,7 @@ from openslip.eval.logistic import (
     search_c,
 )
 from openslip.eval.metrics import classification_metrics
+from openslip.optim import stop_if_not_finite
 
 __all__ = [
     "LogisticConfig",
@@ -158,6 +159,7 @@ def sgd_probe(
 
     evaluations: dict[int, dict[str, float]] = {}
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    step = 0
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:  # per-epoch cosine, as the reference's adjust_learning_rate
             group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
@@ -167,6 +169,10 @@ def sgd_probe(
             with torch.no_grad():
                 feats = backbone(images.to(device))
             loss = F.cross_entropy(head(feats), labels.to(device))
+            best = max(evaluations, key=lambda e: evaluations[e]["score"], default=None)
+            last_good = f"the best evaluation so far was after epoch {best}" if best else "nothing was evaluated yet"
+            stop_if_not_finite(loss, what="SGD linear probe", step=step, last_good=last_good)
+            step += 1
             opt.zero_grad(set_to_none=True)
             loss.backward()
             distributed.average_gradients(head)
