@@ -157,6 +157,15 @@ def simclr_loss(
     return {"ssl_loss": loss, "ssl_acc": acc}
 
 
+def effective_rank(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """RankMe (Garrido et al., ICML 2023): exp of the entropy of the normalised singular values of a batch of
+    embeddings [B, D]; from 1 (every embedding on one line: collapse) up to min(B, D). Detached, float32."""
+    with torch.no_grad(), torch.autocast(device_type=z.device.type, enabled=False):
+        s = torch.linalg.svdvals(z.detach().float())
+        p = s / s.sum().clamp_min(eps) + eps
+        return torch.exp(-(p * p.log()).sum())
+
+
 class SLIPLoss(nn.Module):
     """``loss = clip_scale * clip_loss + ssl_scale * ssl_loss`` on a model output dict (SLIP §3.3).
 
@@ -175,6 +184,7 @@ class SLIPLoss(nn.Module):
         *,
         clip_scale: float = 1.0,
         gather: Gather = "grad",
+        track_rank: bool = False,
     ) -> None:
         super().__init__()
         if ssl_scale < 0 or clip_scale < 0:
@@ -186,6 +196,9 @@ class SLIPLoss(nn.Module):
         self.ssl_temperature = float(ssl_temperature)
         self.clip_scale = float(clip_scale)
         self.gather = gather
+        # also report ``ssl_rank``, the effective rank of this rank's view-1 embeddings (RankMe): a SimCLR branch
+        # that collapses shows it as a falling rank long before the loss says so
+        self.track_rank = track_rank
 
     @classmethod
     def for_model(cls, model: Any, **kwargs: Any) -> SLIPLoss:
@@ -235,6 +248,8 @@ class SLIPLoss(nn.Module):
                 outputs["view1_embed"], outputs["view2_embed"], temperature=self.ssl_temperature, gather=self.gather
             ),
         )
+        if self.track_rank and "ssl_loss" in metrics:
+            metrics["ssl_rank"] = effective_rank(outputs["view1_embed"])
         if not terms:
             present = sorted(k for k, v in outputs.items() if v is not None)
             raise ValueError(

@@ -20,7 +20,8 @@ from typing import Any
 from openslip.errors import UserError
 
 SKIP = {"step", "time", "epoch"}
-ORDER = ("loss", "clip_loss", "ssl_loss", "clip_acc", "ssl_acc", "zeroshot/", "lr", "logit_scale", "samples_per_s")
+ORDER = ("loss", "clip_loss", "ssl_loss", "clip_acc", "ssl_acc", "ssl_rank", "zeroshot/", "lr", "logit_scale",
+         "samples_per_s")  # fmt: skip
 # metric (or prefix ending in "/") -> y-axis label
 UNITS = {
     "loss": "loss (nats)",
@@ -28,6 +29,7 @@ UNITS = {
     "ssl_loss": "loss (nats)",
     "clip_acc": "in-batch top-1 (%)",
     "ssl_acc": "in-batch top-1 (%)",
+    "ssl_rank": "effective rank (RankMe)",
     "zeroshot/": "score (%)",
     "lr": "learning rate",
     "logit_scale": "logit scale (1 / temperature)",

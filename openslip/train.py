@@ -160,6 +160,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         clip_scale=cfg.loss.clip_scale,
         ssl_temperature=cfg.loss.ssl_temperature,
         gather=cfg.loss.gather,
+        track_rank=True,  # ssl_rank in metrics.jsonl: a collapse signal (RankMe)
     )
     data = build_train_data(cfg, model.cfg, dist.rank, dist.world_size, dist.device, dtype=dtype)
     return Trainer(

@@ -218,3 +218,31 @@ def test_bf16_inputs_under_autocast_are_computed_in_float32():
         torch.testing.assert_close(got32[k], expected[k], rtol=1e-6, atol=1e-6)
     got["loss"].backward()
     assert out16["image_embed"].grad.dtype == torch.bfloat16
+
+
+def test_effective_rank_reads_collapse() -> None:
+    from openslip.losses import effective_rank
+
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(256, 16, generator=g, dtype=torch.float64)
+    collapsed = torch.randn(256, 1, generator=g, dtype=torch.float64) * torch.randn(
+        1, 16, generator=g, dtype=torch.float64
+    )
+    assert 12 < effective_rank(spread).item() <= 16
+    assert effective_rank(collapsed).item() < 1.01
+    # against the definition written out: exp of the entropy of the normalised singular values
+    s = torch.linalg.svdvals(spread)
+    p = s / s.sum()
+    assert effective_rank(spread).item() == pytest.approx(torch.exp(-(p * p.log()).sum()).item(), rel=1e-5)
+
+
+def test_training_logs_the_ssl_rank(tmp_path) -> None:
+    import json
+
+    from openslip.cli import main
+
+    argv = ["train", "model=slip_vit_micro", "train.steps=2", "train.batch_size=8", "data.num_workers=0",
+            "data.image_size=32", "eval.zeroshot=[]", "train.log_every=1", f"out_dir={tmp_path}"]  # fmt: skip
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(1.0 <= r["ssl_rank"] <= 8.0 for r in rows if "loss" in r)
