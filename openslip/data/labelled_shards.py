@@ -20,6 +20,7 @@ import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from openslip.data.class_lists import read_classnames
 from openslip.data.labelled import LabelledSource, index_labels
 from openslip.data.shards import (
     IMAGE_SUFFIXES,
@@ -119,8 +120,6 @@ def _classnames_beside(urls: Sequence[str]) -> list[str] | None:
     first = Path(urls[0]).parent
     for folder in (first, first.parent):
         if (folder / CLASSNAMES_FILE).is_file():
-            from openslip.eval.catalog import read_classnames
-
             return read_classnames(folder / CLASSNAMES_FILE)
     return None
 

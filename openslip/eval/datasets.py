@@ -27,19 +27,17 @@ from torch.utils.data import Dataset
 
 from openslip.data.augment import EvalTransform, apply_view
 from openslip.data.augment_params import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, sample_view_params
-from openslip.data.labelled_shards import is_shard_set
-from openslip.data.skips import BadSample
-from openslip.errors import DataError
-from openslip.eval.catalog import (
-    DEFAULT_PROMPTS,
-    CatalogEntry,
+from openslip.data.class_lists import (
     check_templates,
     clean_folder_name,
-    get_entry,
     is_prompt_json,
     read_classnames,
     read_templates,
 )
+from openslip.data.labelled_shards import is_shard_set
+from openslip.data.skips import BadSample
+from openslip.errors import DataError
+from openslip.eval.catalog import DEFAULT_PROMPTS, CatalogEntry, get_entry
 from openslip.eval.preprocess import Normalization, eval_transform
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
