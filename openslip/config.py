@@ -160,6 +160,11 @@ class EvalConfig:
     # periodic zero-shot sets: demo task names, ImageFolder trees, labelled CSVs or shards (as `openslip eval
     # zeroshot`); `NAME:PATH` names the set's catalog dataset (`imagenet:/data/imagenet/val`)
     zeroshot: list[str] = field(default_factory=lambda: ["demo_shapes", "demo_colours"])
+    # frozen-feature probes on labelled sets, `TEST[@TRAIN]` as `openslip compare --eval-sets` (a demo task brings
+    # its train split): the kNN and logistic linear probe of `openslip eval knn|linear`, for every objective
+    knn: list[str] = field(default_factory=list)
+    linear: list[str] = field(default_factory=list)
+    train_samples: int = 2000  # images of a demo task's train split for the probes
     every_steps: int = 200  # evaluate every N steps (and at the end); 0: only at the end
     samples: int = 1000  # images per zero-shot task
     # the next three apply to the folder / CSV / shard sets of eval.zeroshot (demo tasks keep their own), as the
@@ -174,6 +179,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _positive("eval.every_steps", self.every_steps, allow_zero=True)
         _positive("eval.samples", self.samples)
+        _positive("eval.train_samples", self.train_samples)
         from openslip.eval.catalog import check_prompt_set, get_entry
         from openslip.eval.preprocess import check_crop_fraction
 

@@ -20,8 +20,8 @@ from typing import Any
 from openslip.errors import UserError
 
 SKIP = {"step", "time", "epoch"}
-ORDER = ("loss", "clip_loss", "ssl_loss", "clip_acc", "ssl_acc", "ssl_rank", "zeroshot/", "lr", "logit_scale",
-         "samples_per_s")  # fmt: skip
+ORDER = ("loss", "clip_loss", "ssl_loss", "clip_acc", "ssl_acc", "ssl_rank", "zeroshot/", "knn/", "linear/", "lr",
+         "logit_scale", "samples_per_s")  # fmt: skip
 # metric (or prefix ending in "/") -> y-axis label
 UNITS = {
     "loss": "loss (nats)",
@@ -31,13 +31,15 @@ UNITS = {
     "ssl_acc": "in-batch top-1 (%)",
     "ssl_rank": "effective rank (RankMe)",
     "zeroshot/": "score (%)",
+    "knn/": "score (%)",
+    "linear/": "score (%)",
     "lr": "learning rate",
     "logit_scale": "logit scale (1 / temperature)",
     "samples_per_s": "samples / s",
     "data_wait_frac": "fraction of step time",
     "data/": "samples",
 }
-PERCENT = ("clip_acc", "ssl_acc", "zeroshot/")  # drawn on a fixed 0-100 axis
+PERCENT = ("clip_acc", "ssl_acc", "zeroshot/", "knn/", "linear/")  # drawn on a fixed 0-100 axis
 
 
 @dataclass

@@ -36,7 +36,9 @@ from openslip.distributed import (
 from openslip.errors import CheckpointError, ConfigError, RunStopped, TrainingError, UserError
 from openslip.eval.catalog import split_catalog_spec
 from openslip.eval.datasets import open_classification
+from openslip.eval.features import eval_mode
 from openslip.eval.metrics import chance_score
+from openslip.eval.suite import EVALS, EvalOptions, EvalSet, open_eval_set
 from openslip.eval.zero_shot import evaluate_zero_shot
 from openslip.interop.init_from import adopt_layout, init_weights_from, resume_or_source
 from openslip.losses import SLIPLoss
@@ -75,6 +77,7 @@ class Trainer:
     last_checkpoint: Path | None = None
     history: dict[str, float] = field(default_factory=dict)
     chance: dict[str, float] = field(default_factory=dict)  # evaluation -> its chance score (plots draw it)
+    eval_sets: dict[str, Any] = field(default_factory=dict)  # probe sets, opened at their first evaluation
     stop_signal: int = 0  # set by the SIGTERM / SIGINT handler; the loop stops after the current step
     init_report: list[str] = field(default_factory=list)  # what init_from loaded and what kept its initialisation
 
@@ -293,8 +296,12 @@ def _changed_settings(saved: dict[str, Any] | None, current: dict[str, Any]) -> 
     return changed
 
 
+PROBES = ("knn", "linear")  # the evaluations of `openslip.eval.suite` that training runs besides zero-shot
+
+
 def evaluate(t: Trainer) -> dict[str, float]:
-    """Zero-shot score (the dataset's metric, %) on each `eval.zeroshot` set; every rank takes part."""
+    """Score (the dataset's metric, %) on each `eval.zeroshot` set, then each `eval.knn` / `eval.linear` probe set;
+    every rank takes part."""
     results: dict[str, float] = {}
     if t.model.has_text:
         for spec in t.cfg.eval.zeroshot:
@@ -302,7 +309,24 @@ def evaluate(t: Trainer) -> dict[str, float]:
             metrics, _, _ = evaluate_zero_shot(t.model, dataset, device=t.dist.device)
             results[f"zeroshot/{dataset.name}"] = metrics["score"]
             t.chance[f"zeroshot/{dataset.name}"] = chance_score(dataset.metric, dataset.num_classes)
+    options = EvalOptions(device=t.dist.device, seed=t.cfg.seed)
+    for kind in PROBES:
+        for spec in getattr(t.cfg.eval, kind):
+            if spec not in t.eval_sets:  # opened once: demo tasks render, folders are indexed
+                t.eval_sets[spec] = _probe_set(t.cfg, spec, t.model.cfg.vision.image_size)
+            es = t.eval_sets[spec]
+            with eval_mode(t.model):  # no patch dropout, no drop-path while features are taken
+                result = EVALS.get(kind).run(t.model, es, options)
+            results[f"{kind}/{es.name}"] = result.metrics["score"]
+            t.chance[f"{kind}/{es.name}"] = chance_score(es.metric, es.test.num_classes)
     return results
+
+
+def _probe_set(cfg: Config, spec: str, image_size: int) -> EvalSet:
+    es = open_eval_set(spec, image_size=image_size, num_test=cfg.eval.samples, num_train=cfg.eval.train_samples)
+    if es.kind != "classification" or es.train is None:
+        raise ConfigError(f"{spec!r}: a probe needs a labelled set with a train split (TEST@TRAIN, or a demo task)")
+    return es
 
 
 def _zero_shot_set(cfg: Config, spec: str, image_size: int):
@@ -325,6 +349,12 @@ def check_eval_tasks(cfg: Config) -> None:
             _zero_shot_set(cfg, spec, image_size)
         except UserError as err:
             raise ConfigError(f"eval.zeroshot: {err}") from None
+    for kind in PROBES:
+        for spec in getattr(cfg.eval, kind):
+            try:
+                _probe_set(cfg, spec, image_size)
+            except UserError as err:
+                raise ConfigError(f"eval.{kind}: {err}") from None
 
 
 LOCK_FILE = ".lock"
@@ -505,7 +535,8 @@ def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
             log.log(step, metrics)
             log.progress(step, metrics)
         last = step == cfg.train.steps
-        if cfg.eval.every_steps and (step % cfg.eval.every_steps == 0 or last) or (last and cfg.eval.zeroshot):
+        evaluates = cfg.eval.zeroshot or cfg.eval.knn or cfg.eval.linear
+        if cfg.eval.every_steps and (step % cfg.eval.every_steps == 0 or last) or (last and evaluates):
             results = evaluate(t)
             if results:
                 t.history.update(results)
