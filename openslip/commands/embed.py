@@ -17,7 +17,7 @@ from openslip.errors import ConfigError, DataError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from openslip.commands.eval import add_model_args
+    from openslip.commands._common import add_model_args
 
     p = sub.add_parser(
         "embed",
@@ -84,7 +84,7 @@ def _texts(spec: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from openslip import distributed
-    from openslip.commands.eval import setup
+    from openslip.commands._common import setup
     from openslip.eval.features import encode_texts, extract_features, feature_fn
 
     out = Path(args.output).expanduser()

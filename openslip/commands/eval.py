@@ -9,9 +9,16 @@ the JSON, whose keys are metric names plus `metric` (the dataset's reported one)
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
+from openslip.commands._common import (
+    add_model_args,
+    add_report_arg,
+    classification_set,
+    finish,
+    setup,
+    train_test,
+)
 from openslip.errors import ConfigError
 
 
@@ -96,37 +103,6 @@ def _metric_names() -> tuple[str, ...]:
     return CLASSIFICATION_METRICS
 
 
-def add_report_arg(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    p.add_argument(
-        "--report",
-        choices=("best", "final"),
-        default="best",
-        help=f"{prefix}the score reported: the best of the evaluations, as the reference (default), or the last "
-        "epoch's; the result gives both",
-    )
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=False, help="run dir, checkpoint, .safetensors, SLIP .pt, or a model name")
-    p.add_argument(
-        "--pretrained",
-        metavar="none|FILE",
-        help="with a model name: 'none' for random weights, or a weights file for that model",
-    )
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this rank's GPU, else cpu)")
-    p.add_argument("--image-size", type=int, help="input size (default: the model's)")
-    p.add_argument(
-        "--crop-fraction",
-        type=float,
-        metavar="F",
-        help="centre crop / resized shorter side: 1.0 resizes to the input size, 0.875 to size / 0.875 "
-        "(default: the protocol's, as the reference: 1.0 for zero-shot, retrieval and embed; 0.875 for probes and "
-        "finetuning)",
-    )
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass per process")
-    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes per rank")
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--dataset", help="demo task name, demo, image folder, CSV, manifest, Karpathy JSON")
@@ -151,85 +127,6 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 # --- shared plumbing ------------------------------------------------------------------------------------
 
 
-def setup(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(model, device) on every rank; the process group is joined from the torchrun environment."""
-    from openslip import distributed
-    from openslip.eval.features import load_eval_model
-    from openslip.eval.preprocess import check_crop_fraction, model_normalization
-
-    if not args.model:
-        raise ConfigError("--model is required (a run dir, checkpoint, SLIP .pt, or a name with --pretrained none)")
-    info = distributed.init_distributed()
-    device = args.device or info.device
-    model = load_eval_model(args.model, pretrained=args.pretrained, device=device)
-    args.normalization = model_normalization(model)  # converted CLIP weights keep CLIP's image statistics
-    check_crop_fraction(args.crop_fraction)  # also where no file is resized (demo tasks): a typo is not ignored
-    if args.image_size is None:
-        args.image_size = model.cfg.vision.image_size
-    patch = model.cfg.vision.patch_size
-    if args.image_size < patch or args.image_size % patch:  # the ViT would silently drop the remainder
-        raise ConfigError(
-            f"--image-size {args.image_size} is not a multiple of {model.cfg.name}'s patch size {patch} "
-            f"(try {max(patch, round(args.image_size / patch) * patch)})"
-        )
-    if args.batch_size < 1 or args.num_workers < 0:
-        raise ConfigError("--batch-size must be >= 1 and --num-workers >= 0")
-    return model, device
-
-
-def finish(args: argparse.Namespace, title: str, metrics: dict[str, Any], *, keys: list[str] | None = None) -> int:
-    """Rank 0: print the table and write --output; everyone leaves the process group."""
-    from openslip import distributed
-
-    if distributed.is_main():
-        print(format_table(title, metrics, keys))
-        if args.output:
-            from openslip.atomic import write_json
-
-            write_json(args.output, metrics)
-            print(f"wrote {args.output}")
-    distributed.barrier()
-    distributed.destroy_distributed()
-    return 0
-
-
-def format_table(title: str, metrics: dict[str, Any], keys: list[str] | None = None) -> str:
-    rows = [(k, metrics[k]) for k in (keys or list(metrics)) if k in metrics and k != "metric"]
-    width = max([len(k) for k, _ in rows] + [10])
-    lines = [title, "-" * max(len(title), width + 12)]
-    for k, v in rows:
-        mark = "  <- reported" if k == metrics.get("metric") else ""
-        if isinstance(v, float) and (
-            k.startswith("num_") or k.endswith("_epoch") or k in ("k", "epochs", "batch_size", "num_classes")
-        ):
-            text = f"{int(v)}"
-        elif isinstance(v, float) and k in ("C", "lr", "temperature"):
-            text = f"{v:.4g}"
-        elif isinstance(v, float):
-            text = f"{v:.2f}"
-        else:
-            text = str(v)
-        lines.append(f"{k:<{width}}  {text:>10}{mark}")
-    return "\n".join(lines)
-
-
-def _classification_set(args: argparse.Namespace, spec: str, split: str, n: int | None, **extra: Any) -> Any:
-    from openslip.eval.datasets import open_classification
-
-    protocol = getattr(args, "task", None) or args.command  # eval's zeroshot / linear / knn, or finetune
-    return open_classification(
-        spec,
-        split=split,
-        image_size=args.image_size,
-        n=n,
-        seed=args.seed,
-        protocol=protocol,
-        crop_fraction=args.crop_fraction,
-        normalization=args.normalization,
-        **extra,
-    )
-
-
 # --- zeroshot -------------------------------------------------------------------------------------------
 
 
@@ -241,7 +138,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     from openslip.eval.zero_shot import evaluate_zero_shot
 
     model, device = setup(args)
-    ds = _classification_set(
+    ds = classification_set(
         args,
         args.dataset,
         args.split,
@@ -259,6 +156,8 @@ def run_zeroshot(args: argparse.Namespace) -> int:
 
     if distributed.is_main():
         if args.save_predictions:
+            from openslip.eval.reports import save_predictions
+
             save_predictions(args.save_predictions, ds, logits, labels)
         if args.confusion_matrix:
             from openslip.eval.metrics import confusion_matrix
@@ -287,25 +186,6 @@ def _list_datasets(prompts: str) -> int:
         names = f"{e.num_classes} classes" + ("" if e.classnames else " (names from folders / --classnames)")
         print(f"  {name:16s} {e.title:32s} {e.metric:15s} {names}, {len(e.templates)} templates")
     return 0
-
-
-def save_predictions(path: str, ds: Any, logits: Any, labels: Any) -> None:
-    """CSV: index, id (file path for file sets), label, prediction, their names, and the top-5 classes."""
-    import csv
-
-    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    out = Path(path).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    source = getattr(ds, "source", None)
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "id", "label", "label_name", "prediction", "prediction_name", "top5"])
-        for i in range(len(labels)):
-            lab, pred = int(labels[i]), int(top[i, 0])
-            ident = source.paths[i] if source is not None else str(i)
-            w.writerow(
-                [i, ident, lab, ds.classnames[lab], pred, ds.classnames[pred], " ".join(map(str, top[i].tolist()))]
-            )
 
 
 # --- retrieval ------------------------------------------------------------------------------------------
@@ -339,28 +219,6 @@ def run_retrieval(args: argparse.Namespace) -> int:
 # --- linear / knn ---------------------------------------------------------------------------------------
 
 
-def _train_test(args: argparse.Namespace) -> tuple[Any, Any]:
-    from openslip.data.demo_tasks import demo_task_names
-
-    if not args.dataset:
-        raise ConfigError("--dataset is required (a demo task name, or a test image folder / CSV with --train)")
-    if args.dataset in demo_task_names():
-        train_spec = args.train or args.dataset
-    elif args.train:
-        train_spec = args.train
-    else:
-        raise ConfigError(f"--train is required with a folder or CSV test set ({args.dataset})")
-    test = _classification_set(args, args.dataset, args.split, args.num_samples)
-    train = _classification_set(args, train_spec, "train", args.num_train)
-    if train.classnames != test.classnames:
-        diff = next((f"{a!r} vs {b!r}" for a, b in zip(train.classnames, test.classnames, strict=False) if a != b), "")
-        raise ConfigError(
-            f"train and test sets have different classes ({train.num_classes} vs {test.num_classes}"
-            f"{'; first difference: ' + diff if diff else ''})"
-        )
-    return train, test
-
-
 def _feature_options(args: argparse.Namespace, device: Any) -> Any:
     from openslip.eval.probes import FeatureOptions
 
@@ -370,7 +228,7 @@ def _feature_options(args: argparse.Namespace, device: Any) -> Any:
 def run_linear(args: argparse.Namespace) -> int:
 
     model, device = setup(args)
-    train, test = _train_test(args)
+    train, test = train_test(args)
     if args.protocol == "sgd":
         from openslip.eval.datasets import TrainTransform
         from openslip.eval.linear import SGDProbeConfig, sgd_probe
@@ -401,7 +259,7 @@ def run_linear(args: argparse.Namespace) -> int:
         return finish(args, title, metrics)
     from openslip.eval.probes import linear_probe
 
-    val = _classification_set(args, args.val, "val", None) if args.val else None
+    val = classification_set(args, args.val, "val", None) if args.val else None
     metrics, _, _ = linear_probe(model, train, test, _feature_options(args, device), val=val, seed=args.seed)
     title = f"linear probe (logistic, {args.features} features) {test.name}: {len(train)} train, {len(test)} test"
     return finish(args, title, metrics)
@@ -411,7 +269,7 @@ def run_knn(args: argparse.Namespace) -> int:
     from openslip.eval.probes import knn
 
     model, device = setup(args)
-    train, test = _train_test(args)
+    train, test = train_test(args)
     opt = _feature_options(args, device)
     metrics, _, _ = knn(model, train, test, opt, k=args.k, temperature=args.temperature)
     title = f"kNN (k={args.k}, T={args.temperature}, {args.features} features) {test.name}: {len(train)} train"

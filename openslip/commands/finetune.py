@@ -17,7 +17,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from openslip.commands.eval import add_model_args, add_report_arg
+    from openslip.commands._common import add_model_args, add_report_arg
 
     p = sub.add_parser(
         "finetune",
@@ -70,11 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from openslip import distributed
-    from openslip.commands.eval import _train_test, finish, setup
+    from openslip.commands._common import finish, setup, train_test
     from openslip.eval.finetune import FinetuneTransform, config_from_preset, finetune, preset_for
 
     model, device = setup(args)
-    train, test = _train_test(args)
+    train, test = train_test(args)
     cfg = config_from_preset(
         args.preset or preset_for(model.cfg.vision),
         epochs=args.epochs,

@@ -1,0 +1,142 @@
+"""What the evaluation commands share (`openslip eval`, `finetune`, `embed`): the model options, loading the model on
+every rank, opening labelled sets as the command's protocol does, and printing / writing the result. Argument
+plumbing only; the evaluations themselves are library calls in `openslip.eval`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from openslip.errors import ConfigError
+
+
+def add_report_arg(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument(
+        "--report",
+        choices=("best", "final"),
+        default="best",
+        help=f"{prefix}the score reported: the best of the evaluations, as the reference (default), or the last "
+        "epoch's; the result gives both",
+    )
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=False, help="run dir, checkpoint, .safetensors, SLIP .pt, or a model name")
+    p.add_argument(
+        "--pretrained",
+        metavar="none|FILE",
+        help="with a model name: 'none' for random weights, or a weights file for that model",
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this rank's GPU, else cpu)")
+    p.add_argument("--image-size", type=int, help="input size (default: the model's)")
+    p.add_argument(
+        "--crop-fraction",
+        type=float,
+        metavar="F",
+        help="centre crop / resized shorter side: 1.0 resizes to the input size, 0.875 to size / 0.875 "
+        "(default: the protocol's, as the reference: 1.0 for zero-shot, retrieval and embed; 0.875 for probes and "
+        "finetuning)",
+    )
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass per process")
+    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes per rank")
+
+
+def setup(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(model, device) on every rank; the process group is joined from the torchrun environment."""
+    from openslip import distributed
+    from openslip.eval.features import load_eval_model
+    from openslip.eval.preprocess import check_crop_fraction, model_normalization
+
+    if not args.model:
+        raise ConfigError("--model is required (a run dir, checkpoint, SLIP .pt, or a name with --pretrained none)")
+    info = distributed.init_distributed()
+    device = args.device or info.device
+    model = load_eval_model(args.model, pretrained=args.pretrained, device=device)
+    args.normalization = model_normalization(model)  # converted CLIP weights keep CLIP's image statistics
+    check_crop_fraction(args.crop_fraction)  # also where no file is resized (demo tasks): a typo is not ignored
+    if args.image_size is None:
+        args.image_size = model.cfg.vision.image_size
+    patch = model.cfg.vision.patch_size
+    if args.image_size < patch or args.image_size % patch:  # the ViT would silently drop the remainder
+        raise ConfigError(
+            f"--image-size {args.image_size} is not a multiple of {model.cfg.name}'s patch size {patch} "
+            f"(try {max(patch, round(args.image_size / patch) * patch)})"
+        )
+    if args.batch_size < 1 or args.num_workers < 0:
+        raise ConfigError("--batch-size must be >= 1 and --num-workers >= 0")
+    return model, device
+
+
+def finish(args: argparse.Namespace, title: str, metrics: dict[str, Any], *, keys: list[str] | None = None) -> int:
+    """Rank 0: print the table and write --output; everyone leaves the process group."""
+    from openslip import distributed
+
+    if distributed.is_main():
+        print(format_table(title, metrics, keys))
+        if args.output:
+            from openslip.atomic import write_json
+
+            write_json(args.output, metrics)
+            print(f"wrote {args.output}")
+    distributed.barrier()
+    distributed.destroy_distributed()
+    return 0
+
+
+def format_table(title: str, metrics: dict[str, Any], keys: list[str] | None = None) -> str:
+    rows = [(k, metrics[k]) for k in (keys or list(metrics)) if k in metrics and k != "metric"]
+    width = max([len(k) for k, _ in rows] + [10])
+    lines = [title, "-" * max(len(title), width + 12)]
+    for k, v in rows:
+        mark = "  <- reported" if k == metrics.get("metric") else ""
+        if isinstance(v, float) and (
+            k.startswith("num_") or k.endswith("_epoch") or k in ("k", "epochs", "batch_size", "num_classes")
+        ):
+            text = f"{int(v)}"
+        elif isinstance(v, float) and k in ("C", "lr", "temperature"):
+            text = f"{v:.4g}"
+        elif isinstance(v, float):
+            text = f"{v:.2f}"
+        else:
+            text = str(v)
+        lines.append(f"{k:<{width}}  {text:>10}{mark}")
+    return "\n".join(lines)
+
+
+def classification_set(args: argparse.Namespace, spec: str, split: str, n: int | None, **extra: Any) -> Any:
+    from openslip.eval.datasets import open_classification
+
+    protocol = getattr(args, "task", None) or args.command  # eval's zeroshot / linear / knn, or finetune
+    return open_classification(
+        spec,
+        split=split,
+        image_size=args.image_size,
+        n=n,
+        seed=args.seed,
+        protocol=protocol,
+        crop_fraction=args.crop_fraction,
+        normalization=args.normalization,
+        **extra,
+    )
+
+
+def train_test(args: argparse.Namespace) -> tuple[Any, Any]:
+    from openslip.data.demo_tasks import demo_task_names
+
+    if not args.dataset:
+        raise ConfigError("--dataset is required (a demo task name, or a test image folder / CSV with --train)")
+    if args.dataset in demo_task_names():
+        train_spec = args.train or args.dataset
+    elif args.train:
+        train_spec = args.train
+    else:
+        raise ConfigError(f"--train is required with a folder or CSV test set ({args.dataset})")
+    test = classification_set(args, args.dataset, args.split, args.num_samples)
+    train = classification_set(args, train_spec, "train", args.num_train)
+    if train.classnames != test.classnames:
+        diff = next((f"{a!r} vs {b!r}" for a, b in zip(train.classnames, test.classnames, strict=False) if a != b), "")
+        raise ConfigError(
+            f"train and test sets have different classes ({train.num_classes} vs {test.num_classes}"
+            f"{'; first difference: ' + diff if diff else ''})"
+        )
+    return train, test
