@@ -26,7 +26,8 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from openslip.errors import ConfigError
 from openslip.flops import slip_sample_flops
 from openslip.perf import fast_bf16_available, tune_cpu_runtime
+from openslip.step import PhaseClock
 
 PHASES = ("data", "forward", "backward", "optimizer")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -209,25 +211,29 @@ def synthetic_inputs(model: Any, batch_size: int, image_size: int, device: torch
 
 
 class Stepper:
-    """Runs timed training steps of one path (candidate or baseline) on a built `Trainer`."""
+    """Runs timed training steps of one path on a built `Trainer`, through `train.optimise`: the step that
+    `openslip train` runs, timed phase by phase (`step.PhaseClock`).
+
+    The baseline path runs the same step on a copy of the trainer whose forward pass and optimizer are the
+    2021 way (`bench_baseline`); schedule, precision, loss scaler and clipping stay the candidate's."""
 
     def __init__(self, trainer: Any, *, baseline: bool, batch_size: int, image_size: int) -> None:
         from openslip.bench_baseline import reference_forward, reference_optimizer
 
-        self.t = trainer
         self.baseline = baseline
         self.device = trainer.dist.device
         self.flops_cfg = dict(batch_size=batch_size, image_size=image_size)
-        # Both paths run under the same autocast: a baseline in another precision than the candidate would
-        # measure the precision, not the implementation (the reference trained under fp16 autocast on GPUs).
-        self.autocast: Callable[[], contextlib.AbstractContextManager] = trainer.autocast
+        self.t = trainer
         if baseline:
             o = trainer.cfg.optim
-            self.forward: Callable[..., dict] = lambda **kw: reference_forward(trainer.model, **kw)
-            self.optimizer = reference_optimizer(trainer.model, o.lr, o.wd, o.betas, o.eps)
-        else:
-            self.forward = trainer.wrapped
-            self.optimizer = trainer.optimizer
+            optimizer = reference_optimizer(trainer.model, o.lr, o.wd, o.betas, o.eps)
+            # Same precision for both: a baseline in another precision would measure the precision, not the
+            # implementation (the reference trained under fp16 autocast on GPUs).
+            self.t = replace(
+                trainer,
+                wrapped=partial(reference_forward, trainer.model),
+                opt=replace(trainer.opt, optimizer=optimizer),
+            )
 
     def step_flops(self, inputs: dict[str, torch.Tensor]) -> float:
         model = self.t.model
@@ -240,31 +246,16 @@ class Stepper:
         return float(f.train * self.flops_cfg["batch_size"])
 
     def step(self, get_inputs: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, float], float]:
-        """One optimizer step; returns (seconds per phase, model FLOPs)."""
-        from openslip.optim import clamp_logit_scale
+        """One training step; returns (seconds per phase, plus page faults and system time; model FLOPs)."""
+        from openslip.train import optimise
 
-        t, dev = self.t, self.device
-        times: dict[str, float] = {}
         usage0 = resource.getrusage(resource.RUSAGE_SELF)
-        t0 = time.perf_counter()
+        clock = PhaseClock(self.device)
         inputs = get_inputs()
-        _sync(dev)
-        t1 = time.perf_counter()
-        with self.autocast():
-            losses = t.loss_fn(self.forward(**inputs))
-        _sync(dev)
-        t2 = time.perf_counter()
-        t.scaler.scale(losses["loss"]).backward()
-        _sync(dev)
-        t3 = time.perf_counter()
-        t.scaler.step(self.optimizer)
-        t.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        clamp_logit_scale(t.model)
-        _sync(dev)
-        t4 = time.perf_counter()
+        clock.lap("data")
+        optimise(self.t, inputs, clock)
         usage1 = resource.getrusage(resource.RUSAGE_SELF)
-        times.update(data=t1 - t0, forward=t2 - t1, backward=t3 - t2, optimizer=t4 - t3)
+        times = {phase: clock.times.get(phase, 0.0) for phase in PHASES}
         times.update(minor_faults=usage1.ru_minflt - usage0.ru_minflt, sys_s=usage1.ru_stime - usage0.ru_stime)
         return times, self.step_flops(inputs)
 
@@ -440,7 +431,7 @@ def memory_sweep(trainer: Any, bc: TrainBenchConfig, image_size: int) -> list[di
             except torch.OutOfMemoryError:
                 row.update(peak_memory_mb=None, error="out of memory")
             finally:
-                trainer.optimizer.zero_grad(set_to_none=True)
+                trainer.opt.optimizer.zero_grad(set_to_none=True)
                 inputs = None
                 if stepper.device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -14,6 +14,7 @@ import os
 import signal
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,12 @@ from openslip.interop.init_from import adopt_layout, init_weights_from, resume_o
 from openslip.losses import SLIPLoss
 from openslip.models import SLIP, create_model, model_config
 from openslip.models.sync_batchnorm import convert_global_batchnorm
-from openslip.optim import build_optimizer, clamp_logit_scale, lr_at, set_lr
+from openslip.optim import build_optimizer, clamp_logit_scale, lr_at
 from openslip.perf import fast_bf16_available, tune_cpu_runtime
 from openslip.run_log import RunLogger
+from openslip.step import NO_CLOCK, OptimStep, check_finite
 from openslip.train_state import rng_state, set_rng_state
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # fp64 runs the whole step in float64: weights, views, losses and AdamW. Adam turns the rounding noise of a
 # near-zero gradient into a step of about lr, whose sign depends on the order of float operations (thread
 # count, instruction set); in float64 that noise sits far below AdamW's eps, so two CPUs give the same losses
@@ -69,8 +70,7 @@ class Trainer:
     model: SLIP  # the bare module (checkpoints, evaluation, exact accumulation)
     wrapped: nn.Module  # what the plain step calls: DDP(model), torch.compile(model) or the model itself
     loss_fn: SLIPLoss
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
+    opt: OptimStep  # AdamW with the warm-up + cosine schedule, precision, loss scaler and clipping
     data: TrainData
     run_dir: Path
     step: int = 0
@@ -81,45 +81,50 @@ class Trainer:
     stop_signal: int = 0  # set by the SIGTERM / SIGINT handler; the loop stops after the current step
     init_report: list[str] = field(default_factory=list)  # what init_from loaded and what kept its initialisation
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        dtype = AMP_DTYPES.get(self.cfg.train.precision)
-        return torch.autocast(self.dist.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
+def train_step(t: Trainer, batch: dict[str, Any], clock: Any = NO_CLOCK) -> dict[str, torch.Tensor]:
+    """One optimizer step on one global batch; returns the loss terms and the gradient norm (detached).
 
-def train_step(t: Trainer, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """One optimizer step on one global batch; returns the loss terms (detached)."""
-    cfg = t.cfg.train
+    ``clock`` (a `step.PhaseClock`) times the phases; `openslip bench train` passes one, training does not."""
     inputs = t.data.views(batch, t.step, t.dist.device)
-    set_lr(t.optimizer, lr_at(t.step, cfg.steps, t.cfg.optim))
+    clock.lap("data")
+    return optimise(t, inputs, clock, samples=lambda: t.data.loader.describe_ids(batch["id"]))
+
+
+def optimise(
+    t: Trainer, inputs: dict[str, torch.Tensor], clock: Any = NO_CLOCK, samples: Callable[[], list[str]] = list
+) -> dict[str, torch.Tensor]:
+    """The step once the views are made: forward, finite check, backward, update (what the benchmark times)."""
+    cfg = t.cfg.train
+    t.opt.set_lr(t.step)
+
+    def detail() -> str:
+        ids = samples()
+        shown = ", ".join(ids[:8]) + (f", ... ({len(ids)} samples)" if len(ids) > 8 else "")
+        last = (
+            f"the last good checkpoint is {t.last_checkpoint}" if t.last_checkpoint else "no checkpoint was saved yet"
+        )
+        return f" (samples: {shown}); {last}" if ids else f"; {last}"
+
     if cfg.accum_steps == 1:
-        with t.autocast():
+        with t.opt.autocast():
             losses = t.loss_fn(t.wrapped(**inputs))
-        _check_finite(t, losses, batch)
-        t.scaler.scale(losses["loss"]).backward()
+        clock.lap("forward")
+        check_finite(losses["loss"], what="training", step=t.step, detail=detail)
+        t.opt.backward(losses["loss"])
     else:  # exact over the whole batch (see accumulate.py); DDP is bypassed, so average by hand
         losses = accumulated_backward(
-            t.model, inputs, t.loss_fn, cfg.accum_steps, autocast=t.autocast, scale=t.scaler.scale
+            t.model, inputs, t.loss_fn, cfg.accum_steps, autocast=t.opt.autocast, scale=t.opt.scale
         )
-        _check_finite(t, losses, batch)
+        clock.lap("forward")  # micro-batches interleave forward and backward: the two are timed as one here
+        check_finite(losses["loss"], what="training", step=t.step, detail=detail)
         average_gradients(t.model)
-    if cfg.grad_clip is not None:
-        t.scaler.unscale_(t.optimizer)
-        torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.grad_clip)
-    t.scaler.step(t.optimizer)
-    t.scaler.update()
-    t.optimizer.zero_grad(set_to_none=True)
+    clock.lap("backward")
+    grad_norm = t.opt.update(t.model.parameters())  # clipped to train.grad_clip when set
     clamp_logit_scale(t.model)  # CLIP: temperature multiplier at most 100
+    clock.lap("optimizer")
     t.step += 1
-    return {k: v.detach() for k, v in losses.items()}
-
-
-def _check_finite(t: Trainer, losses: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
-    if torch.isfinite(losses["loss"]).item():
-        return
-    ids = t.data.loader.describe_ids(batch["id"])
-    shown = ", ".join(ids[:8]) + (f", ... ({len(ids)} samples)" if len(ids) > 8 else "")
-    last = f"the last good checkpoint is {t.last_checkpoint}" if t.last_checkpoint else "no checkpoint was saved yet"
-    raise TrainingError(f"non-finite loss {losses['loss'].item()} at step {t.step} (samples: {shown}); {last}")
+    return {**{k: v.detach() for k, v in losses.items()}, "grad_norm": grad_norm}
 
 
 # --- setup ------------------------------------------------------------------------------------------
@@ -172,8 +177,13 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         model=model,
         wrapped=wrapped,
         loss_fn=loss_fn,
-        optimizer=build_optimizer(model, cfg.optim),
-        scaler=torch.amp.GradScaler(dist.device.type, enabled=cfg.train.precision == "fp16"),
+        opt=OptimStep(
+            build_optimizer(model, cfg.optim),
+            schedule=lambda step: lr_at(step, cfg.train.steps, cfg.optim),
+            device_type=dist.device.type,
+            precision=cfg.train.precision,
+            grad_clip=cfg.train.grad_clip,
+        ),
         data=data,
         run_dir=Path(cfg.out_dir),
         init_report=init_report,
@@ -187,8 +197,7 @@ def save(t: Trainer) -> Path:
     if t.dist.is_main:
         state = {
             "step": t.step,
-            "optimizer": t.optimizer.state_dict(),
-            "scaler": t.scaler.state_dict(),
+            **t.opt.state_dict(),  # "optimizer" and "scaler"
             "rng": rng_state(),
             "loader": t.data.loader.state_dict(),
         }
@@ -237,8 +246,7 @@ def resume(t: Trainer, log: RunLogger) -> None:
         log.message(f"warning: resume_force=true: continuing {path} with changed settings: {'; '.join(changed)}")
     ckpt.load_weights(t.model, path, verify=False)  # verified just above
     state = ckpt.load_train_state(path, map_location=t.dist.device, verify=False)
-    t.optimizer.load_state_dict(state["optimizer"])
-    t.scaler.load_state_dict(state["scaler"])
+    t.opt.load_state_dict(state)
     t.data.loader.load_state_dict(state["loader"])
     set_rng_state(state["rng"])
     t.step = int(state["step"])
@@ -518,7 +526,7 @@ def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             now = time.perf_counter()
             metrics = {k: all_reduce_mean(v).item() for k, v in losses.items()}
-            metrics["lr"] = t.optimizer.param_groups[0]["lr"]
+            metrics["lr"] = t.opt.lr
             if t.model.has_text:
                 metrics["logit_scale"] = t.model.logit_scale.exp().item()
             elapsed = now - tick

@@ -33,7 +33,7 @@ def test_finetune_stops_on_a_non_finite_loss(tmp_path: Path, monkeypatch, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert not any(line.startswith("Traceback") for line in err)
-    assert "finetuning: non-finite loss at step 3" in err[-1]
+    assert "finetuning: non-finite loss nan at step 3" in err[-1]
     assert "the last good state is" in err[-1] and "(epoch 1)" in err[-1]
 
 
@@ -42,4 +42,4 @@ def test_sgd_probe_stops_on_a_non_finite_loss(monkeypatch, capsys) -> None:
     argv = ["eval", "linear", "--protocol", "sgd", *RANDOM, "--epochs", "2", "--eval-every", "1"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "SGD linear probe: non-finite loss at step 1" in err
+    assert "SGD linear probe: non-finite loss nan at step 1" in err

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from openslip.eval.finetune import FinetuneConfig, build_classifier, layer_id, lr_at, mix_batch, param_groups
+from openslip.eval.finetune import FinetuneConfig, build_classifier, classifier_param_groups, layer_id, mix_batch
 from openslip.eval.knn import knn_evaluate, knn_scores
 from openslip.eval.linear import LogisticConfig, SGDProbeConfig, epoch_shard, logistic_probe, sgd_learning_rate
 from openslip.models import create_model
+from openslip.optim import warmup_cosine
 
 
 def _separable(n: int, c: int = 5, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,12 +72,13 @@ def test_finetune_parts() -> None:
     assert vit.head.weight.abs().max() < 1e-3
     assert [layer_id(n, vit) for n in ("cls_token", "patch_embed.proj.weight", "blocks.1.mlp.fc1.weight", "head.bias")]
     assert layer_id("blocks.1.norm1.weight", vit) == 2 and layer_id("norm.weight", vit) == 3
-    groups = param_groups(vit, 0.05, 0.5)
+    groups = classifier_param_groups(vit, 0.05, 0.5)
     scales = {round(g["lr_scale"], 4) for g in groups}
     assert scales == {0.125, 0.25, 0.5, 1.0}  # stem, block 0, block 1, norm + head
     assert all(g["weight_decay"] == 0 for g in groups if any(p.ndim < 2 for p in g["params"]))
-    assert lr_at(0, 100, 10, 1.0, 0.0) == 0 and lr_at(10, 100, 10, 1.0, 0.0) == 1.0
-    assert lr_at(100, 100, 10, 1.0, 0.01) == pytest.approx(0.01)
+    assert warmup_cosine(0, 100, warmup=10, peak=1.0, floor=0.0) == 0
+    assert warmup_cosine(10, 100, warmup=10, peak=1.0, floor=0.0) == 1.0
+    assert warmup_cosine(100, 100, warmup=10, peak=1.0, floor=0.01) == pytest.approx(0.01)
     x = torch.randn(4, 3, 8, 8)
     y = torch.tensor([0, 1, 2, 3])
     mixed, target = mix_batch(x, y, 5, FinetuneConfig(), np.random.default_rng(0))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -48,9 +47,9 @@ from openslip.eval.randaugment import RandAugment, RandomErasing, parse_randaug
 from openslip.models import model_config
 from openslip.models.config import VisionConfig
 from openslip.models.vision import VisionTransformer
-from openslip.optim import stop_if_not_finite
+from openslip.optim import param_groups, warmup_cosine
+from openslip.step import AMP_DTYPES, OptimStep, check_finite
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISIONS = ("fp32", *AMP_DTYPES)
 STATE_FILE = "finetune_state.pt"
 
@@ -178,30 +177,16 @@ def layer_id(name: str, vit: VisionTransformer) -> int:
     return len(vit.blocks) + 1
 
 
-def param_groups(vit: VisionTransformer, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups with ``lr_scale`` = layer_decay^(L + 1 - layer_id) and weight decay only on matrices."""
-    skip = vit.no_weight_decay()
-    num = len(vit.blocks) + 1
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
-    for name, p in vit.named_parameters():
-        if not p.requires_grad:
-            continue
-        no_decay = p.ndim < 2 or name.endswith(".bias") or name in skip
-        lid = layer_id(name, vit)
-        g = groups.setdefault(
-            (lid, no_decay),
-            {"params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": layer_decay ** (num - lid)},
-        )
-        g["params"].append(p)
-    return list(groups.values())
-
-
-def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
-    """Linear warm-up from 0 to ``peak`` over ``warmup`` steps, then cosine to ``floor``."""
-    if step < warmup:
-        return peak * step / warmup
-    t = (step - warmup) / max(total - warmup, 1)
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(t, 1.0)))
+def classifier_param_groups(vit: VisionTransformer, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
+    """BEiT's AdamW groups: ``lr_scale`` = layer_decay^(L + 1 - layer_id); no weight decay on biases, norms and
+    the ViT's ``no_weight_decay()`` names (position embedding, CLS token)."""
+    return param_groups(
+        vit,
+        weight_decay,
+        no_decay_names=vit.no_weight_decay(),
+        layer_of=lambda name: layer_id(name, vit),
+        layer_decay=layer_decay,
+    )
 
 
 def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
@@ -428,16 +413,15 @@ def finetune(
         raise ConfigError(f"finetune: nothing to resume: no {STATE_FILE} in {out_dir}")
     per_rank = cfg.batch_size // world
     vit = build_classifier(model, num_classes, cfg.drop_path, cfg.seed).to(device)
-    opt = torch.optim.AdamW(param_groups(vit, cfg.weight_decay, cfg.layer_decay), lr=cfg.lr, betas=cfg.betas)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    amp_dtype = AMP_DTYPES.get(cfg.precision)
-
-    def autocast() -> AbstractContextManager:
-        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-
     n = len(train_set)  # type: ignore[arg-type]
     steps_per_epoch = math.ceil(math.ceil(n / world) / per_rank)
     total, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
+    opt = OptimStep(
+        torch.optim.AdamW(classifier_param_groups(vit, cfg.weight_decay, cfg.layer_decay), lr=cfg.lr, betas=cfg.betas),
+        schedule=lambda step: warmup_cosine(step, total, warmup=warmup, peak=cfg.lr, floor=cfg.min_lr),
+        device_type=device.type,
+        precision=cfg.precision,
+    )
     history: dict[str, float] = {}
     evaluations: dict[int, dict[str, float]] = {}
     identity = _run_identity(cfg, model, train_set, num_classes, world)
@@ -445,8 +429,7 @@ def finetune(
     if state_path is not None and resume is not False and state_path.is_file():
         state = load_state(state_path, identity)
         vit.load_state_dict(state["classifier"])
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        opt.load_state_dict(state)
         step, start_epoch, history = state["step"], state["epoch"], dict(state["history"])
         evaluations = {int(k): dict(v) for k, v in state.get("evaluations", {}).items()}
         if log and distributed.is_main():
@@ -454,7 +437,7 @@ def finetune(
 
     def evaluate() -> dict[str, float]:
         vit.eval()
-        with autocast():
+        with opt.autocast():
             logits, labels = extract_features(vit, test_set, batch_size=per_rank, device=device, normalize=False)
         vit.train()
         return classification_metrics(logits, labels, metric)
@@ -470,19 +453,15 @@ def finetune(
         data = SeededSamples(train_set, cfg.seed, epoch)
         seen, loss_sum = 0, 0.0
         for images, labels in epoch_loader(data, epoch, cfg.seed, rank, world, per_rank, num_workers):
-            lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)
-            for g in opt.param_groups:
-                g["lr"] = lr * g["lr_scale"]
+            lr = opt.set_lr(step)
             x, target = mix_batch(images.to(device), labels.to(device), num_classes, cfg, rng)
-            with autocast():
+            with opt.autocast():
                 logits = vit(x)
             loss = soft_cross_entropy(logits, target)
-            stop_if_not_finite(loss, what="finetuning", step=step, last_good=last_good)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            check_finite(loss, what="finetuning", step=step, detail="; " + last_good)
+            opt.backward(loss)
             distributed.average_gradients(vit)  # averaging scaled gradients commutes with the unscaling
-            scaler.step(opt)
-            scaler.update()
+            opt.update(vit.parameters())
             step += 1
             seen, loss_sum = seen + len(labels), loss_sum + loss.item() * len(labels)
         if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < cfg.epochs:
@@ -500,8 +479,7 @@ def finetune(
                 "epoch": epoch + 1,
                 "step": step,
                 "classifier": {k: v.detach().cpu() for k, v in vit.state_dict().items()},
-                "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict(),
+                **opt.state_dict(),  # "optimizer" and "scaler"
                 "history": history,
                 "evaluations": evaluations,
             }

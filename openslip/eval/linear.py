@@ -40,7 +40,8 @@ from openslip.eval.logistic import (
     search_c,
 )
 from openslip.eval.metrics import classification_metrics
-from openslip.optim import stop_if_not_finite
+from openslip.optim import warmup_cosine
+from openslip.step import OptimStep, check_finite
 
 __all__ = [
     "LogisticConfig",
@@ -158,11 +159,14 @@ def sgd_probe(
         return classification_metrics(logits, labels, metric)
 
     evaluations: dict[int, dict[str, float]] = {}
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = OptimStep(
+        torch.optim.SGD(head.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
+        schedule=lambda epoch: warmup_cosine(epoch, cfg.epochs, warmup=0, peak=lr, floor=0.0),
+        device_type=device.type,
+    )
     step = 0
     for epoch in range(cfg.epochs):
-        for group in opt.param_groups:  # per-epoch cosine, as the reference's adjust_learning_rate
-            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+        opt.set_lr(epoch)  # per-epoch cosine, as the reference's adjust_learning_rate
         loader = epoch_loader(train_set, epoch, cfg.seed, rank, world, per_rank, num_workers)
         total, count = 0.0, 0
         for images, labels in loader:
@@ -171,12 +175,11 @@ def sgd_probe(
             loss = F.cross_entropy(head(feats), labels.to(device))
             best = max(evaluations, key=lambda e: evaluations[e]["score"], default=None)
             last_good = f"the best evaluation so far was after epoch {best}" if best else "nothing was evaluated yet"
-            stop_if_not_finite(loss, what="SGD linear probe", step=step, last_good=last_good)
+            check_finite(loss, what="SGD linear probe", step=step, detail="; " + last_good)
             step += 1
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            opt.backward(loss)
             distributed.average_gradients(head)
-            opt.step()
+            opt.update(head.parameters())
             total, count = total + loss.item() * len(labels), count + len(labels)
         if log and distributed.is_main() and (epoch + 1 == cfg.epochs or (epoch + 1) % max(cfg.epochs // 10, 1) == 0):
             print(f"  sgd probe epoch {epoch + 1}/{cfg.epochs}: loss {total / max(count, 1):.4f}", flush=True)

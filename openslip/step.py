@@ -1,0 +1,130 @@
+"""One optimisation step, shared by every loop that trains.
+
+Pre-training (`train.train_step`), finetuning (`eval/finetune.py`), the SGD linear probe (`eval/linear.py`)
+and `openslip bench train` all run `OptimStep`: the learning rate of the step from one schedule (scaled per
+parameter group by an optional ``lr_scale``, the finetuning's layer decay), the forward pass under the
+precision's autocast, a finite-loss check that stops every rank at the same step, the backward pass through
+the fp16 loss scaler, and the update with the gradient norm measured (and clipped when asked).
+
+Keeping the mechanics in one place is what makes them agree: before, only pre-training stopped on a NaN
+loss, and the benchmark timed its own copy of the step rather than the one `openslip train` runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from openslip import distributed
+from openslip.errors import TrainingError
+
+# Autocast dtypes by precision name; fp32 (and the float64 numerics mode of training) run without autocast.
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device_type: str, precision: str) -> AbstractContextManager:
+    """The forward passes' context for ``precision``: autocast to bf16 / fp16, or nothing."""
+    dtype = AMP_DTYPES.get(precision)
+    return torch.autocast(device_type, dtype=dtype) if dtype else nullcontext()
+
+
+class PhaseClock:
+    """Wall time per phase of a step (``lap`` closes the phase that just ran). The device is synchronised at
+    each lap, so queued GPU work counts in the phase that queued it: for benchmarks, never in training."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.times: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.times[phase] = self.times.get(phase, 0.0) + now - self._last
+        self._last = now
+
+
+class _NoClock:
+    """What training passes: laps cost nothing and never synchronise the device."""
+
+    def lap(self, phase: str) -> None:
+        pass
+
+
+NO_CLOCK = _NoClock()
+
+
+def check_finite(loss: torch.Tensor, *, what: str, step: int, detail: str | Callable[[], str] = "") -> None:
+    """Stop with one line when the loss of any rank is NaN or inf. Every rank checks the same all-reduced flag,
+    so all of them stop at the same step (none waits in a collective for one that left). ``detail`` is called
+    only on failure and gives the rest of the line: the batch's samples, what there is to go back to."""
+    bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=loss.device)
+    if distributed.all_reduce_mean(bad).item() > 0:
+        rest = detail() if callable(detail) else detail
+        raise TrainingError(f"{what}: non-finite loss {loss.detach().float().mean().item()} at step {step}{rest}")
+
+
+@dataclass
+class OptimStep:
+    """An optimizer with its schedule, precision, loss scaler and clipping: what one step of any loop needs.
+
+    ``schedule(step)`` gives the learning rate of a step; a parameter group's ``lr_scale`` (if it has one)
+    multiplies it. ``grad_clip`` None measures the gradient norm without changing the gradients."""
+
+    optimizer: torch.optim.Optimizer
+    schedule: Callable[[int], float]
+    device_type: str = "cpu"
+    precision: str = "fp32"
+    grad_clip: float | None = None
+    scaler: torch.amp.GradScaler = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Loss scaling only for fp16: bf16 has fp32's exponent range, so its gradients do not underflow.
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.precision == "fp16")
+
+    def autocast(self) -> AbstractContextManager:
+        return autocast(self.device_type, self.precision)
+
+    def set_lr(self, step: int) -> float:
+        """Set every group's learning rate for ``step``; returns the schedule's value."""
+        lr = self.schedule(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the first group at the current step (what training logs)."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to back-propagate (multiplied by the fp16 loss scale; unchanged otherwise)."""
+        return self.scaler.scale(loss)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scale(loss).backward()
+
+    def update(self, params: Iterable[torch.Tensor]) -> torch.Tensor:
+        """Unscale, measure the gradient norm of ``params`` (clipping it to ``grad_clip`` when set), step the
+        optimizer and the scaler, and clear the gradients; returns the norm (before clipping)."""
+        params = [p for p in params if p.grad is not None]
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if self.grad_clip is not None:  # the two halves of clip_grad_norm_, so the norm comes back unclipped
+            torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm.detach()
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
