@@ -57,6 +57,8 @@ class TrainBenchConfig:
     worker_priority: str = "auto"  # loader workers' CPU priority (data.worker_priority)
     augment: str = "cpu"  # "cpu": views in the workers; "device": batched on the device
     baseline: bool = False  # also time the 2021 implementation on the same weights
+    compare_reference: str | None = None  # a checkout of the original SLIP code: time it too (bench_reference.py)
+    reference_model: str | None = None  # its constructor name; None: from `model` (slip_vit_s16 -> SLIP_VITS16)
     compile: bool = False  # torch.compile the model
     grad_checkpointing: bool = False  # activation checkpointing
     patch_dropout: float = 0.0  # FLIP's patch dropout in the timed steps (`train.patch_dropout`)
@@ -221,6 +223,7 @@ class Stepper:
         from openslip.bench_baseline import reference_forward, reference_optimizer
 
         self.baseline = baseline
+        self.label = "baseline" if baseline else "candidate"
         self.device = trainer.dist.device
         self.flops_cfg = dict(batch_size=batch_size, image_size=image_size)
         self.t = trainer
@@ -264,8 +267,8 @@ class Stepper:
 
 
 def _train_config(bc: TrainBenchConfig, out_dir: str, device: torch.device) -> Any:
-    from openslip.config import make_config
     from openslip.models import MODELS
+    from openslip.recipes import make_config
 
     if bc.model not in MODELS:
         raise ConfigError(f"--model {bc.model!r} is not a registered model; choose one of: {', '.join(MODELS)}")
@@ -477,14 +480,24 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
         steppers = [candidate]
         if bc.baseline:
             steppers.append(Stepper(trainer, baseline=True, batch_size=B, image_size=image_size))
+        if bc.compare_reference:
+            from openslip.bench_reference import ReferenceStepper
+
+            reference = ReferenceStepper(
+                bc.compare_reference, trainer, name=bc.reference_model, batch_size=B, image_size=image_size
+            )
+            steppers.append(reference)
         synth = synthetic_inputs(trainer.model, B, image_size, device, bc.text_len)
         if bc.with_data and "text" in synth:
             synth["text"] = _captions_of_data(trainer, bc, image_size).to(device)
         model_only = _run_phase(steppers, [lambda: synth] * len(steppers), bc)
+        by_label = dict(zip([s.label for s in steppers], model_only, strict=True))
         e2e: list[PathStats] = []
         if bc.with_data:
             data = trainer.data
             for s in steppers:
+                if s.label == "reference":
+                    continue  # the checkout's data loader is not timed: model-only
                 if s.baseline:
                     loader = _baseline_loader(trainer, bc, image_size)
 
@@ -531,8 +544,17 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
         result["end_to_end"]["ratio_to_model_only"] = (
             result["end_to_end"]["samples_per_s"] / result["model_only"]["samples_per_s"]
         )
+    if bc.compare_reference:
+        result["reference"] = {
+            "checkout": bc.compare_reference,
+            "model": reference.name,
+            "model_only": by_label["reference"].summary(B, peak),
+        }
+        result["speedup_vs_reference"] = {
+            "model_only": result["model_only"]["samples_per_s"] / result["reference"]["model_only"]["samples_per_s"]
+        }
     if bc.baseline:
-        result["baseline"] = {"model_only": model_only[1].summary(B, peak)}
+        result["baseline"] = {"model_only": by_label["baseline"].summary(B, peak)}
         result["speedup_vs_baseline"] = {
             "model_only": result["model_only"]["samples_per_s"] / result["baseline"]["model_only"]["samples_per_s"]
         }

@@ -8,7 +8,7 @@ openslip `SLIP` module so both paths train the same weights in the same run:
   tower (`nn.MultiheadAttention` of 2021);
 - AdamW looping over the parameters one tensor at a time (`foreach=False`);
 - the candidate's precision: both run under the same autocast, so the ratio measures the implementation;
-- with data: the per-sample PIL augmentation of `openslip.data.augment_bench.pil_transform` in the
+- with data: the per-sample PIL augmentation of `openslip.data.augment.pil_reference.pil_transform` in the
   loader workers.
 
 The losses are openslip's (`SLIPLoss`), which on one process are the reference's.
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from openslip.data.augment import SLIPTransform
-from openslip.data.augment_bench import pil_transform
+from openslip.data.augment.pil_reference import pil_transform
+from openslip.data.augment.views import SLIPTransform
 from openslip.models import SLIP
 from openslip.optim import param_groups
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from openslip import __version__
 from openslip.errors import CheckpointError
-from openslip.interop.transforms import CLIP_PREPROCESS
+from openslip.interop.clip_layout import CLIP_PREPROCESS, clip_to_openslip, is_clip_layout
 from openslip.models import SLIP, ModelConfig, model_config
 from openslip.models.variants import MODELS
 from openslip.registry import UnknownNameError
@@ -510,7 +510,6 @@ _CLIP_EXTRA = {"extra": {"preprocess": CLIP_PREPROCESS}}
 
 def _clip_layout(sd: dict[str, torch.Tensor], path: Path, model_name: str | None, clip: dict[str, Any]):
     """An OpenAI / open_clip state dict as (openslip config, openslip state dict), or None for other layouts."""
-    from openslip.interop.clip_layout import clip_to_openslip, is_clip_layout
 
     if not is_clip_layout(sd):
         return None

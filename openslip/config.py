@@ -203,7 +203,7 @@ class EvalConfig:
 
     def file_sets(self) -> list[str]:
         """The sets of `zeroshot` that are not demo tasks (those read classnames / templates / catalog)."""
-        from openslip.data.demo_tasks import demo_task_names
+        from openslip.data.demo.tasks import demo_task_names
 
         demo = set(demo_task_names())
         return [spec for spec in self.zeroshot if spec not in demo]
@@ -400,31 +400,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r} should hold a mapping of keys, not {type(data).__name__}")
     return data
-
-
-def make_config(overrides: dict[str, Any] | None = None, *, yaml_path: str | Path | None = None) -> Config:
-    """Recipe defaults, then the YAML file, then `overrides` (CLI); the recipe is named by either of them."""
-    from openslip.recipes import RECIPES
-
-    file_values = load_yaml(yaml_path) if yaml_path else {}
-    values = deep_merge(file_values, overrides or {})
-    data = values.get("data")
-    train_data = data.get("train", "demo") if isinstance(data, dict) else "demo"
-    # Unnamed, the recipe follows the data: the demo recipe's zero-shot tasks are the demo world's, so a run on
-    # the user's data starts from `custom` (no demo tasks, its own label and run dir) instead of posing as the demo.
-    recipe = values.get("recipe", "demo" if is_demo_data(train_data) else "custom")
-    if not isinstance(recipe, str):
-        raise ConfigError(f"recipe={recipe!r} should be a recipe name")
-    base = RECIPES.get(recipe)().to_dict()
-    return _build(Config, deep_merge(base, values))
-
-
-def is_demo_data(train: Any) -> bool:
-    """True when `data.train` is the built-in demo world alone (`demo`, `[demo]`, `demo:train`, `demo?...`)."""
-    from openslip.data.sources import parse_spec
-
-    specs = train if isinstance(train, list) else [train]
-    return bool(specs) and all(isinstance(s, str) and parse_spec(s)[0] == "demo" for s in specs)
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

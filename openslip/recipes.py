@@ -12,8 +12,23 @@ per objective: SLIP 3e-3 / 0.1, CLIP 5e-4 / 0.5, SimCLR 3.2e-3 / 0.1.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from openslip.config import CheckpointConfig, Config, DataConfig, EvalConfig, LossConfig, OptimConfig, TrainConfig
+from openslip.config import (
+    CheckpointConfig,
+    Config,
+    DataConfig,
+    EvalConfig,
+    LossConfig,
+    OptimConfig,
+    TrainConfig,
+    config_from_dict,
+    deep_merge,
+    load_yaml,
+)
+from openslip.data.sources import parse_spec
+from openslip.errors import ConfigError
 from openslip.paper import published
 from openslip.registry import Registry
 
@@ -131,3 +146,24 @@ def _register_paper_recipes() -> None:
 
 
 _register_paper_recipes()
+
+
+def make_config(overrides: dict[str, Any] | None = None, *, yaml_path: str | Path | None = None) -> Config:
+    """Recipe defaults, then the YAML file, then `overrides` (CLI); the recipe is named by either of them."""
+    file_values = load_yaml(yaml_path) if yaml_path else {}
+    values = deep_merge(file_values, overrides or {})
+    data = values.get("data")
+    train_data = data.get("train", "demo") if isinstance(data, dict) else "demo"
+    # Unnamed, the recipe follows the data: the demo recipe's zero-shot tasks are the demo world's, so a run on
+    # the user's data starts from `custom` (no demo tasks, its own label and run dir) instead of posing as the demo.
+    recipe = values.get("recipe", "demo" if is_demo_data(train_data) else "custom")
+    if not isinstance(recipe, str):
+        raise ConfigError(f"recipe={recipe!r} should be a recipe name")
+    base = RECIPES.get(recipe)().to_dict()
+    return config_from_dict(deep_merge(base, values))
+
+
+def is_demo_data(train: Any) -> bool:
+    """True when `data.train` is the built-in demo world alone (`demo`, `[demo]`, `demo:train`, `demo?...`)."""
+    specs = train if isinstance(train, list) else [train]
+    return bool(specs) and all(isinstance(s, str) and parse_spec(s)[0] == "demo" for s in specs)

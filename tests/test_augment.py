@@ -13,25 +13,8 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from openslip.data import color
-from openslip.data.augment import (
-    CLIP_VIEW,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    N_UNIFORMS,
-    SIMCLR_VIEW,
-    VIEW_NAMES,
-    AugmentConfig,
-    EvalTransform,
-    SLIPTransform,
-    ViewParams,
-    ViewRecipe,
-    apply_view,
-    sample_crop_params,
-    sample_view_params,
-    view_params_from_uniforms,
-)
-from openslip.data.augment_batched import (
+from openslip.data.augment import color
+from openslip.data.augment.batched import (
     BatchedSLIPAugment,
     ViewParamsBatch,
     apply_view_batched,
@@ -40,7 +23,22 @@ from openslip.data.augment_batched import (
     sample_view_params_batch,
     view_params_from_uniforms_batch,
 )
-from openslip.data.augment_bench import benchmark_augment, pil_render_view
+from openslip.data.augment.params import (
+    CLIP_VIEW,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    N_UNIFORMS,
+    SIMCLR_VIEW,
+    VIEW_NAMES,
+    AugmentConfig,
+    ViewParams,
+    ViewRecipe,
+    sample_crop_params,
+    sample_view_params,
+    view_params_from_uniforms,
+)
+from openslip.data.augment.pil_reference import benchmark_augment, pil_render_view
+from openslip.data.augment.views import EvalTransform, SLIPTransform, apply_view
 from openslip.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from openslip.data.decode import clean_captions, decode_image, to_rgb
+from openslip.data.formats.decode import clean_captions, decode_image, to_rgb
+from openslip.data.formats.shards import ShardSource
 from openslip.data.loader import build_train_loader
-from openslip.data.shards import ShardSource
 from openslip.data.skips import BadSample, SkipCounter
 from openslip.data.sources import open_source
 from openslip.errors import DataError
@@ -316,7 +316,7 @@ def test_bad_shard_members_and_a_truncated_shard_are_counted(tmp_path: Path):
 
 
 def test_a_shard_shorter_than_its_index_is_reported(tmp_path: Path):
-    from openslip.data.shards import make_shards
+    from openslip.data.formats.shards import make_shards
 
     for i in range(12):
         Image.new("RGB", (8, 8), (i, i, i)).save(tmp_path / f"{i}.png")

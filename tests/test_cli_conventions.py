@@ -12,7 +12,7 @@ import pytest
 
 import openslip
 from openslip.cli import main
-from openslip.data.shards import REACH_TIMEOUT_S
+from openslip.data.formats.shards import REACH_TIMEOUT_S
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = ["model=slip_vit_micro", "train.batch_size=8", "data.num_workers=0", "data.image_size=32", "eval.zeroshot=[]",
@@ -77,8 +77,8 @@ def test_slurm_example_is_valid_bash_and_its_train_arguments_parse() -> None:
     import shlex
     import subprocess
 
-    from openslip.config import make_config, parse_overrides
-    from openslip.recipes import RECIPES
+    from openslip.config import parse_overrides
+    from openslip.recipes import RECIPES, make_config
 
     script = Path(__file__).resolve().parents[1] / "examples" / "slurm" / "train.sbatch"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0

@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from openslip.data import reference_formats
-from openslip.data.labelled import image_folder, label_csv, open_labelled
+from openslip.data.formats import reference as reference_formats
+from openslip.data.formats.labelled import image_folder, label_csv
+from openslip.data.formats.manifest import FolderSource, ManifestSource
+from openslip.data.formats.open_labelled import open_labelled
+from openslip.data.formats.records import Record
+from openslip.data.formats.shards import ShardSource, count_samples, expand_braces, expand_shard_spec, make_shards
 from openslip.data.loader import mix_seed
-from openslip.data.manifest import FolderSource, ManifestSource
-from openslip.data.shards import ShardSource, count_samples, expand_braces, expand_shard_spec, make_shards
 from openslip.data.skips import BadSample, SkipCounter
-from openslip.data.sources import SOURCE_FORMATS, ConcatSource, Record, open_source, open_sources, parse_spec
+from openslip.data.sources import SOURCE_FORMATS, ConcatSource, open_source, open_sources, parse_spec
 from openslip.errors import DataError
 
 
@@ -420,7 +422,7 @@ def _caption_folder(root: Path, n: int = 10) -> Path:
 def test_cli_make_shards_and_inspect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
     from openslip.cli import main
 
-    monkeypatch.setitem(__import__("sys").modules, "openslip.data.augment", None)  # no views: fast, independent
+    monkeypatch.setitem(__import__("sys").modules, "openslip.data.augment.views", None)  # no views: fast, independent
     folder = _caption_folder(tmp_path / "folder")
     out = tmp_path / "shards"
     assert main(["data", "make-shards", str(folder), str(out), "--shard-size", "4", "--image-size", "16"]) == 0
@@ -436,7 +438,7 @@ def test_cli_make_shards_and_inspect(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_cli_inspect_draws_views_when_augment_exists(tmp_path: Path, capsys):
-    pytest.importorskip("openslip.data.augment")
+    pytest.importorskip("openslip.data.augment.views")
     from openslip.cli import main
 
     folder = _caption_folder(tmp_path / "folder", n=3)

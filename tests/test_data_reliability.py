@@ -19,10 +19,10 @@ import pytest
 from PIL import Image, ImageFile
 from train_utils import overrides, read_metrics
 
-import openslip.data.sources as sources_module
+import openslip.data.formats.records as records_module
 from openslip.cli import main
-from openslip.data.decode import DEFAULT_MAX_BYTES, decode_image, read_bytes
-from openslip.data.manifest import ManifestSource
+from openslip.data.formats.decode import DEFAULT_MAX_BYTES, decode_image, read_bytes
+from openslip.data.formats.manifest import ManifestSource
 from openslip.data.skips import BadSample
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -183,13 +183,13 @@ def test_memory_error_while_decoding_is_a_counted_skip(tmp_path: Path, monkeypat
 def test_decode_options_reach_the_decoder(tmp_path: Path, monkeypatch):
     """data.jpeg_draft (draft at 2x the image size), data.exif_transpose and data.max_file_bytes are wired."""
     seen: list[dict] = []
-    real = sources_module.decode_image
+    real = records_module.decode_image
 
     def spy(src, **kwargs):
         seen.append(kwargs)
         return real(src, **kwargs)
 
-    monkeypatch.setattr(sources_module, "decode_image", spy)
+    monkeypatch.setattr(records_module, "decode_image", spy)
     manifest = _manifest(tmp_path, [], good=16)
     assert main(["train", *overrides(tmp_path / "a", f"data.train={manifest}", "train.steps=1")]) == 0
     assert seen[-1]["draft_size"] == 64 and seen[-1]["exif_transpose"] is True  # the micro model's 32 px x 2

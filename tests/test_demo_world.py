@@ -9,11 +9,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from openslip.data.demo_captions import NOISE_KINDS
-from openslip.data.demo_render import render_scene
-from openslip.data.demo_scene import COLOUR_RGB, COLOURS, POSITIONS, SHAPES, SIZES, TEXTURES, position_class
-from openslip.data.demo_tasks import DEMO_TASKS, demo_retrieval, demo_task, demo_task_names
-from openslip.data.demo_world import (
+from openslip.data.demo.captions import NOISE_KINDS
+from openslip.data.demo.render import render_scene
+from openslip.data.demo.scene import COLOUR_RGB, COLOURS, POSITIONS, SHAPES, SIZES, TEXTURES, position_class
+from openslip.data.demo.tasks import DEMO_TASKS, demo_retrieval, demo_task, demo_task_names
+from openslip.data.demo.world import (
     DemoWorld,
     DemoWorldConfig,
     benchmark_demo_world,

@@ -29,9 +29,9 @@ import torch
 from PIL import Image
 
 from openslip.cli import COMMANDS, build_parser, main
-from openslip.config import make_config, parse_overrides
+from openslip.config import parse_overrides
 from openslip.models import MODELS, create_model
-from openslip.recipes import RECIPES
+from openslip.recipes import RECIPES, make_config
 
 # The paper recipes train in bf16, which this kind of CPU emulates slowly: the warning is expected here.
 pytestmark = [

@@ -84,7 +84,7 @@ def test_finetune_train_crops_resize_bicubic_as_beit() -> None:
     img = np.random.default_rng(0).integers(0, 256, (48, 72, 3), dtype=np.uint8)
     t = FinetuneTransform(24, flip=False)
     x = t(img, torch.Generator().manual_seed(3))  # [3, 24, 24] normalised
-    from openslip.data.augment_params import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, sample_view_params
+    from openslip.data.augment.params import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, sample_view_params
 
     params = sample_view_params(48, 72, ViewRecipe(scale=(0.08, 1.0), flip_p=0.0), torch.Generator().manual_seed(3))
     top, left, h, w = params.crop

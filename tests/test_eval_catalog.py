@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from openslip.data.class_lists import clean_folder_name
+from openslip.data.formats.class_lists import clean_folder_name
 from openslip.errors import ConfigError, DataError
 from openslip.eval.catalog import CATALOG_DIR, catalog_names, get_entry
 from openslip.eval.datasets import open_classification, open_retrieval
@@ -145,7 +145,7 @@ def test_retrieval_manifest_merges_rows_of_one_image_and_reads_several_caption_c
 
 
 def test_classnames_files_are_read_as_the_releases_ship_them(tmp_path: Path) -> None:
-    from openslip.data.class_lists import read_classnames
+    from openslip.data.formats.class_lists import read_classnames
 
     cases = {
         "classInd.txt": ("1 ApplyEyeMakeup\n2 ApplyLipstick\n", ["apply eye makeup", "apply lipstick"]),
@@ -168,7 +168,7 @@ def test_classnames_files_are_read_as_the_releases_ship_them(tmp_path: Path) -> 
 
 
 def test_one_json_file_gives_class_names_and_templates(tmp_path: Path) -> None:
-    from openslip.data.class_lists import read_classnames, read_templates
+    from openslip.data.formats.class_lists import read_classnames, read_templates
 
     both = tmp_path / "prompts.json"
     both.write_text(json.dumps({"classnames": ["pie", "ribs"], "templates": ["a photo of {}, a dish."], "x": 1}))

@@ -13,9 +13,9 @@ from dist_utils import run_distributed
 from PIL import Image, ImageEnhance, ImageOps
 
 import openslip.eval.finetune as ft
+from openslip.data.augment.randaugment import INCREASING_OPS, OPS, RandAugment, RandomErasing, parse_randaug
 from openslip.errors import CheckpointError, ConfigError
 from openslip.eval.finetune import STATE_FILE, FinetuneConfig, FinetuneTransform, SeededSamples, finetune
-from openslip.eval.randaugment import INCREASING_OPS, OPS, RandAugment, RandomErasing, parse_randaug
 from openslip.models import create_model
 
 
@@ -178,9 +178,9 @@ def test_random_erasing_rate_and_area() -> None:
 
 
 def test_finetune_transform() -> None:
-    from openslip.data.augment import resize_crop_uint8
-    from openslip.data.augment_params import sample_view_params
-    from openslip.data.color import normalize
+    from openslip.data.augment.color import normalize
+    from openslip.data.augment.params import sample_view_params
+    from openslip.data.augment.views import resize_crop_uint8
     from openslip.eval.datasets import TrainTransform
 
     arr = _image(40, 48)

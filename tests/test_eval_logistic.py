@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from openslip.errors import ConfigError, DataError
-from openslip.eval.linear import LogisticConfig, fit_logistic, logistic_probe, search_c
+from openslip.eval.logistic import LogisticConfig, fit_logistic, logistic_probe, search_c
 
 TIGHT = LogisticConfig(tol=1e-9, max_iter=3000)
 

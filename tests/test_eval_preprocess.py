@@ -14,7 +14,7 @@ from PIL import Image
 import openslip.eval.datasets as datasets
 from openslip.cli import main
 from openslip.config import EvalConfig
-from openslip.data.augment_params import IMAGENET_MEAN, IMAGENET_STD
+from openslip.data.augment.params import IMAGENET_MEAN, IMAGENET_STD
 from openslip.errors import ConfigError
 from openslip.eval.preprocess import PROTOCOL_PREPROCESS, eval_transform
 
@@ -110,7 +110,7 @@ def test_converted_clip_weights_are_evaluated_with_clips_image_statistics(tmp_pa
     """Weights converted from OpenAI CLIP were trained on CLIP's mean / std: evaluation normalises with those."""
     from clip_layout_utils import clip_state_dict
 
-    from openslip.interop.transforms import CLIP_MEAN, CLIP_STD
+    from openslip.interop.clip_layout import CLIP_MEAN, CLIP_STD
 
     torch.save(clip_state_dict(openai=True, image_size=32, vocab=49408, context=77), tmp_path / "clip.pt")
     assert main(["convert", str(tmp_path / "clip.pt"), str(tmp_path / "clip"), "--head-width", "32"]) == 0

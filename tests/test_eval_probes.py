@@ -10,7 +10,8 @@ import torch
 
 from openslip.eval.finetune import FinetuneConfig, build_classifier, classifier_param_groups, layer_id, mix_batch
 from openslip.eval.knn import knn_evaluate, knn_scores
-from openslip.eval.linear import LogisticConfig, SGDProbeConfig, epoch_shard, logistic_probe, sgd_learning_rate
+from openslip.eval.linear import SGDProbeConfig, epoch_shard, sgd_learning_rate
+from openslip.eval.logistic import LogisticConfig, logistic_probe
 from openslip.models import create_model
 from openslip.optim import warmup_cosine
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from openslip.data.formats.shards import make_shards
 from openslip.data.loader import build_train_loader, round_robin
-from openslip.data.shards import make_shards
 from openslip.data.sources import open_source, open_sources
 
 N = 1000

@@ -10,8 +10,9 @@ from dist_utils import run_distributed
 from train_utils import assert_weights_close, final_weights, overrides, read_metrics
 
 from openslip.cli import main
-from openslip.config import make_config, parse_overrides
+from openslip.config import parse_overrides
 from openslip.models import SLIP
+from openslip.recipes import make_config
 from openslip.train import train
 
 # objective -> (overrides, views the model must receive, loss terms it must log)

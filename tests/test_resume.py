@@ -13,7 +13,8 @@ import pytest
 import torch
 from train_utils import final_weights, overrides
 
-from openslip.config import make_config, parse_overrides
+from openslip.config import parse_overrides
+from openslip.recipes import make_config
 from openslip.train import train
 
 STEPS = 8

@@ -275,7 +275,7 @@ def test_disk_full_during_checkpoint_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_changed_settings_compares_what_trains_only():
-    from openslip.config import make_config
+    from openslip.recipes import make_config
     from openslip.train import _changed_settings
 
     saved = make_config().to_dict()

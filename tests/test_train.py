@@ -11,9 +11,10 @@ from train_utils import assert_weights_close, final_weights, overrides, read_met
 import openslip
 from openslip.accumulate import accumulated_backward
 from openslip.cli import main
-from openslip.config import make_config, parse_overrides
+from openslip.config import parse_overrides
 from openslip.losses import SLIPLoss
 from openslip.models import create_model
+from openslip.recipes import make_config
 from openslip.train import train
 
 GOLDEN = Path(__file__).parent / "assets" / "golden_demo_losses.json"
@@ -301,7 +302,7 @@ def test_print_config_data_train_string_or_list_and_the_recipe_it_implies(tmp_pa
 
 
 def test_several_sources_bad_input_is_one_line(tmp_path, capsys):
-    from openslip.data.shards import make_shards
+    from openslip.data.formats.shards import make_shards
     from openslip.data.sources import open_source
 
     manifest, folder = _manifest_and_folder(tmp_path)

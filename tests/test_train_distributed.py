@@ -4,7 +4,8 @@ import pytest
 from dist_utils import run_distributed
 from train_utils import assert_weights_close, final_weights, overrides, read_metrics
 
-from openslip.config import make_config, parse_overrides
+from openslip.config import parse_overrides
+from openslip.recipes import make_config
 from openslip.train import train
 
 STEPS = 5

@@ -121,7 +121,7 @@ def classification_set(args: argparse.Namespace, spec: str, split: str, n: int |
 
 
 def train_test(args: argparse.Namespace) -> tuple[Any, Any]:
-    from openslip.data.demo_tasks import demo_task_names
+    from openslip.data.demo.tasks import demo_task_names
 
     if not args.dataset:
         raise ConfigError("--dataset is required (a demo task name, or a test image folder / CSV with --train)")

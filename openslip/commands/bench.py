@@ -34,6 +34,13 @@ def register(subparsers: Any) -> None:
     )
     t.add_argument("--augment", default="cpu", choices=("cpu", "device"), help="where the views are rendered")
     t.add_argument("--baseline", action="store_true", help="also time the 2021 implementation, same weights")
+    t.add_argument(
+        "--compare-reference",
+        default=None,
+        metavar="PATH",
+        help="a checkout of the original SLIP code: time its own step too (model-only, same process)",
+    )
+    t.add_argument("--reference-model", default=None, help="its model name (default: from --model, e.g. SLIP_VITS16)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing")
     t.add_argument(
@@ -89,6 +96,8 @@ def run_train(args: argparse.Namespace) -> int:
         worker_priority=args.worker_priority,
         augment=args.augment,
         baseline=args.baseline,
+        compare_reference=args.compare_reference,
+        reference_model=args.reference_model,
         compile=args.compile,
         grad_checkpointing=args.grad_checkpointing,
         patch_dropout=args.patch_dropout,
@@ -111,7 +120,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_data(args: argparse.Namespace) -> int:
     import os
 
-    from openslip.data.augment_bench import benchmark_augment
+    from openslip.data.augment.pil_reference import benchmark_augment
 
     if args.n < 1 or args.rounds < 1:
         raise ConfigError("--n and --rounds must be >= 1")
@@ -153,6 +162,8 @@ def format_train_table(r: dict[str, Any]) -> str:
         rows.append(("end-to-end", r["end_to_end"]))
     for key, row in r.get("baseline", {}).items():
         rows.append((f"baseline {key.replace('_', '-')}", row))
+    if "reference" in r:
+        rows.append((f"reference {r['reference']['model']}", r["reference"]["model_only"]))
     for name, s in rows:
         b = s["breakdown_s"]
         lines.append(
@@ -165,6 +176,8 @@ def format_train_table(r: dict[str, Any]) -> str:
         lines.append(f"end-to-end / model-only: {r['end_to_end']['ratio_to_model_only']:.2f}")
     for k, v in r.get("speedup_vs_baseline", {}).items():
         lines.append(f"speed-up vs 2021 baseline, both {c['precision']} ({k.replace('_', '-')}): {v:.2f}x")
+    for k, v in r.get("speedup_vs_reference", {}).items():
+        lines.append(f"speed-up vs the reference checkout, both {c['precision']} ({k.replace('_', '-')}): {v:.2f}x")
     for row in r.get("memory_sweep", []):
         mem = f"{row['peak_memory_mb']:,.0f} MB" if row.get("peak_memory_mb") is not None else row.get("error")
         lines.append(

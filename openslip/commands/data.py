@@ -49,7 +49,7 @@ def _open(args: argparse.Namespace):
 
 
 def run_make_shards(args: argparse.Namespace) -> int:
-    from openslip.data.shards import INDEX_NAME, make_shards
+    from openslip.data.formats.shards import INDEX_NAME, make_shards
     from openslip.data.skips import SkipCounter
 
     if args.shard_size < 1:
@@ -87,7 +87,7 @@ def run_make_shards(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from openslip.data.shards import ShardSource
+    from openslip.data.formats.shards import ShardSource
     from openslip.data.skips import BadSample, SkipCounter
 
     if args.n < 0 or args.scan < 0:
@@ -157,7 +157,7 @@ def write_grid(samples: list[tuple[Any, list[str]]], output: str | Path, *, cell
 
     transform = None
     try:
-        from openslip.data.augment import SLIPTransform
+        from openslip.data.augment.views import SLIPTransform
     except ImportError:
         SLIPTransform = None  # noqa: N806
     if SLIPTransform is not None:

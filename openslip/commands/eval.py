@@ -170,7 +170,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
 
 
 def _list_datasets(prompts: str) -> int:
-    from openslip.data.demo_tasks import demo_task_names
+    from openslip.data.demo.tasks import demo_task_names
     from openslip.eval.catalog import catalog_names, get_entry
 
     print("demo tasks (no files needed): " + ", ".join(demo_task_names()))

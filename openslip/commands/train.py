@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from openslip.config import make_config, parse_overrides
+    from openslip.config import parse_overrides
+    from openslip.recipes import make_config
 
     if args.list_recipes:
         from openslip.recipes import RECIPES

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from openslip.data.decode import DEFAULT_MAX_BYTES
-from openslip.data.shards import ShardSource
+from openslip.data.formats.decode import DEFAULT_MAX_BYTES
+from openslip.data.formats.shards import ShardSource
 from openslip.data.skips import BadSample, SkipCounter
 from openslip.errors import DataError
 

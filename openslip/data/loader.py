@@ -49,7 +49,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from openslip.data.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from openslip.data.epoch_plan import (
     BatchSettings,
     MapPlan,
@@ -59,7 +58,8 @@ from openslip.data.epoch_plan import (
     mix_seed,
     round_robin,
 )
-from openslip.data.shards import ShardSource
+from openslip.data.formats.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from openslip.data.formats.shards import ShardSource
 from openslip.data.skips import SkipCounter
 from openslip.errors import DataError
 

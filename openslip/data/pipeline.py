@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 
 from openslip.config import Config
-from openslip.data.augment import CLIP_VIEW, SIMCLR_VIEW, AugmentConfig, SLIPTransform, to_rgb_uint8
-from openslip.data.augment_batched import BatchedSLIPAugment
+from openslip.data.augment.batched import BatchedSLIPAugment
+from openslip.data.augment.params import CLIP_VIEW, SIMCLR_VIEW, AugmentConfig
+from openslip.data.augment.views import SLIPTransform, to_rgb_uint8
 from openslip.data.loader import TrainLoader, build_train_loader, mix_seed
 from openslip.data.sources import open_sources
 from openslip.errors import ConfigError

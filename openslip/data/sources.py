@@ -2,7 +2,7 @@
 
 A **map-style source** (manifests, folders, the reference's metadata formats, the demo world) is an
 indexable list of ``Record``\\ s: ``len(source)`` and ``source.record(i)``. A **shard source**
-(``openslip.data.shards.ShardSource``) is read as streams of tar members instead. Records are cheap
+(``openslip.data.formats.shards.ShardSource``) is read as streams of tar members instead. Records are cheap
 descriptions; decoding happens in ``Record.load_image()``, inside loader workers, where a bad file raises
 ``BadSample`` and is counted rather than crashing the run.
 
@@ -29,174 +29,20 @@ import dataclasses
 import importlib
 import json
 import os
-from array import array
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import numpy as np
-from PIL import Image
-
-from openslip.data.decode import DEFAULT_MAX_PIXELS, ImageInput, clean_captions, decode_image
-from openslip.data.skips import SkipCounter
+from openslip.data.formats.manifest import FolderSource, ManifestSource
+from openslip.data.formats.records import (
+    IMAGE_EXTENSIONS,
+    BaseMapSource,
+    Record,
+)
+from openslip.data.formats.reference import open_reference, sniff_reference_pickle
+from openslip.data.formats.shards import ShardSource, looks_like_shard_spec
 from openslip.errors import DataError
 from openslip.registry import Registry, UnknownNameError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-SHARD_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
-
-
-@dataclass
-class Record:
-    """One sample of a map-style source, not yet decoded.
-
-    ``image`` is a file path, encoded bytes, a PIL image, or a zero-argument callable returning one of
-    those; ``captions`` holds the raw captions (str or bytes; validated by ``clean_captions``).
-    """
-
-    id: str
-    image: ImageInput
-    captions: Any = field(default_factory=list)
-    label: int | None = None
-
-    def load_image(
-        self, *, max_pixels: int = DEFAULT_MAX_PIXELS, counter: SkipCounter | None = None, **kwargs: Any
-    ) -> Image.Image:
-        """8-bit RGB image, or ``BadSample`` (see ``decode_image``)."""
-        return decode_image(self.image, max_pixels=max_pixels, counter=counter, **kwargs)
-
-    def clean_captions(self) -> list[str]:
-        """Usable captions, or ``BadSample`` (see ``decode.clean_captions``)."""
-        return clean_captions(self.captions)
-
-
-@runtime_checkable
-class MapSource(Protocol):
-    """What the loader needs from a map-style format."""
-
-    def __len__(self) -> int: ...
-
-    def record(self, i: int) -> Record: ...
-
-
-class BaseMapSource:
-    """Shared behaviour: ``source[i]`` is ``source.record(i)``, negative indices, a readable ``repr``."""
-
-    description: str = "source"
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def record(self, i: int) -> Record:
-        raise NotImplementedError
-
-    def __getitem__(self, i: int) -> Record:
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"index {i} out of range for {self.description} with {n} samples")
-        return self.record(i)
-
-    def __iter__(self):
-        return (self.record(i) for i in range(len(self)))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.description}, {len(self):,} samples)"
-
-
-class StringTable:
-    """An immutable list of strings packed into one numpy buffer plus offsets.
-
-    Millions of Python ``str`` objects cost ~60 bytes each on top of their text and, worse, are copied
-    page by page into every forked loader worker as their reference counts change. One buffer stays shared.
-    Strings round-trip with ``surrogateescape``, so non-UTF-8 bytes survive until the caption check.
-    """
-
-    def __init__(self, strings: Iterable[str] = ()) -> None:
-        buf = bytearray()
-        offsets = array("q", [0])
-        for s in strings:
-            buf += s.encode("utf-8", "surrogateescape")
-            offsets.append(len(buf))
-        self._data = np.frombuffer(bytes(buf), dtype=np.uint8)
-        self._offsets = np.frombuffer(offsets.tobytes(), dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self._offsets) - 1
-
-    def __getitem__(self, i: int) -> str:
-        a, b = int(self._offsets[i]), int(self._offsets[i + 1])
-        return self._data[a:b].tobytes().decode("utf-8", "surrogateescape")
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
-
-# Several captions of one sample are stored joined by NUL in a StringTable.
-CAPTION_SEP = "\x00"
-
-
-def join_captions(captions: Sequence[Any]) -> str:
-    """Pack captions into one string; bytes keep invalid UTF-8 as surrogate escapes (caught as bad later)."""
-    return CAPTION_SEP.join(_caption_str(c).replace(CAPTION_SEP, " ") for c in captions)
-
-
-def _caption_str(c: Any) -> str:
-    if c is None or (isinstance(c, float) and c != c):  # None / NaN: an empty cell
-        return ""
-    if isinstance(c, (bytes, bytearray)):
-        return bytes(c).decode("utf-8", "surrogateescape")
-    return str(c)
-
-
-def split_captions(joined: str) -> list[str]:
-    return joined.split(CAPTION_SEP)
-
-
-class PackedSource(BaseMapSource):
-    """A map-style source held in StringTables: image paths (relative to ``root``), captions, optional ids.
-
-    The manifest, folder and reference-metadata readers all build one of these.
-    """
-
-    def __init__(
-        self,
-        description: str,
-        root: str | os.PathLike,
-        paths: StringTable,
-        captions: StringTable | None,
-        ids: StringTable | None = None,
-        caption_reader: Callable[[str], Any] | None = None,
-        image_reader: Callable[[str], ImageInput] | None = None,
-    ) -> None:
-        if captions is not None and len(captions) != len(paths):
-            raise ValueError("paths and captions differ in length")
-        self.description = description
-        self.root = Path(root)
-        self._root_str = os.fspath(root)
-        self.paths = paths
-        self.captions = captions
-        self.ids = ids
-        # For folders: captions are read from a sidecar next to the image when the record is built.
-        self._caption_reader = caption_reader
-        # For layouts that are not plain files (YFCC15M zips): relative path -> image input.
-        self._image_reader = image_reader
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def record(self, i: int) -> Record:
-        rel = self.paths[i]
-        path = os.path.join(self._root_str, rel)  # os.path, not pathlib: this runs once per sample
-        image: ImageInput = self._image_reader(rel) if self._image_reader else path
-        if self.captions is not None:
-            captions: Any = split_captions(self.captions[i])
-        else:
-            captions = self._caption_reader(path) if self._caption_reader else None
-        return Record(id=self.ids[i] if self.ids is not None else rel, image=image, captions=captions)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Format registry and open_source
@@ -206,32 +52,24 @@ SourceOpener = Callable[..., Any]
 SOURCE_FORMATS: Registry[SourceOpener] = Registry("data format")
 
 # Formats defined by modules outside this package's readers; imported when first named.
-_LAZY_FORMATS: dict[str, str] = {"demo": "openslip.data.demo_world"}
+_LAZY_FORMATS: dict[str, str] = {"demo": "openslip.data.demo.world"}
 
 
 def _open_manifest(path: str | None, **options: Any):
-    from openslip.data.manifest import ManifestSource
-
     return ManifestSource(_need_path(path, "manifest"), **options)
 
 
 def _open_folder(path: str | None, **options: Any):
-    from openslip.data.manifest import FolderSource
-
     return FolderSource(_need_path(path, "folder"), **options)
 
 
 def _open_shards(path: str | None, **options: Any):
-    from openslip.data.shards import ShardSource
-
     return ShardSource(_need_path(path, "shards"), **options)
 
 
 def _reference_opener(kind: str) -> SourceOpener:
     def opener(path: str | None, **options: Any):
-        from openslip.data import reference_formats
-
-        return reference_formats.open_reference(kind, _need_path(path, kind), **options)
+        return open_reference(kind, _need_path(path, kind), **options)
 
     opener.__name__ = f"open_{kind}"
     return opener
@@ -307,8 +145,6 @@ def detect_format(path: str | None) -> str:
     """The format name for a path: shard patterns, manifests by extension, folders, reference metadata."""
     if not path:
         raise DataError("empty data path")
-    from openslip.data.shards import looks_like_shard_spec
-
     if looks_like_shard_spec(path):
         return "shards"
     p = Path(path).expanduser()
@@ -324,8 +160,6 @@ def detect_format(path: str | None) -> str:
     if suffix == ".json":
         return _sniff_json(p)
     if suffix in (".pkl", ".pickle", ".npy"):
-        from openslip.data.reference_formats import sniff_reference_pickle
-
         return sniff_reference_pickle(p)
     raise DataError(
         f"cannot tell the data format of {path}: expected a .csv/.tsv/.jsonl manifest, a folder, shards "
@@ -431,8 +265,6 @@ def open_sources(
         DataError: an empty list, a spec listed twice (or a shard named by two specs), a spec that cannot be
             opened (the message names it), or shards mixed with map-style sources.
     """
-    from openslip.data.shards import ShardSource
-
     many = isinstance(specs, (list, tuple))
     items = [os.fspath(s) for s in specs] if many else [os.fspath(specs)]
     if not items:

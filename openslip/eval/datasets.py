@@ -25,16 +25,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from openslip.data.augment import EvalTransform, apply_view
-from openslip.data.augment_params import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, sample_view_params
-from openslip.data.class_lists import (
+from openslip.data.augment.params import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, sample_view_params
+from openslip.data.augment.views import EvalTransform, apply_view
+from openslip.data.formats.class_lists import (
     check_templates,
     clean_folder_name,
     is_prompt_json,
     read_classnames,
     read_templates,
 )
-from openslip.data.labelled_shards import is_shard_set
+from openslip.data.formats.labelled_shards import is_shard_set
 from openslip.data.skips import BadSample
 from openslip.errors import DataError
 from openslip.eval.catalog import DEFAULT_PROMPTS, CatalogEntry, get_entry
@@ -157,7 +157,7 @@ class DemoImageSet(ImageSet):
 
 
 class FileImageSet(ImageSet):
-    """Image files with labels (an ``openslip.data.labelled.LabelledSource``); bad files stop the evaluation."""
+    """Image files with labels (an ``openslip.data.formats.labelled.LabelledSource``); bad files stop the evaluation."""
 
     def __init__(self, source: Any, **kwargs: Any) -> None:
         super().__init__(labels=np.asarray(source.labels), **kwargs)
@@ -190,7 +190,7 @@ class RecordImageSet(ImageSet):
         self.images = list(images)
 
     def load(self, i: int) -> Any:
-        from openslip.data.decode import decode_image
+        from openslip.data.formats.decode import decode_image
 
         try:
             return decode_image(self.images[i])
@@ -215,7 +215,7 @@ def open_classification(
     normalization: Normalization | None = None,
 ) -> ImageSet:
     """A labelled set: a demo task name, an ImageFolder tree, a CSV/TSV of (image, label), or labelled
-    WebDataset shards (``openslip.data.labelled_shards``: KEY.jpg + KEY.cls, classnames.txt beside them).
+    WebDataset shards (``openslip.data.formats.labelled_shards``: KEY.jpg + KEY.cls, classnames.txt beside them).
 
     Args:
         spec: demo task name (``demo_shapes`` ...), folder, CSV path, or shards (a pattern, .tar, or folder).
@@ -233,7 +233,7 @@ def open_classification(
             with ``ImageSet.for_protocol``.
         normalization: (mean, std) of the model's inputs (``model_normalization``); default ImageNet's.
     """
-    from openslip.data.demo_tasks import demo_task, demo_task_names
+    from openslip.data.demo.tasks import demo_task, demo_task_names
 
     entry = get_entry(catalog, prompts) if catalog else None
     names_file = classnames if isinstance(classnames, (str, os.PathLike)) else None
@@ -283,7 +283,7 @@ def _labelled_source(
 ) -> Any:
     """The labelled source with ``classes`` = the class names to prompt with, labels indexing them.
     ``names_file``: where ``names`` came from, named by the errors about them."""
-    from openslip.data.labelled import open_labelled
+    from openslip.data.formats.open_labelled import open_labelled
 
     wanted = list(names) if names is not None else (list(entry.classnames) if entry and entry.classnames else None)
     names_from = f" (class names from {Path(names_file).expanduser()})" if names_file is not None else ""
@@ -394,7 +394,7 @@ def open_retrieval(
     into one image with all their captions, in first-seen order: counting them as separate images would
     make every other caption of that image a wrong answer."""
     if spec in DEMO_RETRIEVAL_NAMES:
-        from openslip.data.demo_tasks import demo_retrieval
+        from openslip.data.demo.tasks import demo_retrieval
 
         r = demo_retrieval(split, n or 1000, seed=seed, image_size=image_size)
         images = ArrayImageSet(

@@ -7,7 +7,7 @@ decay (block ``i`` of ``L`` gets ``decay^(L + 1 - (i + 1))`` of the rate, the pa
 no weight decay on biases / norms / ``no_weight_decay()`` names, Mixup / CutMix (switching 50/50 per
 batch) and label smoothing. Training images go through :class:`FinetuneTransform`: RandomResizedCrop,
 flip, RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing (p 0.25, per-pixel noise), as BEiT
-(``openslip.eval.randaugment``). The SLIP paper's recipe per size is in ``PRESETS``; the learning rate
+(``openslip.data.augment.randaugment``). The SLIP paper's recipe per size is in ``PRESETS``; the learning rate
 scales linearly with the global batch (4e-3 at 1024).
 
 Reproducibility: every random draw is a function of the seed and the position in the run: the data order
@@ -31,19 +31,13 @@ import torch
 import torch.nn.functional as F
 
 from openslip import distributed
-from openslip.data.augment import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ViewRecipe,
-    resize_crop_uint8,
-    sample_view_params,
-    to_rgb_uint8,
-)
-from openslip.data.color import normalize
+from openslip.data.augment.color import normalize
+from openslip.data.augment.params import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, sample_view_params
+from openslip.data.augment.randaugment import RandAugment, RandomErasing, parse_randaug
+from openslip.data.augment.views import resize_crop_uint8, to_rgb_uint8
 from openslip.errors import CheckpointError, ConfigError
 from openslip.eval.best_of import best_and_final, check_report
 from openslip.eval.metrics import classification_metrics
-from openslip.eval.randaugment import RandAugment, RandomErasing, parse_randaug
 from openslip.models import model_config
 from openslip.models.config import VisionConfig
 from openslip.models.vision import VisionTransformer

@@ -5,7 +5,7 @@ objective, solved with torch's L-BFGS on the features' device) on frozen feature
 train split's mean and std; the inverse regularisation ``C`` is chosen on a held-out part of the train
 split by a coarse log-grid followed by a halving (binary-search-like) refinement, then the classifier is
 refit on the whole train split with that ``C`` and scored on the test split. It lives in
-``openslip.eval.logistic``; its names are re-exported here.
+``openslip.eval.logistic``.
 
 ``sgd`` (the SLIP reference's ``main_linear.py``, after MoCo v3): a linear head (weights ~ N(0, 0.01),
 bias 0) on the frozen ViT in eval mode, trained with SGD (momentum 0.9, no weight decay) for 90 epochs with
@@ -31,31 +31,9 @@ from torch import nn
 from openslip import distributed
 from openslip.errors import ConfigError
 from openslip.eval.best_of import best_and_final, check_report
-from openslip.eval.logistic import (
-    LogisticConfig,
-    LogisticModel,
-    feature_eig,
-    fit_logistic,
-    logistic_probe,
-    search_c,
-)
 from openslip.eval.metrics import classification_metrics
 from openslip.optim import warmup_cosine
 from openslip.step import OptimStep, check_finite
-
-__all__ = [
-    "LogisticConfig",
-    "LogisticModel",
-    "SGDProbeConfig",
-    "epoch_loader",
-    "epoch_shard",
-    "feature_eig",
-    "fit_logistic",
-    "logistic_probe",
-    "search_c",
-    "sgd_learning_rate",
-    "sgd_probe",
-]
 
 # --- the reference's SGD protocol ---------------------------------------------------------------------
 

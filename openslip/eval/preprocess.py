@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from openslip.data.augment import EvalTransform
-from openslip.data.augment_params import AugmentConfig
+from openslip.data.augment.params import AugmentConfig
+from openslip.data.augment.views import EvalTransform
 from openslip.errors import ConfigError
 
 Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]  # (mean, std)

@@ -116,7 +116,7 @@ def open_eval_set(
 
 
 def _open_eval_set(spec: str, *, image_size: int, num_test: int | None, num_train: int | None, seed: int) -> EvalSet:
-    from openslip.data.demo_tasks import demo_task_names
+    from openslip.data.demo.tasks import demo_task_names
 
     if spec.startswith(RETRIEVAL_PREFIX) or spec == "demo":
         data = open_retrieval(spec.removeprefix(RETRIEVAL_PREFIX), image_size=image_size, n=num_test, seed=seed)

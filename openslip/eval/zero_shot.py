@@ -96,7 +96,7 @@ def evaluate_demo_zero_shot(
     batch_size: int = 256,
 ) -> dict[str, float]:
     """Zero-shot top-1 / top-5 accuracy (%) on a demo-world task's test split."""
-    from openslip.data.demo_tasks import demo_task
+    from openslip.data.demo.tasks import demo_task
 
     size = image_size or model.cfg.vision.image_size
     task = demo_task(task_name, "test", n, image_size=size)

@@ -8,16 +8,11 @@ from typing import Any
 
 from openslip.models import SLIP
 
-# OpenAI CLIP's normalisation (openai/CLIP clip.py `_transform`); its eval resizes to the crop size (crop_fraction 1).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-CLIP_PREPROCESS = {"mean": list(CLIP_MEAN), "std": list(CLIP_STD), "crop_fraction": 1.0}
-
 
 def preprocess_of(model: SLIP, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
     """image_size, mean, std, crop_fraction, interpolation of a model: openslip's training statistics unless its
     config.json records others (weights converted from CLIP keep CLIP's)."""
-    from openslip.data.augment_params import AugmentConfig
+    from openslip.data.augment.params import AugmentConfig
     from openslip.eval.preprocess import PROTOCOL_PREPROCESS
 
     base = AugmentConfig()
@@ -27,14 +22,14 @@ def preprocess_of(model: SLIP, recorded: dict[str, Any] | None = None) -> dict[s
         "std": list(base.std),
         # the reference's zero-shot transform (Resize(S) -> CenterCrop(S)), as CLIP's own eval transform
         "crop_fraction": PROTOCOL_PREPROCESS["zeroshot"].crop_fraction,
-        "interpolation": "bilinear",  # antialiased, as PIL's bilinear (openslip.data.augment)
+        "interpolation": "bilinear",  # antialiased, as PIL's bilinear (openslip.data.augment.views)
     }
     out.update({k: v for k, v in (recorded or {}).items() if k in out})
     return out
 
 
 def _augment_config(pre: dict[str, Any]):
-    from openslip.data.augment_params import AugmentConfig
+    from openslip.data.augment.params import AugmentConfig
 
     names = {f.name for f in dataclasses.fields(AugmentConfig)}
     values = {"image_size": pre["image_size"], "mean": tuple(pre["mean"]), "std": tuple(pre["std"])}
@@ -51,7 +46,7 @@ def create_model_and_transforms(name_or_path: str | Path, **kwargs: Any) -> tupl
     `kwargs` go to `create_model` for a name (e.g. image_size=) and to `load_model` for a path (e.g. activation=).
     """
     from openslip.checkpoint import _load
-    from openslip.data.augment import EvalTransform, SLIPTransform
+    from openslip.data.augment.views import EvalTransform, SLIPTransform
     from openslip.models import MODELS, create_model
 
     recorded = None

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from openslip.data.demo_scene import COLOURS, POSITIONS, SHAPES, SIZES, TEXTURES
-from openslip.data.demo_world import SPLITS, generate_sample, stream_id
+from openslip.data.demo.scene import COLOURS, POSITIONS, SHAPES, SIZES, TEXTURES
+from openslip.data.demo.world import SPLITS, generate_sample, stream_id
 from openslip.errors import ConfigError
 from openslip.registry import Registry
 

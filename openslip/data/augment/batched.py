@@ -27,9 +27,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from openslip.data import color
-from openslip.data.augment import resize_crop_uint8
-from openslip.data.augment_params import (
+from openslip.data.augment import color
+from openslip.data.augment.params import (
     CROP_TRIES,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -49,6 +48,7 @@ from openslip.data.augment_params import (
     jitter_ranges,
     resolve_config,
 )
+from openslip.data.augment.views import resize_crop_uint8
 
 
 @dataclass
@@ -117,7 +117,7 @@ def crop_from_uniforms_batch(
     scale: tuple[float, float],
     ratio: tuple[float, float],
 ) -> Tensor:
-    """Vectorised :func:`openslip.data.augment.crop_from_uniforms`: ``u`` [B, 4 * CROP_TRIES] -> boxes [B, 4]."""
+    """Vectorised :func:`openslip.data.augment.params.crop_from_uniforms`: ``u`` [B, 4 * CROP_TRIES] -> boxes [B, 4]."""
     H, W = _as_size_tensor(heights)[:, None], _as_size_tensor(widths)[:, None]
     u = u.to(torch.float64).reshape(-1, CROP_TRIES, 4)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
@@ -159,7 +159,7 @@ def sample_crop_params_batch(
 def view_params_from_uniforms_batch(
     heights: Tensor | Sequence[int], widths: Tensor | Sequence[int], u: Tensor, recipe: ViewRecipe
 ) -> ViewParamsBatch:
-    """Vectorised :func:`openslip.data.augment.view_params_from_uniforms`: ``u`` [B, N_UNIFORMS]."""
+    """Vectorised :func:`openslip.data.augment.params.view_params_from_uniforms`: ``u`` [B, N_UNIFORMS]."""
     u = u.to(torch.float64)
     crop = crop_from_uniforms_batch(heights, widths, u[:, : 4 * CROP_TRIES], recipe.scale, recipe.ratio)
     jitter = u[:, U_JITTER] < recipe.jitter_p
@@ -348,7 +348,7 @@ def _colour_ops(x: Tensor, p: ViewParamsBatch) -> Tensor:
 
 class BatchedSLIPAugment:
     """The SLIP views of a batch on its device: ``{"image", "view1", "view2"}`` each [B, 3, S, S] (or the
-    subset named by ``views``, as :class:`openslip.data.augment.SLIPTransform`).
+    subset named by ``views``, as :class:`openslip.data.augment.views.SLIPTransform`).
 
     ``images`` is a uint8 [B, 3, H, W] tensor or a list of uint8 [3, H, W] tensors of different sizes
     (decoded on the CPU, moved to the device). Every sample gets its own crop boxes, jitter factors and

@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from openslip.data.decode import DEFAULT_MAX_PIXELS
+from openslip.data.formats.decode import DEFAULT_MAX_PIXELS
+from openslip.data.formats.records import IMAGE_EXTENSIONS, BaseMapSource, Record, StringTable
 from openslip.data.skips import BadSample, SkipCounter
-from openslip.data.sources import IMAGE_EXTENSIONS, BaseMapSource, Record, StringTable
 from openslip.errors import DataError
 
 PATH_KEYS = ("image", "filepath", "path", "file", "filename", "image_path")
@@ -154,20 +154,3 @@ def _column(header: list[str], wanted: str | None, defaults: Sequence[str], what
         if key in header:
             return header.index(key)
     raise DataError(f"{path}:1: no {what} column; expected one of {', '.join(defaults)}; columns: {', '.join(header)}")
-
-
-def open_labelled(spec: str | os.PathLike, **options: Any) -> LabelledSource:
-    """A folder of class sub-folders, a ``.csv`` / ``.tsv`` of (path, label), or labelled shards
-    (``openslip.data.labelled_shards``; ``classes=`` fixes the class order of their indices)."""
-    from openslip.data.labelled_shards import is_shard_set, labelled_shards
-
-    if is_shard_set(spec):
-        return labelled_shards(spec, **options)
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        return image_folder(p, **options)
-    if p.is_file() and p.suffix.lower() in (".csv", ".tsv"):
-        return label_csv(p, **options)
-    if not p.exists():
-        raise DataError(f"no such file or directory: {spec}")
-    raise DataError(f"{spec}: a labelled set is a folder of class folders, a .csv/.tsv of path,label, or .tar shards")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from openslip.data import color
+from openslip.data.augment import color
 from openslip.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from openslip.data.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, clean_captions, decode_image, read_bytes
+from openslip.data.formats.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, clean_captions, decode_image, read_bytes
 from openslip.data.skips import BadSample, SkipCounter
 from openslip.errors import DataError
 

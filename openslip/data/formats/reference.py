@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from openslip.data.formats.records import IMAGE_EXTENSIONS, PackedSource, StringTable, join_captions
 from openslip.data.skips import BadSample
-from openslip.data.sources import IMAGE_EXTENSIONS, PackedSource, StringTable, join_captions
 from openslip.errors import DataError
 
 # (module, name) pairs a reference pickle may name: numpy's array/scalar reconstruction and harmless builtins.

@@ -1,4 +1,4 @@
-"""SLIP augmentations (DESIGN §1): the per-sample CPU path (recipe and parameters re-exported).
+"""SLIP augmentations (DESIGN §1): the per-sample CPU path; the recipe and its random parameters are in `params.py`.
 
 Three views come from one decoded image: ``image`` (the CLIP view: RandomResizedCrop, scale 0.5-1) and
 ``view1`` / ``view2`` (the SimCLR views: RandomResizedCrop 0.08-1, ColorJitter(0.4, 0.4, 0.4, 0.1)
@@ -29,26 +29,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from openslip.data import color
-from openslip.data.augment_params import (  # noqa: F401 - re-exported: the recipe and parameters live there
-    CLIP_VIEW,
-    CROP_TRIES,
+from openslip.data.augment import color
+from openslip.data.augment.params import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     N_UNIFORMS,
-    SIMCLR_VIEW,
     VIEW_NAMES,
     AugmentConfig,
     CropBox,
     ViewParams,
-    ViewRecipe,
-    centre_crop_fallback,
     check_views,
-    crop_from_uniforms,
-    jitter_ranges,
     resolve_config,
-    sample_crop_params,
-    sample_view_params,
     view_params_from_uniforms,
 )
 from openslip.errors import ConfigError

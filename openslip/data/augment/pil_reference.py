@@ -1,13 +1,13 @@
 """Timing of the SLIP augmentation paths against a straightforward per-sample PIL pipeline (DESIGN §8).
 
-``python -m openslip.data.augment_bench --n 200 --image-size 224`` prints milliseconds per 3-view sample
+``python -m openslip.data.augment.pil_reference --n 200 --image-size 224`` prints milliseconds per 3-view sample
 on one core for:
 
 - ``pil``: the straightforward pipeline of the reference, per view: PIL crop + bilinear resize,
   ImageEnhance brightness / contrast / colour, hue through PIL's HSV mode, grey via ``convert("L")``,
   ``ImageFilter.GaussianBlur``, flip, then to a normalised float tensor;
-- ``cpu``: :class:`openslip.data.augment.SLIPTransform`;
-- ``batched``: :class:`openslip.data.augment_batched.BatchedSLIPAugment` on one batch, per sample.
+- ``cpu``: :class:`openslip.data.augment.views.SLIPTransform`;
+- ``batched``: :class:`openslip.data.augment.batched.BatchedSLIPAugment` on one batch, per sample.
 
 All three render the same recipe from the same kind of parameters, on ~500 x 375 images decoded from
 JPEG (decoding is timed separately and excluded). Times are CPU time of this process
@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from openslip.data.augment import IMAGENET_MEAN, IMAGENET_STD, SLIPTransform, ViewParams
-from openslip.data.augment_batched import BatchedSLIPAugment
+from openslip.data.augment.batched import BatchedSLIPAugment
+from openslip.data.augment.params import IMAGENET_MEAN, IMAGENET_STD, ViewParams
+from openslip.data.augment.views import SLIPTransform
 
 
 def _pil_hue(img: Image.Image, shift: float) -> Image.Image:

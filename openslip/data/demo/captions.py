@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from openslip.data.demo_scene import (
+from openslip.data.demo.scene import (
     BACKGROUNDS,
     COLOURS,
     POSITIONS,

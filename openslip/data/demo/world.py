@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from openslip.data.demo_captions import alternative_captions, training_caption
-from openslip.data.demo_render import render_scene
-from openslip.data.demo_scene import DemoScene, sample_scene, scene_labels
-from openslip.data.sources import SOURCE_FORMATS, Record
+from openslip.data.demo.captions import alternative_captions, training_caption
+from openslip.data.demo.render import render_scene
+from openslip.data.demo.scene import DemoScene, sample_scene, scene_labels
+from openslip.data.formats.records import Record
+from openslip.data.sources import SOURCE_FORMATS
 from openslip.errors import ConfigError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")

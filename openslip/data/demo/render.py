@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from openslip.data.demo_scene import BACKGROUNDS, SHAPES, TEXTURES, DemoObject, DemoScene
+from openslip.data.demo.scene import BACKGROUNDS, SHAPES, TEXTURES, DemoObject, DemoScene
 
 Array = np.ndarray
 _SQRT2 = math.sqrt(2.0)

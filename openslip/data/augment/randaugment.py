@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from openslip.data import color
+from openslip.data.augment import color
 from openslip.errors import ConfigError
 from openslip.registry import Registry
 

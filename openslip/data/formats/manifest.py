@@ -23,9 +23,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from openslip.data.decode import read_bytes
+from openslip.data.formats.decode import read_bytes
+from openslip.data.formats.records import IMAGE_EXTENSIONS, PackedSource, StringTable, join_captions
 from openslip.data.skips import BadSample
-from openslip.data.sources import IMAGE_EXTENSIONS, PackedSource, StringTable, join_captions
 from openslip.errors import DataError
 
 IMAGE_KEYS = ("image", "filepath", "image_path", "img_path", "file", "filename", "file_name", "path", "img")

@@ -20,16 +20,16 @@ import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from openslip.data.class_lists import read_classnames
-from openslip.data.labelled import LabelledSource, index_labels
-from openslip.data.shards import (
+from openslip.data.formats.class_lists import read_classnames
+from openslip.data.formats.labelled import LabelledSource, index_labels
+from openslip.data.formats.records import Record
+from openslip.data.formats.shards import (
     IMAGE_SUFFIXES,
     REMOTE_PREFIXES,
     expand_shard_spec,
     looks_like_shard_spec,
     split_member_name,
 )
-from openslip.data.sources import Record
 from openslip.errors import DataError
 
 CLASSNAMES_FILE = "classnames.txt"

@@ -1,0 +1,135 @@
+"""The original SLIP code, from a user's checkout, timed beside openslip (`openslip bench train --compare-reference`).
+
+The built-in baseline (`bench_baseline.py`) restates what the 2021 code did on openslip's own weights. This module
+runs the 2021 code itself, so the ratio can be checked against the true reference: it imports ``models.py`` and
+``losses.py`` from the checkout (which need the packages the reference needs, timm among them), builds the model
+by its constructor name (``SLIP_VITS16`` for ``slip_vit_s16``), its loss with ``models.get_loss`` and its
+optimizer as the reference's ``main.py`` does (AdamW; no weight decay for parameters with ndim < 2 or named
+``bias``, ``ln`` or ``bn``), and times the step of its training loop: forward under autocast, loss, scaled
+backward, optimizer step, ``zero_grad(set_to_none=True)`` and the logit-scale clamp.
+
+One process, no process group: the reference's SyncBatchNorm layers become BatchNorm over the local batch
+(what SyncBatchNorm computes on one process), so the model runs on a CPU as well. Timed in the same process
+as openslip, interleaved step by step on synthetic inputs (the model-only phase); the reference's data loader
+is not timed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import resource
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from openslip.errors import ConfigError
+from openslip.flops import slip_sample_flops
+from openslip.step import PhaseClock, autocast
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def reference_name(model: str) -> str:
+    """openslip's registry name -> the reference's constructor: ``slip_vit_s16`` -> ``SLIP_VITS16``."""
+    kind, _, size = model.partition("_vit_")
+    return f"{kind.upper()}_VIT{size.upper()}" if size else model.upper()
+
+
+def import_reference(path: str | Path) -> tuple[Any, Any]:
+    """The checkout's ``models`` and ``losses`` modules (one-line error when they cannot be imported)."""
+    root = Path(path).expanduser().resolve()
+    if not (root / "models.py").is_file() or not (root / "losses.py").is_file():
+        raise ConfigError(f"--compare-reference {path}: no models.py and losses.py there (a checkout of SLIP?)")
+    for name in ("models", "losses", "utils"):  # names another package may have claimed in this process
+        sys.modules.pop(name, None)
+    sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module("models"), importlib.import_module("losses")
+    except Exception as err:  # noqa: BLE001 - the checkout's own imports (timm, its version) fail in many ways
+        raise ConfigError(f"--compare-reference {path}: cannot import the reference code: {err}") from None
+    finally:
+        sys.path.remove(str(root))
+
+
+def local_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace SyncBatchNorm by BatchNorm1d with the same parameters and buffers (one process: the same math)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            bn = nn.BatchNorm1d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            bn.load_state_dict(child.state_dict())
+            setattr(module, name, bn)
+        else:
+            local_batchnorm(child)
+    return module
+
+
+def reference_optimizer(model: nn.Module, lr: float, wd: float, betas: tuple[float, float], eps: float):
+    """AdamW with the two groups of the reference's main.py (its name rule, not openslip's)."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "bias" in n or "ln" in n or "bn" in n else decay).append(p)
+    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=wd)
+
+
+class ReferenceStepper:
+    """Timed training steps of the reference's own model, loss and optimizer (same interface as `bench.Stepper`)."""
+
+    label = "reference"
+
+    def __init__(self, path: str | Path, trainer: Any, *, name: str | None, batch_size: int, image_size: int) -> None:
+        models, _ = import_reference(path)
+        self.name = name or reference_name(trainer.cfg.model)
+        build = getattr(models, self.name, None)
+        if not callable(build):
+            known = sorted(k for k, v in vars(models).items() if "_VIT" in k and callable(v))
+            raise ConfigError(f"the reference has no model {self.name!r}; it has: {', '.join(known)}")
+        cfg = trainer.cfg
+        self.device = trainer.dist.device
+        self.precision = cfg.train.precision
+        head = trainer.model.cfg.ssl_head
+        dims = {"ssl_mlp_dim": head.mlp_dim, "ssl_emb_dim": head.out_dim} if head is not None else {}
+        self.model = local_batchnorm(build(**dims)).to(self.device).train()
+        self.loss = models.get_loss(self.name, cfg.loss.ssl_temperature, cfg.loss.ssl_scale)
+        o = cfg.optim
+        self.optimizer = reference_optimizer(self.model, o.lr, o.wd, o.betas, o.eps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        # the reference's forward arguments per model kind (main.py builds its `inputs` list the same way)
+        kind = self.name.split("_")[0]
+        self.arguments: tuple[str, ...] = {
+            "SLIP": ("image", "text", "view1", "view2"),
+            "CLIP": ("image", "text"),
+            "SIMCLR": ("view1", "view2"),
+        }.get(kind, ("image", "text", "view1", "view2"))
+        # FLOPs as the 2021 way counts them: the full text context, every patch
+        self.flops = float(slip_sample_flops(trainer.model.cfg, batch_size=batch_size, image_size=image_size).train)
+        self.flops *= batch_size
+
+    def step(self, get_inputs: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, float], float]:
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        clock = PhaseClock(self.device)
+        inputs = get_inputs()
+        clock.lap("data")
+        with autocast(self.device.type, self.precision):
+            outputs = self.model(*(inputs[k] for k in self.arguments))
+            loss = self.loss(outputs)["loss"]
+        clock.lap("forward")
+        self.scaler.scale(loss).backward()
+        clock.lap("backward")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.model.zero_grad(set_to_none=True)
+        scale = getattr(self.model, "logit_scale", None)
+        if scale is not None:
+            scale.data.clamp_(0, MAX_LOGIT_SCALE)
+        clock.lap("optimizer")
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
+        times = dict(clock.times)
+        times.update(minor_faults=usage1.ru_minflt - usage0.ru_minflt, sys_s=usage1.ru_stime - usage0.ru_stime)
+        return times, self.flops
