@@ -33,10 +33,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from openslip.bench_baseline import PILSLIPTransform, reference_forward, reference_optimizer
+from openslip.bench_reference import ReferenceStepper
+from openslip.data.loader import build_train_loader
+from openslip.data.pipeline import open_train_source
+from openslip.distributed import DistInfo
 from openslip.errors import ConfigError
 from openslip.flops import slip_sample_flops
+from openslip.models import MODELS
 from openslip.perf import fast_bf16_available, tune_cpu_runtime
+from openslip.recipes import make_config
 from openslip.step import PhaseClock
+from openslip.tokenizer import get_tokenizer
+from openslip.train import build_trainer, optimise
 
 PHASES = ("data", "forward", "backward", "optimizer")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -220,8 +229,6 @@ class Stepper:
     2021 way (`bench_baseline`); schedule, precision, loss scaler and clipping stay the candidate's."""
 
     def __init__(self, trainer: Any, *, baseline: bool, batch_size: int, image_size: int) -> None:
-        from openslip.bench_baseline import reference_forward, reference_optimizer
-
         self.baseline = baseline
         self.label = "baseline" if baseline else "candidate"
         self.device = trainer.dist.device
@@ -250,8 +257,6 @@ class Stepper:
 
     def step(self, get_inputs: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, float], float]:
         """One training step; returns (seconds per phase, plus page faults and system time; model FLOPs)."""
-        from openslip.train import optimise
-
         usage0 = resource.getrusage(resource.RUSAGE_SELF)
         clock = PhaseClock(self.device)
         inputs = get_inputs()
@@ -267,9 +272,6 @@ class Stepper:
 
 
 def _train_config(bc: TrainBenchConfig, out_dir: str, device: torch.device) -> Any:
-    from openslip.models import MODELS
-    from openslip.recipes import make_config
-
     if bc.model not in MODELS:
         raise ConfigError(f"--model {bc.model!r} is not a registered model; choose one of: {', '.join(MODELS)}")
     parts = MODELS.get(bc.model)
@@ -357,10 +359,6 @@ def _data_inputs(trainer: Any, loader: Any, transform_views: Callable) -> Callab
 def _captions_of_data(trainer: Any, bc: TrainBenchConfig, image_size: int) -> torch.Tensor:
     """One batch of real tokenized captions from the data (read in this process, no views rendered), so the
     model-only phase runs the same text lengths as the end-to-end phase and their ratio isolates the data cost."""
-    from openslip.data.loader import build_train_loader
-    from openslip.data.pipeline import open_train_source
-    from openslip.tokenizer import get_tokenizer
-
     cfg = trainer.cfg
     source = open_train_source(cfg, image_size)
     loader = build_train_loader(
@@ -380,11 +378,6 @@ def _no_views(image: Any) -> torch.Tensor:
 
 
 def _baseline_loader(trainer: Any, bc: TrainBenchConfig, image_size: int) -> Any:
-    from openslip.bench_baseline import PILSLIPTransform
-    from openslip.data.loader import build_train_loader
-    from openslip.data.pipeline import open_train_source
-    from openslip.tokenizer import get_tokenizer
-
     cfg = trainer.cfg
     source = open_train_source(cfg, image_size)
     return build_train_loader(
@@ -459,9 +452,6 @@ def bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
 
 
 def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
-    from openslip.distributed import DistInfo
-    from openslip.train import build_trainer
-
     device = resolve_device(bc.device)
     tuning = tune_cpu_runtime(threads=bc.threads).as_dict() if bc.tune else {"skipped": "--no-tune"}
     if bc.threads and not bc.tune:
@@ -481,8 +471,6 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
         if bc.baseline:
             steppers.append(Stepper(trainer, baseline=True, batch_size=B, image_size=image_size))
         if bc.compare_reference:
-            from openslip.bench_reference import ReferenceStepper
-
             reference = ReferenceStepper(
                 bc.compare_reference, trainer, name=bc.reference_model, batch_size=B, image_size=image_size
             )

@@ -29,6 +29,7 @@ from torch import nn
 
 from openslip.errors import ConfigError
 from openslip.flops import slip_sample_flops
+from openslip.models.variants import REFERENCE_SIZE_NAMES
 from openslip.step import PhaseClock, autocast
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -36,8 +37,8 @@ MAX_LOGIT_SCALE = math.log(100.0)
 
 def reference_name(model: str) -> str:
     """openslip's registry name -> the reference's constructor: ``slip_vit_s16`` -> ``SLIP_VITS16``."""
-    kind, _, size = model.partition("_vit_")
-    return f"{kind.upper()}_VIT{size.upper()}" if size else model.upper()
+    kind, _, size = model.partition("_")
+    return f"{kind.upper()}_{REFERENCE_SIZE_NAMES.get(size, size.upper().replace('_', ''))}"
 
 
 def import_reference(path: str | Path) -> tuple[Any, Any]:
@@ -100,13 +101,12 @@ class ReferenceStepper:
         o = cfg.optim
         self.optimizer = reference_optimizer(self.model, o.lr, o.wd, o.betas, o.eps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        # the reference's forward arguments per model kind (main.py builds its `inputs` list the same way)
-        kind = self.name.split("_")[0]
-        self.arguments: tuple[str, ...] = {
-            "SLIP": ("image", "text", "view1", "view2"),
-            "CLIP": ("image", "text"),
-            "SIMCLR": ("view1", "view2"),
-        }.get(kind, ("image", "text", "view1", "view2"))
+        # the reference's positional forward arguments: (image, text) for its CLIP part, then (aug1, aug2) for
+        # its SimCLR part, as main.py lists its inputs; read from the model's towers, not from its name
+        mcfg = trainer.model.cfg
+        self.arguments = (("image", "text") if mcfg.text is not None else ()) + (
+            ("view1", "view2") if mcfg.ssl_head is not None else ()
+        )
         # FLOPs as the 2021 way counts them: the full text context, every patch
         self.flops = float(slip_sample_flops(trainer.model.cfg, batch_size=batch_size, image_size=image_size).train)
         self.flops *= batch_size

@@ -21,7 +21,7 @@ from openslip.errors import UserError
 
 SKIP = {"step", "time", "epoch"}
 ORDER = ("loss", "clip_loss", "ssl_loss", "clip_acc", "ssl_acc", "ssl_rank", "zeroshot/", "knn/", "linear/", "lr",
-         "logit_scale", "samples_per_s")  # fmt: skip
+         "grad_norm", "logit_scale", "samples_per_s")  # fmt: skip
 # metric (or prefix ending in "/") -> y-axis label
 UNITS = {
     "loss": "loss (nats)",
@@ -34,6 +34,7 @@ UNITS = {
     "knn/": "score (%)",
     "linear/": "score (%)",
     "lr": "learning rate",
+    "grad_norm": "global gradient norm (before clipping)",
     "logit_scale": "logit scale (1 / temperature)",
     "samples_per_s": "samples / s",
     "data_wait_frac": "fraction of step time",

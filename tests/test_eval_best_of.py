@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from openslip.cli import main
+from openslip.data.augment.classify import FinetuneTransform
 from openslip.errors import ConfigError
 from openslip.eval.best_of import best_and_final
-from openslip.eval.finetune import FinetuneTransform
 from openslip.eval.linear import SGDProbeConfig
 
 RANDOM = ["--model", "slip_vit_micro", "--pretrained", "none"]

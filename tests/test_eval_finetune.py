@@ -13,9 +13,10 @@ from dist_utils import run_distributed
 from PIL import Image, ImageEnhance, ImageOps
 
 import openslip.eval.finetune as ft
+from openslip.data.augment.classify import FinetuneTransform
 from openslip.data.augment.randaugment import INCREASING_OPS, OPS, RandAugment, RandomErasing, parse_randaug
 from openslip.errors import CheckpointError, ConfigError
-from openslip.eval.finetune import STATE_FILE, FinetuneConfig, FinetuneTransform, SeededSamples, finetune
+from openslip.eval.finetune import STATE_FILE, FinetuneConfig, SeededSamples, finetune
 from openslip.models import create_model
 
 
@@ -178,10 +179,10 @@ def test_random_erasing_rate_and_area() -> None:
 
 
 def test_finetune_transform() -> None:
+    from openslip.data.augment.classify import ProbeTransform
     from openslip.data.augment.color import normalize
     from openslip.data.augment.params import sample_view_params
     from openslip.data.augment.views import resize_crop_uint8
-    from openslip.eval.datasets import TrainTransform
 
     arr = _image(40, 48)
     cfg = FinetuneConfig()
@@ -191,8 +192,8 @@ def test_finetune_transform() -> None:
     assert x1.shape == (3, 32, 32) and x1.dtype == torch.float32
     assert torch.equal(x1, full(arr, torch.Generator().manual_seed(1)))
     assert not torch.equal(x1, full(arr, torch.Generator().manual_seed(2)))
-    # with RandAugment and erasing off it draws TrainTransform's crop and flip, but resizes bicubic as BEiT
-    # (--train_interpolation bicubic) where TrainTransform (main_linear.py) is bilinear
+    # with RandAugment and erasing off it draws ProbeTransform's crop and flip, but resizes bicubic as BEiT
+    # (--train_interpolation bicubic) where ProbeTransform (main_linear.py) is bilinear
     plain = FinetuneTransform.from_config(32, replace(cfg, randaug="none", reprob=0.0))
     assert plain.randaug is None and plain.erase is None
     torch.manual_seed(3)
@@ -203,7 +204,7 @@ def test_finetune_transform() -> None:
     y = y.flip(-1) if params.flip else y
     assert torch.equal(a, normalize(y.float().div_(255), plain.mean, plain.std))
     torch.manual_seed(3)
-    assert not torch.equal(a, TrainTransform(32)(arr))
+    assert not torch.equal(a, ProbeTransform(32)(arr))
     # the demo preset: whole image, no flip, no RandAugment or erasing -> the same tensor for every draw
     demo = FinetuneTransform.from_config(32, ft.PRESETS["demo"])
     square = _image(40, 40)

@@ -89,7 +89,8 @@ def test_finetune_parts() -> None:
 @pytest.mark.slow
 def test_finetune_beats_linear_probe_on_demo() -> None:
     """A randomly initialised micro ViT: finetuning learns the colours better than a probe of its random features."""
-    from openslip.eval.datasets import TrainTransform, open_classification
+    from openslip.data.augment.classify import ProbeTransform
+    from openslip.eval.datasets import open_classification
     from openslip.eval.features import dataset_features
     from openslip.eval.finetune import finetune
 
@@ -100,7 +101,7 @@ def test_finetune_beats_linear_probe_on_demo() -> None:
     tx, ty = dataset_features(model, train, kind="backbone")
     sx, sy = dataset_features(model, test, kind="backbone")
     probe, _ = logistic_probe(tx, ty, sx, sy, num_classes=8, config=LogisticConfig(refine_steps=1, max_iter=200))
-    train.with_transform(TrainTransform(32, (0.5, 1.0)))
+    train.with_transform(ProbeTransform(32, (0.5, 1.0)))
     cfg = FinetuneConfig(
         epochs=10, warmup_epochs=1, batch_size=64, base_lr=4e-2, layer_decay=1.0, drop_path=0.0, mixup_alpha=0.0,
         cutmix_alpha=0.0, label_smoothing=0.0,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import openslip.step as step_module
+import openslip.bench as bench_module
 import openslip.train as train_module
 from openslip.cli import main
 from openslip.optim import warmup_cosine
@@ -116,6 +117,7 @@ def test_evaluation_loops_use_the_shared_step(argv: list[str], optimizer: str, m
 
 def test_bench_times_the_training_step(monkeypatch, tmp_path) -> None:
     """`openslip bench train` runs train.optimise (the step of `openslip train`) for both paths."""
+    assert bench_module.optimise is train_module.optimise
     calls: list[str] = []
     real = train_module.optimise
 
@@ -123,7 +125,7 @@ def test_bench_times_the_training_step(monkeypatch, tmp_path) -> None:
         calls.append(type(t.opt.optimizer).__name__ + ("/fused" if t.opt.optimizer.defaults.get("fused") else ""))
         return real(t, inputs, clock, samples)
 
-    monkeypatch.setattr(train_module, "optimise", spy)
+    monkeypatch.setattr(bench_module, "optimise", spy)
     out = tmp_path / "bench.json"
     argv = ["bench", "train", "--model", "slip_vit_micro", "--batch-size", "4", "--steps", "1", "--warmup", "0",
             "--baseline", "--peak-budget", "0.05", "--output", str(out)]  # fmt: skip

@@ -230,7 +230,7 @@ def run_linear(args: argparse.Namespace) -> int:
     model, device = setup(args)
     train, test = train_test(args)
     if args.protocol == "sgd":
-        from openslip.eval.datasets import TrainTransform
+        from openslip.data.augment.classify import ProbeTransform
         from openslip.eval.linear import SGDProbeConfig, sgd_probe
 
         if args.features != "backbone":
@@ -244,7 +244,7 @@ def run_linear(args: argparse.Namespace) -> int:
             eval_every=args.eval_every,
             report=args.report,
         )
-        train.with_transform(TrainTransform(args.image_size, cfg.crop_scale))
+        train.with_transform(ProbeTransform(args.image_size, cfg.crop_scale))
         metrics = sgd_probe(
             model,
             train,

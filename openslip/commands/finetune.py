@@ -71,7 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from openslip import distributed
     from openslip.commands._common import finish, setup, train_test
-    from openslip.eval.finetune import FinetuneTransform, config_from_preset, finetune, preset_for
+    from openslip.data.augment.classify import FinetuneTransform
+    from openslip.eval.finetune import config_from_preset, finetune, preset_for
 
     model, device = setup(args)
     train, test = train_test(args)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+import openslip
 from openslip.atomic import write_bytes, write_json
 from openslip.compare.experiment import CompareConfig, run_key
 from openslip.compare.methods import METHODS, RANDOM_ROW
@@ -186,8 +187,6 @@ def _run_info(cc: CompareConfig, method: str, seed: int) -> dict[str, Any]:
 
 def _versions() -> dict[str, str]:
     import torch
-
-    import openslip
 
     return {
         "openslip": openslip.__version__,

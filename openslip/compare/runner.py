@@ -30,10 +30,15 @@ import torch
 
 from openslip import distributed
 from openslip.atomic import write_json, write_npz
+from openslip.checkpoint import load_model
 from openslip.compare.experiment import CompareConfig, first_difference, run_key
 from openslip.compare.methods import METHODS, RANDOM_ROW
+from openslip.compare.report import write_reports
 from openslip.errors import ConfigError
+from openslip.eval.features import mark_untrained
 from openslip.eval.suite import EVALS, EvalOptions, EvalSet, Evaluation, open_eval_set
+from openslip.models import create_model, model_config
+from openslip.train import train
 
 EXPERIMENT_FILE = "experiment.json"
 TRAIN_DONE = "train_done.json"
@@ -61,8 +66,6 @@ class Cell:
 
 def run_compare(cc: CompareConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or finish) the experiment; returns results.json's content."""
-    from openslip.compare.report import write_reports
-
     out = Path(cc.out_dir)
     base = cc.base_config()  # validates the shared settings before anything is written
     check_experiment(out, cc)
@@ -137,8 +140,6 @@ def check_experiment(out: Path, cc: CompareConfig) -> None:
 
 
 def _train(cc: CompareConfig, method: str, seed: int, log: Callable[[str], None], timings: dict, out: Path) -> None:
-    from openslip.train import train
-
     run_dir = cc.run_dir(method, seed)
     if (run_dir / TRAIN_DONE).is_file():
         return
@@ -153,21 +154,15 @@ def _train(cc: CompareConfig, method: str, seed: int, log: Callable[[str], None]
 
 
 def _load(cc: CompareConfig, row: str, seed: int, base: Any, device: str) -> Any:
-    from openslip.eval.features import mark_untrained
-    from openslip.models import create_model
-
     if row == RANDOM_ROW:
         torch.manual_seed(seed)
         size = {"image_size": base.data.image_size} if base.data.image_size else {}
         return mark_untrained(create_model(base.model, **size).to(device).eval())
-    from openslip.checkpoint import load_model
 
     return load_model(cc.run_dir(row, seed), map_location=device).eval()
 
 
 def _model_cfg(name: str) -> Any:
-    from openslip.models import model_config
-
     return model_config(name)
 
 

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from openslip.data.augment.params import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, sample_view_params
-from openslip.data.augment.views import EvalTransform, apply_view
+from openslip.data.augment.params import IMAGENET_MEAN, IMAGENET_STD
+from openslip.data.augment.views import EvalTransform
+from openslip.data.demo.tasks import demo_retrieval, demo_task, demo_task_names
 from openslip.data.formats.class_lists import (
     check_templates,
     clean_folder_name,
@@ -34,8 +35,11 @@ from openslip.data.formats.class_lists import (
     read_classnames,
     read_templates,
 )
+from openslip.data.formats.decode import decode_image
 from openslip.data.formats.labelled_shards import is_shard_set
+from openslip.data.formats.open_labelled import open_labelled
 from openslip.data.skips import BadSample
+from openslip.data.sources import open_source
 from openslip.errors import DataError
 from openslip.eval.catalog import DEFAULT_PROMPTS, CatalogEntry, get_entry
 from openslip.eval.preprocess import Normalization, eval_transform
@@ -56,20 +60,6 @@ class UInt8ToTensor:
     def __call__(self, image: Any) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(image)).permute(2, 0, 1).float().div_(255)
         return (x - self.mean) / self.std
-
-
-class TrainTransform:
-    """RandomResizedCrop (torchvision semantics, rejection sampling) + horizontal flip, normalised: the
-    augmentation of the reference's SGD linear probe and of finetuning (without the colour ops)."""
-
-    def __init__(self, image_size: int, scale: tuple[float, float] = (0.08, 1.0), flip_p: float = 0.5) -> None:
-        self.image_size = image_size
-        self.recipe = ViewRecipe(scale=scale, flip_p=flip_p)
-
-    def __call__(self, image: Any) -> torch.Tensor:
-        arr = np.asarray(image)
-        params = sample_view_params(arr.shape[0], arr.shape[1], self.recipe)
-        return apply_view(arr, params, self.image_size)
 
 
 # --- classification sets ---------------------------------------------------------------------------------
@@ -190,8 +180,6 @@ class RecordImageSet(ImageSet):
         self.images = list(images)
 
     def load(self, i: int) -> Any:
-        from openslip.data.formats.decode import decode_image
-
         try:
             return decode_image(self.images[i])
         except BadSample as err:
@@ -233,8 +221,6 @@ def open_classification(
             with ``ImageSet.for_protocol``.
         normalization: (mean, std) of the model's inputs (``model_normalization``); default ImageNet's.
     """
-    from openslip.data.demo.tasks import demo_task, demo_task_names
-
     entry = get_entry(catalog, prompts) if catalog else None
     names_file = classnames if isinstance(classnames, (str, os.PathLike)) else None
     temps_file = templates if isinstance(templates, (str, os.PathLike)) else None
@@ -283,8 +269,6 @@ def _labelled_source(
 ) -> Any:
     """The labelled source with ``classes`` = the class names to prompt with, labels indexing them.
     ``names_file``: where ``names`` came from, named by the errors about them."""
-    from openslip.data.formats.open_labelled import open_labelled
-
     wanted = list(names) if names is not None else (list(entry.classnames) if entry and entry.classnames else None)
     names_from = f" (class names from {Path(names_file).expanduser()})" if names_file is not None else ""
     if path.is_file() or is_shard_set(path):
@@ -394,8 +378,6 @@ def open_retrieval(
     into one image with all their captions, in first-seen order: counting them as separate images would
     make every other caption of that image a wrong answer."""
     if spec in DEMO_RETRIEVAL_NAMES:
-        from openslip.data.demo.tasks import demo_retrieval
-
         r = demo_retrieval(split, n or 1000, seed=seed, image_size=image_size)
         images = ArrayImageSet(
             r.images,
@@ -412,8 +394,6 @@ def open_retrieval(
     if path.suffix.lower() == ".json" and path.is_file() and _is_karpathy(path):
         paths, captions = _read_karpathy(path, split, image_root)
     else:
-        from openslip.data.sources import open_source
-
         options = {"root": image_root} if image_root else {}
         if caption_keys:
             options["caption_keys"] = caption_keys

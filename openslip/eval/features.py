@@ -26,7 +26,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from openslip import distributed
+from openslip.checkpoint import load_model
 from openslip.errors import CheckpointError, ConfigError
+from openslip.models import MODELS, create_model
+from openslip.tokenizer import get_tokenizer
 
 FEATURE_KINDS = ("embed", "backbone")
 
@@ -41,9 +44,6 @@ def load_eval_model(spec: str, *, pretrained: str | None = None, device: torch.d
     file, or a registry name; a name needs ``pretrained``: ``"none"`` (random weights, for smoke tests) or a
     path to weights for that model (e.g. a bare state dict).
     """
-    from openslip.checkpoint import load_model
-    from openslip.models import MODELS, create_model
-
     if pretrained is not None:
         if spec not in MODELS:
             raise ConfigError(f"--pretrained needs a model name, one of: {', '.join(MODELS.names())}")
@@ -194,8 +194,6 @@ def encode_texts(
     shard: bool = True,
 ) -> torch.Tensor:
     """Text embeddings [N, D] float32 (CPU) of ``texts``; with ``shard`` split over ranks and gathered."""
-    from openslip.tokenizer import get_tokenizer
-
     tok = get_tokenizer()
     start, stop = shard_range(len(texts), distributed.rank(), distributed.world_size()) if shard else (0, len(texts))
     out = []

@@ -5,7 +5,7 @@ and drop-path, and is trained with AdamW, per-step linear warm-up + cosine decay
 decay (block ``i`` of ``L`` gets ``decay^(L + 1 - (i + 1))`` of the rate, the patch/position embeddings
 ``decay^(L + 1)``, the final norm and head the full rate; groups come from ``visual.group_matcher()``),
 no weight decay on biases / norms / ``no_weight_decay()`` names, Mixup / CutMix (switching 50/50 per
-batch) and label smoothing. Training images go through :class:`FinetuneTransform`: RandomResizedCrop,
+batch) and label smoothing. Training images go through ``data.augment.classify.FinetuneTransform``: RandomResizedCrop,
 flip, RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing (p 0.25, per-pixel noise), as BEiT
 (``openslip.data.augment.randaugment``). The SLIP paper's recipe per size is in ``PRESETS``; the learning rate
 scales linearly with the global batch (4e-3 at 1024).
@@ -31,17 +31,17 @@ import torch
 import torch.nn.functional as F
 
 from openslip import distributed
-from openslip.data.augment.color import normalize
-from openslip.data.augment.params import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, sample_view_params
-from openslip.data.augment.randaugment import RandAugment, RandomErasing, parse_randaug
-from openslip.data.augment.views import resize_crop_uint8, to_rgb_uint8
+from openslip.data.augment.randaugment import parse_randaug
 from openslip.errors import CheckpointError, ConfigError
 from openslip.eval.best_of import best_and_final, check_report
+from openslip.eval.features import extract_features
+from openslip.eval.linear import epoch_loader
 from openslip.eval.metrics import classification_metrics
 from openslip.models import model_config
 from openslip.models.config import VisionConfig
 from openslip.models.vision import VisionTransformer
 from openslip.optim import param_groups, warmup_cosine
+from openslip.safe_load import fsync_dir, torch_load_data
 from openslip.step import AMP_DTYPES, OptimStep, check_finite
 
 PRECISIONS = ("fp32", *AMP_DTYPES)
@@ -215,46 +215,7 @@ def mix_batch(
     return images, target * lam + target.flip(0) * (1 - lam)
 
 
-# --- training augmentation and its per-sample seeding --------------------------------------------------
-
-
-class FinetuneTransform:
-    """BEiT's training transform: RandomResizedCrop (bicubic) + flip, RandAugment on the uint8 crop, normalise, then
-    random erasing. Randomness from ``generator`` or, when None, torch's global RNG (see ``SeededSamples``)."""
-
-    def __init__(
-        self,
-        image_size: int,
-        *,
-        crop_scale: tuple[float, float] = (0.08, 1.0),
-        flip: bool = True,
-        randaug: RandAugment | None = None,
-        reprob: float = 0.0,
-    ) -> None:
-        self.image_size = image_size
-        self.recipe = ViewRecipe(scale=crop_scale, flip_p=0.5 if flip else 0.0)
-        self.randaug = randaug
-        self.erase = RandomErasing(reprob) if reprob > 0 else None
-        self.mean, self.std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-
-    @classmethod
-    def from_config(cls, image_size: int, cfg: FinetuneConfig) -> FinetuneTransform:
-        return cls(
-            image_size, crop_scale=cfg.crop_scale, flip=cfg.flip, randaug=parse_randaug(cfg.randaug), reprob=cfg.reprob
-        )
-
-    def __call__(self, image: Any, generator: torch.Generator | None = None) -> torch.Tensor:
-        arr = np.require(to_rgb_uint8(image), requirements="W")  # PIL arrays are read-only; torch wants writable
-        params = sample_view_params(arr.shape[0], arr.shape[1], self.recipe, generator)
-        src = torch.from_numpy(arr).permute(2, 0, 1)[None]
-        # BEiT's RandomResizedCropAndInterpolation with --train_interpolation bicubic (its default)
-        y = resize_crop_uint8(src, params.crop, (self.image_size, self.image_size), "bicubic")[0]
-        if params.flip:
-            y = y.flip(-1)
-        if self.randaug is not None:
-            y = self.randaug(y, generator)
-        x = normalize(y.float().div_(255), self.mean, self.std)
-        return self.erase(x, generator) if self.erase is not None else x
+# --- per-sample seeding of the training augmentation ----------------------------------------------------
 
 
 def stream_seed(*keys: int) -> int:
@@ -325,8 +286,6 @@ def _identity_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[st
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to a temporary file and rename it over ``path``: a crash leaves the previous epoch's."""
-    from openslip.safe_load import fsync_dir
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
@@ -339,8 +298,6 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 def load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     """A finetuning checkpoint, refused (CheckpointError) when it belongs to another run."""
-    from openslip.safe_load import torch_load_data
-
     state = torch_load_data(path)
     if not isinstance(state, dict) or state.get("format") != "openslip-finetune":
         raise CheckpointError(f"{path}: not an openslip finetuning checkpoint")
@@ -359,6 +316,59 @@ def load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy against soft targets, in float32 whatever the autocast dtype of the logits."""
     return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+def _check_arguments(
+    cfg: FinetuneConfig,
+    report: str,
+    eval_every: int,
+    world: int,
+    device: torch.device,
+    out_dir: str | os.PathLike | None,
+    resume: bool | None,
+) -> Path | None:
+    """One-line errors for arguments that cannot run; returns the state file's path (None: no out_dir)."""
+    check_report(report)
+    if eval_every < 0:
+        raise ConfigError(f"finetune: eval_every must be >= 0 (0: score only after the last epoch), got {eval_every}")
+    if cfg.batch_size % world:
+        raise ConfigError(f"finetune: batch size {cfg.batch_size} is not divisible by {world} processes")
+    if cfg.precision != "fp32" and not torch.amp.is_autocast_available(device.type):
+        raise ConfigError(f"finetune: precision {cfg.precision} needs autocast, which {device.type} does not support")
+    state_path = Path(out_dir).expanduser() / STATE_FILE if out_dir is not None else None
+    if resume and state_path is None:
+        raise ConfigError("finetune: resuming needs an output directory (--out-dir)")
+    if resume and not state_path.is_file():  # type: ignore[union-attr]
+        raise ConfigError(f"finetune: nothing to resume: no {STATE_FILE} in {out_dir}")
+    return state_path
+
+
+def _train_epoch(
+    vit: VisionTransformer,
+    opt: OptimStep,
+    loader: Any,
+    step: int,
+    num_classes: int,
+    cfg: FinetuneConfig,
+    rng: np.random.Generator,
+    last_good: str,
+) -> tuple[int, float]:
+    """One epoch of mixed batches through the shared optimisation step; returns (next step, mean loss)."""
+    device = next(vit.parameters()).device
+    seen, loss_sum = 0, 0.0
+    for images, labels in loader:
+        opt.set_lr(step)
+        x, target = mix_batch(images.to(device), labels.to(device), num_classes, cfg, rng)
+        with opt.autocast():
+            logits = vit(x)
+        loss = soft_cross_entropy(logits, target)
+        check_finite(loss, what="finetuning", step=step, detail="; " + last_good)
+        opt.backward(loss)
+        distributed.average_gradients(vit)  # averaging scaled gradients commutes with the unscaling
+        opt.update(vit.parameters())
+        step += 1
+        seen, loss_sum = seen + len(labels), loss_sum + loss.item() * len(labels)
+    return step, loss_sum / max(seen, 1)
 
 
 def finetune(
@@ -387,24 +397,10 @@ def finetune(
     With ``out_dir`` the state is saved there after every epoch (``finetune_state.pt``, atomically);
     ``resume`` None continues from it when present, True requires it, False starts over.
     """
-    from openslip.eval.features import extract_features
-    from openslip.eval.linear import epoch_loader
-
     cfg = config or FinetuneConfig()
-    check_report(report)
-    if eval_every < 0:
-        raise ConfigError(f"finetune: eval_every must be >= 0 (0: score only after the last epoch), got {eval_every}")
     world, rank = distributed.world_size(), distributed.rank()
-    if cfg.batch_size % world:
-        raise ConfigError(f"finetune: batch size {cfg.batch_size} is not divisible by {world} processes")
     device = torch.device(device)
-    if cfg.precision != "fp32" and not torch.amp.is_autocast_available(device.type):
-        raise ConfigError(f"finetune: precision {cfg.precision} needs autocast, which {device.type} does not support")
-    state_path = Path(out_dir).expanduser() / STATE_FILE if out_dir is not None else None
-    if resume and state_path is None:
-        raise ConfigError("finetune: resuming needs an output directory (--out-dir)")
-    if resume and not state_path.is_file():  # type: ignore[union-attr]
-        raise ConfigError(f"finetune: nothing to resume: no {STATE_FILE} in {out_dir}")
+    state_path = _check_arguments(cfg, report, eval_every, world, device, out_dir, resume)
     per_rank = cfg.batch_size // world
     vit = build_classifier(model, num_classes, cfg.drop_path, cfg.seed).to(device)
     n = len(train_set)  # type: ignore[arg-type]
@@ -445,25 +441,14 @@ def finetune(
         torch.manual_seed(stream_seed(cfg.seed, _DROP_PATH, epoch, rank))  # drop-path masks differ per rank
         rng = np.random.default_rng(stream_seed(cfg.seed, _MIX, epoch, rank))
         data = SeededSamples(train_set, cfg.seed, epoch)
-        seen, loss_sum = 0, 0.0
-        for images, labels in epoch_loader(data, epoch, cfg.seed, rank, world, per_rank, num_workers):
-            lr = opt.set_lr(step)
-            x, target = mix_batch(images.to(device), labels.to(device), num_classes, cfg, rng)
-            with opt.autocast():
-                logits = vit(x)
-            loss = soft_cross_entropy(logits, target)
-            check_finite(loss, what="finetuning", step=step, detail="; " + last_good)
-            opt.backward(loss)
-            distributed.average_gradients(vit)  # averaging scaled gradients commutes with the unscaling
-            opt.update(vit.parameters())
-            step += 1
-            seen, loss_sum = seen + len(labels), loss_sum + loss.item() * len(labels)
+        loader = epoch_loader(data, epoch, cfg.seed, rank, world, per_rank, num_workers)
+        step, mean_loss = _train_epoch(vit, opt, loader, step, num_classes, cfg, rng, last_good)
         if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < cfg.epochs:
             evaluations[epoch + 1] = evaluate()
             history[f"epoch{epoch + 1}_score"] = evaluations[epoch + 1]["score"]
         if log and distributed.is_main():
             print(
-                f"  finetune epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / max(seen, 1):.4f}, lr {lr:.2e}",
+                f"  finetune epoch {epoch + 1}/{cfg.epochs}: loss {mean_loss:.4f}, lr {opt.schedule(step - 1):.2e}",
                 flush=True,
             )
         if state_path is not None and distributed.is_main():

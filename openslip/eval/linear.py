@@ -31,6 +31,7 @@ from torch import nn
 from openslip import distributed
 from openslip.errors import ConfigError
 from openslip.eval.best_of import best_and_final, check_report
+from openslip.eval.features import extract_features
 from openslip.eval.metrics import classification_metrics
 from openslip.optim import warmup_cosine
 from openslip.step import OptimStep, check_finite
@@ -111,8 +112,6 @@ def sgd_probe(
 
     Data-parallel: each rank runs its shard of every epoch; head gradients are averaged over ranks.
     """
-    from openslip.eval.features import extract_features
-
     cfg = config or SGDProbeConfig()
     world, rank = distributed.world_size(), distributed.rank()
     if cfg.batch_size % world:

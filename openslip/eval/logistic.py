@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from openslip.errors import ConfigError, DataError
+from openslip.eval.datasets import split_indices
 from openslip.eval.metrics import CLASSIFICATION_METRICS, classification_metrics
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -452,8 +453,6 @@ def logistic_probe(
     Everything runs on ``train_x``'s device. Bad inputs (empty or mismatched splits, NaN features, labels
     out of range) raise DataError; a bad metric or class count ConfigError.
     """
-    from openslip.eval.datasets import split_indices
-
     config = config or LogisticConfig()
     _check_args(num_classes, metric)
     train_x, train_y = _check_split("train", train_x, train_y, num_classes)

@@ -17,13 +17,18 @@ import numpy as np
 import torch
 
 from openslip import distributed
+from openslip.data.augment.classify import FinetuneTransform
+from openslip.data.demo.tasks import demo_task_names
 from openslip.errors import ConfigError
 from openslip.eval.catalog import split_catalog_spec
 from openslip.eval.datasets import ImageSet, RetrievalSet, open_classification, open_retrieval
 from openslip.eval.features import extract_features
+from openslip.eval.finetune import config_from_preset, finetune
 from openslip.eval.metrics import recall_from_ranks
 from openslip.eval.probes import FeatureOptions, knn, linear_probe
-from openslip.eval.stats import Outcomes, classification_outcomes, retrieval_outcomes
+from openslip.eval.retrieval import retrieval_ranks_of
+from openslip.eval.stats import Outcomes, classification_outcomes, retrieval_outcomes, score
+from openslip.eval.zero_shot import evaluate_zero_shot
 from openslip.models.config import ModelConfig
 from openslip.registry import Registry
 
@@ -63,7 +68,6 @@ class EvalSet:
         """Chance and majority-class scores (classification; the floor any model must clear)."""
         if not isinstance(self.test, ImageSet):
             return {}
-        from openslip.eval.stats import score
 
         labels = self.test.labels
         reference = self.train.labels if self.train is not None else labels  # the majority of what a probe sees
@@ -116,8 +120,6 @@ def open_eval_set(
 
 
 def _open_eval_set(spec: str, *, image_size: int, num_test: int | None, num_train: int | None, seed: int) -> EvalSet:
-    from openslip.data.demo.tasks import demo_task_names
-
     if spec.startswith(RETRIEVAL_PREFIX) or spec == "demo":
         data = open_retrieval(spec.removeprefix(RETRIEVAL_PREFIX), image_size=image_size, n=num_test, seed=seed)
         return EvalSet(spec=spec, name=data.name, kind="retrieval", test=data)
@@ -171,8 +173,6 @@ EVALS: Registry[Evaluation] = Registry("evaluation")
 
 
 def run_zeroshot(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
-    from openslip.eval.zero_shot import evaluate_zero_shot
-
     metrics, logits, labels = evaluate_zero_shot(
         model,
         es.test.for_protocol("zeroshot", opt.crop_fraction),
@@ -185,8 +185,6 @@ def run_zeroshot(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
 
 
 def run_retrieval(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
-    from openslip.eval.retrieval import retrieval_ranks_of
-
     es.test.images.for_protocol("retrieval", opt.crop_fraction)
     i2t, t2i, owner = retrieval_ranks_of(
         model, es.test, batch_size=opt.batch_size, num_workers=opt.num_workers, device=opt.device
@@ -216,8 +214,6 @@ def run_knn(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
 
 def run_finetune(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
     """BEiT-style end-to-end finetuning (`openslip finetune`), resumable per epoch in ``opt.finetune_dir``."""
-    from openslip.eval.finetune import FinetuneTransform, config_from_preset, finetune
-
     cfg = config_from_preset(opt.finetune_preset, epochs=opt.finetune_epochs, seed=opt.seed)
     image_size = model.cfg.vision.image_size
     es.test.for_protocol("finetune", opt.crop_fraction)

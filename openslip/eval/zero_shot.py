@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from openslip.data.demo.tasks import demo_task
 from openslip.errors import ConfigError
-from openslip.eval.features import dataset_features, eval_mode, warn_if_untrained
+from openslip.eval.features import dataset_features, encode_texts, eval_mode, warn_if_untrained
 from openslip.eval.metrics import classification_metrics, topk_accuracy
 from openslip.models.slip import SLIP
 from openslip.tokenizer import Tokenizer, get_tokenizer
@@ -48,8 +49,6 @@ def zero_shot_classifier(
     per_class = [[c] if isinstance(c, str) else list(c) for c in classnames]
     prompts = [t.format(name) for names in per_class for t in templates for name in names]  # class-major: [P]
     if shard:
-        from openslip.eval.features import encode_texts
-
         per_prompt = encode_texts(model, prompts, batch_size=batch_size, device=device).to(device)
     else:
         tok = tokenizer or get_tokenizer()
@@ -96,8 +95,6 @@ def evaluate_demo_zero_shot(
     batch_size: int = 256,
 ) -> dict[str, float]:
     """Zero-shot top-1 / top-5 accuracy (%) on a demo-world task's test split."""
-    from openslip.data.demo.tasks import demo_task
-
     size = image_size or model.cfg.vision.image_size
     task = demo_task(task_name, "test", n, image_size=size)
     with eval_mode(model):

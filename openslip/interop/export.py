@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from openslip.errors import ConfigError
+from openslip.checkpoint import _load, save_checkpoint
+from openslip.errors import CheckpointError, ConfigError
 from openslip.interop.timm_layout import timm_config, timm_state_dict
 from openslip.interop.transforms import preprocess_of
 from openslip.models import SLIP
@@ -154,8 +155,6 @@ def hf_preprocessor(pre: dict[str, Any]) -> dict[str, Any]:
 def export_hf(model: SLIP, out: Path, preprocess: dict[str, Any]) -> str:
     """config.json + model.safetensors (an openslip checkpoint, which `load_model(DIR)` reads bit-exactly) +
     preprocessor_config.json."""
-    from openslip.checkpoint import save_checkpoint
-
     extra = {"architectures": ["SLIP"], "model_type": "openslip", "preprocess": preprocess}
     save_checkpoint(out, model, config_extra=extra, update_latest=False)
     _write_json(out / PREPROCESSOR_FILE, hf_preprocessor(preprocess))
@@ -167,9 +166,6 @@ WRITERS = {"timm": export_timm, "onnx": export_onnx, "hf": export_hf}
 
 def export(src: str | os.PathLike, fmt: str, dst: str | os.PathLike, *, overwrite: bool = False) -> str:
     """Export the model at `src` (anything `openslip.load_model` reads) to `dst` in format `fmt`."""
-    from openslip.checkpoint import _load
-    from openslip.errors import CheckpointError
-
     if fmt not in WRITERS:
         raise ConfigError(f"--format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if fmt == "onnx":

@@ -9,15 +9,19 @@ from pathlib import Path
 
 import torch
 
-from openslip.errors import ConfigError
+from openslip.checkpoint import (
+    CHECKPOINTS_DIR,
+    find_latest_checkpoint,
+    load_checkpoint_config,
+    load_model,
+    resolve_checkpoint,
+)
+from openslip.errors import CheckpointError, ConfigError
 from openslip.models import SLIP, ModelConfig
 from openslip.safe_load import key_summary
 
 
 def load_source(path: str) -> SLIP:
-    from openslip.checkpoint import load_model
-    from openslip.errors import CheckpointError
-
     try:
         return load_model(path)
     except CheckpointError as err:
@@ -27,8 +31,6 @@ def load_source(path: str) -> SLIP:
 def resume_or_source(init_from: str | None, resume: str, out_dir: str) -> tuple[SLIP | None, ModelConfig | None]:
     """(the weights to start from, the config whose layout to adopt). A run about to resume from a checkpoint takes
     the layout from it and loads no source: its weights are overwritten anyway, and the source may have moved."""
-    from openslip.checkpoint import CHECKPOINTS_DIR, find_latest_checkpoint, load_checkpoint_config, resolve_checkpoint
-
     if not init_from:
         return None, None
     found = None

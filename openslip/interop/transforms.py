@@ -6,15 +6,16 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from openslip.models import SLIP
+from openslip.checkpoint import _load
+from openslip.data.augment.params import AugmentConfig
+from openslip.data.augment.views import EvalTransform, SLIPTransform
+from openslip.eval.preprocess import PROTOCOL_PREPROCESS
+from openslip.models import MODELS, SLIP, create_model
 
 
 def preprocess_of(model: SLIP, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
     """image_size, mean, std, crop_fraction, interpolation of a model: openslip's training statistics unless its
     config.json records others (weights converted from CLIP keep CLIP's)."""
-    from openslip.data.augment.params import AugmentConfig
-    from openslip.eval.preprocess import PROTOCOL_PREPROCESS
-
     base = AugmentConfig()
     out = {
         "image_size": model.cfg.vision.image_size,
@@ -29,8 +30,6 @@ def preprocess_of(model: SLIP, recorded: dict[str, Any] | None = None) -> dict[s
 
 
 def _augment_config(pre: dict[str, Any]):
-    from openslip.data.augment.params import AugmentConfig
-
     names = {f.name for f in dataclasses.fields(AugmentConfig)}
     values = {"image_size": pre["image_size"], "mean": tuple(pre["mean"]), "std": tuple(pre["std"])}
     if "eval_crop_fraction" in names:
@@ -45,10 +44,6 @@ def create_model_and_transforms(name_or_path: str | Path, **kwargs: Any) -> tupl
 
     `kwargs` go to `create_model` for a name (e.g. image_size=) and to `load_model` for a path (e.g. activation=).
     """
-    from openslip.checkpoint import _load
-    from openslip.data.augment.views import EvalTransform, SLIPTransform
-    from openslip.models import MODELS, create_model
-
     recorded = None
     if isinstance(name_or_path, str) and name_or_path in MODELS:
         model = create_model(name_or_path, **kwargs)
