@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import openslip.step as step_module
 import openslip.bench as bench_module
+import openslip.step as step_module
 import openslip.train as train_module
 from openslip.cli import main
 from openslip.optim import warmup_cosine
