@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference_checkout import write_checkout
 
 from openslip.cli import COMMANDS, build_parser, main
 from openslip.config import parse_overrides
@@ -455,6 +456,8 @@ PLACEHOLDERS: dict[str, Builder] = {
     "TEST_DIR": _in_cwd("TEST_DIR", lambda p: _image_folder(p, ["cat", "dog"], per_class=4)),
     "TRAIN_DIR": _in_cwd("TRAIN_DIR", lambda p: _image_folder(p, ["cat", "dog"], per_class=8)),
     "images/": _in_cwd("images", lambda p: _write_images(p, 5, seed=5)),
+    # a checkout of the original SLIP code (docs/PERFORMANCE.md): the stand-in with its layout
+    "~/src/SLIP": _shared("slip_checkout", lambda p: str(write_checkout(p))),
     # training data
     "/data/cc3m/train.csv": _shared("cc3m", _csv_in),
     "/data/yfcc/shard-{000000..001499}.tar": _shared("yfcc", _caption_shards),

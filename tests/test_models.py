@@ -173,3 +173,29 @@ def test_matches_naive_reference_forward():
         torch.testing.assert_close(model.encode_image(img), expect_img, rtol=1e-10, atol=1e-10)
         expect_txt = reference_encode_text(sd, kw["text"], model.cfg.text.heads)
         torch.testing.assert_close(model.encode_text(kw["text"]), expect_txt, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_runs_fp32_kernels_in_a_bf16_cpu_step(causal: bool, one_thread) -> None:
+    """Under CPU bf16 autocast the attention kernel takes fp32 inputs (faster there, and more exact) and returns
+    bf16; in fp32 it is plain SDPA. Both are the same softmax(q k^T / sqrt(d)) v as the explicit formula."""
+    import torch.nn.functional as F
+
+    from openslip.models.layers import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=g) for _ in range(3))
+    torch.testing.assert_close(
+        attention(q, k, v, causal=causal), F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    )
+    scores = q @ k.transpose(-2, -1) / 8**0.5
+    if causal:
+        scores = scores.masked_fill(torch.ones(7, 7, dtype=torch.bool).triu(1), float("-inf"))
+    explicit = scores.softmax(-1) @ v
+    qb, kb, vb = (x.bfloat16() for x in (q, k, v))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(qb, kb, vb, causal=causal)
+    assert out.dtype == torch.bfloat16
+    expected = F.scaled_dot_product_attention(qb.float(), kb.float(), vb.float(), is_causal=causal).bfloat16()
+    assert torch.equal(out, expected)
+    torch.testing.assert_close(out.float(), explicit, rtol=2e-2, atol=2e-2)  # bf16 inputs and output

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from openslip.models.layers import activation
+from openslip.models.layers import activation, attention
 
 
 class CausalSelfAttention(nn.Module):
@@ -34,7 +34,7 @@ class CausalSelfAttention(nn.Module):
         B, L, D = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(B, L, 3, self.heads, D // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, L, D/H]
-        x = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, L, D/H]
+        x = attention(q, k, v, causal=True)  # [B, H, L, D/H]
         return self.out_proj(x.transpose(1, 2).reshape(B, L, D))
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from openslip.models.config import VisionConfig
-from openslip.models.layers import DropPath, activation
+from openslip.models.layers import DropPath, activation, attention
 
 
 def kept_patches(num_patches: int, patch_dropout: float) -> int:
@@ -45,7 +45,7 @@ class Attention(nn.Module):
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, N, D/H]
-        x = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, D/H]
+        x = attention(q, k, v)  # [B, H, N, D/H]
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
