@@ -14,7 +14,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import openslip
-from openslip.bench_baseline import reference_forward
+from openslip.bench.baseline import reference_forward
 from openslip.cli import main
 from openslip.flops import slip_sample_flops
 from openslip.losses import SLIPLoss
@@ -140,7 +140,7 @@ def test_bench_train_cli_writes_json(tmp_path) -> None:
 def test_baseline_runs_in_the_candidates_precision(monkeypatch, tmp_path) -> None:
     """The 2021 baseline must time the same precision as openslip's step: a bf16 run against an fp32 baseline
     measured the precision, not the implementation."""
-    import openslip.bench as bench
+    import openslip.bench.training as bench
 
     seen: list[tuple[bool, object]] = []
     real_step = bench.Stepper.step

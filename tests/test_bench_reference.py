@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from reference_checkout import STAND_IN_MODELS, write_checkout
 
-from openslip.bench_reference import reference_name
+from openslip.bench.reference import reference_name
 from openslip.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import openslip.bench as bench_module
+import openslip.bench.training as bench_module
 import openslip.step as step_module
 import openslip.train as train_module
 from openslip.cli import main

@@ -77,7 +77,7 @@ def _write(path: str | None, result: dict) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from openslip.bench import TrainBenchConfig, bench_train
+    from openslip.bench.training import TrainBenchConfig, bench_train
 
     try:
         batches = tuple(int(b) for b in args.sweep_batches.split(","))

@@ -6,7 +6,7 @@
 - **model-only**: synthetic inputs already on the device (no data cost);
 - **end-to-end** (`with_data`): batches from the real three-view pipeline (demo world or a data spec),
   augmented in loader workers (`augment="cpu"`) or on the device (`augment="device"`);
-- **baseline** (`baseline`): the 2021 way (`openslip.bench_baseline`) on the same weights: interleaved
+- **baseline** (`baseline`): the 2021 way (`openslip.bench.baseline`) on the same weights: interleaved
   step by step with the candidate in the model-only phase; in the end-to-end phase the two run as
   consecutive blocks, because the idle path's loader workers would otherwise steal the cores.
 
@@ -33,8 +33,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from openslip.bench_baseline import PILSLIPTransform, reference_forward, reference_optimizer
-from openslip.bench_reference import ReferenceStepper
+from openslip.bench.baseline import PILSLIPTransform, reference_forward, reference_optimizer
+from openslip.bench.reference import ReferenceStepper
 from openslip.data.loader import build_train_loader
 from openslip.data.pipeline import open_train_source
 from openslip.distributed import DistInfo
@@ -66,7 +66,7 @@ class TrainBenchConfig:
     worker_priority: str = "auto"  # loader workers' CPU priority (data.worker_priority)
     augment: str = "cpu"  # "cpu": views in the workers; "device": batched on the device
     baseline: bool = False  # also time the 2021 implementation on the same weights
-    compare_reference: str | None = None  # a checkout of the original SLIP code: time it too (bench_reference.py)
+    compare_reference: str | None = None  # a checkout of the original SLIP code: time it too (reference.py)
     reference_model: str | None = None  # its constructor name; None: from `model` (slip_vit_s16 -> SLIP_VITS16)
     compile: bool = False  # torch.compile the model
     grad_checkpointing: bool = False  # activation checkpointing
@@ -226,7 +226,7 @@ class Stepper:
     `openslip train` runs, timed phase by phase (`step.PhaseClock`).
 
     The baseline path runs the same step on a copy of the trainer whose forward pass and optimizer are the
-    2021 way (`bench_baseline`); schedule, precision, loss scaler and clipping stay the candidate's."""
+    2021 way (`bench/baseline.py`); schedule, precision, loss scaler and clipping stay the candidate's."""
 
     def __init__(self, trainer: Any, *, baseline: bool, batch_size: int, image_size: int) -> None:
         self.baseline = baseline

@@ -1,6 +1,6 @@
 """The original SLIP code, from a user's checkout, timed beside openslip (`openslip bench train --compare-reference`).
 
-The built-in baseline (`bench_baseline.py`) restates what the 2021 code did on openslip's own weights. This module
+The built-in baseline (`bench/baseline.py`) restates what the 2021 code did on openslip's own weights. This module
 runs the 2021 code itself, so the ratio can be checked against the true reference: it imports ``models.py`` and
 ``losses.py`` from the checkout (which need the packages the reference needs, timm among them), builds the model
 by its constructor name (``SLIP_VITS16`` for ``slip_vit_s16``), its loss with ``models.get_loss`` and its
