@@ -82,19 +82,17 @@ class Trainer:
     init_report: list[str] = field(default_factory=list)  # what init_from loaded and what kept its initialisation
 
 
-def train_step(t: Trainer, batch: dict[str, Any], clock: Any = NO_CLOCK) -> dict[str, torch.Tensor]:
-    """One optimizer step on one global batch; returns the loss terms and the gradient norm (detached).
-
-    ``clock`` (a `step.PhaseClock`) times the phases; `openslip bench train` passes one, training does not."""
+def train_step(t: Trainer, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """One optimizer step on one global batch; returns the loss terms and the gradient norm (detached)."""
     inputs = t.data.views(batch, t.step, t.dist.device)
-    clock.lap("data")
-    return optimise(t, inputs, clock, samples=lambda: t.data.loader.describe_ids(batch["id"]))
+    return optimise(t, inputs, samples=lambda: t.data.loader.describe_ids(batch["id"]))
 
 
 def optimise(
     t: Trainer, inputs: dict[str, torch.Tensor], clock: Any = NO_CLOCK, samples: Callable[[], list[str]] = list
 ) -> dict[str, torch.Tensor]:
-    """The step once the views are made: forward, finite check, backward, update (what the benchmark times)."""
+    """The step once the views are made: forward, finite check, backward, update. `openslip bench train` times it
+    phase by phase with a `step.PhaseClock`; training passes none (no device synchronisation)."""
     cfg = t.cfg.train
     t.opt.set_lr(t.step)
 
