@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -58,6 +59,12 @@ def _child(local_rank: int, fn: Callable[..., Any], world_size: int, port: int, 
     finally:
         distributed.destroy_distributed()
     torch.save(result, Path(out_dir) / f"rank{local_rank}.pt")
+    # Leave without interpreter finalization: once under a loaded full suite, a child whose training had matched
+    # aborted in C++ destructors at exit ("terminate called without an active exception", SIGABRT). The result is
+    # on disk and the process group is gone, so nothing is skipped that the tests check.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_distributed(fn: Callable[..., Any], world_size: int = 2, *args: Any, timeout_s: float = 120.0) -> list[Any]:
