@@ -73,5 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def entry() -> None:
+    """The `openslip` command: `main`, then leave with its exit code.
+
+    A process of a multi-process run (torchrun sets WORLD_SIZE) leaves through `os._exit` once its output is
+    flushed. Interpreter finalization there can abort in the destructors of the collective library's threads
+    (SIGABRT, seen under load both after a finished run and after a peer's death), which turned a finished run or
+    the one-line "lost contact" error into a crash. Checkpoints, logs and the run lock are closed by then."""
+    code = main()
+    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
