@@ -12,6 +12,7 @@ loss, and the benchmark timed its own copy of the step rather than the one `open
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
@@ -47,6 +48,22 @@ class PhaseClock:
         now = time.perf_counter()
         self.times[phase] = self.times.get(phase, 0.0) + now - self._last
         self._last = now
+
+
+def timed_step(
+    device: torch.device, get_inputs: Callable[[], dict], body: Callable[[dict, PhaseClock], object]
+) -> tuple[dict[str, float], dict]:
+    """One benchmarked step: ``get_inputs()`` timed as the "data" phase, then ``body(inputs, clock)``, which laps
+    its own phases. Returns (seconds per phase plus the step's minor page faults and system CPU seconds, inputs)."""
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    clock = PhaseClock(device)
+    inputs = get_inputs()
+    clock.lap("data")
+    body(inputs, clock)
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    times = dict(clock.times)
+    times.update(minor_faults=usage1.ru_minflt - usage0.ru_minflt, sys_s=usage1.ru_stime - usage0.ru_stime)
+    return times, inputs
 
 
 class _NoClock:

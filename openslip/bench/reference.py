@@ -17,8 +17,6 @@ is not timed.
 from __future__ import annotations
 
 import importlib
-import math
-import resource
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,9 +28,8 @@ from torch import nn
 from openslip.errors import ConfigError
 from openslip.flops import slip_sample_flops
 from openslip.models.variants import REFERENCE_SIZE_NAMES
-from openslip.step import PhaseClock, autocast
-
-MAX_LOGIT_SCALE = math.log(100.0)
+from openslip.optim import clamp_logit_scale, param_groups
+from openslip.step import PhaseClock, autocast, timed_step
 
 
 def reference_name(model: str) -> str:
@@ -69,14 +66,13 @@ def local_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def reference_optimizer(model: nn.Module, lr: float, wd: float, betas: tuple[float, float], eps: float):
-    """AdamW with the two groups of the reference's main.py (its name rule, not openslip's)."""
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "bias" in n or "ln" in n or "bn" in n else decay).append(p)
-    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=wd)
+def main_py_optimizer(model: nn.Module, lr: float, wd: float, betas: tuple[float, float], eps: float):
+    """AdamW with the two groups of the reference's main.py: its name rule ("bias", "ln" or "bn" anywhere in the
+    name, as the checkout's module names need) on top of openslip's ndim < 2 rule."""
+    names = {n for n, _ in model.named_parameters() if "bias" in n or "ln" in n or "bn" in n}
+    return torch.optim.AdamW(
+        param_groups(model, wd, no_decay_names=names), lr=lr, betas=betas, eps=eps, weight_decay=wd
+    )
 
 
 class ReferenceStepper:
@@ -99,7 +95,7 @@ class ReferenceStepper:
         self.model = local_batchnorm(build(**dims)).to(self.device).train()
         self.loss = models.get_loss(self.name, cfg.loss.ssl_temperature, cfg.loss.ssl_scale)
         o = cfg.optim
-        self.optimizer = reference_optimizer(self.model, o.lr, o.wd, o.betas, o.eps)
+        self.optimizer = main_py_optimizer(self.model, o.lr, o.wd, o.betas, o.eps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         # the reference's positional forward arguments: (image, text) for its CLIP part, then (aug1, aug2) for
         # its SimCLR part, as main.py lists its inputs; read from the model's towers, not from its name
@@ -112,10 +108,11 @@ class ReferenceStepper:
         self.flops *= batch_size
 
     def step(self, get_inputs: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, float], float]:
-        usage0 = resource.getrusage(resource.RUSAGE_SELF)
-        clock = PhaseClock(self.device)
-        inputs = get_inputs()
-        clock.lap("data")
+        times, _ = timed_step(self.device, get_inputs, self._step)
+        return times, self.flops
+
+    def _step(self, inputs: dict[str, torch.Tensor], clock: PhaseClock) -> None:
+        """The reference's training step (main.py's loop body), phase by phase."""
         with autocast(self.device.type, self.precision):
             outputs = self.model(*(inputs[k] for k in self.arguments))
             loss = self.loss(outputs)["loss"]
@@ -125,11 +122,5 @@ class ReferenceStepper:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.model.zero_grad(set_to_none=True)
-        scale = getattr(self.model, "logit_scale", None)
-        if scale is not None:
-            scale.data.clamp_(0, MAX_LOGIT_SCALE)
+        clamp_logit_scale(self.model)  # the reference's clamp to [0, ln 100]
         clock.lap("optimizer")
-        usage1 = resource.getrusage(resource.RUSAGE_SELF)
-        times = dict(clock.times)
-        times.update(minor_faults=usage1.ru_minflt - usage0.ru_minflt, sys_s=usage1.ru_stime - usage0.ru_stime)
-        return times, self.flops

@@ -43,7 +43,7 @@ from openslip.flops import slip_sample_flops
 from openslip.models import MODELS
 from openslip.perf import fast_bf16_available, tune_cpu_runtime
 from openslip.recipes import make_config
-from openslip.step import PhaseClock
+from openslip.step import timed_step
 from openslip.tokenizer import get_tokenizer
 from openslip.train import build_trainer, optimise
 
@@ -257,14 +257,7 @@ class Stepper:
 
     def step(self, get_inputs: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, float], float]:
         """One training step; returns (seconds per phase, plus page faults and system time; model FLOPs)."""
-        usage0 = resource.getrusage(resource.RUSAGE_SELF)
-        clock = PhaseClock(self.device)
-        inputs = get_inputs()
-        clock.lap("data")
-        optimise(self.t, inputs, clock)
-        usage1 = resource.getrusage(resource.RUSAGE_SELF)
-        times = {phase: clock.times.get(phase, 0.0) for phase in PHASES}
-        times.update(minor_faults=usage1.ru_minflt - usage0.ru_minflt, sys_s=usage1.ru_stime - usage0.ru_stime)
+        times, inputs = timed_step(self.device, get_inputs, lambda inputs, clock: optimise(self.t, inputs, clock))
         return times, self.step_flops(inputs)
 
 
