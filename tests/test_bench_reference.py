@@ -1,9 +1,12 @@
 """`openslip bench train --compare-reference PATH` times the original SLIP code from a user's checkout (here the
-stand-in of tests/reference_checkout.py: the real one needs timm, which does not import with the CPU torch)."""
+stand-in of tests/reference_checkout.py: the real one needs timm 0.4.12 and a torchvision that imports, which the
+CPU-only torch of the test environment lacks; docs/PERFORMANCE.md has the real figures)."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,8 +43,37 @@ def test_compare_reference_times_the_checkouts_step(tmp_path: Path, capsys) -> N
     assert r["speedup_vs_reference"]["model_only"] == pytest.approx(
         r["model_only"]["samples_per_s"] / ref["samples_per_s"]
     )
+    assert r["reference"]["commit"] is None and r["reference"]["modified"] is None  # not a git checkout
     printed = capsys.readouterr().out
     assert "reference SLIP_VITMICRO" in printed and "speed-up vs the reference checkout" in printed
+    assert "not a git checkout (commit unknown)" in printed
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_compare_reference_names_the_checkouts_commit(tmp_path: Path, capsys) -> None:
+    """The figures say which version of the reference they were measured against, and when its files were edited."""
+    root = _checkout(tmp_path)
+
+    def git(*args: str) -> str:
+        ident = ["-c", "user.name=t", "-c", "user.email=t@t"]
+        return subprocess.run(
+            ["git", "-C", str(root), *ident, *args], check=True, capture_output=True, text=True
+        ).stdout
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "reference")
+    commit = git("rev-parse", "HEAD").strip()
+    out = tmp_path / "bench.json"
+    assert main(_bench("--compare-reference", str(root), "--output", str(out))) == 0
+    r = json.loads(out.read_text())["reference"]
+    assert (r["commit"], r["modified"]) == (commit, False)
+    assert f"commit {commit[:7]}, timm " in capsys.readouterr().out
+    with (root / "losses.py").open("a") as f:
+        f.write("# edited\n")
+    assert main(_bench("--compare-reference", str(root), "--output", str(out))) == 0
+    assert json.loads(out.read_text())["reference"]["modified"] is True
+    assert f"commit {commit[:7]} with modified files" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,8 @@ is not timed.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +54,27 @@ def import_reference(path: str | Path) -> tuple[Any, Any]:
         raise ConfigError(f"--compare-reference {path}: cannot import the reference code: {err}") from None
     finally:
         sys.path.remove(str(root))
+
+
+def checkout_info(path: str | Path) -> dict[str, Any]:
+    """What a comparison was measured against: the checkout's commit and whether its files differ from it (None
+    for both outside a git checkout), and the timm version the reference's models were built with."""
+    root = Path(path).expanduser().resolve()
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):  # no git on this machine, or a hung file system
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    try:
+        timm = importlib.metadata.version("timm")
+    except importlib.metadata.PackageNotFoundError:
+        timm = None
+    return {"commit": commit, "modified": None if status is None else bool(status), "timm": timm}
 
 
 def local_batchnorm(module: nn.Module) -> nn.Module:

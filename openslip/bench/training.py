@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from openslip.bench.baseline import PILSLIPTransform, reference_forward, reference_optimizer
-from openslip.bench.reference import ReferenceStepper
+from openslip.bench.reference import ReferenceStepper, checkout_info
 from openslip.data.loader import build_train_loader
 from openslip.data.pipeline import open_train_source
 from openslip.distributed import DistInfo
@@ -528,6 +528,7 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
     if bc.compare_reference:
         result["reference"] = {
             "checkout": bc.compare_reference,
+            **checkout_info(bc.compare_reference),
             "model": reference.name,
             "model_only": by_label["reference"].summary(B, peak),
         }

@@ -141,6 +141,15 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkout_state(ref: dict[str, Any]) -> str:
+    """ "commit c6faf5d, timm 0.4.12" for the report line of a --compare-reference run."""
+    if ref.get("commit") is None:
+        state = "not a git checkout (commit unknown)"
+    else:
+        state = f"commit {ref['commit'][:7]}" + (" with modified files" if ref.get("modified") else "")
+    return f"{state}, timm {ref.get('timm') or 'not installed'}"
+
+
 def format_train_table(r: dict[str, Any]) -> str:
     """A readable table of `bench_train`'s result."""
     m = r["machine"]
@@ -176,6 +185,9 @@ def format_train_table(r: dict[str, Any]) -> str:
         lines.append(f"end-to-end / model-only: {r['end_to_end']['ratio_to_model_only']:.2f}")
     for k, v in r.get("speedup_vs_baseline", {}).items():
         lines.append(f"speed-up vs 2021 baseline, both {c['precision']} ({k.replace('_', '-')}): {v:.2f}x")
+    if "reference" in r:
+        ref = r["reference"]
+        lines.append(f"reference: {ref['model']} from {ref['checkout']}, {_checkout_state(ref)}")
     for k, v in r.get("speedup_vs_reference", {}).items():
         lines.append(f"speed-up vs the reference checkout, both {c['precision']} ({k.replace('_', '-')}): {v:.2f}x")
     for row in r.get("memory_sweep", []):
