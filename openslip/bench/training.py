@@ -370,6 +370,10 @@ def _no_views(image: Any) -> torch.Tensor:
     return torch.zeros(1)
 
 
+# What the baseline's PIL loader yields that its step reads (the batch also carries ids and skip counts).
+BASELINE_INPUTS = ("image", "view1", "view2", "text")
+
+
 def _baseline_loader(trainer: Any, bc: TrainBenchConfig, image_size: int) -> Any:
     cfg = trainer.cfg
     source = open_train_source(cfg, image_size)
@@ -444,6 +448,68 @@ def bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
             os.environ["OPENSLIP_NO_TUNE"] = no_tune
 
 
+def _end_to_end_phase(trainer: Any, steppers: list, bc: TrainBenchConfig, image_size: int) -> list[PathStats]:
+    """Steps with the real data pipeline, one block per path (the idle path's loader workers would steal the
+    cores): openslip's loader and views, the baseline's PIL loader; the reference checkout is model-only."""
+    device, data = trainer.dist.device, trainer.data
+    stats: list[PathStats] = []
+    for s in steppers:
+        if s.label == "reference":
+            continue  # the checkout's data loader is not timed
+        if s.baseline:
+            loader = _baseline_loader(trainer, bc, image_size)
+
+            def views(batch: dict, step: int) -> dict:
+                return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in BASELINE_INPUTS}
+        else:
+            loader = data.loader
+
+            def views(batch: dict, step: int) -> dict:
+                return data.views(batch, step, device)
+
+        get = _data_inputs(trainer, loader, views)
+        stats += _run_phase([s], [get], bc)
+        get.close()  # type: ignore[attr-defined]
+    return stats
+
+
+def _add_comparisons(
+    result: dict[str, Any],
+    bc: TrainBenchConfig,
+    by_label: dict[str, PathStats],
+    e2e: list[PathStats],
+    peak: float,
+    reference_name: str | None,
+) -> None:
+    """The end-to-end figures and those of the other paths (baseline, reference checkout), each with its ratio to
+    openslip's."""
+    if bc.with_data:
+        result["end_to_end"] = e2e[0].summary(bc.batch_size, peak)
+        result["end_to_end"]["ratio_to_model_only"] = (
+            result["end_to_end"]["samples_per_s"] / result["model_only"]["samples_per_s"]
+        )
+    if bc.compare_reference:
+        result["reference"] = {
+            "checkout": bc.compare_reference,
+            **checkout_info(bc.compare_reference),
+            "model": reference_name,
+            "model_only": by_label["reference"].summary(bc.batch_size, peak),
+        }
+        result["speedup_vs_reference"] = {
+            "model_only": result["model_only"]["samples_per_s"] / result["reference"]["model_only"]["samples_per_s"]
+        }
+    if bc.baseline:
+        result["baseline"] = {"model_only": by_label["baseline"].summary(bc.batch_size, peak)}
+        result["speedup_vs_baseline"] = {
+            "model_only": result["model_only"]["samples_per_s"] / result["baseline"]["model_only"]["samples_per_s"]
+        }
+        if bc.with_data:
+            result["baseline"]["end_to_end"] = e2e[1].summary(bc.batch_size, peak)
+            result["speedup_vs_baseline"]["end_to_end"] = (
+                result["end_to_end"]["samples_per_s"] / result["baseline"]["end_to_end"]["samples_per_s"]
+            )
+
+
 def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
     device = resolve_device(bc.device)
     tuning = tune_cpu_runtime(threads=bc.threads).as_dict() if bc.tune else {"skipped": "--no-tune"}
@@ -463,40 +529,19 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
         steppers = [candidate]
         if bc.baseline:
             steppers.append(Stepper(trainer, baseline=True, batch_size=B, image_size=image_size))
+        reference_name = None  # the checkout's constructor, with --compare-reference
         if bc.compare_reference:
             reference = ReferenceStepper(
                 bc.compare_reference, trainer, name=bc.reference_model, batch_size=B, image_size=image_size
             )
             steppers.append(reference)
+            reference_name = reference.name
         synth = synthetic_inputs(trainer.model, B, image_size, device, bc.text_len)
         if bc.with_data and "text" in synth:
             synth["text"] = _captions_of_data(trainer, bc, image_size).to(device)
         model_only = _run_phase(steppers, [lambda: synth] * len(steppers), bc)
         by_label = dict(zip([s.label for s in steppers], model_only, strict=True))
-        e2e: list[PathStats] = []
-        if bc.with_data:
-            data = trainer.data
-            for s in steppers:
-                if s.label == "reference":
-                    continue  # the checkout's data loader is not timed: model-only
-                if s.baseline:
-                    loader = _baseline_loader(trainer, bc, image_size)
-
-                    def views(batch: dict, step: int) -> dict:
-                        return {
-                            k: v.to(device, non_blocking=True)
-                            for k, v in batch.items()
-                            if k in ("image", "view1", "view2", "text")
-                        }
-                else:
-                    loader = data.loader
-
-                    def views(batch: dict, step: int) -> dict:
-                        return data.views(batch, step, device)
-
-                get = _data_inputs(trainer, loader, views)
-                e2e += _run_phase([s], [get], bc)  # one block per path: idle workers would steal the cores
-                get.close()  # type: ignore[attr-defined]
+        e2e = _end_to_end_phase(trainer, steppers, bc, image_size) if bc.with_data else []
         profile_rows = profile_step(candidate, lambda: synth, bc.profile) if bc.profile > 0 else None
         peak1 = measure_matmul_peak(device, bc.precision, budget_s=bc.peak_budget_s)
         peak = max(peak0["flops_per_s"], peak1["flops_per_s"])
@@ -520,31 +565,7 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
         "flops_per_sample": flops.as_dict(),
         "model_only": model_only[0].summary(B, peak),
     }
-    if bc.with_data:
-        result["end_to_end"] = e2e[0].summary(B, peak)
-        result["end_to_end"]["ratio_to_model_only"] = (
-            result["end_to_end"]["samples_per_s"] / result["model_only"]["samples_per_s"]
-        )
-    if bc.compare_reference:
-        result["reference"] = {
-            "checkout": bc.compare_reference,
-            **checkout_info(bc.compare_reference),
-            "model": reference.name,
-            "model_only": by_label["reference"].summary(B, peak),
-        }
-        result["speedup_vs_reference"] = {
-            "model_only": result["model_only"]["samples_per_s"] / result["reference"]["model_only"]["samples_per_s"]
-        }
-    if bc.baseline:
-        result["baseline"] = {"model_only": by_label["baseline"].summary(B, peak)}
-        result["speedup_vs_baseline"] = {
-            "model_only": result["model_only"]["samples_per_s"] / result["baseline"]["model_only"]["samples_per_s"]
-        }
-        if bc.with_data:
-            result["baseline"]["end_to_end"] = e2e[1].summary(B, peak)
-            result["speedup_vs_baseline"]["end_to_end"] = (
-                result["end_to_end"]["samples_per_s"] / result["baseline"]["end_to_end"]["samples_per_s"]
-            )
+    _add_comparisons(result, bc, by_label, e2e, peak, reference_name)
     if sweep is not None:
         result["memory_sweep"] = sweep
     if profile_rows is not None:
