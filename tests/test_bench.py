@@ -158,7 +158,8 @@ def test_baseline_runs_in_the_candidates_precision(monkeypatch, tmp_path) -> Non
     assert by_path == {False: "bf16", True: "bf16"}
 
 
-def test_bench_train_with_data(tmp_path) -> None:
+@pytest.mark.parametrize("baseline", [False, True])
+def test_bench_train_with_data(tmp_path, baseline: bool) -> None:
     out = tmp_path / "bench.json"
     argv = [
         "bench",
@@ -180,10 +181,14 @@ def test_bench_train_with_data(tmp_path) -> None:
         "1",
         "--output",
         str(out),
+        *(["--baseline"] if baseline else []),
     ]
     assert main(argv) == 0
     r = json.loads(out.read_text())
     assert r["end_to_end"]["samples_per_s"] > 0 and r["end_to_end"]["ratio_to_model_only"] > 0
+    if baseline:  # the 2021 way through its own PIL loader, end to end too
+        assert r["baseline"]["end_to_end"]["samples_per_s"] > 0
+        assert set(r["speedup_vs_baseline"]) == {"model_only", "end_to_end"}
 
 
 def test_bench_data_cli(tmp_path, capsys) -> None:
