@@ -46,9 +46,9 @@ def demo() -> Config:
         recipe="demo",
         model="slip_vit_tiny",
         out_dir="runs/demo",
-        # two loader workers at idle priority (the defaults on CPU): end-to-end 0.78-0.93 of the model-only speed on
-        # 2 cores, against 0.69 with one worker or normal priority; a third worker does not speed up `openslip
-        # train` (docs/PERFORMANCE.md)
+        # two loader workers at idle priority (the defaults on CPU): end-to-end 0.79-0.82 of the model-only speed on
+        # 2 cores (samples over total time), more than one worker or normal priority gave; a third worker does not
+        # help (docs/PERFORMANCE.md)
         data=DataConfig(train="demo"),
         train=TrainConfig(steps=300, batch_size=64),
         optim=OptimConfig(lr=2e-3, wd=0.1, warmup_steps=30, end_lr=1e-5),

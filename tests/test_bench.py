@@ -7,6 +7,7 @@ process make tiny steps 10x slower (docs/PERFORMANCE.md).
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import openslip
 from openslip.bench.baseline import reference_forward
+from openslip.bench.training import PHASES, PathStats
 from openslip.cli import main
 from openslip.flops import slip_sample_flops
 from openslip.losses import SLIPLoss
@@ -186,6 +188,9 @@ def test_bench_train_with_data(tmp_path, baseline: bool) -> None:
     assert main(argv) == 0
     r = json.loads(out.read_text())
     assert r["end_to_end"]["samples_per_s"] > 0 and r["end_to_end"]["ratio_to_model_only"] > 0
+    e2e = r["end_to_end"]  # samples over the total time: a step that waited for data counts in full
+    assert e2e["step_s"] == pytest.approx(statistics.fmean(e2e["steps_s"]))
+    assert e2e["samples_per_s"] == pytest.approx(4 / e2e["step_s"])
     if baseline:  # the 2021 way through its own PIL loader, end to end too
         assert r["baseline"]["end_to_end"]["samples_per_s"] > 0
         assert set(r["speedup_vs_baseline"]) == {"model_only", "end_to_end"}
@@ -240,3 +245,17 @@ def test_memory_sweep_on_cpu(tmp_path) -> None:
     rows = json.loads(out.read_text())["memory_sweep"]
     assert [(r["batch_size"], r["grad_checkpointing"]) for r in rows] == [(2, False), (4, False), (2, True), (4, True)]
     assert all(r["peak_memory_mb"] > 0 for r in rows)
+
+
+def test_end_to_end_figures_count_the_steps_that_wait_for_data() -> None:
+    """Model-only figures are medians (robust to a step slowed by another process); end-to-end figures are
+    samples over the total time, since a median would hide the stalls an end-to-end figure is for."""
+    stats = PathStats()
+    for data_s in (0.0, 0.0, 0.0, 3.0):  # one step of four waits 3 s for its batch
+        stats.add({**{p: 0.0 for p in PHASES}, "data": data_s, "forward": 1.0, "minor_faults": 0, "sys_s": 0.0}, 8.0)
+    median = stats.summary(batch_size=4, peak_flops=16.0)
+    assert (median["step_s"], median["samples_per_s"], median["breakdown_s"]["data"]) == (1.0, 4.0, 0.0)
+    total = stats.summary(batch_size=4, peak_flops=16.0, stalls_count=True)
+    assert (total["step_s"], total["samples_per_s"], total["breakdown_s"]["data"]) == (1.75, 4 / 1.75, 0.75)
+    assert total["achieved_flops_per_s"] == pytest.approx(32.0 / 7.0)
+    assert (total["step_s_median"], total["step_s_mean"]) == (1.0, 1.75)

@@ -12,7 +12,8 @@
 
 MFU = analytic model FLOPs per second (`openslip.flops`) / a matmul peak measured in the same run, in
 the same precision, with the kernel the model's layers use (`F.linear`), before and after the steps
-(the larger is used). Times are wall-clock medians over the measured steps.
+(the larger is used). Times are wall-clock medians over the measured steps, except the end-to-end step time and
+samples/s: samples over the total time of the measured steps, so that the steps that wait for data count.
 """
 
 from __future__ import annotations
@@ -182,13 +183,23 @@ class PathStats:
         self.faults.append(times["minor_faults"])
         self.sys_s.append(times["sys_s"])
 
-    def summary(self, batch_size: int, peak_flops: float) -> dict[str, Any]:
-        step = statistics.median(self.steps)
-        achieved = statistics.median(f / s for f, s in zip(self.flops, self.steps, strict=True))
+    def summary(self, batch_size: int, peak_flops: float, *, stalls_count: bool = False) -> dict[str, Any]:
+        """Medians over the measured steps, robust to a step slowed by another process; with ``stalls_count``
+        (end-to-end phases) the step time and samples/s are the mean, i.e. samples over the total time, because
+        the occasional step that waits for data is what an end-to-end figure is for and a median hides it."""
+        if stalls_count:
+            typical = statistics.fmean
+            achieved = sum(self.flops) / sum(self.steps)
+        else:
+            typical = statistics.median
+            achieved = statistics.median(f / s for f, s in zip(self.flops, self.steps, strict=True))
+        step = typical(self.steps)
         return {
             "samples_per_s": batch_size / step,
             "step_s": step,
-            "breakdown_s": {p: statistics.median(v) for p, v in self.phases.items()},
+            "step_s_median": statistics.median(self.steps),
+            "step_s_mean": statistics.fmean(self.steps),
+            "breakdown_s": {p: typical(v) for p, v in self.phases.items()},
             "steps_s": self.steps,
             "flops_per_step": statistics.median(self.flops),
             "achieved_flops_per_s": achieved,
@@ -484,7 +495,7 @@ def _add_comparisons(
     """The end-to-end figures and those of the other paths (baseline, reference checkout), each with its ratio to
     openslip's."""
     if bc.with_data:
-        result["end_to_end"] = e2e[0].summary(bc.batch_size, peak)
+        result["end_to_end"] = e2e[0].summary(bc.batch_size, peak, stalls_count=True)
         result["end_to_end"]["ratio_to_model_only"] = (
             result["end_to_end"]["samples_per_s"] / result["model_only"]["samples_per_s"]
         )
@@ -504,7 +515,7 @@ def _add_comparisons(
             "model_only": result["model_only"]["samples_per_s"] / result["baseline"]["model_only"]["samples_per_s"]
         }
         if bc.with_data:
-            result["baseline"]["end_to_end"] = e2e[1].summary(bc.batch_size, peak)
+            result["baseline"]["end_to_end"] = e2e[1].summary(bc.batch_size, peak, stalls_count=True)
             result["speedup_vs_baseline"]["end_to_end"] = (
                 result["end_to_end"]["samples_per_s"] / result["baseline"]["end_to_end"]["samples_per_s"]
             )
