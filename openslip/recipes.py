@@ -47,7 +47,7 @@ def demo() -> Config:
         model="slip_vit_tiny",
         out_dir="runs/demo",
         # two loader workers at idle priority (the defaults on CPU): end-to-end 0.79-0.82 of the model-only speed on
-        # 2 cores (samples over total time), more than one worker or normal priority gave; a third worker does not
+        # 2 cores (samples over total time); one worker or normal priority did worse, and a third worker does not
         # help (docs/PERFORMANCE.md)
         data=DataConfig(train="demo"),
         train=TrainConfig(steps=300, batch_size=64),
