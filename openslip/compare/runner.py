@@ -69,7 +69,7 @@ def run_compare(cc: CompareConfig, log: Callable[[str], None] = print) -> dict[s
     out = Path(cc.out_dir)
     base = cc.base_config()  # validates the shared settings before anything is written
     check_experiment(out, cc)
-    image_size = base.data.image_size or _model_cfg(base.model).vision.image_size
+    image_size = base.data.image_size or model_config(base.model).vision.image_size
     sets = [
         open_eval_set(s, image_size=image_size, num_test=cc.num_test, num_train=cc.num_train, memory_bytes=IMAGE_MEMORY)
         for s in cc.eval_sets
@@ -81,7 +81,7 @@ def run_compare(cc: CompareConfig, log: Callable[[str], None] = print) -> dict[s
     timings: dict[str, float] = _read_json(out / "timings.json") or {}
     cells: list[Cell] = []
     for row, seed in rows:
-        model_cfg = _model_cfg(cc.run_config(METHODS.get(row), seed).model if row != RANDOM_ROW else base.model)
+        model_cfg = model_config(cc.run_config(METHODS.get(row), seed).model if row != RANDOM_ROW else base.model)
         row_cells = [
             Cell(row, seed, ev, es, slug, ev.why_not(model_cfg, es))
             for es, slug in zip(sets, slugs, strict=True)
@@ -160,10 +160,6 @@ def _load(cc: CompareConfig, row: str, seed: int, base: Any, device: str) -> Any
         return mark_untrained(create_model(base.model, **size).to(device).eval())
 
     return load_model(cc.run_dir(row, seed), map_location=device).eval()
-
-
-def _model_cfg(name: str) -> Any:
-    return model_config(name)
 
 
 def _slugs(names: list[str]) -> list[str]:
