@@ -42,6 +42,7 @@ from openslip.distributed import DistInfo
 from openslip.errors import ConfigError
 from openslip.flops import slip_sample_flops
 from openslip.models import MODELS
+from openslip.models.slip import trimmed_text_length
 from openslip.perf import fast_bf16_available, tune_cpu_runtime
 from openslip.recipes import make_config
 from openslip.step import timed_step
@@ -210,10 +211,6 @@ class PathStats:
         }
 
 
-def _text_len(text: torch.Tensor) -> int:
-    return int(text.argmax(dim=-1).max()) + 1  # the candidate runs the text tower up to the last EOT
-
-
 def synthetic_inputs(model: Any, batch_size: int, image_size: int, device: torch.device, text_len: int | None):
     """Random views and captions of `text_len` tokens (SOT, words, EOT), already on `device`."""
     g = torch.Generator().manual_seed(0)
@@ -261,7 +258,7 @@ class Stepper:
         text_len = None
         if "text" in inputs:
             trims = not self.baseline and getattr(model, "trim_text", False)
-            text_len = _text_len(inputs["text"]) if trims else inputs["text"].shape[1]
+            text_len = trimmed_text_length(inputs["text"]) if trims else inputs["text"].shape[1]
         drop = 0.0 if self.baseline else self.t.cfg.train.patch_dropout  # the 2021 way runs every patch
         f = slip_sample_flops(model.cfg, text_len=text_len, patch_dropout=drop, **self.flops_cfg)
         return float(f.train * self.flops_cfg["batch_size"])
@@ -562,7 +559,7 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         sweep = memory_sweep(trainer, bc, image_size) if bc.memory_sweep else None
-    text_len = _text_len(synth["text"]) if "text" in synth else None
+    text_len = trimmed_text_length(synth["text"]) if "text" in synth else None
     flops = slip_sample_flops(trainer.model.cfg, batch_size=B, image_size=image_size, text_len=text_len)
     result: dict[str, Any] = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(bc).items()},

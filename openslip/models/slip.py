@@ -19,6 +19,12 @@ from openslip.models.text import TextTransformer
 from openslip.models.vision import VisionTransformer
 
 
+def trimmed_text_length(text: torch.Tensor) -> int:
+    """Tokens the text tower runs on for a batch [B, L] of token ids: up to the batch's last EOT (the EOT id 49407
+    is the largest in the vocabulary, so each row's argmax is its EOT)."""
+    return int(text.argmax(dim=-1).max()) + 1
+
+
 class SLIP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -74,7 +80,7 @@ class SLIP(nn.Module):
             raise ValueError(f"{self.cfg.name} has no text tower (SimCLR-only model)")
         eot = text.argmax(dim=-1)  # the EOT id (49407) is the largest in the vocabulary
         if self.trim_text:
-            text = text[:, : int(eot.max()) + 1]
+            text = text[:, : trimmed_text_length(text)]
         x = self.token_embedding(text) + self.positional_embedding[: text.shape[1]]  # [B, L, D]
         x = self.ln_final(self.transformer(x))
         return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection  # [B, embed_dim]
