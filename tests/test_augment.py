@@ -281,6 +281,24 @@ def test_blur_matches_pil_gaussian_blur(sigma):
     assert (both[0] - x).abs().max() < 1e-6  # sigma 0 is the identity
 
 
+@pytest.mark.parametrize("shape", [(3, 40, 52), (3, 64, 64), (2, 3, 33, 20)])
+def test_dense_blur_is_the_shifted_slice_blur(shape, monkeypatch):
+    """Small images take the composed-matrix form: the same map as the six edge-replicating passes."""
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    sigmas = [0.1, 0.7, 2.0] if len(shape) == 3 else [torch.tensor([0.4, 1.9]), torch.tensor([0.0, 1.1])]
+    for sigma in sigmas:
+        monkeypatch.setattr(color, "DENSE_BLUR_MAX_SIDE", 0)
+        slices = color.gaussian_blur(x, sigma)
+        monkeypatch.setattr(color, "DENSE_BLUR_MAX_SIDE", 128)
+        dense = color.gaussian_blur(x, sigma)
+        assert dense.shape == x.shape
+        assert (dense - slices).abs().max() < 2e-6  # float32 rounding of two summation orders
+    # one pass of the matrix replicates the edges: a constant row stays constant, and every row sums to 1
+    m = color.box_blur_matrix(color.pil_box_taps(1.5), 9, 1, torch.float64)
+    assert torch.allclose(m.sum(1), torch.ones(9, dtype=torch.float64))
+    assert m[0, 0] > m[1, 1]  # the taps left of the first pixel land on it
+
+
 def test_blur_kernel_has_variance_sigma_squared():
     sig = torch.tensor([0.3, 1.0, 1.7, 2.0])
     box = color.pil_box_kernel(sig)
