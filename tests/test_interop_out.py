@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 import openslip
 from openslip.cli import main
+from openslip.data.augment.params import AugmentConfig
 from openslip.interop.timm_layout import timm_model_args, timm_name
 from openslip.models import model_config
 
@@ -97,7 +98,11 @@ def test_export_hf_reloads_bit_exactly_with_transforms(tmp_path, capsys):
     m, train_tf, eval_tf = openslip.create_model_and_transforms(str(tmp_path / "hf"))
     image = np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8)
     assert eval_tf(image).shape == (3, 32, 32) and set(train_tf(image)) == {"image"}
+    assert eval_tf.config.mean[0] == pytest.approx(0.48145466)  # CLIP's statistics travel with its weights
+    with pytest.raises(TypeError):  # an option that means nothing for weights read from a file is an error
+        openslip.create_model_and_transforms(str(tmp_path / "hf"), image_size=64)
     m, train_tf, eval_tf = openslip.create_model_and_transforms("slip_vit_micro")
+    assert eval_tf.config.mean == AugmentConfig().mean
     assert eval_tf(image).shape == (3, 32, 32) and set(train_tf(image)) == {"image", "view1", "view2"}
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from openslip.checkpoint import _load, save_checkpoint
+from openslip.checkpoint import load_model, save_checkpoint
 from openslip.errors import CheckpointError, ConfigError
 from openslip.interop.timm_layout import timm_config, timm_state_dict
 from openslip.interop.transforms import preprocess_of
@@ -173,8 +173,8 @@ def export(src: str | os.PathLike, fmt: str, dst: str | os.PathLike, *, overwrit
     out = Path(dst)
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out}: already exists (pass --force to replace it)")
-    model, info = _load(Path(src), "cpu", True, None)
-    preprocess = preprocess_of(model, info.get("extra", {}).get("preprocess"))
+    model = load_model(src)
+    preprocess = preprocess_of(model)
     if fmt == "hf":  # written atomically by save_checkpoint, as every checkpoint
         return export_hf(model, out, preprocess)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,16 +6,17 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from openslip.checkpoint import _load
+from openslip.checkpoint import load_model
 from openslip.data.augment.params import AugmentConfig
 from openslip.data.augment.views import EvalTransform, SLIPTransform
 from openslip.eval.preprocess import PROTOCOL_PREPROCESS
 from openslip.models import MODELS, SLIP, create_model
 
 
-def preprocess_of(model: SLIP, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+def preprocess_of(model: SLIP) -> dict[str, Any]:
     """image_size, mean, std, crop_fraction, interpolation of a model: openslip's training statistics unless its
-    config.json records others (weights converted from CLIP keep CLIP's)."""
+    config.json records others (weights converted from CLIP keep CLIP's; `load_model` puts them in
+    `model.preprocess`)."""
     base = AugmentConfig()
     out = {
         "image_size": model.cfg.vision.image_size,
@@ -25,7 +26,8 @@ def preprocess_of(model: SLIP, recorded: dict[str, Any] | None = None) -> dict[s
         "crop_fraction": PROTOCOL_PREPROCESS["zeroshot"].crop_fraction,
         "interpolation": "bilinear",  # antialiased, as PIL's bilinear (openslip.data.augment.views)
     }
-    out.update({k: v for k, v in (recorded or {}).items() if k in out})
+    recorded = getattr(model, "preprocess", None) or {}
+    out.update({k: v for k, v in recorded.items() if k in out})
     return out
 
 
@@ -44,12 +46,9 @@ def create_model_and_transforms(name_or_path: str | Path, **kwargs: Any) -> tupl
 
     `kwargs` go to `create_model` for a name (e.g. image_size=) and to `load_model` for a path (e.g. activation=).
     """
-    recorded = None
     if isinstance(name_or_path, str) and name_or_path in MODELS:
         model = create_model(name_or_path, **kwargs)
     else:
-        clip = {k: kwargs.pop(k) for k in ("activation", "head_width") if k in kwargs}
-        model, info = _load(Path(name_or_path), kwargs.pop("map_location", "cpu"), True, None, clip)
-        recorded = info.get("extra", {}).get("preprocess") or info.get("preprocess")
-    aug = _augment_config(preprocess_of(model, recorded))
+        model = load_model(name_or_path, **kwargs)
+    aug = _augment_config(preprocess_of(model))
     return model, SLIPTransform(config=aug, views=model.cfg.image_views), EvalTransform(config=aug)
