@@ -38,6 +38,7 @@ UNITS = {
     "logit_scale": "logit scale (1 / temperature)",
     "samples_per_s": "samples / s",
     "data_wait_frac": "fraction of step time",
+    "data_cpu_ms_per_sample": "loader CPU ms per sample",
     "data/": "samples",
 }
 PERCENT = ("clip_acc", "ssl_acc", "zeroshot/", "knn/", "linear/")  # drawn on a fixed 0-100 axis

@@ -512,13 +512,14 @@ def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
     cfg = t.cfg
     batches = iter(t.data.loader.forever())
     start_step, start_time = t.step, time.perf_counter()
-    data_wait = 0.0
+    data_wait, samples, loader_cpu = 0.0, 0, t.data.loader.cpu_s
     reported_skips = t.data.loader.skips.total_skipped
     tick = time.perf_counter()
     while t.step < cfg.train.steps:
         t0 = time.perf_counter()
         batch = next(batches)
         data_wait += time.perf_counter() - t0
+        samples += len(batch["id"])
         losses = train_step(t, batch)
         step = t.step
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
@@ -530,13 +531,15 @@ def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
             elapsed = now - tick
             metrics["samples_per_s"] = cfg.train.log_every * cfg.train.batch_size / max(elapsed, 1e-9)
             metrics["data_wait_frac"] = data_wait / max(elapsed, 1e-9)
+            # what the views cost, whether or not the step waited for them (workers may hide it, or steal the cores)
+            metrics["data_cpu_ms_per_sample"] = 1e3 * (t.data.loader.cpu_s - loader_cpu) / max(samples, 1)
             metrics["epoch"] = t.data.loader.epoch
             skips = t.data.loader.skips
             metrics.update({f"data/{k}": v for k, v in skips.state_dict().items() if v})
             if skips.total_skipped > reported_skips:  # bad input is never silent (DESIGN §4)
                 reported_skips = skips.total_skipped
                 log.message(f"step {step}: {skips.summary()}")
-            tick, data_wait = now, 0.0
+            tick, data_wait, samples, loader_cpu = now, 0.0, 0, t.data.loader.cpu_s
             t.history.update(metrics)
             log.log(step, metrics)
             log.progress(step, metrics)

@@ -161,7 +161,7 @@ def test_baseline_runs_in_the_candidates_precision(monkeypatch, tmp_path) -> Non
 
 
 @pytest.mark.parametrize("baseline", [False, True])
-def test_bench_train_with_data(tmp_path, baseline: bool) -> None:
+def test_bench_train_with_data(tmp_path, capsys, baseline: bool) -> None:
     out = tmp_path / "bench.json"
     argv = [
         "bench",
@@ -191,8 +191,15 @@ def test_bench_train_with_data(tmp_path, baseline: bool) -> None:
     e2e = r["end_to_end"]  # samples over the total time: a step that waited for data counts in full
     assert e2e["step_s"] == pytest.approx(statistics.fmean(e2e["steps_s"]))
     assert e2e["samples_per_s"] == pytest.approx(4 / e2e["step_s"])
+    share = e2e["loader_share"]  # the loader's CPU per batch against the model-only step's CPU time
+    assert e2e["loader_cpu_s_per_batch"] > 0
+    assert share["step_cpu_s"] == pytest.approx(r["model_only"]["step_s"] * r["machine"]["threads"])
+    assert share["share"] == pytest.approx(e2e["loader_cpu_s_per_batch"] / share["step_cpu_s"])
+    assert share["expected_ratio"] == pytest.approx(1 / (1 + share["share"]))
+    assert f"expect end-to-end ~{share['expected_ratio']:.2f} x model-only" in capsys.readouterr().out
     if baseline:  # the 2021 way through its own PIL loader, end to end too
         assert r["baseline"]["end_to_end"]["samples_per_s"] > 0
+        assert r["baseline"]["end_to_end"]["loader_cpu_s_per_batch"] > 0
         assert set(r["speedup_vs_baseline"]) == {"model_only", "end_to_end"}
 
 

@@ -252,3 +252,32 @@ def test_workers_run_at_idle_priority_when_asked(small: Path) -> None:
         batch = next(iter(loader))
         assert batch["image"].flatten().tolist() == [expected] * 4
     assert os.sched_getscheduler(0) == base  # the training process keeps its priority
+
+
+BURN_S = 0.002  # CPU time each sample of `_burning` costs
+
+
+def _burning(img: Image.Image) -> dict[str, torch.Tensor]:
+    """A transform that spends BURN_S of its thread's CPU time (a loop on the clock the loader reads)."""
+    import time
+
+    start = time.thread_time()
+    while time.thread_time() - start < BURN_S:
+        pass
+    return _transform(img)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_loader_counts_the_cpu_time_of_its_batches(small: Path, num_workers: int) -> None:
+    """`cpu_s` is the time spent building the batches handed out (in the workers, or here with 0 workers), not the
+    time this process spends between batches."""
+    import time
+
+    loader = build_train_loader(open_source(str(small)), _burning, _tokenize, batch_size=4, num_workers=num_workers)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+        start = time.thread_time()
+        while time.thread_time() - start < 0.05:  # the training step: must not count
+            pass
+    assert 12 * BURN_S <= loader.cpu_s < 12 * BURN_S + 0.05 * 3

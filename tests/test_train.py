@@ -29,6 +29,7 @@ def test_train_writes_run_directory_and_loads(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for key in ("loss", "clip_loss", "clip_acc", "ssl_loss", "ssl_acc", "lr", "logit_scale", "samples_per_s"):
         assert key in rows[-1]
+    assert rows[-1]["data_cpu_ms_per_sample"] > 0 and 0 <= rows[-1]["data_wait_frac"] <= 1
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("step_"))
     assert ckpts == ["step_0000004"]  # keep_last=1
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_0000004"

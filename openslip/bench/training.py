@@ -174,6 +174,7 @@ class PathStats:
     flops: list[float] = field(default_factory=list)  # model FLOPs of each step
     faults: list[float] = field(default_factory=list)  # minor page faults of each step (whole process)
     sys_s: list[float] = field(default_factory=list)  # kernel CPU time of each step (page faults show here)
+    loader_cpu_s: list[float] = field(default_factory=list)  # end to end: CPU time the loader spent on each batch
     peak_mb: float = 0.0
 
     def add(self, times: dict[str, float], flops: float) -> None:
@@ -208,6 +209,7 @@ class PathStats:
             "peak_memory_mb": self.peak_mb,
             "minor_page_faults_per_step": statistics.median(self.faults),
             "sys_cpu_s_per_step": statistics.median(self.sys_s),
+            **({"loader_cpu_s_per_batch": statistics.fmean(self.loader_cpu_s)} if self.loader_cpu_s else {}),
         }
 
 
@@ -345,13 +347,19 @@ def _run_phase(steppers: list[Stepper], inputs_fns: list[Callable[[], dict]], bc
 
 
 def _data_inputs(trainer: Any, loader: Any, transform_views: Callable) -> Callable[[], dict]:
+    """Model inputs of the loader's next batch on each call; `get.cpu_s` lists the loader CPU time of each batch."""
     batches = iter(loader.forever())
     counter = {"step": 0}
+    cpu_s: list[float] = []
 
     def get() -> dict:
+        before = loader.cpu_s
         batch = next(batches)
+        cpu_s.append(loader.cpu_s - before)
         counter["step"] += 1
         return transform_views(batch, counter["step"])
+
+    get.cpu_s = cpu_s  # type: ignore[attr-defined]
 
     get.close = lambda: getattr(batches, "close", lambda: None)()  # type: ignore[attr-defined]
     return get
@@ -477,8 +485,19 @@ def _end_to_end_phase(trainer: Any, steppers: list, bc: TrainBenchConfig, image_
 
         get = _data_inputs(trainer, loader, views)
         stats += _run_phase([s], [get], bc)
+        stats[-1].loader_cpu_s = get.cpu_s[bc.warmup :]  # type: ignore[attr-defined]
         get.close()  # type: ignore[attr-defined]
     return stats
+
+
+def loader_share(result: dict[str, Any]) -> dict[str, float]:
+    """On a CPU the loader workers and the model's threads share the cores: the loader's CPU time per batch as a
+    fraction of the model-only step's CPU time (step time x threads), and the end-to-end / model-only ratio that
+    leaves when the step keeps every core busy, 1 / (1 + share). Gaps in the step (Python between kernels) can
+    hide some loader work, so a measured ratio may come out a little above it."""
+    step_cpu_s = result["model_only"]["step_s"] * result["machine"]["threads"]
+    share = result["end_to_end"]["loader_cpu_s_per_batch"] / step_cpu_s
+    return {"step_cpu_s": step_cpu_s, "share": share, "expected_ratio": 1.0 / (1.0 + share)}
 
 
 def _add_comparisons(
@@ -496,6 +515,8 @@ def _add_comparisons(
         result["end_to_end"]["ratio_to_model_only"] = (
             result["end_to_end"]["samples_per_s"] / result["model_only"]["samples_per_s"]
         )
+        if result["machine"]["device"] == "cpu":
+            result["end_to_end"]["loader_share"] = loader_share(result)
     if bc.compare_reference:
         result["reference"] = {
             "checkout": bc.compare_reference,

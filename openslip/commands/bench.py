@@ -182,7 +182,19 @@ def format_train_table(r: dict[str, Any]) -> str:
             f"{s['sys_cpu_s_per_step']:6.2f}"
         )
     if "end_to_end" in r:
-        lines.append(f"end-to-end / model-only: {r['end_to_end']['ratio_to_model_only']:.2f}")
+        e2e = r["end_to_end"]
+        lines.append(f"end-to-end / model-only: {e2e['ratio_to_model_only']:.2f}")
+        if "loader_cpu_s_per_batch" in e2e:
+            cpu = e2e["loader_cpu_s_per_batch"]
+            line = f"loader: {1e3 * cpu:.0f} ms of CPU per batch ({1e3 * cpu / c['batch_size']:.2f} ms per sample)"
+            if "loader_share" in e2e:
+                ls = e2e["loader_share"]
+                line += (
+                    f", {100 * ls['share']:.0f}% of a model-only step's {ls['step_cpu_s']:.2f} CPU-s "
+                    f"({m['threads']} threads), so on shared cores expect end-to-end "
+                    f"~{ls['expected_ratio']:.2f} x model-only"
+                )
+            lines.append(line)
     for k, v in r.get("speedup_vs_baseline", {}).items():
         lines.append(f"speed-up vs 2021 baseline, both {c['precision']} ({k.replace('_', '-')}): {v:.2f}x")
     if "reference" in r:

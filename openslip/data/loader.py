@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -80,7 +81,9 @@ class _BatchStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
-            yield from self._batches()
+            batches = self._batches()
+            while (batch := _timed_next(batches)) is not None:
+                yield batch
         except DataError as err:
             # Re-raised by the main process: the DataLoader would wrap it in a multi-line worker traceback.
             yield {"_meta": {"error": str(err)}}
@@ -103,6 +106,17 @@ class _BatchStream(IterableDataset):
             # stream whose batch comes next.
             logical = (worker + self.rotation) % self.num_logical
             yield from self.plan.iterate(self.epoch, logical, self.quotas[logical], tuple(self.stream_pos[logical]))
+
+
+def _timed_next(batches: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
+    """The next batch, its ``_meta`` carrying the CPU time this thread spent building it (reading, decoding, views,
+    tokens); None at the end. Thread time, not process time: with ``num_workers=0`` the batch is built in the
+    training process, whose other threads must not count."""
+    start = time.thread_time()
+    batch = next(batches, None)
+    if batch is not None:
+        batch["_meta"]["cpu_s"] = time.thread_time() - start
+    return batch
 
 
 def _idle_priority(worker_id: int) -> None:
@@ -196,6 +210,7 @@ class TrainLoader:
         else:
             raise TypeError(f"not a data source (needs __len__ + record(i), or a ShardSource): {type(source).__name__}")
         self.skips = SkipCounter()
+        self.cpu_s = 0.0  # CPU seconds spent building the batches handed out so far (the loader's cost)
         self._epoch = 0
         self._position = 0
         self._streams: list[tuple[int, int, int]] = [(0, 0, 0)] * self._num_streams
@@ -290,6 +305,7 @@ class TrainLoader:
             elif meta.get("batch") != self._position:
                 raise RuntimeError(f"batch {meta.get('batch')} arrived at position {self._position}")
             self.skips.update(meta["skips"])
+            self.cpu_s += meta.get("cpu_s", 0.0)
             self._position += 1
             self.skips.check(self.max_skip_rate, min_samples=self.min_samples_for_check)
             yield batch
