@@ -187,7 +187,9 @@ def _blur_axis(x: Tensor, kernel: Tensor | list[float], dim: int) -> Tensor:
 DENSE_BLUR_MAX_SIDE = 128
 
 
-def box_blur_matrix(kernel: Tensor | list[float], n: int, passes: int, dtype: torch.dtype) -> Tensor:
+def box_blur_matrix(
+    kernel: Tensor | list[float], n: int, passes: int, dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> Tensor:
     """The linear map of ``passes`` edge-replicating passes of a symmetric 1-D kernel along an axis of length n.
 
     ``kernel`` is one list of taps -> [n, n], or per-sample kernels [N, K] -> [N, n, n]. One pass is
@@ -195,14 +197,16 @@ def box_blur_matrix(kernel: Tensor | list[float], n: int, passes: int, dtype: to
     outside; since every pass replicates the edges of its own input, as PIL does, the passes compose exactly
     to B^passes.
     """
-    taps = torch.as_tensor(kernel, dtype=dtype)
+    taps = torch.as_tensor(kernel, dtype=dtype).to(device)
     k = taps.shape[-1]
-    cols = (torch.arange(n)[:, None] + torch.arange(k) - k // 2).clamp_(0, n - 1)  # [n, K]
+    cols = (torch.arange(n, device=device)[:, None] + torch.arange(k, device=device) - k // 2).clamp_(
+        0, n - 1
+    )  # [n, K]
     if taps.dim() == 1:
-        b = torch.zeros(n, n, dtype=dtype).scatter_add_(1, cols, taps.expand(n, k))
+        b = taps.new_zeros(n, n).scatter_add_(1, cols, taps.expand(n, k))
     else:
         m = taps.shape[0]
-        b = torch.zeros(m, n, n, dtype=dtype).scatter_add_(2, cols.expand(m, n, k), taps[:, None, :].expand(m, n, k))
+        b = taps.new_zeros(m, n, n).scatter_add_(2, cols.expand(m, n, k), taps[:, None, :].expand(m, n, k))
     out = b
     for _ in range(passes - 1):
         out = out @ b
@@ -231,8 +235,8 @@ def gaussian_blur(x: Tensor, sigma: Factor, passes: int = 3) -> Tensor:
         return x.clone()
     h, w = x.shape[-2:]
     if max(h, w) <= DENSE_BLUR_MAX_SIDE:
-        my = box_blur_matrix(kernel, h, passes, x.dtype).to(x.device)
-        mx = my if w == h else box_blur_matrix(kernel, w, passes, x.dtype).to(x.device)
+        my = box_blur_matrix(kernel, h, passes, x.dtype, x.device)  # built where x is: no host work per batch
+        mx = my if w == h else box_blur_matrix(kernel, w, passes, x.dtype, x.device)
         if my.dim() == 3:  # per-sample matrices [N, n, n], broadcast over the channels
             my, mx = my[:, None], mx[:, None]
         return my @ x @ mx.transpose(-1, -2)
