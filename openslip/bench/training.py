@@ -360,7 +360,6 @@ def _data_inputs(trainer: Any, loader: Any, transform_views: Callable) -> Callab
         return transform_views(batch, counter["step"])
 
     get.cpu_s = cpu_s  # type: ignore[attr-defined]
-
     get.close = lambda: getattr(batches, "close", lambda: None)()  # type: ignore[attr-defined]
     return get
 

@@ -199,9 +199,8 @@ def box_blur_matrix(
     """
     taps = torch.as_tensor(kernel, dtype=dtype).to(device)
     k = taps.shape[-1]
-    cols = (torch.arange(n, device=device)[:, None] + torch.arange(k, device=device) - k // 2).clamp_(
-        0, n - 1
-    )  # [n, K]
+    offsets = torch.arange(k, device=device) - k // 2
+    cols = (torch.arange(n, device=device)[:, None] + offsets).clamp_(0, n - 1)  # [n, K]: the source of each tap
     if taps.dim() == 1:
         b = taps.new_zeros(n, n).scatter_add_(1, cols, taps.expand(n, k))
     else:
