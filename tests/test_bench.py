@@ -203,6 +203,18 @@ def test_bench_train_with_data(tmp_path, capsys, baseline: bool) -> None:
         assert set(r["speedup_vs_baseline"]) == {"model_only", "end_to_end"}
 
 
+def test_bench_train_device_augment_makes_no_core_sharing_claim(tmp_path, capsys) -> None:
+    """With the views rendered in the training process the loader only decodes: its CPU time is reported, but not as
+    the share of the cores that would bound the end-to-end ratio."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "train", "--model", "slip_vit_micro", "--batch-size", "4", "--steps", "1", "--warmup", "0"]
+    argv += ["--with-data", "--augment", "device", "--num-workers", "0", "--peak-budget", "0.1", "--output", str(out)]
+    assert main(argv) == 0
+    e2e = json.loads(out.read_text())["end_to_end"]
+    assert e2e["loader_cpu_s_per_batch"] > 0 and "loader_share" not in e2e
+    assert "expect end-to-end" not in capsys.readouterr().out
+
+
 def test_bench_data_cli(tmp_path, capsys) -> None:
     out = tmp_path / "data.json"
     assert main(["bench", "data", "--n", "2", "--rounds", "1", "--image-size", "32", "--output", str(out)]) == 0

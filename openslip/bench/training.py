@@ -514,7 +514,7 @@ def _add_comparisons(
         result["end_to_end"]["ratio_to_model_only"] = (
             result["end_to_end"]["samples_per_s"] / result["model_only"]["samples_per_s"]
         )
-        if result["machine"]["device"] == "cpu":
+        if result["machine"]["device"] == "cpu" and bc.augment == "cpu":  # (device: the views are made in the step)
             result["end_to_end"]["loader_share"] = loader_share(result)
     if bc.compare_reference:
         result["reference"] = {
