@@ -268,12 +268,16 @@ def _burning(img: Image.Image) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_loader_counts_the_cpu_time_of_its_batches(small: Path, num_workers: int) -> None:
+@pytest.mark.parametrize("kind", ["map", "shards"])
+def test_loader_counts_the_cpu_time_of_its_batches(
+    small: Path, uneven_shards: Path, kind: str, num_workers: int
+) -> None:
     """`cpu_s` is the time spent building the batches handed out (in the workers, or here with 0 workers), not the
     time this process spends between batches."""
     import time
 
-    loader = build_train_loader(open_source(str(small)), _burning, _tokenize, batch_size=4, num_workers=num_workers)
+    source = open_source(str(small if kind == "map" else uneven_shards))
+    loader = build_train_loader(source, _burning, _tokenize, batch_size=4, num_workers=num_workers)
     it = iter(loader)
     for _ in range(3):
         next(it)
