@@ -346,7 +346,7 @@ def _run_phase(steppers: list[Stepper], inputs_fns: list[Callable[[], dict]], bc
     return stats
 
 
-def _data_inputs(trainer: Any, loader: Any, transform_views: Callable) -> Callable[[], dict]:
+def _data_inputs(loader: Any, transform_views: Callable) -> Callable[[], dict]:
     """Model inputs of the loader's next batch on each call; `get.cpu_s` lists the loader CPU time of each batch."""
     batches = iter(loader.forever())
     counter = {"step": 0}
@@ -482,7 +482,7 @@ def _end_to_end_phase(trainer: Any, steppers: list, bc: TrainBenchConfig, image_
             def views(batch: dict, step: int) -> dict:
                 return data.views(batch, step, device)
 
-        get = _data_inputs(trainer, loader, views)
+        get = _data_inputs(loader, views)
         stats += _run_phase([s], [get], bc)
         stats[-1].loader_cpu_s = get.cpu_s[bc.warmup :]  # type: ignore[attr-defined]
         get.close()  # type: ignore[attr-defined]
