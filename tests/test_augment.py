@@ -292,7 +292,9 @@ def test_dense_blur_is_the_shifted_slice_blur(shape, monkeypatch):
         monkeypatch.setattr(color, "DENSE_BLUR_MAX_SIDE", 128)
         dense = color.gaussian_blur(x, sigma)
         assert dense.shape == x.shape
-        assert (dense - slices).abs().max() < 2e-6  # float32 rounding of two summation orders
+        # float32 rounding of two summation orders: each form stays within 4.4e-7 of a float64 blur (320 random
+        # cases of these shapes and 128 px, 1 and 2 threads), so the two differ by under 9e-7
+        assert (dense - slices).abs().max() < 2e-6
     # one pass of the matrix replicates the edges: a constant row stays constant, and every row sums to 1
     m = color.box_blur_matrix(color.pil_box_taps(1.5), 9, 1, torch.float64)
     assert torch.allclose(m.sum(1), torch.ones(9, dtype=torch.float64))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 
 import numpy as np
@@ -257,13 +258,16 @@ def test_workers_run_at_idle_priority_when_asked(small: Path) -> None:
 BURN_S = 0.002  # CPU time each sample of `_burning` costs
 
 
-def _burning(img: Image.Image) -> dict[str, torch.Tensor]:
-    """A transform that spends BURN_S of its thread's CPU time (a loop on the clock the loader reads)."""
-    import time
-
+def _burn(seconds: float) -> None:
+    """Spend `seconds` of this thread's CPU time, on the clock the loader reads."""
     start = time.thread_time()
-    while time.thread_time() - start < BURN_S:
+    while time.thread_time() - start < seconds:
         pass
+
+
+def _burning(img: Image.Image) -> dict[str, torch.Tensor]:
+    """A transform that costs BURN_S of CPU time."""
+    _burn(BURN_S)
     return _transform(img)
 
 
@@ -274,14 +278,10 @@ def test_loader_counts_the_cpu_time_of_its_batches(
 ) -> None:
     """`cpu_s` is the time spent building the batches handed out (in the workers, or here with 0 workers), not the
     time this process spends between batches."""
-    import time
-
     source = open_source(str(small if kind == "map" else uneven_shards))
     loader = build_train_loader(source, _burning, _tokenize, batch_size=4, num_workers=num_workers)
     it = iter(loader)
     for _ in range(3):
         next(it)
-        start = time.thread_time()
-        while time.thread_time() - start < 0.05:  # the training step: must not count
-            pass
+        _burn(0.05)  # the training step: must not count
     assert 12 * BURN_S <= loader.cpu_s < 12 * BURN_S + 0.05 * 3
