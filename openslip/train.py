@@ -512,7 +512,7 @@ def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
     cfg = t.cfg
     batches = iter(t.data.loader.forever())
     start_step, start_time = t.step, time.perf_counter()
-    data_wait, samples, loader_cpu = 0.0, 0, t.data.loader.cpu_s
+    data_wait, samples, loader_cpu, tick_step = 0.0, 0, t.data.loader.cpu_s, t.step
     reported_skips = t.data.loader.skips.total_skipped
     tick = time.perf_counter()
     while t.step < cfg.train.steps:
@@ -529,7 +529,8 @@ def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
             if t.model.has_text:
                 metrics["logit_scale"] = t.model.logit_scale.exp().item()
             elapsed = now - tick
-            metrics["samples_per_s"] = cfg.train.log_every * cfg.train.batch_size / max(elapsed, 1e-9)
+            # the steps since the last record: fewer than log_every after an unaligned resume or at the end
+            metrics["samples_per_s"] = (step - tick_step) * cfg.train.batch_size / max(elapsed, 1e-9)
             metrics["data_wait_frac"] = data_wait / max(elapsed, 1e-9)
             # what the views cost, whether or not the step waited for them (workers may hide it, or steal the cores)
             metrics["data_cpu_ms_per_sample"] = 1e3 * (t.data.loader.cpu_s - loader_cpu) / max(samples, 1)
@@ -539,7 +540,7 @@ def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
             if skips.total_skipped > reported_skips:  # bad input is never silent (DESIGN §4)
                 reported_skips = skips.total_skipped
                 log.message(f"step {step}: {skips.summary()}")
-            tick, data_wait, samples, loader_cpu = now, 0.0, 0, t.data.loader.cpu_s
+            tick, data_wait, samples, loader_cpu, tick_step = now, 0.0, 0, t.data.loader.cpu_s, step
             t.history.update(metrics)
             log.log(step, metrics)
             log.progress(step, metrics)

@@ -39,6 +39,33 @@ def test_train_writes_run_directory_and_loads(tmp_path):
     assert saved["train_config"]["train"]["steps"] == 4
 
 
+def test_samples_per_s_counts_the_steps_of_each_interval(tmp_path, monkeypatch):
+    """Each step takes exactly 1 s of a fake clock, so every record reads batch_size samples/s, including the last
+    interval (5 steps logged every 2: 2, 2, then 1) and the first one after an unaligned resume (from step 3)."""
+    import types
+
+    import openslip.train as train_module
+
+    clock = [0.0]
+    real_step = train_module.train_step
+
+    def one_second_step(t, batch):
+        clock[0] += 1.0
+        return real_step(t, batch)
+
+    monkeypatch.setattr(train_module, "train_step", one_second_step)
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    args = ["train.log_every=2", "ckpt.every_steps=3"]
+    assert main(["train", *overrides(tmp_path, *args, "train.steps=5")]) == 0
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [2, 4, 5]
+    assert [r["samples_per_s"] for r in rows] == [16.0, 16.0, 16.0]
+    resumed = tmp_path / "resumed"
+    assert main(["train", *overrides(resumed, *args, "train.steps=3")]) == 0
+    assert main(["train", *overrides(resumed, *args, "train.steps=6", "resume=auto")]) == 0
+    assert [(r["step"], r["samples_per_s"]) for r in read_metrics(resumed)][-2:] == [(4, 16.0), (6, 16.0)]
+
+
 def _batch(n=32, seed=0, size=32):
     g = torch.Generator().manual_seed(seed)
     text = torch.randint(1, 1000, (n, 77), generator=g)
