@@ -95,7 +95,7 @@ def test_vit_s16_step_flops_near_the_reference_figure() -> None:
     assert step == pytest.approx(1.63e12, rel=0.03)  # DESIGN §8: one batch-16 step is about 1.63 TFLOP
 
 
-def test_bench_train_cli_writes_json(tmp_path) -> None:
+def test_bench_train_cli_writes_json(tmp_path, capsys) -> None:
     out = tmp_path / "bench.json"
     argv = [
         "bench",
@@ -136,6 +136,10 @@ def test_bench_train_cli_writes_json(tmp_path) -> None:
     assert 0 < r["mfu"] < 1.5
     assert 0 < r["baseline"]["model_only"]["mfu"] < 1.5
     assert r["flops_per_sample"]["train"] > r["flops_per_sample"]["forward"] > 0
+    # the best ratio a step of openslip's FLOPs could show: the baseline's time over those FLOPs at the peak
+    ceiling = r["baseline"]["model_only"]["step_s"] * r["matmul_peak_flops_per_s"] / mo["flops_per_step"]
+    assert r["speedup_ceiling_vs_baseline"] == pytest.approx(ceiling)
+    assert f"would be {r['speedup_ceiling_vs_baseline']:.2f}x the baseline (model-only)" in capsys.readouterr().out
     assert isinstance(r["machine"].get("isa", []), list)  # the CPU's ISA flags name the kernels a figure ran on
 
 

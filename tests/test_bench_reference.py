@@ -44,7 +44,12 @@ def test_compare_reference_times_the_checkouts_step(tmp_path: Path, capsys) -> N
         r["model_only"]["samples_per_s"] / ref["samples_per_s"]
     )
     assert r["reference"]["commit"] is None and r["reference"]["modified"] is None  # not a git checkout
+    # the best ratio any step of openslip's FLOPs could show: the reference's time over those FLOPs at the peak
+    ceiling = r["speedup_ceiling_vs_reference"]
+    peak, flops = r["matmul_peak_flops_per_s"], r["model_only"]["flops_per_step"]
+    assert ceiling == pytest.approx(ref["step_s"] * peak / flops)
     printed = capsys.readouterr().out
+    assert f"would be {ceiling:.2f}x the reference" in printed
     assert "reference SLIP_VITMICRO" in printed and "speed-up vs the reference checkout" in printed
     assert "not a git checkout (commit unknown)" in printed
 

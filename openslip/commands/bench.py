@@ -150,6 +150,10 @@ def _checkout_state(ref: dict[str, Any]) -> str:
     return f"{state}, timm {ref.get('timm') or 'not installed'}"
 
 
+def _ceiling_line(ceiling: float, other: str) -> str:
+    return f"ceiling: openslip's FLOPs at the full measured matmul peak would be {ceiling:.2f}x {other} (model-only)"
+
+
 def format_train_table(r: dict[str, Any]) -> str:
     """A readable table of `bench_train`'s result."""
     m = r["machine"]
@@ -197,11 +201,15 @@ def format_train_table(r: dict[str, Any]) -> str:
             lines.append(line)
     for k, v in r.get("speedup_vs_baseline", {}).items():
         lines.append(f"speed-up vs 2021 baseline, both {c['precision']} ({k.replace('_', '-')}): {v:.2f}x")
+    if "speedup_ceiling_vs_baseline" in r:
+        lines.append(_ceiling_line(r["speedup_ceiling_vs_baseline"], "the baseline"))
     if "reference" in r:
         ref = r["reference"]
         lines.append(f"reference: {ref['model']} from {ref['checkout']}, {_checkout_state(ref)}")
     for k, v in r.get("speedup_vs_reference", {}).items():
         lines.append(f"speed-up vs the reference checkout, both {c['precision']} ({k.replace('_', '-')}): {v:.2f}x")
+    if "speedup_ceiling_vs_reference" in r:
+        lines.append(_ceiling_line(r["speedup_ceiling_vs_reference"], "the reference"))
     for row in r.get("memory_sweep", []):
         mem = f"{row['peak_memory_mb']:,.0f} MB" if row.get("peak_memory_mb") is not None else row.get("error")
         lines.append(
