@@ -285,3 +285,24 @@ def test_loader_counts_the_cpu_time_of_its_batches(
         next(it)
         _burn(0.05)  # the training step: must not count
     assert 12 * BURN_S <= loader.cpu_s < 12 * BURN_S + 0.05 * 3
+
+
+def _mode(img: Image.Image) -> dict[str, torch.Tensor]:
+    """A transform that reports whether autograd was off while it ran."""
+    return {"image": torch.tensor([float(torch.is_inference_mode_enabled())])}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("kind", ["map", "shards"])
+def test_views_render_without_autograd_and_batches_train(
+    small: Path, uneven_shards: Path, kind: str, num_workers: int
+) -> None:
+    """The views are made under inference mode (cheaper small torch calls), yet a batch is an ordinary tensor: a
+    training step may save it for backward, which an inference tensor refuses."""
+    source = open_source(str(small if kind == "map" else uneven_shards))
+    batch = next(iter(build_train_loader(source, _mode, _tokenize, batch_size=4, num_workers=num_workers)))
+    assert batch["image"].flatten().tolist() == [1.0] * 4
+    assert not batch["image"].is_inference()
+    weight = torch.ones(1, requires_grad=True)
+    (batch["image"] * weight).sum().backward()
+    assert weight.grad is not None and weight.grad.item() == 4.0
