@@ -207,6 +207,21 @@ def test_bench_train_with_data(tmp_path, capsys, baseline: bool) -> None:
         assert set(r["speedup_vs_baseline"]) == {"model_only", "end_to_end"}
 
 
+def test_bench_train_rounds_alternate_the_phases(tmp_path, capsys) -> None:
+    """--rounds N runs N (model-only, end-to-end) pairs: every step of every round counts in the figures, and the
+    ratio is the median of the rounds' own ratios (each pair of phases saw the same machine)."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "train", "--model", "slip_vit_micro", "--batch-size", "4", "--steps", "2", "--warmup", "0"]
+    argv += ["--with-data", "--num-workers", "0", "--rounds", "3", "--peak-budget", "0.1", "--output", str(out)]
+    assert main(argv) == 0
+    r = json.loads(out.read_text())
+    e2e = r["end_to_end"]
+    assert len(r["model_only"]["steps_s"]) == len(e2e["steps_s"]) == 6 and len(e2e["ratio_by_round"]) == 3
+    assert e2e["ratio_to_model_only"] == statistics.median(e2e["ratio_by_round"])
+    each = ", ".join(f"{x:.2f}" for x in e2e["ratio_by_round"])
+    assert f"{e2e['ratio_to_model_only']:.2f} (median of 3 rounds: {each})" in capsys.readouterr().out
+
+
 def test_bench_train_device_augment_makes_no_core_sharing_claim(tmp_path, capsys) -> None:
     """With the views rendered in the training process the loader only decodes: its CPU time is reported, but not as
     the share of the cores that would bound the end-to-end ratio."""
@@ -231,6 +246,10 @@ def test_bench_rejects_bad_arguments(capsys) -> None:
     assert main(["bench", "train", "--model", "no_such_model", "--steps", "1"]) == 2
     assert "no_such_model" in capsys.readouterr().err
     assert main(["bench", "train", "--steps", "0"]) == 2
+    assert main(["bench", "train", "--with-data", "--rounds", "0"]) == 2
+    assert "--rounds must be >= 1" in capsys.readouterr().err
+    assert main(["bench", "train", "--rounds", "2"]) == 2
+    assert "needs --with-data" in capsys.readouterr().err
 
 
 def test_tune_cpu_runtime_can_be_switched_off(monkeypatch) -> None:

@@ -10,6 +10,9 @@
   step by step with the candidate in the model-only phase; in the end-to-end phase the two run as
   consecutive blocks, because the idle path's loader workers would otherwise steal the cores.
 
+With `rounds` > 1 the model-only and end-to-end phases alternate that many times; the end-to-end / model-only
+ratio is then the median of the rounds' ratios.
+
 MFU = analytic model FLOPs per second (`openslip.flops`) / a matmul peak measured in the same run, in
 the same precision, with the kernel the model's layers use (`F.linear`), before and after the steps
 (the larger is used). Times are wall-clock medians over the measured steps, except the end-to-end step time and
@@ -61,6 +64,7 @@ class TrainBenchConfig:
     image_size: int | None = None  # None: the model's
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, as `train.precision`)
     steps: int = 5  # measured steps per path
+    rounds: int = 1  # with `with_data`: the model-only and end-to-end phases, alternated this many times
     warmup: int = 2  # untimed steps first (allocator, autotuning, compilation)
     with_data: bool = False  # also time end-to-end steps with the real data pipeline
     data: str = "demo"  # data spec for `with_data`
@@ -88,11 +92,16 @@ class TrainBenchConfig:
             raise ConfigError(f"--precision {self.precision!r}; choose one of: {', '.join(DTYPES)}")
         if self.augment not in ("cpu", "device"):
             raise ConfigError(f"--augment {self.augment!r}; choose cpu or device")
-        for key in ("batch_size", "steps"):
+        for key in ("batch_size", "steps", "rounds"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"--{key.replace('_', '-')} must be >= 1")
         if self.warmup < 0:
             raise ConfigError("--warmup must be >= 0")
+        if self.rounds > 1 and not self.with_data:
+            raise ConfigError(
+                "--rounds alternates the model-only and end-to-end phases, so it needs --with-data (the model-only "
+                "paths are already interleaved step by step)"
+            )
 
 
 # --- measuring ------------------------------------------------------------------------------------------
@@ -184,6 +193,14 @@ class PathStats:
         self.flops.append(flops)
         self.faults.append(times["minor_faults"])
         self.sys_s.append(times["sys_s"])
+
+    def extend(self, other: PathStats) -> None:
+        """Append the steps of another phase of the same path (a later round)."""
+        for p in PHASES:
+            self.phases[p] += other.phases[p]
+        for name in ("steps", "flops", "faults", "sys_s", "loader_cpu_s"):
+            getattr(self, name).extend(getattr(other, name))
+        self.peak_mb = max(self.peak_mb, other.peak_mb)
 
     def summary(self, batch_size: int, peak_flops: float, *, stalls_count: bool = False) -> dict[str, Any]:
         """Medians over the measured steps, robust to a step slowed by another process; with ``stalls_count``
@@ -344,6 +361,31 @@ def _run_phase(steppers: list[Stepper], inputs_fns: list[Callable[[], dict]], bc
                 st.add(times, flops)
                 st.peak_mb = max(st.peak_mb, peak_memory_mb(s.device))
     return stats
+
+
+def _measure_rounds(
+    trainer: Any, steppers: list, synth: dict[str, torch.Tensor], bc: TrainBenchConfig, image_size: int
+) -> tuple[list[PathStats], list[PathStats], list[float]]:
+    """``bc.rounds`` x (the model-only phase, then the end-to-end phase with ``with_data``). Returns the steps of all
+    rounds per path and the end-to-end / model-only ratio of each round. The speed of a shared or virtual machine
+    drifts by ±10 % over a minute; the two phases of one round see nearly the same machine, so the median of the
+    rounds' ratios is steadier than the ratio of one long pair of phases."""
+    model_only: list[PathStats] = [PathStats() for _ in steppers]
+    e2e: list[PathStats] = []
+    ratios: list[float] = []
+    for _ in range(bc.rounds):
+        this_round = _run_phase(steppers, [lambda: synth] * len(steppers), bc)
+        for total, part in zip(model_only, this_round, strict=True):
+            total.extend(part)
+        if not bc.with_data:
+            continue
+        data_round = _end_to_end_phase(trainer, steppers, bc, image_size)
+        e2e = e2e or [PathStats() for _ in data_round]
+        for total, part in zip(e2e, data_round, strict=True):
+            total.extend(part)
+        e2e_rate = data_round[0].summary(bc.batch_size, 0.0, stalls_count=True)["samples_per_s"]
+        ratios.append(e2e_rate / this_round[0].summary(bc.batch_size, 0.0)["samples_per_s"])
+    return model_only, e2e, ratios
 
 
 def _data_inputs(loader: Any, transform_views: Callable) -> Callable[[], dict]:
@@ -511,9 +553,6 @@ def _add_comparisons(
     openslip's."""
     if bc.with_data:
         result["end_to_end"] = e2e[0].summary(bc.batch_size, peak, stalls_count=True)
-        result["end_to_end"]["ratio_to_model_only"] = (
-            result["end_to_end"]["samples_per_s"] / result["model_only"]["samples_per_s"]
-        )
         if result["machine"]["device"] == "cpu" and bc.augment == "cpu":  # (device: the views are made in the step)
             result["end_to_end"]["loader_share"] = loader_share(result)
     if bc.compare_reference:
@@ -581,9 +620,8 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
         synth = synthetic_inputs(trainer.model, B, image_size, device, bc.text_len)
         if bc.with_data and "text" in synth:
             synth["text"] = _captions_of_data(trainer, bc, image_size).to(device)
-        model_only = _run_phase(steppers, [lambda: synth] * len(steppers), bc)
+        model_only, e2e, ratios = _measure_rounds(trainer, steppers, synth, bc, image_size)
         by_label = dict(zip([s.label for s in steppers], model_only, strict=True))
-        e2e = _end_to_end_phase(trainer, steppers, bc, image_size) if bc.with_data else []
         profile_rows = profile_step(candidate, lambda: synth, bc.profile) if bc.profile > 0 else None
         peak1 = measure_matmul_peak(device, bc.precision, budget_s=bc.peak_budget_s)
         peak = max(peak0["flops_per_s"], peak1["flops_per_s"])
@@ -608,6 +646,9 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
         "model_only": model_only[0].summary(B, peak),
     }
     _add_comparisons(result, bc, by_label, e2e, peak, reference_name)
+    if ratios:
+        result["end_to_end"]["ratio_by_round"] = ratios
+        result["end_to_end"]["ratio_to_model_only"] = statistics.median(ratios)
     if sweep is not None:
         result["memory_sweep"] = sweep
     if profile_rows is not None:

@@ -26,6 +26,12 @@ def register(subparsers: Any) -> None:
     t.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     t.add_argument("--steps", type=int, default=5, help="measured steps per path (default 5)")
     t.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    t.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --with-data: alternate model-only and end-to-end N times (default 1)",
+    )
     t.add_argument("--with-data", action="store_true", help="also time end-to-end steps with the data pipeline")
     t.add_argument("--data", default="demo", help="data spec for --with-data (default: the demo world)")
     t.add_argument("--num-workers", type=int, default=2, help="loader workers for --with-data (default 2)")
@@ -90,6 +96,7 @@ def run_train(args: argparse.Namespace) -> int:
         precision=args.precision,
         steps=args.steps,
         warmup=args.warmup,
+        rounds=args.rounds,
         with_data=args.with_data,
         data=args.data,
         num_workers=args.num_workers,
@@ -187,7 +194,9 @@ def format_train_table(r: dict[str, Any]) -> str:
         )
     if "end_to_end" in r:
         e2e = r["end_to_end"]
-        lines.append(f"end-to-end / model-only: {e2e['ratio_to_model_only']:.2f}")
+        rounds = e2e.get("ratio_by_round", [])
+        each = f" (median of {len(rounds)} rounds: {', '.join(f'{x:.2f}' for x in rounds)})" if len(rounds) > 1 else ""
+        lines.append(f"end-to-end / model-only: {e2e['ratio_to_model_only']:.2f}{each}")
         if "loader_cpu_s_per_batch" in e2e:
             cpu = e2e["loader_cpu_s_per_batch"]
             line = f"loader: {1e3 * cpu:.0f} ms of CPU per batch ({1e3 * cpu / c['batch_size']:.2f} ms per sample)"
