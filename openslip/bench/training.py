@@ -546,6 +546,7 @@ def _add_comparisons(
     bc: TrainBenchConfig,
     by_label: dict[str, PathStats],
     e2e: list[PathStats],
+    ratios: list[float],
     peak: float,
     reference_name: str | None,
 ) -> None:
@@ -553,6 +554,8 @@ def _add_comparisons(
     openslip's."""
     if bc.with_data:
         result["end_to_end"] = e2e[0].summary(bc.batch_size, peak, stalls_count=True)
+        result["end_to_end"]["ratio_by_round"] = ratios
+        result["end_to_end"]["ratio_to_model_only"] = statistics.median(ratios)
         if result["machine"]["device"] == "cpu" and bc.augment == "cpu":  # (device: the views are made in the step)
             result["end_to_end"]["loader_share"] = loader_share(result)
     if bc.compare_reference:
@@ -645,10 +648,7 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
         "flops_per_sample": flops.as_dict(),
         "model_only": model_only[0].summary(B, peak),
     }
-    _add_comparisons(result, bc, by_label, e2e, peak, reference_name)
-    if ratios:
-        result["end_to_end"]["ratio_by_round"] = ratios
-        result["end_to_end"]["ratio_to_model_only"] = statistics.median(ratios)
+    _add_comparisons(result, bc, by_label, e2e, ratios, peak, reference_name)
     if sweep is not None:
         result["memory_sweep"] = sweep
     if profile_rows is not None:
