@@ -94,11 +94,11 @@ def check_output_dir(
     """Refuse (one line) a folder the command may not write into; returns the path.
 
     Refused always: a file; a run directory or one of a run's entries; anything inside a checkpoint directory;
-    an input of the command or a folder that holds one. `own(name)` tells the entries the command writes (None:
-    it shares the folder, as plot's PNGs); anything else in the folder refuses it, with or without `force`. A
-    folder that is a checkpoint directory is accepted only when `previous(folder)` recognises it as this
-    command's own earlier output. `force`: None when the command has no such flag; False refuses any existing
-    folder, even an empty one (naming `force_flag`).
+    an input of the command. `own(name)` tells the entries a command that fills the folder writes: anything else
+    in it refuses the folder, with or without `force`, and so does a folder holding an input. `own` None: the
+    command shares the folder (plot's PNGs, a feature cache). A folder that is a checkpoint directory is accepted
+    only when `previous(folder)` recognises it as the command's own earlier output. `force`: None when the
+    command has no such flag; False refuses any existing folder, even an empty one (naming `force_flag`).
     """
     out = Path(path).expanduser()
     if out.exists() and not out.is_dir():
@@ -108,7 +108,7 @@ def check_output_dir(
         raise ConfigError(f"{option} {out}: {problem}; choose a new folder")
     target = _resolved(out)
     for source in _sources(sources):
-        if source == target or target in source.parents:
+        if source == target or (own is not None and target in source.parents):
             raise ConfigError(f"{option} {out}: holds the input of this command; choose a new folder")
     if not out.is_dir():
         return out
