@@ -48,17 +48,19 @@ def _resolved(path: PathLike) -> Path:
 
 
 def protection(path: PathLike) -> str | None:
-    """Why writing at `path` could damage a run or a checkpoint (None: it cannot): `path` is a run directory,
-    one of a run's own entries (or inside one), or inside a checkpoint directory."""
+    """Why writing at `path` could damage a run or a checkpoint, as "is ..." (None: it cannot): `path` is a run
+    directory, one of a run's own entries or inside one, or inside a checkpoint directory."""
     for p in dict.fromkeys((_absolute(path), _resolved(path))):  # the path as typed and where its links lead
         if is_run_dir(p):
-            return f"{p} is a training run directory"
+            return "is a training run directory"
         child = p
         for parent in p.parents:
             if is_checkpoint_dir(parent):
-                return f"{p} is inside the checkpoint directory {parent}"
+                return f"is inside the checkpoint directory {parent}"
             if child.name in RUN_ENTRIES and is_run_dir(parent):
-                return f"{p} is {'' if child == p else 'inside '}the run {parent}'s {child.name}"
+                if is_checkpoint_dir(p):
+                    return f"is a checkpoint directory of the run {parent}"
+                return f"is {'' if child == p else 'inside '}the run {parent}'s own {child.name}"
             child = parent
     return None
 
