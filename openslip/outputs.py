@@ -23,20 +23,32 @@ CHECKPOINT_PAIR = ("model.safetensors", "config.json")
 CHECKPOINT_ONLY = ("checksums.json", "train_state.pt")
 
 
+# os.path's tests answer False on any OSError (an unreadable folder), where a Path method may raise.
 def is_run_dir(path: Path) -> bool:
     """A training run's directory: its checkpoints/ folder, its metrics.jsonl or its lock."""
-    return path.is_dir() and (
-        (path / "checkpoints").is_dir() or (path / "metrics.jsonl").exists() or (path / ".lock").exists()
+    return os.path.isdir(path) and (
+        os.path.isdir(path / "checkpoints")
+        or os.path.lexists(path / "metrics.jsonl")
+        or os.path.lexists(path / ".lock")
     )
 
 
 def is_checkpoint_dir(path: Path) -> bool:
     """An openslip checkpoint directory (a training step, `save_model`, `convert` or an hf export)."""
-    if not path.is_dir():
+    if not os.path.isdir(path):
         return False
-    return all((path / name).exists() for name in CHECKPOINT_PAIR) or any(
-        (path / name).exists() for name in CHECKPOINT_ONLY
+    return all(os.path.lexists(path / name) for name in CHECKPOINT_PAIR) or any(
+        os.path.lexists(path / name) for name in CHECKPOINT_ONLY
     )
+
+
+def _creatable(out: Path, option: str) -> None:
+    """A missing output's nearest existing ancestor must be a folder (else mkdir would end in a traceback)."""
+    for parent in _absolute(out).parents:
+        if os.path.lexists(parent):
+            if not os.path.isdir(parent):
+                raise ConfigError(f"{option} {out}: {parent} is a file, not a folder")
+            return
 
 
 def _absolute(path: PathLike) -> Path:
@@ -44,7 +56,7 @@ def _absolute(path: PathLike) -> Path:
 
 
 def _resolved(path: PathLike) -> Path:
-    return Path(path).expanduser().resolve()  # symlinks followed: a link to a run is the run
+    return Path(os.path.realpath(Path(path).expanduser()))  # symlinks followed: a link to a run is the run
 
 
 def protection(path: PathLike) -> str | None:
@@ -66,7 +78,7 @@ def protection(path: PathLike) -> str | None:
 
 
 def _sources(sources: Iterable[PathLike | None]) -> list[Path]:
-    return [_resolved(s) for s in sources if s is not None and str(s) and Path(s).expanduser().exists()]
+    return [_resolved(s) for s in sources if s is not None and str(s) and os.path.exists(Path(s).expanduser())]
 
 
 def check_output_file(path: PathLike, *, option: str, sources: Iterable[PathLike | None] = ()) -> Path:
@@ -76,8 +88,9 @@ def check_output_file(path: PathLike, *, option: str, sources: Iterable[PathLike
     problem = protection(out)
     if problem:
         raise ConfigError(f"{option} {out}: {problem}; write it elsewhere")
-    if out.is_dir():
+    if os.path.isdir(out):
         raise ConfigError(f"{option} {out}: is a folder; name a file")
+    _creatable(out, option)
     if _resolved(out) in _sources(sources):
         raise ConfigError(f"{option} {out}: is an input of this command; write it elsewhere")
     return out
@@ -103,8 +116,9 @@ def check_output_dir(
     command has no such flag; False refuses any existing folder, even an empty one (naming `force_flag`).
     """
     out = Path(path).expanduser()
-    if out.exists() and not out.is_dir():
+    if os.path.lexists(out) and not os.path.isdir(out):
         raise ConfigError(f"{option} {out}: is a file, not a folder")
+    _creatable(out, option)
     problem = protection(out)
     if problem:
         raise ConfigError(f"{option} {out}: {problem}; choose a new folder")
@@ -112,10 +126,19 @@ def check_output_dir(
     for source in _sources(sources):
         if source == target or (own is not None and target in source.parents):
             raise ConfigError(f"{option} {out}: holds the input of this command; choose a new folder")
-    if not out.is_dir():
+    if not os.path.isdir(out):
         return out
-    entries = sorted(p.name for p in out.iterdir())
-    foreign = [name for name in entries if own is not None and not own(name) and not name.startswith(STAGING_PREFIX)]
+    try:
+        entries = sorted(os.listdir(out))
+    except OSError as err:
+        raise ConfigError(f"{option} {out}: cannot be read: {err.strerror or err}") from None
+
+    def is_foreign(name: str) -> bool:  # an entry the command would not write (a folder is never one of its files)
+        if name.startswith(STAGING_PREFIX) or own is None:
+            return False
+        return not own(name) or os.path.isdir(out / name)
+
+    foreign = [name for name in entries if is_foreign(name)]
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
         raise ConfigError(

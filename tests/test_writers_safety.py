@@ -80,6 +80,7 @@ def test_export_refuses_runs_checkpoints_sources_and_foreign_folders(world, caps
     refused([*export, str(model), str(run / "checkpoints")], world, capsys, "checkpoints")
     refused([*export, str(model), str(ckpt / "export")], world, capsys, "inside the checkpoint directory")
     refused([*export, str(model), str(run / "config.yaml")], world, capsys, "is a file")
+    refused([*export, str(model), str(mine / "notes.txt" / "out")], world, capsys, "is a file")
 
 
 def test_export_timm_into_a_checkpoint_without_checksums_is_refused(world, tmp_path, capsys):
