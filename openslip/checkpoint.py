@@ -647,8 +647,6 @@ def convert(
     files is refused (`openslip.outputs`), and only convert's three files are replaced.
     """
     src_path, dst_path = Path(src), Path(dst)
-    if dst_path.is_symlink() and not dst_path.exists():
-        raise CheckpointError(f"{dst_path}: a dangling link; choose a new DST")
     check_output_dir(
         dst_path,
         option="DST",
