@@ -30,10 +30,12 @@ import torch
 from torch import nn
 
 from openslip import __version__
+from openslip.atomic import move_files_into, staging_dir
 from openslip.errors import CheckpointError
 from openslip.interop.clip_layout import CLIP_PREPROCESS, clip_to_openslip, is_clip_layout
 from openslip.models import SLIP, ModelConfig, model_config
 from openslip.models.variants import MODELS
+from openslip.outputs import check_output_dir
 from openslip.registry import UnknownNameError
 from openslip.safe_load import (
     CONFIG_METADATA_KEY,
@@ -639,17 +641,41 @@ def convert(
     """Convert any checkpoint `load_model` reads (an original SLIP `.pt`, an OpenAI / open_clip state dict) to the
     openslip format.
 
-    `dst` becomes a checkpoint directory (model.safetensors + config.json); config.json records where
-    the weights came from (`converted_from`: path, epoch, the reference's args).
+    `dst` becomes a checkpoint directory (model.safetensors + config.json + checksums.json); config.json records
+    where the weights came from (`converted_from`: path, epoch, the reference's args). An existing `dst` needs
+    `overwrite` and must be an earlier conversion: a run, another checkpoint, the source or a folder holding other
+    files is refused (`openslip.outputs`), and only convert's three files are replaced.
     """
     src_path, dst_path = Path(src), Path(dst)
-    if (dst_path.exists() or dst_path.is_symlink()) and not overwrite:
-        raise CheckpointError(f"{dst_path}: already exists (pass overwrite=True, CLI: --force, to replace it)")
+    check_output_dir(
+        dst_path,
+        option="DST",
+        own=_CONVERTED_FILES.__contains__,
+        sources=[src_path],
+        force=overwrite,
+        previous=_is_converted,
+    )
     clip = {"activation": activation, "head_width": head_width}
     model, info = _load(src_path, map_location, True, model_name, clip)
     extra = dict(info.pop("extra", {}))
     extra["converted_from"] = {"path": str(src_path), **info}
-    return save_checkpoint(dst_path, model, config_extra=extra, update_latest=False)
+    # File by file into DST (save_checkpoint would replace the whole folder): nothing but convert's files changes.
+    with staging_dir(dst_path) as staging:
+        save_checkpoint(staging / "files", model, config_extra=extra, update_latest=False)
+        move_files_into(staging / "files", dst_path, last=CHECKSUM_FILE)
+    return dst_path
+
+
+_CONVERTED_FILES = frozenset({MODEL_FILE, CONFIG_FILE, CHECKSUM_FILE})
+
+
+def _is_converted(folder: Path) -> bool:
+    """An earlier `convert`'s output: its config.json records `converted_from` (a trained or saved model does not)."""
+    try:
+        doc = read_json(folder / CONFIG_FILE)
+    except CheckpointError:
+        return False
+    return isinstance(doc, dict) and "converted_from" in doc
 
 
 def export_safetensors(src: PathLike, dst: PathLike, **kwargs: Any) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from openslip.errors import UserError
+from openslip.outputs import check_output_dir
 
 SKIP = {"step", "time", "epoch"}
 ORDER = ("loss", "clip_loss", "ssl_loss", "clip_acc", "ssl_acc", "ssl_rank", "zeroshot/", "knn/", "linear/", "lr",
@@ -174,6 +175,7 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> 
             run.name = str(path)
     plt = _pyplot()
     out = Path(out_dir) if out_dir else (Path(run_dirs[0]) / "plots" if len(runs) == 1 else Path("plots"))
+    check_output_dir(out, option="--out", own=None)  # PNGs beside other files, but never in a run's own entries
     out.mkdir(parents=True, exist_ok=True)
     keys = sorted({k for r in runs for k in r.series}, key=_rank)
     cols = 3

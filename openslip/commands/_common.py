@@ -41,6 +41,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes per rank")
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before anything loads, an output that would overwrite a run's or a checkpoint's file, or an input of
+    the command (`openslip.outputs`): --output, --save, --confusion-matrix, --save-predictions, --cache-dir."""
+    from openslip.outputs import check_output_dir, check_output_file
+
+    inputs = [getattr(args, key, None) for key in ("model", "pretrained", "dataset", "train", "input")]
+    for key in ("output", "save", "confusion_matrix", "save_predictions"):
+        if getattr(args, key, None):
+            check_output_file(getattr(args, key), option="--" + key.replace("_", "-"), sources=inputs)
+    if getattr(args, "cache_dir", None):
+        check_output_dir(args.cache_dir, option="--cache-dir", own=None, sources=inputs)
+
+
 def setup(args: argparse.Namespace) -> tuple[Any, Any]:
     """(model, device) on every rank; the process group is joined from the torchrun environment."""
     from openslip import distributed
@@ -49,6 +62,7 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any]:
 
     if not args.model:
         raise ConfigError("--model is required (a run dir, checkpoint, SLIP .pt, or a name with --pretrained none)")
+    check_outputs(args)
     info = distributed.init_distributed()
     device = args.device or info.device
     model = load_eval_model(args.model, pretrained=args.pretrained, device=device)

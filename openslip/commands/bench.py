@@ -74,17 +74,27 @@ def register(subparsers: Any) -> None:
     d.set_defaults(func=run_data)
 
 
-def _write(path: str | None, result: dict) -> None:
+def _check_output(path: str | None) -> None:
+    """Before the benchmark runs: an --output that cannot be written, or would overwrite a run's or a checkpoint's
+    file, is refused in one line."""
     if path:
-        p = Path(path).expanduser()
+        from openslip.outputs import check_output_file
+
+        p = check_output_file(path, option="--output")
         if p.parent and not p.parent.exists():
             raise ConfigError(f"--output: folder {str(p.parent)!r} does not exist")
-        p.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _write(path: str | None, result: dict) -> None:
+    if path:
+        _check_output(path)
+        Path(path).expanduser().write_text(json.dumps(result, indent=2) + "\n")
 
 
 def run_train(args: argparse.Namespace) -> int:
     from openslip.bench.training import TrainBenchConfig, bench_train
 
+    _check_output(args.output)
     try:
         batches = tuple(int(b) for b in args.sweep_batches.split(","))
     except ValueError:
@@ -127,6 +137,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_data(args: argparse.Namespace) -> int:
     import os
 
+    _check_output(args.output)
     from openslip.data.augment.pil_reference import benchmark_augment
 
     if args.n < 1 or args.rounds < 1:

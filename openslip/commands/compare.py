@@ -55,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
     from openslip.compare import CompareConfig, run_compare
     from openslip.compare.experiment import DEFAULT_EVAL_SETS
     from openslip.compare.methods import DEFAULT_METHODS
+    from openslip.outputs import check_output_dir
+
+    # A run or checkpoint directory is never an experiment's folder (compare also refuses any other folder that
+    # holds files but no experiment.json, when it reads the folder).
+    check_output_dir(args.out_dir, option="--out-dir", own=None)
 
     cc = CompareConfig(
         out_dir=args.out_dir,

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("src", help="checkpoint file or directory to read")
-    parser.add_argument("dst", help="checkpoint directory to write")
+    parser.add_argument("dst", help="checkpoint directory to write (new, or an earlier convert output)")
     parser.add_argument(
         "--model",
         metavar="NAME",
@@ -40,7 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="attention head width of a CLIP state dict, heads = width / N (default 64, as OpenAI and open_clip)",
     )
-    parser.add_argument("--force", action="store_true", help="replace DST if it exists")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an earlier convert output in DST: only its model.safetensors, config.json and checksums.json "
+        "are overwritten (a run, another checkpoint or a folder holding other files is refused)",
+    )
     parser.set_defaults(func=run)
 
 

@@ -7,6 +7,7 @@ openslip data inspect shards/ --n 16 --output grid.png
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import textwrap
@@ -28,7 +29,11 @@ def register(subparsers: Any) -> None:
     make.add_argument("--seed", type=int, default=0, help="seed of the sample order (default 0)")
     make.add_argument("--no-shuffle", action="store_true", help="keep the source order")
     make.add_argument("--root", default=None, help="image root for manifests / reference metadata")
-    make.add_argument("--overwrite", action="store_true", help="replace shards already in OUT")
+    make.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the shards of an earlier make-shards in OUT (OUT may hold nothing else)",
+    )
     make.set_defaults(func=run_make_shards)
 
     inspect = sub.add_parser("inspect", help="count samples and skip reasons; draw a grid of samples")
@@ -48,9 +53,21 @@ def _open(args: argparse.Namespace):
     return open_source(args.src, **options)
 
 
+def _source_paths(spec: str) -> list[Path]:
+    """The files and folders a data spec reads: its path, and a shard pattern's folder (OUT may hold neither)."""
+    from openslip.data.sources import parse_spec
+
+    _, path, _ = parse_spec(spec)
+    if not path:
+        return []
+    p = Path(path).expanduser()
+    return [p] if p.exists() else [p.parent]
+
+
 def run_make_shards(args: argparse.Namespace) -> int:
     from openslip.data.formats.shards import INDEX_NAME, make_shards
     from openslip.data.skips import SkipCounter
+    from openslip.outputs import check_output_dir
 
     if args.shard_size < 1:
         raise DataError(f"--shard-size must be >= 1, got {args.shard_size}")
@@ -59,11 +76,13 @@ def run_make_shards(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a folder")
-    if out.is_dir() and (any(out.glob("shard-*.tar")) or (out / INDEX_NAME).exists()) and not args.overwrite:
+    own = re.compile(rf"\.?shard-\d{{6}}\.tar(\.tmp)?|\.?{re.escape(INDEX_NAME)}(\.tmp)?")
+    check_output_dir(out, option="OUT", own=own.fullmatch, sources=_source_paths(args.src), force_flag="--overwrite")
+    shards = [p for p in out.glob("shard-*.tar") if own.fullmatch(p.name)] if out.is_dir() else []
+    if (shards or (out / INDEX_NAME).exists()) and not args.overwrite:
         raise DataError(f"{out} already holds shards; pass --overwrite to replace them")
-    if args.overwrite and out.is_dir():
-        for old in out.glob("shard-*.tar"):
-            old.unlink()
+    for old in shards:  # --overwrite: the shards of an earlier make-shards, nothing else
+        old.unlink()
     source = _open(args)
     counter = SkipCounter()
 
@@ -92,6 +111,10 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     if args.n < 0 or args.scan < 0:
         raise DataError("--n and --scan must be >= 0")
+    if args.output:
+        from openslip.outputs import check_output_file
+
+        check_output_file(args.output, option="--output", sources=_source_paths(args.src))
     source = _open(args)
     total = len(source)
     kind = "shards" if isinstance(source, ShardSource) else type(source).__name__

@@ -86,11 +86,14 @@ def run(args: argparse.Namespace) -> int:
     from openslip import distributed
     from openslip.commands._common import setup
     from openslip.eval.features import encode_texts, extract_features, feature_fn
+    from openslip.outputs import check_output_file
 
     out = Path(args.output).expanduser()
     if out.suffix.lower() not in (".npy", ".safetensors"):
         raise ConfigError(f"--output must end in .npy or .safetensors, got {out.name}")
-    model, device = setup(args)
+    ids_path = out.with_name(out.stem + ".ids.txt")
+    check_output_file(ids_path, option="--output's row ids", sources=[args.model, args.input])
+    model, device = setup(args)  # checks --output itself
     normalize = not args.no_normalize
     if args.text:
         if not model.has_text:
@@ -118,7 +121,6 @@ def run(args: argparse.Namespace) -> int:
 
             kind = "text" if args.text else args.features
             save_file({"embeddings": array}, str(out), {"model": model.cfg.name, "kind": kind, "rows": str(len(ids))})
-        ids_path = out.with_name(out.stem + ".ids.txt")
         ids_path.write_text("".join(i.replace("\n", " ") + "\n" for i in ids), encoding="utf-8")
         what = "texts" if args.text else "images"
         print(f"wrote {out}: {array.shape[0]} {what} x {array.shape[1]} dims; row ids in {ids_path}")

@@ -74,7 +74,11 @@ def run(args: argparse.Namespace) -> int:
     from openslip.data.augment.classify import FinetuneTransform
     from openslip.eval.finetune import config_from_preset, finetune, preset_for
 
-    model, device = setup(args)
+    if args.out_dir:  # it holds finetune_state.pt only, beside anything else, but never in a run or checkpoint
+        from openslip.outputs import check_output_dir
+
+        check_output_dir(args.out_dir, option="--out-dir", own=None, sources=[args.model, args.dataset, args.train])
+    model, device = setup(args)  # checks --save and --output
     train, test = train_test(args)
     cfg = config_from_preset(
         args.preset or preset_for(model.cfg.vision),

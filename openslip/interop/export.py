@@ -1,10 +1,12 @@
 """`openslip export MODEL --format timm|onnx|hf DIR`: hand a model to timm, ONNX runtimes or a Hugging Face-style
-folder. Each writer returns the paths it wrote and a line to print."""
+folder. Each writer fills a new folder and returns a line to print; `export` checks the target first, then moves
+the files in one by one (`openslip.outputs`: an export writes only its own files)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,11 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from openslip.checkpoint import load_model, save_checkpoint
-from openslip.errors import CheckpointError, ConfigError
+from openslip.atomic import move_files_into, staging_dir
+from openslip.checkpoint import CHECKSUM_FILE, load_model, save_checkpoint
+from openslip.errors import ConfigError, UserError
 from openslip.interop.timm_layout import timm_config, timm_state_dict
 from openslip.interop.transforms import preprocess_of
 from openslip.models import SLIP
+from openslip.outputs import check_output_dir
+from openslip.safe_load import read_json
 
 FORMATS = ("timm", "onnx", "hf")
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -31,6 +36,7 @@ def export_timm(model: SLIP, out: Path, preprocess: dict[str, Any]) -> str:
     from safetensors.torch import save_file
 
     cfg = timm_config(model.cfg.vision, preprocess)
+    out.mkdir(parents=True, exist_ok=True)
     save_file(timm_state_dict(model.visual), str(out / "model.safetensors"))
     _write_json(out / "config.json", cfg)
     exact = "" if cfg["exact_name"] else " with config.json's model_args"
@@ -80,6 +86,7 @@ def export_onnx(model: SLIP, out: Path, preprocess: dict[str, Any]) -> str:
     _require_onnx()
     model = model.float().eval()
     model.trim_text = False  # the trim slices by a data-dependent length, which a static graph cannot hold
+    out.mkdir(parents=True, exist_ok=True)
     inputs = onnx_inputs(model)
     encoders = {"image": ImageEncoder(model)}
     if model.has_text:
@@ -153,8 +160,8 @@ def hf_preprocessor(pre: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_hf(model: SLIP, out: Path, preprocess: dict[str, Any]) -> str:
-    """config.json + model.safetensors (an openslip checkpoint, which `load_model(DIR)` reads bit-exactly) +
-    preprocessor_config.json."""
+    """config.json + model.safetensors + checksums.json (an openslip checkpoint, which `load_model(DIR)` reads
+    bit-exactly) + preprocessor_config.json, in the new folder `out`."""
     extra = {"architectures": ["SLIP"], "model_type": "openslip", "preprocess": preprocess}
     save_checkpoint(out, model, config_extra=extra, update_latest=False)
     _write_json(out / PREPROCESSOR_FILE, hf_preprocessor(preprocess))
@@ -162,20 +169,61 @@ def export_hf(model: SLIP, out: Path, preprocess: dict[str, Any]) -> str:
 
 
 WRITERS = {"timm": export_timm, "onnx": export_onnx, "hf": export_hf}
+# The files each format writes: the only ones `--force` replaces (and, for onnx, removes when not written again).
+OWN_FILES = {
+    "timm": re.compile(r"model\.safetensors|config\.json"),
+    "onnx": re.compile(r"(image|text)_encoder\.onnx|" + re.escape(PREPROCESSOR_FILE)),
+    "hf": re.compile(
+        r"model\.safetensors|config\.json|" + re.escape(CHECKSUM_FILE) + "|" + re.escape(PREPROCESSOR_FILE)
+    ),
+}
+
+
+def exported_format(folder: Path) -> str | None:
+    """The format of an earlier export in `folder`, from its config.json (None: none, or not an export): hf
+    writes Hugging Face's `model_type`, timm its `pretrained_cfg`; a training or converted checkpoint has neither."""
+    path = folder / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        doc = read_json(path)
+    except UserError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    if doc.get("model_type") == "openslip" and doc.get("architectures") == ["SLIP"]:
+        return "hf"
+    if "pretrained_cfg" in doc and "architecture" in doc and "model" not in doc:
+        return "timm"
+    return None
 
 
 def export(src: str | os.PathLike, fmt: str, dst: str | os.PathLike, *, overwrite: bool = False) -> str:
-    """Export the model at `src` (anything `openslip.load_model` reads) to `dst` in format `fmt`."""
+    """Export the model at `src` (anything `openslip.load_model` reads) to `dst` in format `fmt`.
+
+    `dst` is refused (one line) when it is a run or checkpoint directory, inside one, the model itself, or a folder
+    holding anything this format does not write; an existing `dst` needs `overwrite`, which replaces only the
+    format's own files (each atomically) and never removes the folder."""
     if fmt not in WRITERS:
         raise ConfigError(f"--format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if fmt == "onnx":
         _require_onnx()  # before anything is read or written
-    out = Path(dst)
-    if out.exists() and not overwrite:
-        raise CheckpointError(f"{out}: already exists (pass --force to replace it)")
+    own = OWN_FILES[fmt]
+    out = check_output_dir(
+        dst,
+        option="DIR",
+        own=own.fullmatch,
+        sources=[src],
+        force=overwrite,
+        previous=lambda folder: exported_format(folder) == fmt,
+    )
     model = load_model(src)
     preprocess = preprocess_of(model)
-    if fmt == "hf":  # written atomically by save_checkpoint, as every checkpoint
-        return export_hf(model, out, preprocess)
-    out.mkdir(parents=True, exist_ok=True)
-    return WRITERS[fmt](model, out, preprocess)
+    with staging_dir(out) as staging:
+        files = staging / "files"
+        what = WRITERS[fmt](model, files, preprocess)
+        written = move_files_into(files, out, last=CHECKSUM_FILE)
+    for old in out.iterdir():  # an earlier export's file this one does not write again (a text encoder)
+        if own.fullmatch(old.name) and old.name not in written and old.is_file():
+            old.unlink()
+    return what
