@@ -235,8 +235,9 @@ def save(t: Trainer) -> Path:
 
 
 def ignore_file_size_signal() -> None:
-    """Past a file-size limit (`ulimit -f`) the kernel sends SIGXFSZ, which kills a process without a word; ignored,
-    the write fails with EFBIG instead, and a checkpoint write that fails is one line (`save`)."""
+    """Past a file-size limit (`ulimit -f`) the kernel sends SIGXFSZ, whose default action kills the process without
+    a word. CPython ignores it at start-up, but a program embedding Python or a library may restore the default;
+    ignored, the write fails with EFBIG instead, and a checkpoint write that fails is one line (`save`)."""
     if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
