@@ -15,6 +15,7 @@ half-written checkpoint under its final name. Nothing is ever unpickled beyond p
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -64,6 +65,8 @@ FORMAT_VERSION = 1
 _RESERVED_KEYS = ("format_version", "openslip_version", "model")
 _STEP_RE = re.compile(r"step_(\d+)")
 _STAGING_RE = re.compile(r"\.(?:tmp|old)-step_(\d+)")
+# "... I/O error: No space left on device (os error 28)": how safetensors' writer reports the errno it got
+_OS_ERROR_RE = re.compile(r"\(os error (\d+)\)")
 PathLike = str | os.PathLike
 
 
@@ -108,6 +111,14 @@ def _tensors_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _check_finite(tensors: dict[str, torch.Tensor], dest: Path) -> None:
+    """A checkpoint never holds inf / NaN: such weights come from a diverged step, and saving them would put them
+    under a name that looks like progress (and turn the previous good checkpoint into a pruned one)."""
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{dest}: not saved: non-finite values (inf / NaN) in {key_summary(bad)}")
+
+
 def _config_document(cfg: ModelConfig, extra: dict[str, Any] | None) -> dict[str, Any]:
     doc: dict[str, Any] = {"format_version": FORMAT_VERSION, "openslip_version": __version__, "model": cfg.to_dict()}
     if extra:
@@ -124,10 +135,25 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _os_error(err: Exception, path: Path) -> OSError:
+    """The OSError behind a writer's own exception: safetensors' SafetensorError quotes the errno ("(os error 28)")
+    but is no OSError; one that does not is reported as an I/O error with its message."""
+    found = _OS_ERROR_RE.search(str(err))
+    if found:
+        code = int(found.group(1))
+        return OSError(code, os.strerror(code), str(path))
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return OSError(errno.EIO, f"{os.strerror(errno.EIO)}: {first[:200]}", str(path))
+
+
 def _write_weights(path: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    save_file(tensors, str(path), metadata={"format": "pt", CONFIG_METADATA_KEY: json.dumps(doc)})
+    try:
+        save_file(tensors, str(path), metadata={"format": "pt", CONFIG_METADATA_KEY: json.dumps(doc)})
+    except SafetensorError as err:  # a full disk or a file-size limit (EFBIG) arrives here, not as an OSError
+        raise _os_error(err, path) from None
     # safetensors writes through a private temporary file (mode 0600); give it the mode every other file of the
     # checkpoint gets from the umask, so that a shared run directory stays readable by its group as before.
     umask = os.umask(0)
@@ -143,9 +169,37 @@ def _write_config(path: Path, doc: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+class _RecordingWriter:
+    """A file's `write` that keeps the first OSError it raised. torch.save's zip writer calls it and turns that
+    error into `RuntimeError: [enforce fail at inline_container.cc] ... unexpected pos`, which no longer says that
+    the disk is full; `_write_train_state` raises the recorded OSError instead."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
 def _write_train_state(path: Path, train_state: dict[str, Any]) -> None:
     with open(path, "wb") as f:
-        torch.save(train_state, f)
+        writer = _RecordingWriter(f)
+        try:
+            torch.save(train_state, writer)
+        except RuntimeError as err:
+            if writer.error is not None:
+                raise writer.error from None
+            if "inline_container" in str(err) or "PytorchStreamWriter" in str(err):  # the zip writer's own failure
+                raise _os_error(err, path) from None
+            raise
         f.flush()
         os.fsync(f.fileno())
 
@@ -166,9 +220,10 @@ def _write_checksums(ckpt: Path) -> None:
         os.fsync(f.fileno())
 
 
-def checksum_problem(ckpt: Path) -> str | None:
-    """Which file of `ckpt` no longer matches the checksum saved with it (None: all match). A checkpoint
-    written before checksums existed has no checksums.json and is not checked."""
+def checksum_problem(ckpt: Path, names: tuple[str, ...] | None = None) -> str | None:
+    """Which file of `ckpt` no longer matches the checksum saved with it (None: all match); with `names`, only
+    those files (when listed). A checkpoint written before checksums existed has no checksums.json and is not
+    checked."""
     path = ckpt / CHECKSUM_FILE
     if not path.is_file():
         return None
@@ -179,6 +234,8 @@ def checksum_problem(ckpt: Path) -> str | None:
     if not isinstance(sums, dict):
         return f"{path}: not a mapping of file names to checksums"
     for name, expected in sums.items():
+        if names is not None and name not in names:
+            continue
         target = ckpt / str(name)
         if not target.is_file():
             return f"{target}: missing (listed in {CHECKSUM_FILE})"
@@ -213,11 +270,15 @@ def _move_into_place(staged: Path, final: Path) -> None:
 
 def _write_latest(root: Path, name: str) -> None:
     tmp = root / f".{LATEST_FILE}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, root / LATEST_FILE)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, root / LATEST_FILE)
+    except BaseException:
+        _remove(tmp)  # `latest` keeps naming the previous checkpoint
+        raise
     fsync_dir(root)
 
 
@@ -235,6 +296,10 @@ def save_checkpoint(
     plain python containers only) goes to train_state.pt. Everything is written and fsync'd in a hidden
     sibling `.tmp-NAME` and then renamed to NAME. When NAME is a `step_N` directory, the sibling `latest`
     file is then pointed at it (unless `update_latest=False`).
+
+    Weights holding inf / NaN are refused (`CheckpointError`) before anything is written. A write the system
+    refuses (a full disk, a quota, a file-size limit) raises `OSError` with its errno, whatever the writer
+    library raised; the staged copy is removed and an existing NAME and `latest` stay as they were.
     """
     final = Path(dir_path)
     model = unwrap_model(model)
@@ -242,6 +307,7 @@ def save_checkpoint(
     if train_state is not None:
         check_plain_data(train_state)
     tensors = _tensors_for_saving(model)
+    _check_finite(tensors, final)
     final.parent.mkdir(parents=True, exist_ok=True)
     staged = final.with_name(f".tmp-{final.name}")
     _remove(staged)  # left behind by a save that was killed
@@ -336,9 +402,20 @@ def find_latest_checkpoint(run_dir: PathLike, *, verify: bool = False) -> Path |
     if candidates:
         warnings.warn(f"{reason}; using {candidates[-1].name}, the newest complete checkpoint", stacklevel=2)
         return candidates[-1]
-    if (root / LATEST_FILE).exists():
-        warnings.warn(f"{reason}; no complete checkpoint found", stacklevel=2)
-    return None
+    return None  # callers that need one say why each is unusable (`unusable_checkpoints`)
+
+
+def unusable_checkpoints(run_dir: PathLike, *, verify: bool = False) -> list[tuple[Path, str]]:
+    """(directory, why it cannot be used) for each broken `step_N` directory of a run, newest first; with
+    `verify`, those failing their checksums too."""
+    dirs = reversed(list_checkpoints(run_dir, valid_only=False))
+    return [(p, problem) for p in dirs if (problem := checkpoint_problem(p, verify=verify)) is not None]
+
+
+def describe_unusable(found: list[tuple[Path, str]], n: int = 3) -> str:
+    """`unusable_checkpoints` on one line: the first `n` reasons and how many there are."""
+    shown = "; ".join(problem for _, problem in found[:n])
+    return shown + (f"; ... ({len(found)} checkpoints in all)" if len(found) > n else "")
 
 
 def resolve_checkpoint(path: PathLike, *, verify: bool = False) -> Path:
@@ -358,6 +435,9 @@ def resolve_checkpoint(path: PathLike, *, verify: bool = False) -> Path:
         found = find_latest_checkpoint(p, verify=verify)
         if found is not None:
             return found
+        broken = unusable_checkpoints(p, verify=verify)
+        if broken:
+            raise CheckpointError(f"{p}: no checkpoint of this run can be used: {describe_unusable(broken)}")
         raise CheckpointError(f"{p}: neither a checkpoint ({MODEL_FILE} + {CONFIG_FILE}) nor a run directory with one")
     raise CheckpointError(f"{p}: not a checkpoint directory")
 
@@ -460,12 +540,21 @@ def _fit_problems(model: SLIP, sd: dict[str, torch.Tensor], strict: bool, source
     shapes = [
         f"{k} {list(sd[k].shape)} vs {list(t.shape)}" for k, t in expected.items() if k in sd and sd[k].shape != t.shape
     ]
+    # Floating parameters load from floating data only: a float tensor relabelled I32 in a safetensors header (or
+    # integers where weights belong) would be copied in as numbers around 1e9. Any float width loads (bf16 exports).
+    dtypes = [
+        f"{k} {str(sd[k].dtype).removeprefix('torch.')} for {str(t.dtype).removeprefix('torch.')}"
+        for k, t in expected.items()
+        if k in sd and t.is_floating_point() and not sd[k].is_floating_point()
+    ]
     problems = [f"shape mismatch (file vs model): {key_summary(shapes)}"] if shapes else []
+    if dtypes:
+        problems.append(f"non-floating data for floating parameters (file vs model): {key_summary(dtypes)}")
     if missing:
         problems.append(f"missing keys: {key_summary(missing)}")
     if unexpected:
         problems.append(f"unexpected keys: {key_summary(unexpected)}")
-    if shapes or (strict and problems):
+    if shapes or dtypes or (strict and problems):
         raise CheckpointError(f"{source}: weights do not fit model {model.cfg.name!r}: " + "; ".join(problems))
     return problems
 
@@ -583,6 +672,10 @@ def _load(
         return _load_safetensors_file(ckpt / MODEL_FILE, device, strict, model_name, clip)
     kind = describe_file(path)
     if kind == "safetensors" or (path.suffix == ".safetensors" and kind not in ("torch-zip", "pickle")):
+        # a checkpoint's weights named by their path are checked like the directory: against its checksums.json
+        problem = checksum_problem(path.parent, names=(path.name, CONFIG_FILE))
+        if problem is not None:
+            raise CheckpointError(f"broken checkpoint: {problem}")
         return _load_safetensors_file(path, device, strict, model_name, clip)
     if kind in ("torch-zip", "pickle"):
         return _load_torch_file(path, device, strict, model_name, clip)

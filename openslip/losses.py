@@ -159,11 +159,24 @@ def simclr_loss(
 
 def effective_rank(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """RankMe (Garrido et al., ICML 2023): exp of the entropy of the normalised singular values of a batch of
-    embeddings [B, D]; from 1 (every embedding on one line: collapse) up to min(B, D). Detached, float32."""
+    embeddings [B, D]; from 1 (every embedding on one line: collapse) up to min(B, D). Detached, float32.
+
+    NaN when `z` holds inf / NaN (a diverged step): the SVD would raise on it before the training loop's finite-loss
+    check could stop the run with its one line. The rank does not depend on the scale of `z`, so it is divided by its
+    largest entry first: huge but finite features cannot overflow inside the SVD either."""
     with torch.no_grad(), torch.autocast(device_type=z.device.type, enabled=False):
-        s = torch.linalg.svdvals(z.detach().float())
+        z = z.detach().float()
+        finite = torch.isfinite(z)
+        # no host sync: non-finite entries are zeroed for the SVD and the result is replaced by NaN afterwards
+        z = torch.where(finite, z, torch.zeros((), dtype=z.dtype, device=z.device))
+        z = z / z.abs().amax().clamp_min(torch.finfo(z.dtype).tiny)
+        try:
+            s = torch.linalg.svdvals(z)
+        except torch.linalg.LinAlgError:  # no convergence on a degenerate batch: a metric, never a crash
+            return torch.tensor(float("nan"), device=z.device)
         p = s / s.sum().clamp_min(eps) + eps
-        return torch.exp(-(p * p.log()).sum())
+        rank = torch.exp(-(p * p.log()).sum())
+        return torch.where(finite.all(), rank, torch.full_like(rank, float("nan")))
 
 
 class SLIPLoss(nn.Module):

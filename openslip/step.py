@@ -86,6 +86,30 @@ def check_finite(loss: torch.Tensor, *, what: str, step: int, detail: str | Call
         raise TrainingError(f"{what}: non-finite loss {loss.detach().float().mean().item()} at step {step}{rest}")
 
 
+def non_finite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """The names of the floating tensors that hold inf or NaN. One flag per tensor, read back once: a few hundred
+    small reductions, cheap beside a step, which is why training checks at log steps and before each save only."""
+    floats = [(name, t.detach()) for name, t in named if t.is_floating_point()]
+    if not floats:
+        return []
+    flags = torch.stack([torch.isfinite(t).all() for _, t in floats]).tolist()
+    return [name for (name, _), ok in zip(floats, flags, strict=True) if not ok]
+
+
+def check_finite_weights(model: torch.nn.Module, *, what: str, step: int, detail: str | Callable[[], str] = "") -> None:
+    """Stop with one line when any weight of ``model`` is NaN or inf: a learning rate far too large can overflow
+    the weights in one update while the loss of that step was still finite. The flag is all-reduced like the
+    loss's, so every rank stops at the same step."""
+    bad_names = non_finite_tensors(model.state_dict().items())
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    bad = torch.tensor(1.0 if bad_names else 0.0, device=device)
+    if distributed.all_reduce_mean(bad).item() > 0:
+        rest = detail() if callable(detail) else detail
+        shown = ", ".join(bad_names[:5]) + (f", ... ({len(bad_names)} tensors)" if len(bad_names) > 5 else "")
+        where = f" ({shown})" if shown else " (on another rank)"
+        raise TrainingError(f"{what}: non-finite weights (inf / NaN) after step {step}{where}{rest}")
+
+
 @dataclass
 class OptimStep:
     """An optimizer with its schedule, precision, loss scaler and clipping: what one step of any loop needs.

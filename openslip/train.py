@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -48,7 +49,7 @@ from openslip.models.sync_batchnorm import convert_global_batchnorm
 from openslip.optim import build_optimizer, clamp_logit_scale, lr_at
 from openslip.perf import fast_bf16_available, tune_cpu_runtime
 from openslip.run_log import RunLogger
-from openslip.step import NO_CLOCK, OptimStep, check_finite
+from openslip.step import NO_CLOCK, OptimStep, check_finite, check_finite_weights
 from openslip.train_state import rng_state, set_rng_state
 
 # fp64 runs the whole step in float64: weights, views, losses and AdamW. Adam turns the rounding noise of a
@@ -85,7 +86,21 @@ class Trainer:
 def train_step(t: Trainer, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     """One optimizer step on one global batch; returns the loss terms and the gradient norm (detached)."""
     inputs = t.data.views(batch, t.step, t.dist.device)
-    return optimise(t, inputs, samples=lambda: t.data.loader.describe_ids(batch["id"]))
+    losses = optimise(t, inputs, samples=lambda: t.data.loader.describe_ids(batch["id"]))
+    if t.step % t.cfg.train.log_every == 0 or t.step == t.cfg.train.steps:
+        # a learning rate far too large overflows the weights while the loss that led there was finite; checked at
+        # the steps that log (and before every save), not at every step, to keep the check's cost out of the step
+        check_weights(t)
+    return losses
+
+
+def _last_good(t: Trainer) -> str:
+    return f"the last good checkpoint is {t.last_checkpoint}" if t.last_checkpoint else "no checkpoint was saved yet"
+
+
+def check_weights(t: Trainer) -> None:
+    """Stop the run with one line (on every rank) when a weight is inf / NaN."""
+    check_finite_weights(t.model, what="training", step=t.step, detail=lambda: f"; {_last_good(t)}")
 
 
 def optimise(
@@ -99,10 +114,7 @@ def optimise(
     def detail() -> str:
         ids = samples()
         shown = ", ".join(ids[:8]) + (f", ... ({len(ids)} samples)" if len(ids) > 8 else "")
-        last = (
-            f"the last good checkpoint is {t.last_checkpoint}" if t.last_checkpoint else "no checkpoint was saved yet"
-        )
-        return f" (samples: {shown}); {last}" if ids else f"; {last}"
+        return f" (samples: {shown}); {_last_good(t)}" if ids else f"; {_last_good(t)}"
 
     if cfg.accum_steps == 1:
         with t.opt.autocast():
@@ -189,7 +201,9 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
 
 
 def save(t: Trainer) -> Path:
-    """Checkpoint the run at the current step (rank 0 writes; every rank waits for it)."""
+    """Checkpoint the run at the current step (rank 0 writes; every rank waits for it). Non-finite weights are never
+    saved: the run stops with one line naming the last good checkpoint, which stays the newest."""
+    check_weights(t)
     path = t.run_dir / ckpt.CHECKPOINTS_DIR / ckpt.checkpoint_dir_name(t.step)
     problem = None
     if t.dist.is_main:
@@ -203,7 +217,7 @@ def save(t: Trainer) -> Path:
             ckpt.save_checkpoint(
                 path, t.model, config_extra={"train_config": t.cfg.to_dict(), "step": t.step}, train_state=state
             )
-        except OSError as err:  # disk full, quota, read-only remount: the staged copy is already removed
+        except OSError as err:  # disk full, quota, file-size limit, read-only remount: the staged copy is removed
             previous = (
                 f"the previous checkpoint {t.last_checkpoint} is intact"
                 if t.last_checkpoint
@@ -220,20 +234,27 @@ def save(t: Trainer) -> Path:
     return path
 
 
+def ignore_file_size_signal() -> None:
+    """Past a file-size limit (`ulimit -f`) the kernel sends SIGXFSZ, whose default action kills the process without
+    a word. CPython ignores it at start-up, but a program embedding Python or a library may restore the default;
+    ignored, the write fails with EFBIG instead, and a checkpoint write that fails is one line (`save`)."""
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 def resume(t: Trainer, log: RunLogger) -> None:
-    """Continue from `cfg.resume`: "auto" (the run's newest valid checkpoint, if any), "none", or a path."""
+    """Continue from `cfg.resume`: "auto" (the run's newest valid checkpoint, if any), "none", or a path. The
+    settings check runs whichever checkpoint is chosen, also with resume_force=true."""
     choice = t.cfg.resume
     if choice == "none":
         return
     if choice == "auto":
-        # verify: a checkpoint whose files fail their checksums is skipped for the previous good one, with a warning
-        has_dir = (t.run_dir / ckpt.CHECKPOINTS_DIR).exists()
-        found = ckpt.find_latest_checkpoint(t.run_dir, verify=True) if has_dir else None
+        found = _auto_checkpoint(t, log)
         if found is None:
             return
         path = found
     else:
-        path = ckpt.resolve_checkpoint(choice, verify=True)
+        path = _named_checkpoint(choice, t.cfg.resume_force, log)
     changed = _changed_settings(ckpt.load_checkpoint_config(path).get("train_config"), t.cfg.to_dict())
     if changed and not t.cfg.resume_force:
         raise ConfigError(
@@ -250,6 +271,57 @@ def resume(t: Trainer, log: RunLogger) -> None:
     t.step = int(state["step"])
     t.last_checkpoint = path
     log.message(f"resumed from {path} at step {t.step}")
+
+
+def _auto_checkpoint(t: Trainer, log: RunLogger) -> Path | None:
+    """The checkpoint resume=auto continues: the newest whose files match their checksums (an older good one, with
+    a warning, when the newest is broken). None only for a run without `step_N` directories (a new run, or one
+    stopped before its first checkpoint), which starts from step 0.
+
+    A run whose checkpoints exist but none is usable is never trained over from step 0: that would overwrite its
+    config.yaml, metrics.jsonl and checkpoints, whose weights may well be intact (a damaged checksums.json). It
+    stops in one line instead; with resume_force=true it trusts the newest checkpoint whose files parse."""
+    if not (t.run_dir / ckpt.CHECKPOINTS_DIR).exists():
+        return None
+    found = ckpt.find_latest_checkpoint(t.run_dir, verify=True)
+    if found is not None:
+        return found
+    broken = ckpt.unusable_checkpoints(t.run_dir, verify=True)
+    if not broken:
+        return None
+    reasons = ckpt.describe_unusable(broken)
+    root = t.run_dir / ckpt.CHECKPOINTS_DIR
+    complete = ckpt.list_checkpoints(t.run_dir)  # every file parses; checksums not checked
+    if complete and t.cfg.resume_force:
+        log.message(
+            f"warning: resume_force=true: resuming from {complete[-1]}, whose checksums do not match ({reasons})"
+        )
+        return complete[-1]
+    if complete:
+        raise TrainingError(
+            f"cannot resume: no checkpoint in {root} passes its checksums ({reasons}); add resume_force=true to trust "
+            f"the weights of {complete[-1].name}, or choose a new out_dir to start over"
+        )
+    raise TrainingError(
+        f"cannot resume: no checkpoint in {root} is complete ({reasons}); choose a new out_dir to start over "
+        "(this run's files are left as they are)"
+    )
+
+
+def _named_checkpoint(choice: str, force: bool, log: RunLogger) -> Path:
+    """resume=PATH: that checkpoint (a run directory: its newest good one); one whose checksums fail is refused,
+    or with resume_force=true used with a warning when its files parse."""
+    try:
+        return ckpt.resolve_checkpoint(choice, verify=True)
+    except CheckpointError as err:
+        try:
+            path = ckpt.resolve_checkpoint(choice, verify=False)
+        except CheckpointError:
+            raise err from None
+        if not force:
+            raise CheckpointError(f"{err}; add resume_force=true to trust its weights") from None
+        log.message(f"warning: resume_force=true: resuming from {path}, whose checksums do not match ({err})")
+        return path
 
 
 # Settings a resumed run may change without changing what it trains: its length (the schedule follows
@@ -458,6 +530,7 @@ def _stop_on_signals(t: Trainer):
 def train(cfg: Config) -> dict[str, Any]:
     """Train `cfg` to `cfg.train.steps`; returns a summary (steps, time, final metrics, paths)."""
     check_eval_tasks(cfg)
+    ignore_file_size_signal()
     dist = init_distributed(timeout_s=cfg.train.collective_timeout_s)
     run_dir, lock = prepare_run_dir(cfg, dist)
     try:
