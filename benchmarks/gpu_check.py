@@ -61,20 +61,9 @@ def plan(dry_run: bool, workers: int, images: int) -> Plan:
             dry_run=True,
             models=("slip_vit_micro",),
             batch_size=8,
-            bench_flags=(
-                "--device",
-                "cpu",
-                "--precision",
-                "fp32",
-                "--steps",
-                "2",
-                "--warmup",
-                "1",
-                "--peak-budget",
-                "0.05",
-                "--image-size",
-                "32",
-            ),  # fmt: skip
+            bench_flags=tuple(
+                "--device cpu --precision fp32 --steps 2 --warmup 1 --peak-budget 0.05 --image-size 32".split()
+            ),
             images=min(images, 64),
             image_wh=(160, 120),
             shard_size=16,
@@ -86,18 +75,7 @@ def plan(dry_run: bool, workers: int, images: int) -> Plan:
         dry_run=False,
         models=("slip_vit_s16", "slip_vit_b16"),
         batch_size=256,
-        bench_flags=(
-            "--device",
-            "cuda",
-            "--precision",
-            "bf16",
-            "--steps",
-            "8",
-            "--warmup",
-            "3",
-            "--peak-budget",
-            "0.5",
-        ),  # fmt: skip
+        bench_flags=tuple("--device cuda --precision bf16 --steps 8 --warmup 3 --peak-budget 0.5".split()),
         images=images,
         image_wh=(500, 375),
         shard_size=128,  # 32 shards for 4,096 images: every one of 14 workers gets some
@@ -346,13 +324,15 @@ def run_bench(case: Case, p: Plan, work: Path, timeout_s: float, **where: Any) -
 # --- `openslip train` under torchrun --------------------------------------------------------------------------
 
 
-def train_steps(p: Plan, rows: list[dict[str, Any]], model: str) -> int:
+def train_steps(p: Plan, rows: list[dict[str, Any]], model: str, augment: str) -> int:
     """Steps for about ``p.train_seconds``, from the end-to-end speed its data case measured (100 without one)."""
     if p.dry_run:
         return 4
+    same = ("data", model, augment, "")  # the data case of the same model and augmentation, CPU decode
     speeds = [r["end_to_end_samples_per_s"] for r in rows
-              if r.get("kind") == "data" and r.get("model") == model and "end_to_end_samples_per_s" in r]  # fmt: skip
-    steps = p.train_seconds * max(speeds) / p.batch_size if speeds else 100
+              if (r["kind"], r["model"], r["case"]["augment"], r["case"]["decode"]) == same
+              and "end_to_end_samples_per_s" in r]  # fmt: skip
+    steps = p.train_seconds * speeds[0] / p.batch_size if speeds else 100
     return int(min(max(steps, 30), 600))
 
 
@@ -497,7 +477,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
                     row.update(run_shards(case, p, work, timeout))
                     shards = Path(row["path"]) if row["status"] == "ok" else None
                 elif case.kind == "train":
-                    steps = train_steps(p, rows, case.model)
+                    steps = train_steps(p, rows, case.model, case.augment)
                     row.update(run_train(case, p, work, timeout, shards=shards, steps=steps))
                 else:
                     row.update(run_bench(case, p, work, timeout, reference=args.reference, shards=shards))

@@ -120,6 +120,22 @@ def test_decode_case_passes_the_flag(tmp_path: Path) -> None:
     assert gpu_check.why_not(case, reference=None, shards=tmp_path, decode=True, only=kinds, left_s=60) is None
 
 
+def test_gpu_plan_fits_its_budget_and_times_the_training_run() -> None:
+    """On the GPU every case that can run today fits the default budget of 470 s at its typical duration, and the
+    torchrun training is sized to ~30 s from the end-to-end speed of its data case."""
+    gpu_check = _script()
+    p = gpu_check.plan(False, 14, 4096)
+    runnable = [c for c in gpu_check.cases(p) if not c.decode]
+    assert [c.kind for c in runnable] == ["reference"] * 2 + ["model"] * 4 + ["shards"] + ["data"] * 4 + ["train"]
+    assert sum(c.expect_s for c in runnable) <= 470
+    assert all(c.timeout_s >= 150 for c in runnable if c.compile)
+    train = runnable[-1]
+    rows = [{"kind": "data", "model": "slip_vit_s16", "case": {"augment": a, "decode": ""},
+             "end_to_end_samples_per_s": sps} for a, sps in (("cpu", 512.0), ("device", 1024.0))]  # fmt: skip
+    assert gpu_check.train_steps(p, rows, train.model, train.augment) == 120  # 30 s at 1,024 samples/s
+    assert gpu_check.train_steps(p, [], train.model, train.augment) == 100
+
+
 def test_gpu_check_refuses_without_a_gpu(tmp_path: Path) -> None:
     import torch
 
