@@ -410,7 +410,7 @@ def note(row: dict[str, Any]) -> str:
     if row["kind"] == "reference":
         return (f"2021 code {row['reference_samples_per_s']:.1f} samples/s, MFU {100 * row['reference_mfu']:.1f}%, "
                 f"{row['reference_peak_memory_mb']:.0f} MB: openslip {row['speedup_vs_reference']:.2f}x "
-                f"(timm {row.get('reference_timm') or '?'})")  # fmt: skip
+                f"(timm {row.get('reference_timm') or 'not installed'})")  # fmt: skip
     if row["kind"] == "data":
         return f"model-only {row['samples_per_s']:.1f} samples/s, {row['minor_page_faults_per_step']:.0f} faults/step"
     if row["kind"] == "shards":
