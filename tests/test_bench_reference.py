@@ -5,8 +5,10 @@ CPU-only torch of the test environment lacks; docs/PERFORMANCE.md has the real f
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from openslip.bench.reference import reference_name
 from openslip.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _checkout(tmp_path: Path, models: str = STAND_IN_MODELS) -> Path:
@@ -99,3 +102,25 @@ def test_compare_reference_bad_checkouts(tmp_path: Path, capsys, setup: str, mes
     assert main(_bench("--compare-reference", str(path))) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+# timm >= 0.9 as the 2021 models.py meets it: `import timm` loads timm.models but not timm.models.registry
+NEW_TIMM = {
+    "timm/__init__.py": "from . import models\n",
+    "timm/models/__init__.py": "",
+    "timm/models/registry.py": "def register_model(fn):\n    return fn\n",
+}
+
+
+def test_compare_reference_imports_with_timm_1(tmp_path: Path) -> None:
+    """The checkout's `@timm.models.registry.register_model` resolves with a timm that no longer imports that module
+    with the package (it failed with "module 'timm.models' has no attribute 'registry'")."""
+    for name, text in NEW_TIMM.items():
+        (tmp_path / "site" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "site" / name).write_text(text)
+    models = "import timm\n" + STAND_IN_MODELS + "\n\n@timm.models.registry.register_model\ndef vit_x():\n    pass\n"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "openslip.cli", *_bench("--compare-reference", str(_checkout(tmp_path, models)))]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "speed-up vs the reference checkout" in proc.stdout

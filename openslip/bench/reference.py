@@ -20,6 +20,7 @@ import importlib
 import importlib.metadata
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,26 @@ def import_reference(path: str | Path) -> tuple[Any, Any]:
         sys.modules.pop(name, None)
     sys.path.insert(0, str(root))
     try:
+        load_timm_registry()
         return importlib.import_module("models"), importlib.import_module("losses")
     except Exception as err:  # noqa: BLE001 - the checkout's own imports (timm, its version) fail in many ways
         raise ConfigError(f"--compare-reference {path}: cannot import the reference code: {err}") from None
     finally:
         sys.path.remove(str(root))
+
+
+def load_timm_registry() -> None:
+    """Import ``timm.models.registry`` when this timm has it. The 2021 ``models.py`` decorates a model with
+    ``@timm.models.registry.register_model`` after a bare ``import timm``: timm 0.4 imported that module with the
+    package, timm >= 0.9 keeps it as a module of its own that nothing imports, so the attribute lookup fails
+    ("module 'timm.models' has no attribute 'registry'") unless it is imported first. Without timm, or with a timm
+    that lacks the module, this does nothing: the checkout's own import then names what is missing."""
+    try:
+        with warnings.catch_warnings():  # timm 1.x warns that the module moved (to timm.models._registry)
+            warnings.simplefilter("ignore")
+            importlib.import_module("timm.models.registry")
+    except ImportError:
+        pass
 
 
 def checkout_info(path: str | Path) -> dict[str, Any]:
