@@ -42,7 +42,8 @@ class CatalogEntry:
     num_classes: int
     classnames: tuple[str, ...] | None  # None: take them from the folders or --classnames FILE
     templates: tuple[str, ...]  # format strings with one "{}"
-    split: str = "test"  # the split the paper reports
+    split: str = "test"  # the split the paper reports: the one the reference scored (its dataset_catalog.json)
+    split_source: str = ""  # where `split` comes from, where it is not the release's test split
     layout: str = ""  # the image folder / CSV layout expected
     notes: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
@@ -108,6 +109,7 @@ def _entry_from_json(path: Path, prompts: str) -> CatalogEntry:
         classnames=tuple(names) if names is not None else None,
         templates=tuple(temps),
         split=doc.get("split", "test"),
+        split_source=doc.get("split_source", ""),
         layout=doc.get("layout", ""),
         notes=doc.get("notes", ""),
         aliases=tuple(doc.get("aliases", ())),
