@@ -89,8 +89,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_report_arg(lin, "sgd: ")
     lin.add_argument(
         "--reference-lr-bug",
-        action="store_true",
-        help="sgd: divide the lr by the world size twice, as the 2021 reference did (DESIGN §1 defect 3)",
+        nargs="?",
+        type=_positive_int,
+        const=0,
+        metavar="N",
+        help="sgd: divide the lr by the world size twice, as the 2021 reference did, for a reference run on N "
+        "processes whatever this run's (the paper's: 8, i.e. lr 0.1 x int(1024 / 8 / 8) / 256 = 0.00625); without N, "
+        "this run's process count",
     )
     lin.set_defaults(func=run_linear)
 
@@ -100,6 +105,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--k", type=int, default=20, help="neighbours")
     k.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T)")
     k.set_defaults(func=run_knn)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
 
 
 def _metric_names() -> tuple[str, ...]:
@@ -265,7 +280,8 @@ def run_linear(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             batch_size=args.train_batch_size,
             base_lr=args.lr,
-            reference_lr_bug=args.reference_lr_bug,
+            reference_lr_bug=args.reference_lr_bug is not None,
+            reference_world_size=args.reference_lr_bug or None,
             seed=args.seed,
             eval_every=args.eval_every,
             report=args.report,
@@ -281,7 +297,10 @@ def run_linear(args: argparse.Namespace) -> int:
             device=device,
             num_workers=args.num_workers,
         )
-        title = f"linear probe (sgd, {cfg.epochs} epochs) {test.name}: {len(train)} train, {len(test)} test images"
+        title = (
+            f"linear probe (sgd, {cfg.epochs} epochs, lr {metrics['lr']:.4g}) {test.name}: {len(train)} train, "
+            f"{len(test)} test images"
+        )
         return finish(args, title, metrics)
     from openslip.eval.probes import linear_probe
 
