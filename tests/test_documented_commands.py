@@ -209,7 +209,8 @@ SHRINK: dict[tuple[str, ...], list[str]] = {
     ).split(),
     ("eval", "zeroshot"): "-n 16".split(),
     ("eval", "retrieval"): "-n 16".split(),
-    ("eval", "linear"): "-n 16 --num-train 32 --epochs 1 --train-batch-size 16".split(),
+    # a global batch of 64: the smallest for which `--reference-lr-bug 8` (docs/PAPER.md) gives a rate above 0
+    ("eval", "linear"): "-n 16 --num-train 32 --epochs 1 --train-batch-size 64".split(),
     ("eval", "knn"): "-n 16 --num-train 32".split(),
     ("finetune",): "-n 16 --num-train 32 --epochs 1 --warmup-epochs 0 --train-batch-size 16".split(),
     ("embed",): "--batch-size 16".split(),

@@ -54,3 +54,9 @@ def test_bad_reference_world_size_is_a_one_line_error(value: str, capsys) -> Non
         main([*PROBE, "--reference-lr-bug", value])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and "--reference-lr-bug" in err[-1]
+
+
+def test_a_batch_too_small_for_the_references_formula_is_refused(capsys) -> None:
+    assert main([*PROBE, "--reference-lr-bug", "8", "--train-batch-size", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "use a global batch of at least 64" in err, err

@@ -83,6 +83,11 @@ def sgd_learning_rate(cfg: SGDProbeConfig, world_size: int) -> float:
         # main_linear.py: init_lr = lr * int(per_device_batch / world_size) / 256, per_device = global / W; W is the
         # reference run's process count, which need not be this run's (the paper's rate on one process).
         w = cfg.reference_world_size or world_size
+        if cfg.batch_size // w < w:  # int(per_device / w) = 0: the reference would have trained at lr 0
+            raise ConfigError(
+                f"sgd probe: the reference's lr formula gives 0 for a global batch of {cfg.batch_size} on {w} "
+                f"processes (int({cfg.batch_size // w} / {w}) = 0); use a global batch of at least {w * w}"
+            )
         return cfg.base_lr * int(cfg.batch_size // w / w) / 256
     return cfg.base_lr * cfg.batch_size / 256
 
