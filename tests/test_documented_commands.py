@@ -209,7 +209,8 @@ SHRINK: dict[tuple[str, ...], list[str]] = {
     ).split(),
     ("eval", "zeroshot"): "-n 16".split(),
     ("eval", "retrieval"): "-n 16".split(),
-    ("eval", "linear"): "-n 16 --num-train 32 --epochs 1 --train-batch-size 16".split(),
+    # a global batch of 64: the smallest for which `--reference-lr-bug 8` (docs/PAPER.md) gives a rate above 0
+    ("eval", "linear"): "-n 16 --num-train 32 --epochs 1 --train-batch-size 64".split(),
     ("eval", "knn"): "-n 16 --num-train 32".split(),
     ("finetune",): "-n 16 --num-train 32 --epochs 1 --warmup-epochs 0 --train-batch-size 16".split(),
     ("embed",): "--batch-size 16".split(),
@@ -484,8 +485,9 @@ PLACEHOLDERS: dict[str, Builder] = {
 }
 
 
-# What separates several paths in one value: YAML lists ('[a,b]', quoted items), compare's sets ('TEST@TRAIN,...').
-_PATH_SEPARATORS = re.compile(r"(\[|\]|,|@|'|retrieval:)")
+# What separates several paths in one value: YAML lists ('[a,b]', quoted items), compare's sets ('TEST@TRAIN,...'),
+# and the catalog name of a zero-shot set ('imagenet:/data/imagenet/val').
+_PATH_SEPARATORS = re.compile(r"(\[|\]|,|@|'|retrieval:|imagenet:)")
 
 
 def resolve_placeholders(argv: list[str], inputs: Inputs, cwd: Path) -> list[str]:

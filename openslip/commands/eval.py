@@ -59,7 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     z.add_argument("--metric", choices=_metric_names(), help="reported metric (default: the catalog's, else top1)")
     z.add_argument("--save-predictions", metavar="FILE.csv", help="write per-image labels, predictions, top-5")
     z.add_argument("--confusion-matrix", metavar="FILE.png", help="write the confusion matrix as an image")
-    z.add_argument("--list", action="store_true", help="list the catalog datasets and the demo tasks, then exit")
+    z.add_argument(
+        "--list",
+        action="store_true",
+        help="list the catalog datasets and the demo tasks, then exit; with --catalog NAME: that entry's layout, "
+        "split and notes",
+    )
     z.set_defaults(func=run_zeroshot)
 
     r = tasks.add_parser("retrieval", help="image<->text retrieval Recall@1/5/10")
@@ -84,8 +89,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_report_arg(lin, "sgd: ")
     lin.add_argument(
         "--reference-lr-bug",
-        action="store_true",
-        help="sgd: divide the lr by the world size twice, as the 2021 reference did (DESIGN §1 defect 3)",
+        nargs="?",
+        type=_positive_int,
+        const=0,
+        metavar="N",
+        help="sgd: divide the lr by the world size twice, as the 2021 reference did, for a reference run on N "
+        "processes whatever this run's (the paper's: 8, i.e. lr 0.1 x int(1024 / 8 / 8) / 256 = 0.00625); without N, "
+        "this run's process count",
     )
     lin.set_defaults(func=run_linear)
 
@@ -95,6 +105,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--k", type=int, default=20, help="neighbours")
     k.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T)")
     k.set_defaults(func=run_knn)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
 
 
 def _metric_names() -> tuple[str, ...]:
@@ -132,7 +152,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 def run_zeroshot(args: argparse.Namespace) -> int:
     if args.list:
-        return _list_datasets(args.prompts)
+        return _show_entry(args.catalog, args.prompts) if args.catalog else _list_datasets(args.prompts)
     if not args.dataset:
         raise ConfigError("--dataset is required (a demo task name, an image folder or a CSV; --list shows them)")
     from openslip.eval.zero_shot import evaluate_zero_shot
@@ -184,7 +204,28 @@ def _list_datasets(prompts: str) -> int:
                 print(f"  {name:16s} {e.title:32s} (no {prompts} prompts)")
                 continue
         names = f"{e.num_classes} classes" + ("" if e.classnames else " (names from folders / --classnames)")
-        print(f"  {name:16s} {e.title:32s} {e.metric:15s} {names}, {len(e.templates)} templates")
+        split = e.split + ("*" if e.split_source else "")
+        print(f"  {name:16s} {e.title:32s} {e.metric:15s} {split:6s} {names}, {len(e.templates)} templates")
+    print(
+        "the split is the one the paper reports; *: the reference scored its val folder, not the release's test "
+        "split (--list --catalog NAME says why)"
+    )
+    return 0
+
+
+def _show_entry(name: str, prompts: str) -> int:
+    from openslip.eval.catalog import get_entry
+
+    e = get_entry(name, prompts)
+    print(f"{e.name}: {e.title}, {e.num_classes} classes, {len(e.templates)} templates ({prompts} prompts)")
+    print(f"  metric: {e.metric}")
+    print(f"  split: {e.split}" + (f" ({e.split_source})" if e.split_source else ""))
+    print(f"  layout: {e.layout}")
+    if e.notes:
+        print(f"  notes: {e.notes}")
+    if e.classnames is not None:
+        order = e.index_classes or range(e.num_classes)
+        print("  class indices: " + ", ".join(f"{k} {e.classnames[c]}" for k, c in enumerate(order)))
     return 0
 
 
@@ -239,7 +280,8 @@ def run_linear(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             batch_size=args.train_batch_size,
             base_lr=args.lr,
-            reference_lr_bug=args.reference_lr_bug,
+            reference_lr_bug=args.reference_lr_bug is not None,
+            reference_world_size=args.reference_lr_bug or None,
             seed=args.seed,
             eval_every=args.eval_every,
             report=args.report,
@@ -255,7 +297,10 @@ def run_linear(args: argparse.Namespace) -> int:
             device=device,
             num_workers=args.num_workers,
         )
-        title = f"linear probe (sgd, {cfg.epochs} epochs) {test.name}: {len(train)} train, {len(test)} test images"
+        title = (
+            f"linear probe (sgd, {cfg.epochs} epochs, lr {metrics['lr']:.4g}) {test.name}: {len(train)} train, "
+            f"{len(test)} test images"
+        )
         return finish(args, title, metrics)
     from openslip.eval.probes import linear_probe
 

@@ -7,6 +7,10 @@ file in ``openslip/assets/catalog/``; it also carries named alternatives: ``--pr
 clip-benchmark package's prompts (MIT; ``LICENSE-clip_benchmark.txt`` there), with class names from the folders
 where that package has none. A class of the reference may have several names (FER-2013: "happy", "smiling");
 its classifier averages the prompts of all of them (``zero_shot_classifier``).
+
+Class indices (``ROOT/<index>/`` folders, integer CSV labels) are the dataset's own where its entry states them
+(``index_order``: CLEVR-Counts, FER-2013 and Pets, whose native order is not the reference's), else the
+reference's class order; they name the same class whichever prompt set is chosen.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ class CatalogEntry:
     num_classes: int
     classnames: tuple[str, ...] | None  # None: take them from the folders or --classnames FILE
     templates: tuple[str, ...]  # format strings with one "{}"
-    split: str = "test"  # the split the paper reports
+    split: str = "test"  # the split the paper reports: the one the reference scored (its dataset_catalog.json)
+    split_source: str = ""  # where `split` comes from, where it is not the release's test split
     layout: str = ""  # the image folder / CSV layout expected
     notes: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
@@ -46,6 +51,9 @@ class CatalogEntry:
     synonyms: tuple[tuple[str, ...], ...] | None = None
     class_ids: tuple[str, ...] | None = None  # folder ids in class order (ImageNet's WordNet ids)
     prompts: str = DEFAULT_PROMPTS  # the prompt set of `classnames` and `templates`
+    # the class (an index into `classnames`) of each class index of the data (ROOT/<index>/ folders, integer CSV
+    # labels), where that order is not `classnames`' (the dataset's own order, or the reference's); None: the same
+    index_classes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in CLASSIFICATION_METRICS:
@@ -55,6 +63,10 @@ class CatalogEntry:
                 raise ConfigError(f"catalog entry {self.name}: {len(items)} {what}, not {self.num_classes}")
         if self.class_ids is not None and len(self.class_ids) != self.num_classes:
             raise ConfigError(f"catalog entry {self.name}: {len(self.class_ids)} class ids, not {self.num_classes}")
+        if self.index_classes is not None and sorted(self.index_classes) != list(range(self.num_classes)):
+            raise ConfigError(
+                f"catalog entry {self.name}: index_order is not an order of its {self.num_classes} classes"
+            )
 
     def prompt_names(self) -> list[list[str]] | None:
         """The names to prompt with, per class (several for a class with synonyms)."""
@@ -80,11 +92,14 @@ def _entry_from_json(path: Path, prompts: str) -> CatalogEntry:
         lists = [tuple(x) if isinstance(x, list) else (x,) for x in labels[key]]
         names, temps = [x[0] for x in lists], templates[key]
         synonyms = tuple(lists) if any(len(x) > 1 for x in lists) else None
+        order = doc.get("index_order")
     else:
         alt = doc.get("alternatives", {}).get(prompts)
         if alt is None:  # e.g. Birdsnap, VOC2007: only the reference has prompts for them
             raise ConfigError(f"catalog entry {doc['name']} has no {prompts!r} prompts; use --prompts reference")
-        names, temps = alt["classnames"], alt["templates"]
+        names, temps, order = alt["classnames"], alt["templates"], alt.get("index_order")
+        if names is not None and order is None and "index_order" in doc:  # indices would change with the prompts
+            raise ConfigError(f"catalog entry {doc['name']}: its {prompts!r} prompts state no index_order")
     ids_file = CATALOG_DIR / f"{doc['name']}_ids.txt"
     return CatalogEntry(
         name=doc["name"],
@@ -94,13 +109,25 @@ def _entry_from_json(path: Path, prompts: str) -> CatalogEntry:
         classnames=tuple(names) if names is not None else None,
         templates=tuple(temps),
         split=doc.get("split", "test"),
+        split_source=doc.get("split_source", ""),
         layout=doc.get("layout", ""),
         notes=doc.get("notes", ""),
         aliases=tuple(doc.get("aliases", ())),
         synonyms=synonyms,
         class_ids=tuple(ids_file.read_text(encoding="utf-8").split()) if ids_file.is_file() else None,
         prompts=prompts,
+        index_classes=_index_classes(doc["name"], order, names),
     )
+
+
+def _index_classes(name: str, order: list[str] | None, names: list[str] | None) -> tuple[int, ...] | None:
+    """``index_order`` (the class names of indices 0..N-1) as positions in ``names``."""
+    if order is None or names is None:
+        return None
+    unknown = [n for n in order if n not in names]
+    if unknown:
+        raise ConfigError(f"catalog entry {name}: index_order names {unknown[0]!r}, which is not a class name")
+    return tuple(names.index(n) for n in order)
 
 
 @lru_cache(maxsize=1)

@@ -271,11 +271,15 @@ def _labelled_source(
     ``names_file``: where ``names`` came from, named by the errors about them."""
     wanted = list(names) if names is not None else (list(entry.classnames) if entry and entry.classnames else None)
     names_from = f" (class names from {Path(names_file).expanduser()})" if names_file is not None else ""
+    # class indices in the data are the dataset's own (or the reference's) order, whatever the prompt set's order
+    index_classes = entry.index_classes if entry is not None and names is None and wanted is not None else None
     if path.is_file() or is_shard_set(path):
-        try:
-            return open_labelled(path, classes=wanted)
+        in_index_order = [wanted[c] for c in index_classes] if index_classes else wanted
+        try:  # integer labels index `in_index_order`; names are found in it all the same
+            source = open_labelled(path, classes=in_index_order)
         except DataError as err:
             raise DataError(f"{err}{names_from}") from None
+        return _relabel(source, list(index_classes), wanted) if index_classes else source
     source = open_labelled(path)
     folders = list(source.classes)
     if wanted is None:
@@ -287,7 +291,7 @@ def _labelled_source(
     if names is not None and len(names) == len(folders) and not numbered:  # --classnames FILE: sorted folders' names
         source.classes = list(names)
         return source
-    mapping = _folder_classes(folders, wanted, entry.class_ids if entry and names is None else None)
+    mapping = _folder_classes(folders, wanted, entry.class_ids if entry and names is None else None, index_classes)
     if mapping is None:
         unmatched = [f for f in folders if _folder_classes([f], wanted, None) is None][:3] or folders[:3]
         if names_file is not None:  # the user's list: counts differ and the names do not match either
@@ -295,7 +299,8 @@ def _labelled_source(
                 f"{Path(names_file).expanduser()}: {len(wanted)} class names, but {path} has {len(folders)} class "
                 f"folders, and folder(s) {', '.join(unmatched)} match none of the names or indices"
             )
-        ids = ", WordNet id" if entry and entry.class_ids and names is None else ""
+        folder_ids = "WordNet id" if entry and entry.name == "imagenet" else "release folder name"
+        ids = f", {folder_ids}" if entry and entry.class_ids and names is None else ""
         hint = f"; expected layout: {entry.layout}" if entry else ""
         raise DataError(
             f"{path}: class folder(s) {', '.join(unmatched)} match no class name{ids} or class index "
@@ -310,11 +315,17 @@ def _labelled_source(
     return _relabel(source, mapping, wanted)
 
 
-def _folder_classes(folders: list[str], wanted: list[str], class_ids: Sequence[str] | None) -> list[int] | None:
+def _folder_classes(
+    folders: list[str],
+    wanted: list[str],
+    class_ids: Sequence[str] | None,
+    index_classes: Sequence[int] | None = None,
+) -> list[int] | None:
     """The class index of each folder, trying in turn the class names (any order of folders, underscores and
     case ignored: 'apple_pie' is 'apple pie'), the dataset's folder ids (ImageNet's 'n01440764'), and class
-    indices ('0', '17', '007'); None when no rule places every folder. Names come first because some names are
-    numbers (CLEVR counts '3' … '10')."""
+    indices ('0', '17', '007'; index k is class ``index_classes[k]`` when the dataset's own order is not
+    ``wanted``'s); None when no rule places every folder. Names come first because some names are numbers
+    (CLEVR counts '3' … '10')."""
     by_name: dict[str, int | None] = {}
     for i, c in enumerate(wanted):
         by_name[_norm(c)] = None if _norm(c) in by_name else i  # a name given twice (ImageNet) places no folder
@@ -326,7 +337,7 @@ def _folder_classes(folders: list[str], wanted: list[str], class_ids: Sequence[s
         if all(f in by_id for f in folders):
             return [by_id[f] for f in folders]
     if all(re.fullmatch(r"\d+", f) and int(f) < len(wanted) for f in folders):
-        return [int(f) for f in folders]
+        return [index_classes[int(f)] if index_classes else int(f) for f in folders]
     return None
 
 

@@ -1,4 +1,4 @@
-"""Linear classification on a frozen image tower (DESIGN §6), two protocols.
+"""Linear classification on a frozen image tower, two protocols.
 
 ``logistic`` (CLIP paper, App. A.3): L2-regularised multinomial logistic regression (scikit-learn's
 objective, solved with torch's L-BFGS on the features' device) on frozen features, standardised with the
@@ -14,8 +14,10 @@ GPU x 8), learning rate ``base_lr x global_batch / 256``. The test set (``Resize
 ``openslip.eval.preprocess``) is scored every ``eval_every`` epochs (the reference's ``--eval-freq`` 10) and
 after the last; the best score is reported, as the reference's ``best_acc1`` (``report="final"``: the last).
 The reference computed ``base_lr x int(per_device_batch / world_size) /
-256``, i.e. divided by the world size twice (DESIGN §1 defect 3), so its rate fell with the square of the
-GPU count; ``reference_lr_bug=True`` reproduces that for comparisons.
+256``, i.e. divided by the world size twice, so its rate fell with the square of the GPU count: on the paper's
+8 GPUs (128 images each) 0.1 x int(128 / 8) / 256 = 0.00625, not 0.4. ``reference_lr_bug=True`` reproduces
+that rate, for the world size ``reference_world_size`` (the paper's: 8) on any number of processes, or for this
+run's when it is None.
 """
 
 from __future__ import annotations
@@ -54,7 +56,10 @@ class SGDProbeConfig:
     weight_decay: float = 0.0
     """Weight decay (none in the reference)."""
     reference_lr_bug: bool = False
-    """Reproduce the reference's rate, divided by the world size once more (DESIGN §1 defect 3)."""
+    """Reproduce the reference's rate, divided by the world size once more."""
+    reference_world_size: int | None = None
+    """With ``reference_lr_bug``: the process count of the reference run whose rate is reproduced (the paper's
+    runs: 8), whatever this run's; None: this run's."""
     crop_scale: tuple[float, float] = (0.08, 1.0)
     """RandomResizedCrop area range of the training augmentation."""
     seed: int = 0
@@ -68,13 +73,22 @@ class SGDProbeConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.base_lr <= 0 or self.eval_every < 1:
             raise ConfigError("sgd probe: epochs, batch_size, base_lr and eval_every must be positive")
         check_report(self.report)
+        if self.reference_world_size is not None and self.reference_world_size < 1:
+            raise ConfigError(f"sgd probe: reference world size {self.reference_world_size} must be positive")
 
 
 def sgd_learning_rate(cfg: SGDProbeConfig, world_size: int) -> float:
     """The peak learning rate: base_lr x global_batch / 256 (or the reference's, with the bug)."""
     if cfg.reference_lr_bug:
-        # main_linear.py: init_lr = lr * int(per_device_batch / world_size) / 256, per_device = global / W.
-        return cfg.base_lr * int(cfg.batch_size // world_size / world_size) / 256
+        # main_linear.py: init_lr = lr * int(per_device_batch / world_size) / 256, per_device = global / W; W is the
+        # reference run's process count, which need not be this run's (the paper's rate on one process).
+        w = cfg.reference_world_size or world_size
+        if cfg.batch_size // w < w:  # int(per_device / w) = 0: the reference would have trained at lr 0
+            raise ConfigError(
+                f"sgd probe: the reference's lr formula gives 0 for a global batch of {cfg.batch_size} on {w} "
+                f"processes (int({cfg.batch_size // w} / {w}) = 0); use a global batch of at least {w * w}"
+            )
+        return cfg.base_lr * int(cfg.batch_size // w / w) / 256
     return cfg.base_lr * cfg.batch_size / 256
 
 
