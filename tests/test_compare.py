@@ -333,3 +333,48 @@ def test_sets_of_one_file_name_get_distinct_columns(tmp_path):
     assert [c["key"] for c in zeroshot] == ["zeroshot/pets_test.csv", "zeroshot/flowers_test.csv"]
     md = (out / "results.md").read_text()
     assert "zero-shot pets/test.csv (top1)" in md and "zero-shot flowers/test.csv (top1)" in md
+
+
+def test_a_catalog_set_takes_the_catalogs_prompts_and_metric(tmp_path):
+    test = _folders(tmp_path / "memes" / "test", ["0", "1"], per_class=6)  # index folders, in the catalog's order
+    train = _folders(tmp_path / "memes" / "train", ["0", "1"], per_class=8, seed=1)
+    out = tmp_path / "exp"
+    assert _compare(out, "--methods", "clip", "--eval-sets", f"hateful_memes:{test}@{train}") == 0
+    r = json.loads((out / "results.json").read_text())
+    col = r["columns"][0]
+    assert col["metric"] == "roc_auc" and col["prompts_from"] == "catalog hateful_memes"
+    assert col["classnames"] == ["meme", "hatespeech meme"] and len(col["templates"]) >= 1
+
+
+def test_the_default_settings_are_the_papers_only_for_a_paper_recipe():
+    from openslip.compare import CompareConfig
+    from openslip.compare.methods import METHODS
+
+    paper = CompareConfig(overrides=("recipe=slip_vit_b16_yfcc15m",))
+    assert paper.mode() == "paper"
+    assert paper.run_config(METHODS.get("clip"), 0).optim.lr == 5e-4
+    assert CompareConfig(overrides=("recipe=slip_vit_b16_yfcc15m", "optim.lr=1e-3")).mode() == "shared"
+    assert CompareConfig().mode() == "shared"
+    assert CompareConfig(overrides=("data.train=/data/train.csv",)).mode() == "shared"  # the custom recipe
+
+
+def test_one_colour_per_method_in_both_panels(default_run, monkeypatch):
+    import matplotlib.axes
+
+    colours: dict[str, set] = {}
+    bar, plot = matplotlib.axes.Axes.bar, matplotlib.axes.Axes.plot
+
+    def spy_bar(self, *args, **kwargs):
+        colours.setdefault(kwargs.get("label"), set()).add(kwargs.get("color"))
+        return bar(self, *args, **kwargs)
+
+    def spy_plot(self, *args, **kwargs):
+        colours.setdefault(kwargs.get("label"), set()).add(kwargs.get("color"))
+        return plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy_bar)
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy_plot)
+    assert _compare(default_run) == 0  # nothing to run: the reports are rebuilt
+    methods = ["CLIP", "CLIP + SimCLR aug.", "SimCLR", "SLIP"]
+    assert all(len(colours[m]) == 1 for m in methods), colours
+    assert len({next(iter(colours[m])) for m in [*methods, "random init"]}) == 5
