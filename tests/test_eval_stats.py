@@ -66,3 +66,59 @@ def test_paired_difference_detects_a_consistent_gain_and_not_noise():
     assert same["value"] == 0 and same["p"] == 1.0
     with pytest.raises(ValueError, match="different test sets"):
         paired_difference([_outcomes(base)], [_outcomes(base[:10])], "top1")
+
+
+def _seeded_runs(rng: np.random.Generator, n: int, accuracies: list[float]) -> list[dict]:
+    """One run per seed: each image is right with that run's accuracy."""
+    return [_outcomes(rng.random(n) < acc) for acc in accuracies]
+
+
+def _synthetic_p(rng: np.random.Generator, effect: float, seed_sd: float, seeds: int = 3) -> dict:
+    """Two methods whose every pre-training run draws its own accuracy (a seed effect of `seed_sd`), the first
+    `effect` above the second in expectation, scored on one shared test set of 400 images."""
+    acc_a = list(np.clip(0.5 + effect + seed_sd * rng.standard_normal(seeds), 0.02, 0.98))
+    acc_b = list(np.clip(0.5 + seed_sd * rng.standard_normal(seeds), 0.02, 0.98))
+    return paired_difference(_seeded_runs(rng, 400, acc_a), _seeded_runs(rng, 400, acc_b), "top1", reps=100)
+
+
+def test_a_pure_seed_effect_is_not_called_significant():
+    """Identical methods in expectation, large per-seed offsets (10 points), 3 seeds: p < 0.05 in about 5% of
+    the draws, as a test at that level must (a test over images alone calls most of them significant)."""
+    rng = np.random.default_rng(0)
+    results = [_synthetic_p(rng, effect=0.0, seed_sd=0.10) for _ in range(300)]
+    false_positives = np.mean([d["p"] < 0.05 for d in results])
+    assert false_positives <= 0.09, false_positives
+    assert all(d["over"] == "images+seeds" for d in results)
+    # the intervals cover the true difference (0) as often as they claim
+    coverage = np.mean([d["lo"] <= 0 <= d["hi"] for d in results])
+    assert coverage >= 0.91, coverage
+
+
+def test_a_consistent_effect_across_seeds_is_detected():
+    rng = np.random.default_rng(1)
+    results = [_synthetic_p(rng, effect=0.15, seed_sd=0.01) for _ in range(50)]
+    assert np.mean([d["p"] < 0.05 for d in results]) >= 0.9
+    assert all(d["value"] > 0 for d in results) and np.mean([d["lo"] > 0 for d in results]) >= 0.9
+
+
+def test_several_seeds_widen_a_cell_by_their_spread():
+    rng = np.random.default_rng(2)
+    runs = _seeded_runs(rng, 400, [0.4, 0.6, 0.8])
+    cell = bootstrap_interval(runs, "top1", reps=200)
+    images_only = bootstrap_interval(runs[:1], "top1", reps=200)
+    assert cell["over"] == "images+seeds" and images_only["over"] == "images"
+    assert cell["lo"] < cell["value"] < cell["hi"]
+    # the seeds' spread (about 20 points) dominates: the interval is many times the images-only one
+    assert (cell["hi"] - cell["lo"]) > 5 * (images_only["hi"] - images_only["lo"])
+    with pytest.raises(ValueError, match="one run per seed"):
+        paired_difference(runs, runs[:2], "top1")
+
+
+def test_t_distribution_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    from openslip.eval.stats import t_quantile, t_two_sided_p
+
+    for df in (1, 2, 3.5, 30):
+        assert t_quantile(0.95, df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-9)
+        for t in (0.3, 2.0, 9.0):
+            assert t_two_sided_p(t, df) == pytest.approx(2 * stats.t.sf(t, df), rel=1e-9)

@@ -18,6 +18,13 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare",
@@ -33,13 +40,39 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--eval-sets",
         type=_csv,
         default=None,
-        help="comma-separated: demo task names, TEST or TEST@TRAIN labelled sets (folder, CSV, shards), "
-        "retrieval:SPEC (default: demo_shapes,demo_colours,demo)",
+        help="comma-separated: demo task names, [CATALOG:]TEST[@TRAIN][#PROMPTS.json] labelled sets (folder, CSV, "
+        "shards; PROMPTS: the set's classnames / templates / metric), retrieval:SPEC "
+        "(default: demo_shapes,demo_colours,demo)",
+    )
+    p.add_argument(
+        "--hparams",
+        choices=("paper", "shared", "sweep"),
+        help="optimiser settings: paper (each objective's published lr / wd), shared (one lr / wd for all: the "
+        "recipe's, or optim.lr= optim.wd=), sweep (each method's best of a grid, chosen on a validation split of "
+        "the first probe set's train side); default: paper for a paper recipe, else shared",
+    )
+    p.add_argument(
+        "--sweep-lr",
+        type=_floats,
+        help="--hparams sweep: factors of the shared lr to train at (default 0.3,1,3)",
+    )
+    p.add_argument(
+        "--sweep-wd",
+        type=_floats,
+        help="--hparams sweep: factors of the shared wd to train at (default 1: the wd is not swept)",
     )
     p.add_argument("--finetune", action="store_true", help="also finetune every model end to end (slow)")
     p.add_argument("--finetune-epochs", type=int, help="override the finetuning preset's epochs")
-    p.add_argument("--num-test", type=int, help="images per demo test set (default: the set's)")
-    p.add_argument("--num-train", type=int, help="images per demo probe train split (default: the set's)")
+    p.add_argument(
+        "--num-test",
+        type=int,
+        help="images per test set: a demo task's count; at most N of a file set, a seeded subsample (all)",
+    )
+    p.add_argument(
+        "--num-train",
+        type=int,
+        help="images per probe train split: a demo task's count; at most N of a file set, seeded (all)",
+    )
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--device", help="evaluation device (default: cuda if available, else cpu)")
     p.add_argument(
@@ -61,6 +94,11 @@ def run(args: argparse.Namespace) -> int:
     # holds files but no experiment.json, when it reads the folder).
     check_output_dir(args.out_dir, option="--out-dir", own=None)
 
+    from openslip.compare.experiment import SWEEP_LR, SWEEP_WD
+    from openslip.errors import ConfigError
+
+    if (args.sweep_lr or args.sweep_wd) and args.hparams != "sweep":
+        raise ConfigError("--sweep-lr / --sweep-wd set the grid of --hparams sweep; add --hparams sweep")
     cc = CompareConfig(
         out_dir=args.out_dir,
         methods=args.methods if args.methods is not None else DEFAULT_METHODS,
@@ -73,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
         num_train=args.num_train,
         bootstrap=args.bootstrap,
         device=args.device,
+        hparams=args.hparams,
+        sweep_lr=args.sweep_lr or SWEEP_LR,
+        sweep_wd=args.sweep_wd or SWEEP_WD,
     )
     run_compare(cc, log=lambda msg: print(msg, flush=True))
     from openslip import distributed

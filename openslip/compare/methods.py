@@ -1,8 +1,8 @@
 """The pre-training methods `openslip compare` sets side by side (SLIP §4): SLIP, its two baselines, and CLIP
 trained on SimCLR-augmented views.
 
-A method is the SLIP model of the experiment less a part, its loss weights, and the paper's learning rate
-and weight decay for its objective (the values the recipes use, `openslip.recipes.OBJECTIVES`).
+A method is the SLIP model of the experiment less a part, its loss weights, and (with `--hparams paper`) the
+paper's learning rate and weight decay for its objective (the values the recipes use, `openslip.recipes.OBJECTIVES`).
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ class Method:
     drop: str | None  # the model part it trains without: "ssl_head" (CLIP), "text" (SimCLR), None (SLIP)
     overrides: dict[str, Any] = field(default_factory=dict)  # further config values, nested like the config
 
-    def config_values(self) -> dict[str, Any]:
-        """The config values this method sets (model aside): loss weights, lr, wd and its own overrides."""
+    def config_values(self, *, paper_optim: bool = True) -> dict[str, Any]:
+        """The config values this method sets (model aside): loss weights, its own overrides, and the paper's lr and
+        wd for its objective when `paper_optim` (`openslip compare --hparams paper`)."""
         _, lr, wd, ssl_scale, clip_scale = OBJECTIVES[self.objective]
-        values: dict[str, Any] = {
-            "loss": {"ssl_scale": ssl_scale, "clip_scale": clip_scale},
-            "optim": {"lr": lr, "wd": wd},
-        }
+        values: dict[str, Any] = {"loss": {"ssl_scale": ssl_scale, "clip_scale": clip_scale}}
+        if paper_optim:
+            values["optim"] = {"lr": lr, "wd": wd}
         for section, items in self.overrides.items():
             values.setdefault(section, {}).update(items)
         return values

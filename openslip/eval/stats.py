@@ -11,10 +11,21 @@ Per-sample outcomes (``Outcomes``) are what an evaluation saves next to its metr
 - retrieval: ``i2t_rank`` [N_images], ``t2i_rank`` [N_captions] and ``owner`` [N_captions] (a caption's
   image); images are the resampled unit, each taking its captions along.
 Scores recomputed from outcomes equal the evaluation's own metrics (tested).
+
+With several pre-training seeds, a score varies with the seed as well as with the images, and often more
+(on small runs the seed moved one zero-shot cell by ±19 points). The intervals and p-values then add the
+seed-to-seed variance to the images' (``seed_aware``): with S seeds, the standard error of the seed-mean is
+``sqrt(s² / S + se_images²)`` (s: the standard deviation of the per-seed scores or differences; se_images: the
+paired bootstrap over images of the seed-mean), and the interval and p-value use Student's t with the
+Welch–Satterthwaite degrees of freedom (S − 1 for the seed part, the image part taken as exact). A bootstrap
+over 2 or 3 seeds cannot stand in for it: it treats the seeds drawn as the whole population, so whenever
+every seed's difference has the same sign (a chance of 1 in 4 with 3 seeds and no effect at all), every
+resample has it too and p is at its floor (docs/COMPARE.md gives the measured rates).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -110,25 +121,107 @@ def _mean_score(runs: Sequence[Outcomes], metric: str, idx: np.ndarray | None) -
 def bootstrap_interval(
     runs: Sequence[Outcomes], metric: str, *, reps: int = 1000, seed: int = 0, level: float = 0.95
 ) -> dict[str, float]:
-    """Score (mean over `runs`), its bootstrap standard error and percentile interval over test samples."""
+    """Score (mean over `runs`, one per pre-training seed), its standard error and interval.
+
+    One run: the percentile interval of the bootstrap over test samples. Several: the seed-aware t interval
+    (module docstring), which adds the spread of the per-seed scores to the images' bootstrap variance."""
     n = _check_same_units(runs)
     stats = np.array([_mean_score(runs, metric, idx) for idx in _draws(n, reps, seed)])
-    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
-    return {"value": _mean_score(runs, metric, None), "se": float(stats.std(ddof=1)), "lo": float(lo), "hi": float(hi)}
+    value = _mean_score(runs, metric, None)
+    if len(runs) == 1:
+        lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+        return {"value": value, "se": float(stats.std(ddof=1)), "lo": float(lo), "hi": float(hi), "over": "images"}
+    per_seed = [score(o, metric) for o in runs]
+    return {"value": value, **seed_aware(value, per_seed, float(stats.std(ddof=1)), level)}
 
 
 def paired_difference(
     a: Sequence[Outcomes], b: Sequence[Outcomes], metric: str, *, reps: int = 1000, seed: int = 0, level: float = 0.95
 ) -> dict[str, float]:
-    """Score of `a` minus score of `b` on the same test samples: the difference, its paired-bootstrap interval
-    and a two-sided p-value (twice the smaller tail of the resampled differences around 0)."""
+    """Score of `a` minus score of `b` on the same test samples, ``a[k]`` and ``b[k]`` being the runs of seed k.
+
+    One seed: the difference, its paired-bootstrap percentile interval and a two-sided p-value (twice the smaller
+    tail of the resampled differences around 0). Several seeds: the seed-aware t interval and p-value of the
+    seed-mean difference (module docstring)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired runs need one run per seed on each side ({len(a)} vs {len(b)})")
     n = _check_same_units([*a, *b])
     diffs = np.array([_mean_score(a, metric, idx) - _mean_score(b, metric, idx) for idx in _draws(n, reps, seed)])
+    value = _mean_score(a, metric, None) - _mean_score(b, metric, None)
+    if len(a) > 1:
+        per_seed = [score(x, metric) - score(y, metric) for x, y in zip(a, b, strict=True)]
+        return {"value": value, **seed_aware(value, per_seed, float(diffs.std(ddof=1)), level)}
     lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     tail = min((diffs <= 0).mean(), (diffs >= 0).mean())
     p = min(1.0, 2.0 * max(float(tail), 1.0 / reps))  # a bootstrap cannot resolve p below 1 / reps
-    value = _mean_score(a, metric, None) - _mean_score(b, metric, None)
-    return {"value": value, "lo": float(lo), "hi": float(hi), "p": p}
+    return {"value": value, "lo": float(lo), "hi": float(hi), "p": p, "over": "images"}
+
+
+def seed_aware(value: float, per_seed: Sequence[float], se_images: float, level: float = 0.95) -> dict[str, float]:
+    """Standard error, t interval and two-sided p-value (of ``value`` against 0) of a mean over S >= 2 seeds:
+    ``se² = s² / S + se_images²`` with Welch–Satterthwaite degrees of freedom ``(S - 1) (se² / (s² / S))²``."""
+    s_count = len(per_seed)
+    seed_var = float(np.var(per_seed, ddof=1)) / s_count
+    se = math.sqrt(seed_var + se_images**2)
+    df = math.inf if seed_var == 0 else (s_count - 1) * (se**2 / seed_var) ** 2
+    half = t_quantile(level, df) * se
+    if se == 0:
+        p = 1.0 if value == 0 else 0.0
+    else:
+        p = t_two_sided_p(value / se, df)
+    return {"se": se, "lo": value - half, "hi": value + half, "p": p, "df": df, "over": "images+seeds"}
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with `df` degrees of freedom (the normal for df = inf)."""
+    if math.isinf(df):
+        return math.erfc(abs(t) / math.sqrt(2.0))
+    return _betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+def t_quantile(level: float, df: float) -> float:
+    """The t such that P(|T| <= t) = level (e.g. 12.71 for 0.95 at df = 1, 1.96 at df = inf)."""
+    lo, hi = 0.0, 1.0
+    while t_two_sided_p(hi, df) > 1 - level:
+        hi *= 2.0
+    for _ in range(100):  # bisection: the two-sided p falls as t grows
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_two_sided_p(mid, df) > 1 - level else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction (numpy has none, and scipy
+    is not a dependency)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = a * math.log(x) + b * math.log1p(-x) - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+    if x < (a + 1.0) / (a + b + 2.0):  # the fraction converges fast on this side; use the symmetry on the other
+        return math.exp(log_front) * _beta_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of I_x(a, b), evaluated by the modified Lentz method."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-14:
+            break
+    return h
 
 
 def _check_same_units(runs: Sequence[Outcomes]) -> int:

@@ -9,8 +9,10 @@ needs a text tower, a probe needs a train split); `openslip compare` shows those
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,12 +21,13 @@ import torch
 from openslip import distributed
 from openslip.data.augment.classify import FinetuneTransform
 from openslip.data.demo.tasks import demo_task_names
-from openslip.errors import ConfigError
+from openslip.data.formats.class_lists import check_templates
+from openslip.errors import ConfigError, DataError
 from openslip.eval.catalog import split_catalog_spec
 from openslip.eval.datasets import ImageSet, RetrievalSet, open_classification, open_retrieval
 from openslip.eval.features import extract_features
 from openslip.eval.finetune import config_from_preset, finetune
-from openslip.eval.metrics import recall_from_ranks
+from openslip.eval.metrics import CLASSIFICATION_METRICS, recall_from_ranks
 from openslip.eval.probes import FeatureOptions, knn, linear_probe
 from openslip.eval.retrieval import retrieval_ranks_of
 from openslip.eval.stats import Outcomes, classification_outcomes, retrieval_outcomes, score
@@ -33,6 +36,9 @@ from openslip.models.config import ModelConfig
 from openslip.registry import Registry
 
 RETRIEVAL_PREFIX = "retrieval:"
+# `TEST@TRAIN#PROMPTS.json`: the set's own class names, templates and metric.
+PROMPTS_MARK = "#"
+PROMPT_FILE_KEYS = ("classnames", "templates", "metric")
 
 
 @dataclass(kw_only=True)
@@ -59,6 +65,7 @@ class EvalSet:
     kind: str  # "classification" or "retrieval"
     test: ImageSet | RetrievalSet
     train: ImageSet | None = None
+    prompts_from: str = ""  # where its class names and templates come from (a file, a catalog entry, ...)
 
     @property
     def metric(self) -> str:
@@ -75,6 +82,112 @@ class EvalSet:
         constant = {"labels": labels, "top5": np.full((len(labels), 1), majority), "margin": np.zeros(len(labels))}
         majority_score = score(constant, self.metric)  # a constant margin: ROC-AUC 50
         return {"chance": 100.0 / self.test.num_classes, "majority": majority_score}
+
+    def prompts(self) -> dict[str, Any]:
+        """The zero-shot prompts and the metric of the set, as results record them."""
+        if not isinstance(self.test, ImageSet):
+            return {"metric": self.metric}
+        return {
+            "metric": self.metric,
+            "prompts_from": self.prompts_from,
+            "classnames": list(self.test.classnames),
+            "templates": list(self.test.templates),
+        }
+
+
+class SubsetImageSet(ImageSet):
+    """Some images of a set (a seeded subsample, a validation split), in the order of ``indices``; ``tag`` names
+    the choice in the set's identity, so cached features of the whole set are never taken for the part's."""
+
+    def __init__(self, base: ImageSet, indices: np.ndarray, tag: str) -> None:
+        super().__init__(
+            name=base.name,
+            labels=base.labels[indices],
+            classnames=base.classnames,
+            templates=base.templates,
+            metric=base.metric,
+            identity=f"{base._identity}:{tag}",
+            transform=base.transform,
+        )
+        self.prompt_names = base.prompt_names
+        self.base = base
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def load(self, i: int) -> Any:
+        return self.base.load(int(self.indices[i]))
+
+
+def subsample(ds: ImageSet, n: int | None, *, seed: int) -> ImageSet:
+    """At most `n` images of `ds`, drawn without replacement by `seed` and kept in the set's order; the whole set
+    when it holds no more than `n` (as a demo task's ``-n`` is the size asked for, a file set's is a cap)."""
+    if n is None or n >= len(ds):
+        return ds
+    indices = np.sort(np.random.default_rng(seed).choice(len(ds), size=n, replace=False))
+    return SubsetImageSet(ds, indices, f"subsample:{n}:{seed}")
+
+
+def validation_split(es: EvalSet, *, fraction: float = 0.2, seed: int = 0) -> EvalSet:
+    """A held-out part of `es`'s train split (`fraction` of it, drawn by `seed`) as the test side of a new set
+    whose train side is the rest: what a choice of settings may look at without seeing `es`'s test images."""
+    if es.train is None:
+        raise ConfigError(f"evaluation set {es.spec!r} has no train split to hold a validation part out of")
+    n = len(es.train)
+    n_val = max(1, round(fraction * n))
+    if n - n_val < 2:
+        raise ConfigError(f"evaluation set {es.spec!r}: its train split ({n} images) is too small to hold out a part")
+    order = np.random.default_rng(seed).permutation(n)
+    val, fit = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return EvalSet(
+        spec=f"{es.spec} (validation)",
+        name=f"{es.name} (validation)",
+        kind="classification",
+        test=SubsetImageSet(es.train, val, f"val:{fraction}:{seed}"),
+        train=SubsetImageSet(es.train, fit, f"fit:{fraction}:{seed}"),
+        prompts_from=es.prompts_from,
+    )
+
+
+def read_set_prompts(path: str) -> dict[str, Any]:
+    """A compare set's ``#PROMPTS.json``: a JSON object with any of ``classnames`` (a list), ``templates`` (a
+    list, one ``{}`` each) and ``metric`` (one of CLASSIFICATION_METRICS). The file of `openslip eval zeroshot
+    --classnames/--templates` (both lists) is one."""
+    p = Path(path).expanduser()
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except OSError:
+        raise DataError(f"no such prompts file: {p}") from None
+    except ValueError as err:
+        raise DataError(f"{p}: not valid JSON: {' '.join(str(err).split())}") from None
+    if not isinstance(doc, dict) or not any(k in doc for k in PROMPT_FILE_KEYS):
+        raise DataError(f'{p}: expected a JSON object with "classnames", "templates" and/or "metric"')
+    out: dict[str, Any] = {}
+    if "classnames" in doc:
+        names = doc["classnames"]
+        if not isinstance(names, list) or not names or not all(isinstance(x, str) and x.strip() for x in names):
+            raise DataError(f'{p}: "classnames" must be a non-empty list of non-empty strings')
+        out["classnames"] = [x.strip() for x in names]
+    if "templates" in doc:
+        temps = doc["templates"]
+        if not isinstance(temps, list) or not all(isinstance(x, str) for x in temps):
+            raise DataError(f'{p}: "templates" must be a list of strings with one {{}} each')
+        try:
+            out["templates"] = check_templates(temps)
+        except ConfigError as err:
+            raise DataError(f"{p}: {err}") from None
+    if "metric" in doc:
+        if doc["metric"] not in CLASSIFICATION_METRICS:
+            raise DataError(f'{p}: "metric" must be one of {", ".join(CLASSIFICATION_METRICS)}, not {doc["metric"]!r}')
+        out["metric"] = doc["metric"]
+    return out
+
+
+def split_prompts_spec(spec: str) -> tuple[str, str | None]:
+    """``TEST@TRAIN#PROMPTS.json`` -> (``TEST@TRAIN``, ``PROMPTS.json``); a spec without a ``#….json`` tail -> (spec,
+    None), so that a ``#`` elsewhere in a path stays part of it."""
+    body, sep, tail = spec.rpartition(PROMPTS_MARK)
+    if sep and body and tail.lower().endswith(".json"):
+        return body, tail
+    return spec, None
 
 
 class MemoizedLoad:
@@ -106,10 +219,13 @@ def open_eval_set(
     seed: int = 0,
     memory_bytes: int = 0,
 ) -> EvalSet:
-    """``demo_shapes`` (a demo task, with its train split), ``TEST[@TRAIN]`` (labelled folder / CSV / shards;
-    without TRAIN the probes do not apply), ``retrieval:SPEC`` or ``demo`` (a retrieval set, as
-    `openslip eval retrieval --dataset SPEC`). ``memory_bytes``: keep up to that many bytes of loaded images
-    in memory (for evaluating several models on the set)."""
+    """``demo_shapes`` (a demo task, with its train split), ``[CATALOG:]TEST[@TRAIN][#PROMPTS.json]`` (labelled
+    folder / CSV / shards; without TRAIN the probes do not apply; CATALOG, a catalog entry, and PROMPTS, a file
+    read by `read_set_prompts`, give the class names, templates and metric), ``retrieval:SPEC`` or ``demo`` (a
+    retrieval set, as `openslip eval retrieval --dataset SPEC`). ``num_test`` / ``num_train``: images of the test
+    / train split (a demo task renders that many; a larger file set is subsampled by `seed`, the same for every
+    model).
+    ``memory_bytes``: keep up to that many bytes of loaded images in memory (for evaluating several models)."""
     es = _open_eval_set(spec, image_size=image_size, num_test=num_test, num_train=num_train, seed=seed)
     if memory_bytes > 0:
         test = es.test.images if isinstance(es.test, RetrievalSet) else es.test
@@ -123,24 +239,37 @@ def _open_eval_set(spec: str, *, image_size: int, num_test: int | None, num_trai
     if spec.startswith(RETRIEVAL_PREFIX) or spec == "demo":
         data = open_retrieval(spec.removeprefix(RETRIEVAL_PREFIX), image_size=image_size, n=num_test, seed=seed)
         return EvalSet(spec=spec, name=data.name, kind="retrieval", test=data)
-    test_spec, _, train_spec = spec.partition("@")
+    body, prompts_file = split_prompts_spec(spec)
+    test_spec, _, train_spec = body.partition("@")
     if not test_spec:
         raise ConfigError(f"evaluation set {spec!r}: give TEST or TEST@TRAIN")
     if test_spec in demo_task_names() and not train_spec:
         train_spec = test_spec
     catalog, test_spec = split_catalog_spec(test_spec)  # `imagenet:/data/val@/data/train`: the catalog's prompts
-    test = open_classification(test_spec, split="test", image_size=image_size, n=num_test, seed=seed, catalog=catalog)
+    own = read_set_prompts(prompts_file) if prompts_file else {}
+    options: dict[str, Any] = {"image_size": image_size, "seed": seed, "catalog": catalog, **own}
+    test = open_classification(test_spec, split="test", n=num_test, **options)
+    if test_spec not in demo_task_names():  # a demo task renders `n` images; files are subsampled
+        test = subsample(test, num_test, seed=seed)
     train = None
     if train_spec:
-        train = open_classification(
-            train_spec, split="train", image_size=image_size, n=num_train, seed=seed, catalog=catalog
-        )
+        train = open_classification(train_spec, split="train", n=num_train, **options)
+        if train_spec not in demo_task_names():
+            train = subsample(train, num_train, seed=seed)
         if train.classnames != test.classnames:
             raise ConfigError(
                 f"evaluation set {spec!r}: train and test have different classes "
                 f"({train.num_classes} vs {test.num_classes})"
             )
-    return EvalSet(spec=spec, name=test.name, kind="classification", test=test, train=train)
+    if prompts_file:
+        prompts_from = f"file {prompts_file}"
+    elif catalog:
+        prompts_from = f"catalog {catalog}"
+    elif test_spec in demo_task_names():
+        prompts_from = f"demo task {test_spec}"
+    else:
+        prompts_from = "class folder / label names, the default templates"
+    return EvalSet(spec=spec, name=test.name, kind="classification", test=test, train=train, prompts_from=prompts_from)
 
 
 @dataclass
