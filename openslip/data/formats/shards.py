@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from openslip import files
 from openslip.data.formats.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, clean_captions, decode_image, read_bytes
 from openslip.data.skips import BadSample, SkipCounter
 from openslip.errors import DataError
+from openslip.files import DOCUMENT_BYTES, FileError, check_regular, is_regular, open_regular, read_text
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "openslip-shards/1"
@@ -138,14 +138,14 @@ def expand_shard_spec(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> 
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DataError(f"no such shard: {missing[0]}{more}")
     for url in urls:  # a shard named one by one must be a regular file: a FIFO would block its reader
-        files.check_regular(url, error=DataError)
+        check_regular(url, error=DataError)
     return urls
 
 
 def _regular_files(paths: list[str], pattern: str) -> list[str]:
     """The regular files among a pattern's matches; the others (a FIFO or a folder named *.tar) are left out
     with one warning that counts them, never opened."""
-    kept = [u for u in paths if files.is_regular(u)]
+    kept = [u for u in paths if is_regular(u)]
     left = [u for u in paths if u not in set(kept)]
     if left:
         warnings.warn(
@@ -162,7 +162,7 @@ def read_index(folder: str | os.PathLike) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        index = json.loads(files.read_text(path, limit=files.DOCUMENT_BYTES, error=DataError))
+        index = json.loads(read_text(path, limit=DOCUMENT_BYTES, error=DataError))
         shards = index["shards"]
         if not all(isinstance(s["name"], str) and int(s["samples"]) >= 0 for s in shards):
             raise ValueError("bad shard entry")
@@ -285,7 +285,7 @@ class ShardSource:
             for key, files, too_large in _iter_tar_groups(url, skip=skip, max_bytes=max_bytes):
                 yield ShardSample(key=key, shard=shard, position=position, files=files, too_large=too_large)
                 position += 1
-        except files.FileError as err:  # not a regular file (a FIFO, a folder), or missing: never opened
+        except FileError as err:  # not a regular file (a FIFO, a folder), or missing: never opened
             detail = str(err)
         except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
             detail = f"{url}: {type(err).__name__}: {err}"
@@ -320,7 +320,7 @@ def _open_stream(url: str) -> Iterator[tarfile.TarFile]:
         finally:
             stream.close()
     else:
-        with files.open_regular(url, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
+        with open_regular(url, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
             yield tar  # seekable: skipping a member seeks over its data
 
 
@@ -366,7 +366,7 @@ def count_samples(url: str) -> int:
                 if parts is not None and parts[0] != current:
                     current = parts[0]
                     n += 1
-    except (tarfile.TarError, OSError, EOFError, files.FileError) as err:
+    except (tarfile.TarError, OSError, EOFError, FileError) as err:
         warnings.warn(f"cannot count the samples of {url}: {' '.join(str(err).split())}", stacklevel=2)
     return n
 
