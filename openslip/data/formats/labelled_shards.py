@@ -20,7 +20,6 @@ import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from openslip import files
 from openslip.data.formats.class_lists import read_classnames
 from openslip.data.formats.labelled import LabelledSource, index_labels
 from openslip.data.formats.records import Record
@@ -32,6 +31,7 @@ from openslip.data.formats.shards import (
     split_member_name,
 )
 from openslip.errors import DataError
+from openslip.files import open_regular
 
 CLASSNAMES_FILE = "classnames.txt"
 
@@ -46,7 +46,7 @@ def is_shard_set(spec: str | os.PathLike) -> bool:
 
 
 def _read_member(url: str, offset: int, size: int) -> bytes:
-    with files.open_regular(url, "rb") as f:  # refused (a counted skip) if the shard was swapped for a FIFO
+    with open_regular(url, "rb") as f:  # refused (a counted skip) if the shard was swapped for a FIFO
         f.seek(offset)
         return f.read(size)
 
@@ -93,7 +93,7 @@ def _index_shard(url: str, shard: int) -> list[tuple[str, tuple[int, int, int], 
         raise DataError(f"{url}: evaluation shards must be local uncompressed .tar files (they are read by offset)")
     out: list[tuple[str, tuple[int, int, int], str]] = []
     try:
-        with files.open_regular(url, "rb", error=DataError) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        with open_regular(url, "rb", error=DataError) as f, tarfile.open(fileobj=f, mode="r:") as tar:
             groups: dict[str, dict] = {}  # insertion-ordered: the shard's sample order
             for member in tar:
                 parts = split_member_name(member.name) if member.isfile() else None

@@ -39,11 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from openslip import files
 from openslip.data.formats.decode import DEFAULT_MAX_BYTES, bad_sample
 from openslip.data.formats.records import IMAGE_EXTENSIONS, PackedSource, StringTable, join_captions
 from openslip.data.skips import BadSample
 from openslip.errors import DataError
+from openslip.files import METADATA_BYTES, FileError, check_regular, iter_lines, open_regular, read_json
 
 # (module, name) pairs a reference pickle may name: numpy's array/scalar reconstruction and harmless builtins.
 _SAFE_GLOBALS = {
@@ -82,7 +82,7 @@ def safe_pickle_load(path: str | os.PathLike) -> Any:
     """Load a reference ``.pkl`` or ``.npy`` (object arrays included) without executing code."""
     path = Path(path)
     try:
-        with files.open_regular(path, "rb", error=DataError) as f:  # read as a stream: the file is the index
+        with open_regular(path, "rb", error=DataError) as f:  # read as a stream: the file is the index
             if path.suffix.lower() == ".npy":
                 return _safe_npy_load(f, str(path))
             return _RestrictedUnpickler(f, str(path)).load()
@@ -208,14 +208,15 @@ def _yfcc_zip_image(root: Path, image_id: str) -> Callable[[], bytes]:
 @functools.lru_cache(maxsize=16)
 def _open_zip(path: str, pid: int) -> zipfile.ZipFile:
     # Keyed by process id: a handle opened before a loader worker forked must not be shared with it.
-    return zipfile.ZipFile(files.open_regular(path, "rb"))  # refuses a FIFO or a folder named *.zip unopened
+    check_regular(path)  # a FIFO or a folder named *.zip is refused unopened (a ZipFile given a path owns its file)
+    return zipfile.ZipFile(path)
 
 
 def read_zip_member(zip_path: str, member: str) -> bytes:
     """The bytes of one member of a zip archive, or ``BadSample``."""
     try:
         archive = _open_zip(zip_path, os.getpid())
-    except files.FileError as err:
+    except FileError as err:
         raise bad_sample(err) from None
     except (OSError, zipfile.BadZipFile) as err:
         raise BadSample("unreadable_file", f"{zip_path}: {err}") from None
@@ -267,8 +268,8 @@ def _read_two_column_tsv(path: Path) -> tuple[list[str], list[str]]:
     files: list[str] = []
     captions: list[str] = []
     file_col: int | None = None
-    with files.open_regular(path, "r", error=DataError, encoding="utf-8", errors="surrogateescape") as f:
-        for line_no, line in enumerate(files.iter_lines(f, where=str(path), error=DataError), start=1):
+    with open_regular(path, "r", error=DataError, encoding="utf-8", errors="surrogateescape") as f:
+        for line_no, line in enumerate(iter_lines(f, where=str(path), error=DataError), start=1):
             line = line.rstrip("\r\n")
             if not line:
                 continue
@@ -297,7 +298,7 @@ def _iter_items(data: Any, path: Path) -> Iterable[Any]:
 
 
 def _load_json(path: Path) -> Any:
-    return files.read_json(path, limit=files.METADATA_BYTES, error=DataError)
+    return read_json(path, limit=METADATA_BYTES, error=DataError)
 
 
 def open_coco(path: Path, *, root: str | os.PathLike | None = None, split: str | None = None) -> PackedSource:
