@@ -33,6 +33,7 @@ from torch import nn
 from openslip import __version__
 from openslip.atomic import move_files_into, staging_dir
 from openslip.errors import CheckpointError
+from openslip.files import DOCUMENT_BYTES, POINTER_BYTES, FileError, open_regular, read_text
 from openslip.interop.clip_layout import CLIP_PREPROCESS, clip_to_openslip, is_clip_layout
 from openslip.models import SLIP, ModelConfig, model_config
 from openslip.models.variants import MODELS
@@ -206,7 +207,7 @@ def _write_train_state(path: Path, train_state: dict[str, Any]) -> None:
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, "rb", error=CheckpointError) as f:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
@@ -228,8 +229,8 @@ def checksum_problem(ckpt: Path, names: tuple[str, ...] | None = None) -> str | 
     if not path.is_file():
         return None
     try:
-        sums = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        sums = json.loads(read_text(path, limit=DOCUMENT_BYTES))
+    except (OSError, FileError, json.JSONDecodeError, RecursionError) as err:
         return f"{path}: unreadable ({err})"
     if not isinstance(sums, dict):
         return f"{path}: not a mapping of file names to checksums"
@@ -377,8 +378,8 @@ def _latest_pointer(root: Path, verify: bool = False) -> tuple[Path | None, str 
     if not pointer.is_file():
         return None, f"{root} has no '{LATEST_FILE}' file"
     try:
-        name = pointer.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as err:
+        name = read_text(pointer, limit=POINTER_BYTES).strip()
+    except (OSError, FileError) as err:
         return None, f"cannot read {pointer} ({err})"
     if not _STEP_RE.fullmatch(name):
         return None, f"{pointer} holds {name[:80]!r}, not a checkpoint name"

@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from openslip import files
 from openslip.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
@@ -388,10 +389,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"config file {str(p)!r} does not exist")
+    text = files.read_text(p, limit=files.CONFIG_BYTES, error=ConfigError)  # a FIFO or a huge file: one line
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

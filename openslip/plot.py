@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openslip import files
 from openslip.errors import UserError
 from openslip.outputs import check_output_dir
 
@@ -67,7 +68,7 @@ def read_series(metrics_file: Path) -> dict[str, tuple[list[int], list[float]]]:
     record of a step wins: a resumed run trains the steps after its checkpoint again); non-numeric values are
     left out."""
     by_step: dict[str, dict[int, float]] = {}
-    for n, line in enumerate(metrics_file.read_text().splitlines(), 1):
+    for n, line in enumerate(files.read_lines(metrics_file, error=UserError, errors="replace"), 1):
         if not line.strip():
             continue
         try:
@@ -84,7 +85,7 @@ def read_series(metrics_file: Path) -> dict[str, tuple[list[int], list[float]]]:
 
 def _read_chance(metrics_file: Path, run: Path) -> dict[str, float]:
     chance: dict[str, float] = {}
-    for line in metrics_file.read_text().splitlines():
+    for line in files.read_lines(metrics_file, error=UserError, errors="replace"):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -101,12 +102,12 @@ def _read_chance(metrics_file: Path, run: Path) -> dict[str, float]:
 def _batch_size(run: Path) -> int | None:
     """The global batch recorded in the run's config.yaml (sets the in-batch accuracies' chance)."""
     path = run / "config.yaml"
-    if not path.is_file():
+    if not files.is_regular(path):
         return None
     try:
         import yaml
 
-        cfg = yaml.safe_load(path.read_text())
+        cfg = yaml.safe_load(files.read_text(path, limit=files.CONFIG_BYTES))
         return int(cfg["train"]["batch_size"])
     except Exception:  # an unreadable config only loses the chance lines
         return None

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from openslip import files
+
 
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
@@ -76,10 +78,12 @@ class RunLogger:
             self._bar.refresh()
         if self._file is not None:
             self._file.close()
-        if self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines() if _step_of(line) <= step]
+        if self.metrics_path.exists():  # streamed: a long run's log is never held whole; a FIFO is refused
             tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
+            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as out:
+                for line in files.read_lines(self.metrics_path, errors="surrogateescape"):
+                    if _step_of(line) <= step:
+                        out.write(line.rstrip("\r\n") + "\n")
             os.replace(tmp, self.metrics_path)  # atomic: a crash here leaves the old file or the new one
         self._file = open(self.metrics_path, "a")  # noqa: SIM115 - closed in close()
 
@@ -152,7 +156,8 @@ def _start_wandb(run_dir: Path, settings: dict[str, Any]) -> Any:
     import wandb
 
     id_file = run_dir / "wandb_id"
-    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    run_id = files.read_text(id_file, limit=files.POINTER_BYTES).strip() if id_file.exists() else None
+    run_id = run_id or wandb.util.generate_id()
     id_file.write_text(run_id + "\n")
     return wandb.init(
         project=settings["project"], name=run_dir.resolve().name, id=run_id, resume="allow",

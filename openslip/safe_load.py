@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from openslip.errors import CheckpointError
+from openslip.files import DOCUMENT_BYTES, open_regular, read_text
 
 # The safetensors metadata key holding the config.json document, so a lone .safetensors file is self-describing.
 CONFIG_METADATA_KEY = "openslip_config"
@@ -50,7 +51,7 @@ def describe_file(path: Path) -> str:
     of something that is not a checkpoint (raises `CheckpointError` for unreadable / empty files)."""
     try:
         size = path.stat().st_size
-        with open(path, "rb") as f:
+        with open_regular(path, "rb", error=CheckpointError) as f:  # a FIFO or a device: one line, never opened
             head = f.read(64)
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read: {err.strerror or err}") from None
@@ -79,7 +80,7 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     range must lie inside the file and the data section must end exactly at the end of the file."""
     try:
         size = path.stat().st_size
-        with open(path, "rb") as f:
+        with open_regular(path, "rb", error=CheckpointError) as f:
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes)")
@@ -169,7 +170,7 @@ def _explain_load_error(err: Exception) -> str:
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path, limit=DOCUMENT_BYTES, error=CheckpointError))
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read: {err.strerror or err}") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # RecursionError: absurd nesting

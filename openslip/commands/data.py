@@ -11,6 +11,7 @@ import re
 import statistics
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     if isinstance(source, ShardSource):
         samples: Any = (s for i in range(len(source.urls)) for s in source.iter_shard(i, on_error=bad_shard))
     else:
-        samples = (source.record(i) for i in range(total))
+        samples = _records(source, total)
     good: list[tuple[Any, list[str]]] = []
     sizes: list[tuple[int, int]] = []
     caption_words: list[int] = []
@@ -142,6 +143,8 @@ def run_inspect(args: argparse.Namespace) -> int:
             break
         counter.add_seen()
         try:
+            if isinstance(sample, BadSample):
+                raise sample
             captions = sample.clean_captions()
             image = sample.load_image(counter=counter)
         except BadSample as bad:
@@ -169,6 +172,18 @@ def run_inspect(args: argparse.Namespace) -> int:
         path = write_grid(good, args.output, cell=args.image_size)
         print(f"grid: {path}")
     return 0
+
+
+def _records(source: Any, total: int) -> Iterator[Any]:
+    """Each record of a map-style source, or the ``BadSample`` that building it raised (a folder's sidecar caption
+    is read when its record is built: a caption that is a FIFO or a folder is counted, as training counts it)."""
+    from openslip.data.skips import BadSample
+
+    for i in range(total):
+        try:
+            yield source.record(i)
+        except BadSample as bad:
+            yield bad
 
 
 def write_grid(samples: list[tuple[Any, list[str]]], output: str | Path, *, cell: int = 128) -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 import openslip
+from openslip import files
 from openslip.atomic import write_bytes, write_json
 from openslip.compare.experiment import CompareConfig, Variant, run_key
 from openslip.compare.methods import METHODS, RANDOM_ROW
@@ -88,8 +89,8 @@ def build_results(
         if c.reason is not None:
             continue
         json_path, npz_path = c.paths(out)
-        metrics = json.loads(json_path.read_text())
-        with np.load(npz_path) as z:
+        metrics = files.read_json(json_path)
+        with files.open_regular(npz_path, "rb") as f, np.load(f) as z:
             by_seed.setdefault((c.row, col), {})[c.seed] = {k: z[k] for k in z.files}
         record = {
             "row": c.row,
@@ -260,7 +261,9 @@ def _checkpoint(cc: CompareConfig, run: str, seed: int, out: Path) -> str | None
     if run == RANDOM_ROW:
         return None
     latest = cc.run_dir(run, seed) / "checkpoints" / "latest"
-    return str((latest.parent / latest.read_text().strip()).relative_to(out)) if latest.is_file() else None
+    if not latest.is_file():
+        return None
+    return str((latest.parent / files.read_text(latest, limit=files.POINTER_BYTES).strip()).relative_to(out))
 
 
 def _run_info(cc: CompareConfig, variant: Variant, seed: int, *, chosen: bool) -> dict[str, Any]:
@@ -271,7 +274,7 @@ def _run_info(cc: CompareConfig, variant: Variant, seed: int, *, chosen: bool) -
     curve = []
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
-        for line in metrics.read_text().splitlines():
+        for line in files.read_lines(metrics):
             row = json.loads(line)
             if "loss" in row:
                 curve.append([row["step"], row["loss"]])

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from openslip import distributed
+from openslip import distributed, files
 from openslip.atomic import write_json, write_npz
 from openslip.checkpoint import load_model
 from openslip.compare.experiment import CompareConfig, Variant, first_difference, run_key
@@ -271,6 +271,6 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return files.read_json(path)
+    except files.FileError:  # missing, not a regular file, too large or not JSON: as if never written
         return None

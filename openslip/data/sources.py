@@ -27,12 +27,12 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import importlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from openslip import files
 from openslip.data.formats.manifest import FolderSource, ManifestSource
 from openslip.data.formats.records import (
     IMAGE_EXTENSIONS,
@@ -169,18 +169,22 @@ def detect_format(path: str | None) -> str:
 
 
 def _has_images(folder: Path) -> bool:
-    for _dirpath, _dirs, files in os.walk(folder):
-        if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
+    for _dirpath, _dirs, names in os.walk(folder):
+        if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in names):
             return True
     return False
 
 
 def _sniff_json(path: Path) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not valid JSON: {err}") from None
+    """An array is read up to its first item only (a manifest is streamed, never read whole); an object (COCO,
+    RedCaps) is read whole, within ``files.METADATA_BYTES``."""
+    with files.open_regular(path, "r", error=DataError, encoding="utf-8-sig") as f:
+        head = f.read(1 << 12).lstrip()
+        if head.startswith("["):
+            f.seek(0)
+            first = next(iter(files.iter_json_array(f, where=str(path), error=DataError)), None)
+            return "redcaps" if isinstance(first, dict) and "subreddit" in first else "manifest"
+    data = files.read_json(path, limit=files.METADATA_BYTES, error=DataError)
     if isinstance(data, dict) and "images" in data and "annotations" in data:
         return "coco"
     anns = data.get("annotations") if isinstance(data, dict) else data

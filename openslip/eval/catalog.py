@@ -16,12 +16,12 @@ reference's class order; they name the same class whichever prompt set is chosen
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
 
+from openslip import files
 from openslip.errors import ConfigError
 from openslip.eval.metrics import CLASSIFICATION_METRICS
 
@@ -78,13 +78,13 @@ class CatalogEntry:
 @lru_cache(maxsize=1)
 def reference_prompts() -> tuple[dict[str, list], dict[str, list]]:
     """(labels, templates) of the 2021 reference, keyed by its dataset names, exactly as it ships them."""
-    labels = json.loads((REFERENCE_DIR / "labels.json").read_text(encoding="utf-8"))
-    templates = json.loads((REFERENCE_DIR / "templates.json").read_text(encoding="utf-8"))
+    labels = files.read_json(REFERENCE_DIR / "labels.json")
+    templates = files.read_json(REFERENCE_DIR / "templates.json")
     return labels, templates
 
 
 def _entry_from_json(path: Path, prompts: str) -> CatalogEntry:
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc = files.read_json(path)
     synonyms = None
     if prompts == "reference":
         labels, templates = reference_prompts()
@@ -114,7 +114,7 @@ def _entry_from_json(path: Path, prompts: str) -> CatalogEntry:
         notes=doc.get("notes", ""),
         aliases=tuple(doc.get("aliases", ())),
         synonyms=synonyms,
-        class_ids=tuple(ids_file.read_text(encoding="utf-8").split()) if ids_file.is_file() else None,
+        class_ids=tuple(files.read_text(ids_file, limit=files.DOCUMENT_BYTES).split()) if ids_file.is_file() else None,
         prompts=prompts,
         index_classes=_index_classes(doc["name"], order, names),
     )

@@ -11,7 +11,6 @@ zero-shot transfer needs: ``classnames``, ``templates`` and the reported ``metri
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from openslip import files
 from openslip.data.augment.params import IMAGENET_MEAN, IMAGENET_STD
 from openslip.data.augment.views import EvalTransform
 from openslip.data.demo.tasks import demo_retrieval, demo_task, demo_task_names
@@ -402,7 +402,7 @@ def open_retrieval(
         )
         return RetrievalSet("demo_retrieval", images, r.captions)
     path = Path(spec).expanduser()
-    if path.suffix.lower() == ".json" and path.is_file() and _is_karpathy(path):
+    if path.suffix.lower() == ".json" and path.exists() and _is_karpathy(path):
         paths, captions = _read_karpathy(path, split, image_root)
     else:
         options = {"root": image_root} if image_root else {}
@@ -441,7 +441,7 @@ def open_retrieval(
 
 
 def _is_karpathy(path: Path) -> bool:
-    with open(path, encoding="utf-8") as f:
+    with files.open_regular(path, "r", error=DataError, encoding="utf-8", errors="replace") as f:
         head = f.read(4096)
     return '"sentences"' in head or ('"images"' in head and '"annotations"' not in head and '"split"' in head)
 
@@ -449,7 +449,7 @@ def _is_karpathy(path: Path) -> bool:
 def _read_karpathy(path: Path, split: str, image_root: str | None) -> tuple[list[str], list[list[str]]]:
     """Karpathy's dataset_{coco,flickr30k}.json: images[*] = {filepath?, filename, split, sentences[*].raw}."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = files.read_json(path, limit=files.METADATA_BYTES, error=DataError)
         items = doc["images"]
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(f"{path}: not a Karpathy-split JSON ({err})") from None

@@ -32,6 +32,7 @@ from openslip.eval.probes import FeatureOptions, knn, linear_probe
 from openslip.eval.retrieval import retrieval_ranks_of
 from openslip.eval.stats import Outcomes, classification_outcomes, retrieval_outcomes, score
 from openslip.eval.zero_shot import evaluate_zero_shot
+from openslip.files import DOCUMENT_BYTES, read_text
 from openslip.models.config import ModelConfig
 from openslip.registry import Registry
 
@@ -153,7 +154,7 @@ def read_set_prompts(path: str) -> dict[str, Any]:
     --classnames/--templates` (both lists) is one."""
     p = Path(path).expanduser()
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        doc = json.loads(read_text(p, limit=DOCUMENT_BYTES, error=DataError))  # a FIFO or a device: one line
     except OSError:
         raise DataError(f"no such prompts file: {p}") from None
     except ValueError as err:

@@ -6,11 +6,11 @@ live in ``data/``: the evaluation catalog (``openslip.eval.catalog``) and the la
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
+from openslip import files
 from openslip.errors import ConfigError, DataError
 
 
@@ -28,16 +28,13 @@ PROMPT_KEYS = ("classnames", "templates")
 
 
 def _read_json(p: Path) -> object:
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise DataError(f"{p}: not valid JSON: {' '.join(str(err).split())}") from None
+    return files.read_json(p, limit=files.DOCUMENT_BYTES, error=DataError)
 
 
 def is_prompt_json(path: str | os.PathLike) -> bool:
     """True for a JSON file holding an object: the ``{"classnames": [...], "templates": [...]}`` form."""
     p = Path(path).expanduser()
-    return p.suffix.lower() == ".json" and p.is_file() and isinstance(_read_json(p), dict)
+    return p.suffix.lower() == ".json" and p.exists() and isinstance(_read_json(p), dict)
 
 
 def read_prompt_json(path: str | os.PathLike) -> dict[str, list[str]]:
@@ -62,7 +59,7 @@ def read_prompt_json(path: str | os.PathLike) -> dict[str, list[str]]:
 def read_lines_file(path: str | os.PathLike, what: str) -> list[str]:
     """Non-empty stripped lines of a text file (one class name or template per line), or a JSON list."""
     p = Path(path).expanduser()
-    if not p.is_file():
+    if not p.exists():
         raise DataError(f"no such {what} file: {p}")
     if p.suffix.lower() == ".json":
         items = _read_json(p)
@@ -73,7 +70,7 @@ def read_lines_file(path: str | os.PathLike, what: str) -> list[str]:
         if not items:
             raise DataError(f"{p}: no {what} in the file")
         return items
-    text = p.read_text(encoding="utf-8")
+    text = files.read_text(p, limit=files.DOCUMENT_BYTES, error=DataError)
     lines = [line.strip() for line in text.splitlines()]
     items = [line for line in lines if line and not line.startswith("#")]
     if not items:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from openslip import files
 from openslip.data.skips import BadSample, SkipCounter
 
 # Above any real photo (a 100 MP medium-format frame is 11648 x 8736); a 1-bit 13000 x 13000 PNG is a few KB on
@@ -68,32 +68,30 @@ _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 def read_bytes(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """The file's bytes, or ``BadSample("missing_file" | "unreadable_file" | "not_a_file" | "too_large_file")``.
 
-    The file is checked with ``stat`` before it is opened: a FIFO would block the open (or read) forever and a
-    device such as ``/dev/zero`` never ends, so anything but a regular file is refused as ``not_a_file``
-    (a directory stays ``unreadable_file``); a file over ``max_bytes`` is refused as ``too_large_file``.
+    The file is read through ``openslip.files`` (checked with ``stat`` before it is opened): a FIFO would block
+    the open (or read) forever and a device such as ``/dev/zero`` never ends, so anything but a regular file is
+    refused as ``not_a_file`` (a directory stays ``unreadable_file``); a file over ``max_bytes`` is refused as
+    ``too_large_file``.
     """
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise BadSample("missing_file", str(path)) from None
-    except OSError as err:  # permissions on a parent folder, an I/O error on a network file system
-        raise BadSample("unreadable_file", f"{path}: {err.strerror or err}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise BadSample("unreadable_file", f"{path}: is a directory")
-    if not stat.S_ISREG(st.st_mode):
-        raise BadSample("not_a_file", f"{path}: not a regular file (a FIFO, socket or device)")
-    if st.st_size > max_bytes:
-        raise BadSample("too_large_file", f"{path}: {st.st_size:,} bytes > max_bytes={max_bytes:,}")
-    try:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)  # bounded even if the file grew since the stat
-    except FileNotFoundError:
-        raise BadSample("missing_file", str(path)) from None
-    except OSError as err:  # permissions, an I/O error on a network file system
-        raise BadSample("unreadable_file", f"{path}: {err.strerror or err}") from None
-    if len(data) > max_bytes:
-        raise BadSample("too_large_file", f"{path}: more than max_bytes={max_bytes:,} bytes")
-    return data
+        return files.read_bytes(path, limit=max_bytes)
+    except files.FileError as err:
+        raise bad_sample(err) from None
+
+
+# `openslip.files.FileError.reason` -> the skip reason of a sample whose file it refused.
+_SKIP_OF_FILE_REASON = {
+    "missing": "missing_file",
+    "folder": "unreadable_file",
+    "not_a_file": "not_a_file",
+    "unreadable": "unreadable_file",
+    "too_large": "too_large_file",
+}
+
+
+def bad_sample(err: files.FileError) -> BadSample:
+    """The counted skip of a sample whose file ``openslip.files`` refused."""
+    return BadSample(_SKIP_OF_FILE_REASON.get(err.reason, "unreadable_file"), str(err))
 
 
 def decode_image(
@@ -125,6 +123,8 @@ def decode_image(
     if callable(src) and not isinstance(src, Image.Image):
         try:
             src = src()  # a custom source's loader: it should raise BadSample, but file errors are classified too
+        except files.FileError as err:  # a reader that opens through openslip.files
+            raise bad_sample(err) from None
         except FileNotFoundError as err:
             raise BadSample("missing_file", str(err)) from None
         except OSError as err:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from openslip import files
 from openslip.data.formats.decode import DEFAULT_MAX_PIXELS
 from openslip.data.formats.records import IMAGE_EXTENSIONS, BaseMapSource, Record, StringTable
 from openslip.data.skips import BadSample, SkipCounter
@@ -102,11 +103,11 @@ def label_csv(
     text); names are mapped through ``classes`` when given, else the sorted set of names found.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"no such file: {path}")
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter=delimiter))
+    with files.open_regular(path, "r", error=DataError, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(files.iter_lines(f, where=str(path), error=DataError), delimiter=delimiter))
     rows = [(i, r) for i, r in enumerate(rows, start=1) if r and r != [""]]
     if not rows:
         raise DataError(f"{path}: empty file")

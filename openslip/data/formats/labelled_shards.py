@@ -31,6 +31,7 @@ from openslip.data.formats.shards import (
     split_member_name,
 )
 from openslip.errors import DataError
+from openslip.files import open_regular
 
 CLASSNAMES_FILE = "classnames.txt"
 
@@ -45,7 +46,7 @@ def is_shard_set(spec: str | os.PathLike) -> bool:
 
 
 def _read_member(url: str, offset: int, size: int) -> bytes:
-    with open(url, "rb") as f:
+    with open_regular(url, "rb") as f:  # refused (a counted skip) if the shard was swapped for a FIFO
         f.seek(offset)
         return f.read(size)
 
@@ -92,7 +93,7 @@ def _index_shard(url: str, shard: int) -> list[tuple[str, tuple[int, int, int], 
         raise DataError(f"{url}: evaluation shards must be local uncompressed .tar files (they are read by offset)")
     out: list[tuple[str, tuple[int, int, int], str]] = []
     try:
-        with tarfile.open(url, mode="r:") as tar:
+        with open_regular(url, "rb", error=DataError) as f, tarfile.open(fileobj=f, mode="r:") as tar:
             groups: dict[str, dict] = {}  # insertion-ordered: the shard's sample order
             for member in tar:
                 parts = split_member_name(member.name) if member.isfile() else None

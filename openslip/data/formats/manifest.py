@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from openslip import files
 from openslip.data.formats.decode import read_bytes
 from openslip.data.formats.records import IMAGE_EXTENSIONS, PackedSource, StringTable, join_captions
 from openslip.data.skips import BadSample
@@ -68,8 +69,9 @@ class ManifestSource(PackedSource):
         id_key: str | None = None,
     ) -> None:
         path = Path(path).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise DataError(f"no such manifest file: {path}")
+        files.check_regular(path, error=DataError)  # a FIFO or a device is refused here, never opened
         suffix = path.suffix.lower()
         image_col: str | None = None
         caption_cols: list[str] = []
@@ -131,16 +133,21 @@ class ManifestSource(PackedSource):
 
 def _read_table(path: Path, delimiter: str) -> tuple[int, list[str], Iterator[tuple[int, dict[str, str]]]]:
     """(header line number, header, iterator of (line number, row dict)); non-UTF-8 bytes survive as surrogate
-    escapes so that the caption check can report them."""
-    f = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")  # noqa: SIM115 -- closed by rows()
+    escapes so that the caption check can report them. The file is streamed line by line, each line bounded."""
+    f = files.open_regular(path, "r", error=DataError, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    lines = files.iter_lines(f, where=str(path), error=DataError)
     if delimiter == "\t":
         numbered: Iterator[tuple[int, list[str]]] = (
-            (i, line.rstrip("\r\n").split("\t")) for i, line in enumerate(f, start=1)
+            (i, line.rstrip("\r\n").split("\t")) for i, line in enumerate(lines, start=1)
         )
     else:
-        numbered = _csv_rows(csv.reader(f, delimiter=delimiter, strict=True), path)
+        numbered = _csv_rows(csv.reader(lines, delimiter=delimiter, strict=True), path)
     numbered = ((line, fields) for line, fields in numbered if fields and fields != [""])  # blank lines
-    first = next(numbered, None)
+    try:
+        first = next(numbered, None)
+    except BaseException:
+        f.close()
+        raise
     if first is None:
         f.close()
         raise DataError(f"{path}: the manifest is empty (no header row)")
@@ -184,8 +191,8 @@ def _csv_rows(reader: Any, path: Path) -> Iterator[tuple[int, list[str]]]:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
-        for line_no, line in enumerate(f, start=1):
+    with files.open_regular(path, "r", error=DataError, encoding="utf-8-sig", errors="surrogateescape") as f:
+        for line_no, line in enumerate(files.iter_lines(f, where=str(path), error=DataError), start=1):
             if not line.strip():
                 continue
             try:
@@ -198,17 +205,12 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _read_json_array(path: Path) -> Iterator[tuple[int | str, dict[str, Any]]]:
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: a JSON manifest must be an array of objects")
-    for i, row in enumerate(data):
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: item {i} is not a JSON object")
-        yield f"item {i}", row  # no line numbers in a JSON array: the item index stands in
+    """The rows of a JSON-array manifest, parsed one item at a time (the array is never held whole)."""
+    with files.open_regular(path, "r", error=DataError, encoding="utf-8-sig") as f:
+        for i, row in enumerate(files.iter_json_array(f, where=str(path), error=DataError)):
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: item {i} is not a JSON object")
+            yield f"item {i}", row  # no line numbers in a JSON array: the item index stands in
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,7 +225,7 @@ def read_sidecar_captions(image_path: str) -> list[bytes] | None:
     """
     stem, _ = os.path.splitext(image_path)
     try:
-        data = read_bytes(stem + ".txt")
+        data = read_bytes(stem + ".txt", max_bytes=files.CAPTION_BYTES)
     except BadSample as bad:
         if bad.reason == "missing_file":
             return None

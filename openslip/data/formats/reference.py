@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import os
 import pickle
 import re
@@ -40,9 +39,11 @@ from typing import Any
 
 import numpy as np
 
+from openslip.data.formats.decode import DEFAULT_MAX_BYTES, bad_sample
 from openslip.data.formats.records import IMAGE_EXTENSIONS, PackedSource, StringTable, join_captions
 from openslip.data.skips import BadSample
 from openslip.errors import DataError
+from openslip.files import METADATA_BYTES, FileError, check_regular, iter_lines, open_regular, read_json
 
 # (module, name) pairs a reference pickle may name: numpy's array/scalar reconstruction and harmless builtins.
 _SAFE_GLOBALS = {
@@ -81,7 +82,7 @@ def safe_pickle_load(path: str | os.PathLike) -> Any:
     """Load a reference ``.pkl`` or ``.npy`` (object arrays included) without executing code."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "rb", error=DataError) as f:  # read as a stream: the file is the index
             if path.suffix.lower() == ".npy":
                 return _safe_npy_load(f, str(path))
             return _RestrictedUnpickler(f, str(path)).load()
@@ -207,6 +208,7 @@ def _yfcc_zip_image(root: Path, image_id: str) -> Callable[[], bytes]:
 @functools.lru_cache(maxsize=16)
 def _open_zip(path: str, pid: int) -> zipfile.ZipFile:
     # Keyed by process id: a handle opened before a loader worker forked must not be shared with it.
+    check_regular(path)  # a FIFO or a folder named *.zip is refused unopened (a ZipFile given a path owns its file)
     return zipfile.ZipFile(path)
 
 
@@ -214,11 +216,14 @@ def read_zip_member(zip_path: str, member: str) -> bytes:
     """The bytes of one member of a zip archive, or ``BadSample``."""
     try:
         archive = _open_zip(zip_path, os.getpid())
-    except FileNotFoundError:
-        raise BadSample("missing_file", zip_path) from None
+    except FileError as err:
+        raise bad_sample(err) from None
     except (OSError, zipfile.BadZipFile) as err:
         raise BadSample("unreadable_file", f"{zip_path}: {err}") from None
     try:
+        size = archive.getinfo(member).file_size
+        if size > DEFAULT_MAX_BYTES:  # judged on the zip's directory, before anything is inflated
+            raise BadSample("too_large_file", f"{zip_path}:{member}: {size:,} bytes > max_bytes={DEFAULT_MAX_BYTES:,}")
         return archive.read(member)
     except KeyError:
         raise BadSample("missing_file", f"{zip_path}:{member}") from None
@@ -263,8 +268,8 @@ def _read_two_column_tsv(path: Path) -> tuple[list[str], list[str]]:
     files: list[str] = []
     captions: list[str] = []
     file_col: int | None = None
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        for line_no, line in enumerate(f, start=1):
+    with open_regular(path, "r", error=DataError, encoding="utf-8", errors="surrogateescape") as f:
+        for line_no, line in enumerate(iter_lines(f, where=str(path), error=DataError), start=1):
             line = line.rstrip("\r\n")
             if not line:
                 continue
@@ -293,11 +298,7 @@ def _iter_items(data: Any, path: Path) -> Iterable[Any]:
 
 
 def _load_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not valid JSON: {err}") from None
+    return read_json(path, limit=METADATA_BYTES, error=DataError)
 
 
 def open_coco(path: Path, *, root: str | os.PathLike | None = None, split: str | None = None) -> PackedSource:

@@ -38,6 +38,7 @@ from PIL import Image
 from openslip.data.formats.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, clean_captions, decode_image, read_bytes
 from openslip.data.skips import BadSample, SkipCounter
 from openslip.errors import DataError
+from openslip.files import DOCUMENT_BYTES, FileError, check_regular, is_regular, open_regular, read_text
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "openslip-shards/1"
@@ -117,36 +118,51 @@ def expand_shard_spec(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> 
     p = Path(spec).expanduser()
     if p.is_dir():
         index = read_index(p)
-        if index is not None:
+        if index is not None:  # a shard it lists that is not a regular file is a counted bad_shard when read
             return [str(p / s["name"]) for s in index["shards"]]
-        urls = sorted(glob.glob(str(p / "*.tar")))
+        urls = _regular_files(sorted(glob.glob(str(p / "*.tar"))), str(p / "*.tar"))
         if not urls:
             raise DataError(f"{p}: no *.tar shards and no {INDEX_NAME}")
         return urls
     urls: list[str] = []
     for pattern in expand_braces(str(p)):
         if glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern))
+            matches = _regular_files(sorted(glob.glob(pattern)), pattern)
             if not matches:
                 raise DataError(f"no shards match {pattern}")
             urls.extend(matches)
         else:
             urls.append(pattern)
-    missing = [u for u in urls if not os.path.isfile(u)]
+    missing = [u for u in urls if not os.path.exists(u)]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DataError(f"no such shard: {missing[0]}{more}")
+    for url in urls:  # a shard named one by one must be a regular file: a FIFO would block its reader
+        check_regular(url, error=DataError)
     return urls
+
+
+def _regular_files(paths: list[str], pattern: str) -> list[str]:
+    """The regular files among a pattern's matches; the others (a FIFO or a folder named *.tar) are left out
+    with one warning that counts them, never opened."""
+    kept = [u for u in paths if is_regular(u)]
+    left = [u for u in paths if u not in set(kept)]
+    if left:
+        warnings.warn(
+            f"{pattern}: left out {len(left)} match(es) that are not regular files ({left[0]}"
+            + (f" and {len(left) - 1} more)" if len(left) > 1 else ")"),
+            stacklevel=3,
+        )
+    return kept
 
 
 def read_index(folder: str | os.PathLike) -> dict[str, Any] | None:
     """The ``index.json`` written by ``make_shards`` in ``folder``, or None when there is none."""
     path = Path(folder) / INDEX_NAME
-    if not path.is_file():
+    if not path.exists():
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            index = json.load(f)
+        index = json.loads(read_text(path, limit=DOCUMENT_BYTES, error=DataError))
         shards = index["shards"]
         if not all(isinstance(s["name"], str) and int(s["samples"]) >= 0 for s in shards):
             raise ValueError("bad shard entry")
@@ -269,6 +285,8 @@ class ShardSource:
             for key, files, too_large in _iter_tar_groups(url, skip=skip, max_bytes=max_bytes):
                 yield ShardSample(key=key, shard=shard, position=position, files=files, too_large=too_large)
                 position += 1
+        except FileError as err:  # not a regular file (a FIFO, a folder), or missing: never opened
+            detail = str(err)
         except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
             detail = f"{url}: {type(err).__name__}: {err}"
         else:
@@ -302,8 +320,8 @@ def _open_stream(url: str) -> Iterator[tarfile.TarFile]:
         finally:
             stream.close()
     else:
-        with tarfile.open(url, mode="r:*") as tar:  # seekable: skipping a member seeks over its data
-            yield tar
+        with open_regular(url, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
+            yield tar  # seekable: skipping a member seeks over its data
 
 
 def _iter_tar_groups(
@@ -348,7 +366,7 @@ def count_samples(url: str) -> int:
                 if parts is not None and parts[0] != current:
                     current = parts[0]
                     n += 1
-    except (tarfile.TarError, OSError, EOFError) as err:
+    except (tarfile.TarError, OSError, EOFError, FileError) as err:
         warnings.warn(f"cannot count the samples of {url}: {' '.join(str(err).split())}", stacklevel=2)
     return n
 
