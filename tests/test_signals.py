@@ -6,17 +6,31 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from train_procs import children, finish, last_line, start_ranks, start_train, wait_for_step
+from train_procs import children, finish, kill_all, last_line, start_ranks, start_train, wait_for_step
 from train_utils import final_weights
 
 from openslip import checkpoint as ckpt
 
 WORKERS = "data.num_workers=2"
+
+
+@pytest.fixture
+def track():
+    """`track(start_train(...))`: whatever still runs when the test ends (a failure) is killed with its group."""
+    procs: list[subprocess.Popen] = []
+
+    def add(started):
+        procs.extend(started if isinstance(started, list) else [started])
+        return started
+
+    yield add
+    kill_all(procs)
 
 
 def _assert_gone(pids: list[int]) -> None:
@@ -32,15 +46,15 @@ def _stopped_step(line: str, name: str) -> int:
     return int(line.split(" at step ")[1].split(";")[0])
 
 
-def test_sigterm_to_the_process_group_checkpoints_and_resume_is_bit_exact(tmp_path):
+def test_sigterm_to_the_process_group_checkpoints_and_resume_is_bit_exact(tmp_path, track):
     steps = ("train.steps=8", "ckpt.every_steps=100", WORKERS)
     ref = tmp_path / "ref"
-    uninterrupted = start_train(ref, *steps)
+    uninterrupted = track(start_train(ref, *steps))
     err = finish([uninterrupted])[0]
     assert uninterrupted.returncode == 0, err
 
     run = tmp_path / "stopped"
-    proc = start_train(run, *steps)
+    proc = track(start_train(run, *steps))
     wait_for_step(proc, run, 2)
     workers = children(proc.pid)
     assert len(workers) == 2, "the loader's workers are running"
@@ -65,7 +79,7 @@ def test_sigterm_to_the_process_group_checkpoints_and_resume_is_bit_exact(tmp_pa
     assert 2 <= stopped_at < 8
     _assert_gone(workers)
 
-    resumed = start_train(run, *steps)
+    resumed = track(start_train(run, *steps))
     err = finish([resumed])[0]
     assert resumed.returncode == 0, err
     assert f"resumed from {run / 'checkpoints' / name}" in err
@@ -75,10 +89,10 @@ def test_sigterm_to_the_process_group_checkpoints_and_resume_is_bit_exact(tmp_pa
         assert torch.equal(a[k], b[k]), f"{k} differs"
 
 
-def test_sigint_to_the_process_group_checkpoints(tmp_path):
+def test_sigint_to_the_process_group_checkpoints(tmp_path, track):
     """Ctrl-C in a terminal signals the foreground process group: the workers get SIGINT too."""
     run = tmp_path / "run"
-    proc = start_train(run, "train.steps=200", "ckpt.every_steps=1000", WORKERS)
+    proc = track(start_train(run, "train.steps=200", "ckpt.every_steps=1000", WORKERS))
     wait_for_step(proc, run, 1)
     os.killpg(proc.pid, signal.SIGINT)
     err = finish([proc])[0]
@@ -88,11 +102,11 @@ def test_sigint_to_the_process_group_checkpoints(tmp_path):
     assert (run / "checkpoints" / "latest").read_text().strip() == ckpt.checkpoint_dir_name(stopped_at)
 
 
-def test_second_sigint_is_one_line(tmp_path):
+def test_second_sigint_is_one_line(tmp_path, track):
     """Ctrl-C twice, over a second apart: the second stops at once if the step is still running (no checkpoint of
     it), or changes nothing if the run already stopped cleanly. Either way: one line, exit 130, no traceback."""
     run = tmp_path / "run"
-    proc = start_train(run, "train.steps=200", "ckpt.every_steps=1000", WORKERS)
+    proc = track(start_train(run, "train.steps=200", "ckpt.every_steps=1000", WORKERS))
     wait_for_step(proc, run, 1)
     os.killpg(proc.pid, signal.SIGINT)
     time.sleep(1.5)  # more than the window in which a repeated signal counts as the same request
@@ -108,9 +122,9 @@ def test_second_sigint_is_one_line(tmp_path):
     ), last
 
 
-def test_killed_loader_worker_is_one_line(tmp_path):
+def test_killed_loader_worker_is_one_line(tmp_path, track):
     run = tmp_path / "run"
-    proc = start_train(run, "train.steps=500", "ckpt.every_steps=2", WORKERS)
+    proc = track(start_train(run, "train.steps=500", "ckpt.every_steps=2", WORKERS))
     wait_for_step(proc, run, 3)
     worker, other = children(proc.pid)
     os.kill(worker, signal.SIGKILL)
@@ -126,15 +140,13 @@ def test_killed_loader_worker_is_one_line(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_sigterm_to_the_process_group_stops_both_ranks_at_the_same_step(tmp_path):
-    procs = start_ranks(tmp_path, "train.steps=500", "ckpt.every_steps=100", WORKERS)
-    try:
-        wait_for_step(procs[0], tmp_path, 2)
-        assert all(len(children(p.pid)) == 2 for p in procs), "each rank's workers are running"
-        sent = time.monotonic()
-        os.killpg(procs[0].pid, signal.SIGTERM)  # both ranks and their four workers
-    finally:
-        errs = finish(procs)
+def test_sigterm_to_the_process_group_stops_both_ranks_at_the_same_step(tmp_path, track):
+    procs = track(start_ranks(tmp_path, "train.steps=500", "ckpt.every_steps=100", WORKERS))
+    wait_for_step(procs[0], tmp_path, 2)
+    assert all(len(children(p.pid)) == 2 for p in procs), "each rank's workers are running"
+    sent = time.monotonic()
+    os.killpg(procs[0].pid, signal.SIGTERM)  # both ranks and their four workers
+    errs = finish(procs)
     took = time.monotonic() - sent
     assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, errs
     assert not any("Traceback" in e for e in errs), errs

@@ -90,18 +90,21 @@ def children(pid: int) -> list[int]:
 
 
 def finish(procs: list[subprocess.Popen], limit_s: float = 180) -> list[str]:
-    """Each process's stderr once it ended; a process still running after `limit_s` (a hang) is killed."""
-    errs = []
+    """Each process's stderr once it ended; a process still running after `limit_s` (a hang) is killed and the
+    wait fails."""
     try:
-        for p in procs:
-            errs.append(p.communicate(timeout=limit_s)[1])
+        return [p.communicate(timeout=limit_s)[1] for p in procs]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(os.getpgid(p.pid), signal.SIGKILL)  # the group this module made: workers included
-                p.communicate()
-    return errs
+        kill_all(procs)
+
+
+def kill_all(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL to the process group of each process still running (the groups this module made: workers too)."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(p.pid), signal.SIGKILL)
+            p.wait()
 
 
 def last_line(err: str) -> str:
