@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from openslip.errors import RunStopped, UserError
@@ -64,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as stop:  # a clean stop on SIGTERM / SIGINT, with a checkpoint to resume from
         print(f"openslip {args.command}: {stop}", file=sys.stderr)
         return stop.exit_code
-    except KeyboardInterrupt:
-        print(f"openslip {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C, or a second SIGTERM / SIGINT during a run (it says which)
+        print(f"openslip {args.command}: {stop or 'interrupted'}", file=sys.stderr)
+        return getattr(stop, "exit_code", 130)
     except BrokenPipeError:  # `openslip ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
@@ -79,8 +80,14 @@ def entry() -> None:
     A process of a multi-process run (torchrun sets WORLD_SIZE) leaves through `os._exit` once its output is
     flushed. Interpreter finalization there can abort in the destructors of the collective library's threads
     (SIGABRT, seen under load both after a finished run and after a peer's death), which turned a finished run or
-    the one-line "lost contact" error into a crash. Checkpoints, logs and the run lock are closed by then."""
+    the one-line "lost contact" error into a crash. Checkpoints, logs and the run lock are closed by then.
+
+    Once `main` has returned, the outcome and its message are settled: a SIGINT / SIGTERM that arrives while the
+    interpreter winds down (a scheduler's repeated signal, a second Ctrl-C) is ignored instead of turning that
+    outcome into a KeyboardInterrupt traceback or another exit code."""
     code = main()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
     if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
         sys.stdout.flush()
         sys.stderr.flush()

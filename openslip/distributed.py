@@ -16,8 +16,10 @@ Gradient convention of :func:`gather_with_grad` (see ``openslip.losses``):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "CollectiveError",
     "DistInfo",
     "all_reduce_max",
     "all_reduce_mean",
@@ -36,9 +39,46 @@ __all__ = [
     "init_distributed",
     "is_distributed",
     "is_main",
+    "is_peer_failure",
     "rank",
     "world_size",
 ]
+
+
+class CollectiveError(RuntimeError):
+    """A collective (or joining the group) failed: a peer died, stopped answering past the timeout, or left.
+
+    Every collective of this module raises it in place of what torch.distributed raised, whatever the type: with
+    several ranks, a collective that fails is almost always a peer that is gone, and the caller turns it into one
+    line instead of a traceback (``train``: "lost contact with another process")."""
+
+
+# Words of the errors torch.distributed raises, outside this module's collectives (DDP's gradient all-reduce, a
+# process group's own checks), when a peer died or stopped answering. Gloo says "Connection closed by peer" or
+# "Connection reset by peer" for a dead rank and "Application timeout caused pair closure" for one past the
+# collective timeout; NCCL errors name NCCL.
+LOST_CONTACT_WORDS = ("connection", "gloo", "nccl", "timed out", "timeout", "pair closure", "peer", "socket")
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """Whether ``err`` is how a collective reports a peer that is gone (meaningful with several ranks only)."""
+    if isinstance(err, CollectiveError):
+        return True
+    dist_error = getattr(dist, "DistError", None)  # the base of DistBackendError, DistNetworkError, DistStoreError
+    if dist_error is not None and isinstance(err, dist_error):
+        return True
+    return isinstance(err, RuntimeError) and any(w in str(err).lower() for w in LOST_CONTACT_WORDS)
+
+
+@contextlib.contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """Raise a failure of the torch.distributed call inside as ``CollectiveError`` (see there)."""
+    try:
+        yield
+    except CollectiveError:
+        raise
+    except Exception as err:  # RuntimeError, DistBackendError, DistNetworkError, a truncated pickle, ...
+        raise CollectiveError(f"{what}: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -127,13 +167,15 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
     device = _default_device(local_rank) if use_cuda else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before init, so NCCL binds this rank's GPU
-    dist.init_process_group(
-        backend=backend,
-        init_method="env://",
-        rank=rk,
-        world_size=ws,
-        timeout=datetime.timedelta(seconds=timeout_s),
-    )
+    # a peer that died before joining: rank 0 waits `timeout_s` for it, the others for rank 0's store
+    with _collective("joining the process group"):
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=rk,
+            world_size=ws,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
     return DistInfo(rk, ws, local_rank, device, rk == 0)
 
 
@@ -146,7 +188,8 @@ def destroy_distributed() -> None:
 def barrier() -> None:
     """Wait for every rank (no-op on one process)."""
     if world_size() > 1:
-        dist.barrier()
+        with _collective("barrier"):
+            dist.barrier()
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
@@ -159,7 +202,8 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     out = tensor.detach().clone()
     if not out.is_floating_point():
         out = out.float()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    with _collective("all_reduce"):
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / world_size()
 
 
@@ -168,7 +212,8 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return tensor
     out = tensor.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    with _collective("all_reduce"):
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return out
 
 
@@ -177,7 +222,8 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if world_size() == 1:
         return obj
     box = [obj if rank() == src else None]
-    dist.broadcast_object_list(box, src=src)
+    with _collective("broadcast"):
+        dist.broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -189,7 +235,8 @@ def _all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0, in rank order; no autograd."""
     x = x.contiguous()
     out = torch.empty((world_size() * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
-    _all_gather_single(out, x)
+    with _collective("all_gather"):
+        _all_gather_single(out, x)
     return out
 
 
@@ -207,7 +254,8 @@ class _GatherWithGrad(torch.autograd.Function):
         # all W losses: d(sum_r L_r)/dx_s = sum_r (grad of rank r at rows of s). Summing (not averaging)
         # is what makes DDP's later 1/W averaging land on the one-process gradient of mean_r L_r.
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        with _collective("all_reduce"):
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         b = ctx.local_batch
         start = rank() * b
         return grad[start : start + b]
@@ -257,13 +305,15 @@ class _AllReduceSumWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         out = x.contiguous().clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        with _collective("all_reduce"):
+            dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        with _collective("all_reduce"):
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad
 
 
@@ -282,7 +332,8 @@ def average_gradients(module: torch.nn.Module) -> None:
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    with _collective("all_reduce"):
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= world_size()
     offset = 0
     for g in grads:

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +27,16 @@ from openslip import checkpoint as ckpt
 from openslip.accumulate import accumulated_backward
 from openslip.config import Config, save_yaml
 from openslip.data.pipeline import TrainData, build_train_data
+from openslip.data.workers import describe_worker_death
 from openslip.distributed import (
+    CollectiveError,
     DistInfo,
     all_reduce_max,
     all_reduce_mean,
     average_gradients,
     broadcast_object,
     init_distributed,
+    is_peer_failure,
 )
 from openslip.errors import CheckpointError, ConfigError, RunStopped, TrainingError, UserError
 from openslip.eval.catalog import split_catalog_spec
@@ -57,9 +60,25 @@ from openslip.train_state import rng_state, set_rng_state
 # count, instruction set); in float64 that noise sits far below AdamW's eps, so two CPUs give the same losses
 # to ~1e-10 instead of drifting apart within a few steps. For numerics checks (the golden-loss test); slow.
 PARAM_DTYPES = {"fp64": torch.float64}
-# Words of the errors a collective raises when a peer died or stopped answering. Gloo says "Connection closed
-# by peer" for a dead rank and "Application timeout caused pair closure" for one past the collective timeout.
-LOST_CONTACT_WORDS = ("connection", "gloo", "nccl", "timed out", "timeout", "pair closure")
+
+
+@dataclass
+class StopRequest:
+    """What SIGTERM / SIGINT asked of a run (see `_stop_on_signals`)."""
+
+    signum: int = 0  # the first signal: the loop stops after the current step, with a checkpoint
+    last_at: float = -1e9  # when the last one came (time.monotonic)
+    final: bool = False  # the run is past its last checkpoint: further signals change nothing
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second SIGTERM / SIGINT: the run ends where it is, without a final checkpoint. A KeyboardInterrupt, so
+    that no `except Exception` on the way swallows it; the CLI prints the message and exits `exit_code`."""
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        super().__init__(message or f"stopped at once by a second {signal.Signals(signum).name}")
+        self.signum = signum
+        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -79,7 +98,7 @@ class Trainer:
     history: dict[str, float] = field(default_factory=dict)
     chance: dict[str, float] = field(default_factory=dict)  # evaluation -> its chance score (plots draw it)
     eval_sets: dict[str, Any] = field(default_factory=dict)  # probe sets, opened at their first evaluation
-    stop_signal: int = 0  # set by the SIGTERM / SIGINT handler; the loop stops after the current step
+    stop: StopRequest = field(default_factory=StopRequest)  # set by the SIGTERM / SIGINT handler
     init_report: list[str] = field(default_factory=list)  # what init_from loaded and what kept its initialisation
 
 
@@ -500,17 +519,26 @@ def _write_run_config(cfg: Config, run_dir: Path) -> None:
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A signal within this many seconds of the previous one is the same request delivered twice, not a second
+# request: timeout(1) signals its child and then the child's process group, microseconds apart.
+REPEAT_WINDOW_S = 1.0
 
 
 @contextlib.contextmanager
-def _stop_on_signals(t: Trainer):
-    """While training, SIGTERM / SIGINT ask the loop to checkpoint and stop; a second one stops at once."""
+def _stop_on_signals(stop: StopRequest):
+    """While training, SIGTERM / SIGINT ask the loop to checkpoint and stop; a second one stops at once.
+
+    The loader's workers ignore both (data/workers.py): the whole process group can be signalled, as schedulers
+    do, and this process still finishes its step, checkpoints and then ends its workers."""
 
     def handler(signum: int, frame: Any) -> None:
-        if t.stop_signal:  # asked twice: do not wait for the step to end
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-        t.stop_signal = signum
+        now = time.monotonic()
+        repeated = now - stop.last_at < REPEAT_WINDOW_S
+        stop.last_at = now
+        if not stop.signum:
+            stop.signum = signum
+        elif not (stop.final or repeated):  # asked twice: do not wait for the step to end
+            raise StoppedAtOnce(signum)
 
     try:
         previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
@@ -524,6 +552,20 @@ def _stop_on_signals(t: Trainer):
             signal.signal(s, h)
 
 
+def _failure_line(err: Exception, dist: DistInfo, last: Path | None) -> str | None:
+    """One line for how a run ends that is not a bug (None otherwise): a dead loader worker, or, with several
+    ranks, any failed collective. A collective fails when a peer died (SIGKILL, a crash, the OOM killer) or stopped
+    answering for `train.collective_timeout_s` (SIGSTOP, a hung filesystem), whatever this rank was doing: waiting
+    for data, all-reducing gradients in DDP's backward, broadcasting a checkpoint's outcome, evaluating."""
+    resume = f"resume with resume=auto from {last or 'the start'}"
+    death = describe_worker_death(err)
+    if death:
+        return f"{f'rank {dist.rank}: ' if dist.world_size > 1 else ''}{death}; {resume}"
+    if dist.world_size > 1 and is_peer_failure(err):
+        return f"rank {dist.rank}: lost contact with another process ({err}); {resume}"
+    return None
+
+
 # --- the run ------------------------------------------------------------------------------------------
 
 
@@ -531,8 +573,14 @@ def train(cfg: Config) -> dict[str, Any]:
     """Train `cfg` to `cfg.train.steps`; returns a summary (steps, time, final metrics, paths)."""
     check_eval_tasks(cfg)
     ignore_file_size_signal()
-    dist = init_distributed(timeout_s=cfg.train.collective_timeout_s)
-    run_dir, lock = prepare_run_dir(cfg, dist)
+    try:
+        dist = init_distributed(timeout_s=cfg.train.collective_timeout_s)
+        run_dir, lock = prepare_run_dir(cfg, dist)
+    except CollectiveError as err:  # a peer that died before training started, or never came
+        raise TrainingError(
+            f"rank {os.environ.get('RANK', '?')}: lost contact with another process ({err}); "
+            "resume with resume=auto once every process can start"
+        ) from None
     try:
         return _train_locked(cfg, dist, run_dir)
     finally:
@@ -540,7 +588,32 @@ def train(cfg: Config) -> dict[str, Any]:
 
 
 def _train_locked(cfg: Config, dist: DistInfo, run_dir: Path) -> dict[str, Any]:
-    t = build_trainer(cfg, dist)
+    stop = StopRequest()
+    t: Trainer | None = None
+    with _stop_on_signals(stop):
+        try:
+            t = build_trainer(cfg, dist)
+            t.stop = stop
+            return _run(t, run_dir)
+        except StoppedAtOnce as err:
+            last = t.last_checkpoint if t else None
+            where = f"after step {t.step}" if t else "before training"
+            raise StoppedAtOnce(
+                err.signum,
+                f"stopped at once by a second {signal.Signals(err.signum).name} {where}, without a final checkpoint; "
+                f"resume with resume=auto from {last or 'the start'}",
+            ) from None
+        except Exception as err:
+            line = _failure_line(err, dist, t.last_checkpoint if t else None)
+            if line is None:
+                raise
+            raise TrainingError(line) from None
+        finally:
+            stop.final = True  # what follows is the way out: log, lock, message
+
+
+def _run(t: Trainer, run_dir: Path) -> dict[str, Any]:
+    cfg, dist = t.cfg, t.dist
     log = RunLogger(
         run_dir,
         enabled=dist.is_main,
@@ -568,22 +641,21 @@ def _train_locked(cfg: Config, dist: DistInfo, run_dir: Path) -> dict[str, Any]:
             )
             if cfg.eval.zeroshot and not t.model.has_text:
                 log.message(f"zero-shot evaluation skipped: {cfg.model} has no text tower (SimCLR only)")
-        with _stop_on_signals(t):
-            return _loop(t, log)
-    except RuntimeError as err:
-        if dist.world_size > 1 and any(w in str(err).lower() for w in LOST_CONTACT_WORDS):
-            raise TrainingError(
-                f"rank {dist.rank}: lost contact with another process ({err}); "
-                f"resume with resume=auto from {t.last_checkpoint or 'the start'}"
-            ) from None
-        raise
+        return _loop(t, log)
     finally:
         log.close()
 
 
 def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
+    batches = t.data.loader.forever()
+    try:
+        return _steps(t, log, batches)
+    finally:
+        batches.close()  # ends the loader's workers now (they ignore SIGTERM / SIGINT): no leftover processes
+
+
+def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
     cfg = t.cfg
-    batches = iter(t.data.loader.forever())
     start_step, start_time = t.step, time.perf_counter()
     data_wait, samples, loader_cpu, tick_step = 0.0, 0, t.data.loader.cpu_s, t.step
     reported_skips = t.data.loader.skips.total_skipped
@@ -629,10 +701,12 @@ def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
         if saved:
             save(t)
         # one tiny collective per step (only with several ranks) so that all ranks stop after the same step
-        stop = int(all_reduce_max(torch.tensor(t.stop_signal)).item()) if t.dist.world_size > 1 else t.stop_signal
+        signum = t.stop.signum
+        stop = int(all_reduce_max(torch.tensor(signum)).item()) if t.dist.world_size > 1 else signum
         if stop and not last:
             if not saved:
                 save(t)
+            t.stop.final = True  # the checkpoint is written: a signal now must not undo the clean stop
             name = signal.Signals(stop).name
             raise RunStopped(
                 f"stopped by {name} at step {step}; checkpoint {t.last_checkpoint} (run the same command to resume)",

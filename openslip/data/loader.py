@@ -40,8 +40,8 @@ hash(seed, epoch, sample). The caller's RNG state is restored afterwards (it mat
 
 from __future__ import annotations
 
+import functools
 import math
-import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -62,6 +62,7 @@ from openslip.data.epoch_plan import (
 from openslip.data.formats.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from openslip.data.formats.shards import ShardSource
 from openslip.data.skips import SkipCounter
+from openslip.data.workers import start_worker, stop_signals_held, stop_workers
 from openslip.errors import DataError
 
 
@@ -117,22 +118,6 @@ def _timed_next(batches: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
     if batch is not None:
         batch["_meta"]["cpu_s"] = time.thread_time() - start
     return batch
-
-
-def _idle_priority(worker_id: int) -> None:
-    """DataLoader worker start: run only when a core is otherwise idle (Linux ``SCHED_IDLE``).
-
-    On a CPU run the workers share the cores with the model's OpenMP threads. A worker of equal priority
-    preempts one of them, and its siblings then wait at the next barrier, so each second of worker time costs
-    about a second of step time on two cores. An idle-priority worker runs in the gaps of the step (Python
-    between kernels, the optimizer, the wait for the next batch) and the prefetch queue absorbs the rest:
-    tiny SLIP on 2 cores goes from 0.68-0.87 to 0.91-0.93 of model-only throughput (docs/PERFORMANCE.md).
-    A niced worker (nice 10) still preempts and gained nothing. The cost: on a machine that other processes
-    keep busy, idle workers get little CPU and the step waits for data (visible as data time)."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux, or not permitted: keep the default priority
-        pass
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -295,20 +280,25 @@ class TrainLoader:
         epoch, start = self._epoch, self._position
         rotation = self._rotation(epoch, start)
         stream = _BatchStream(self, epoch, start, rotation)
-        for batch in self._dataloader(stream, epoch):
-            meta = batch.pop("_meta")
-            if "error" in meta:
-                raise DataError(meta["error"])
-            if "stream" in meta:
-                logical, *pos = meta["stream"]
-                self._streams[logical] = tuple(int(p) for p in pos)
-            elif meta.get("batch") != self._position:
-                raise RuntimeError(f"batch {meta.get('batch')} arrived at position {self._position}")
-            self.skips.update(meta["skips"])
-            self.cpu_s += meta.get("cpu_s", 0.0)
-            self._position += 1
-            self.skips.check(self.max_skip_rate, min_samples=self.min_samples_for_check)
-            yield batch
+        with stop_signals_held():  # the workers fork here (see data/workers.py)
+            batches = iter(self._dataloader(stream, epoch))
+        try:
+            for batch in batches:
+                meta = batch.pop("_meta")
+                if "error" in meta:
+                    raise DataError(meta["error"])
+                if "stream" in meta:
+                    logical, *pos = meta["stream"]
+                    self._streams[logical] = tuple(int(p) for p in pos)
+                elif meta.get("batch") != self._position:
+                    raise RuntimeError(f"batch {meta.get('batch')} arrived at position {self._position}")
+                self.skips.update(meta["skips"])
+                self.cpu_s += meta.get("cpu_s", 0.0)
+                self._position += 1
+                self.skips.check(self.max_skip_rate, min_samples=self.min_samples_for_check)
+                yield batch
+        finally:  # the epoch ended, or the consumer stopped early (a signal, an error): the workers end now
+            stop_workers(batches)
         if self._epoch == epoch and self._position >= self._plan.batches_per_epoch(epoch):
             self.set_epoch(epoch + 1)
 
@@ -337,8 +327,7 @@ class TrainLoader:
         if self.num_workers > 0:
             kwargs["prefetch_factor"] = self.prefetch_factor or 2
             kwargs["multiprocessing_context"] = self.multiprocessing_context
-            if self.idle_workers:
-                kwargs["worker_init_fn"] = _idle_priority
+            kwargs["worker_init_fn"] = functools.partial(start_worker, idle=self.idle_workers)
         return DataLoader(
             stream,
             batch_size=None,

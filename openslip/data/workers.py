@@ -1,0 +1,115 @@
+"""The loader's worker processes: how they start, how they end, and what their death means.
+
+Schedulers stop a job by signalling its whole process group: ``timeout``, ``kill -- -PGID``, SLURM's ``scancel``,
+torchrun when a rank fails, and a terminal's Ctrl-C. The workers are in that group. Left to torch's defaults a
+worker dies of SIGTERM (or of a second SIGINT), and the training process then fails with "DataLoader worker ...
+killed by signal" before it can write its final checkpoint. So the workers ignore SIGINT and SIGTERM: the
+training process alone decides when to stop, finishes its step, checkpoints, and then ends the workers itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """While the DataLoader forks its workers: hold SIGINT / SIGTERM back from this thread.
+
+    A forked worker starts with its parent's signal mask, so a signal sent to the group while a worker is between
+    its fork and ``start_worker`` stays pending there instead of reaching torch's handler (which dies of it);
+    ``start_worker`` then ignores it. In this process the signal is delivered as soon as the mask is restored (or
+    at once to another thread; Python runs the handler in the main thread either way)."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def start_worker(worker_id: int, idle: bool = False) -> None:
+    """DataLoader ``worker_init_fn``: ignore SIGINT / SIGTERM (see the module docstring), optionally idle priority."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)  # also drops one held back since the fork
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    if idle:
+        _idle_priority()
+
+
+def _idle_priority() -> None:
+    """Run only when a core is otherwise idle (Linux ``SCHED_IDLE``).
+
+    On a CPU run the workers share the cores with the model's OpenMP threads. A worker of equal priority
+    preempts one of them, and its siblings then wait at the next barrier, so each second of worker time costs
+    about a second of step time on two cores. An idle-priority worker runs in the gaps of the step (Python
+    between kernels, the optimizer, the wait for the next batch) and the prefetch queue absorbs the rest:
+    tiny SLIP on 2 cores goes from 0.68-0.87 to 0.91-0.93 of model-only throughput (docs/PERFORMANCE.md).
+    A niced worker (nice 10) still preempts and gained nothing. The cost: on a machine that other processes
+    keep busy, idle workers get little CPU and the step waits for data (visible as data time)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or not permitted: keep the default priority
+        pass
+
+
+def stop_workers(iterator: Any) -> None:
+    """End the workers of a DataLoader iterator now, not whenever it is garbage collected.
+
+    After an exception the iterator lives on in the traceback's frames, possibly until the interpreter exits, when
+    torch skips the shutdown and leaves the workers to notice their parent's death. torch's own shutdown asks each
+    worker to leave and, for one that does not, falls back to SIGTERM, which our workers ignore: SIGKILL ends those.
+    """
+    shutdown = getattr(iterator, "_shutdown_workers", None)  # absent with num_workers=0
+    if shutdown is None:
+        return
+    shutdown()
+    for w in getattr(iterator, "_workers", ()):
+        if w.is_alive():
+            w.kill()
+            w.join(timeout=5)
+
+
+# torch's words for a worker that died: from its SIGCHLD handler ("is killed by signal: Killed.", "exited
+# unexpectedly with exit code 1.") or from the wait for a batch ("DataLoader worker (pid(s) 12, 13) exited
+# unexpectedly").
+_DEATH = re.compile(
+    r"DataLoader worker \(pid(?:\(s\))? (?P<pids>[\d, ]+)\) "
+    r"(?:is killed by signal: (?P<signal>[^.]+)\.|exited unexpectedly(?: with exit code (?P<code>-?\d+))?)"
+)
+# why a worker usually gets these signals (the kernel's OOM killer sends SIGKILL)
+_HINTS = {"SIGKILL": " (out of memory?)", "SIGBUS": " (out of shared memory? /dev/shm may be too small)"}
+
+
+def describe_worker_death(err: BaseException) -> str | None:
+    """ "data loader worker (pid N) was killed by signal SIGKILL (out of memory?)" for the error torch raises when a
+    worker died; None for any other error."""
+    found = _DEATH.search(str(err)) if isinstance(err, RuntimeError) else None
+    if found is None:
+        return None
+    pids = found["pids"].strip()
+    who = f"data loader worker{'s' if ',' in pids else ''} (pid {pids})"
+    if found["signal"]:
+        name = _signal_name(found["signal"].strip())
+        return f"{who} was killed by signal {name}{_HINTS.get(name, '')}"
+    if found["code"]:
+        return f"{who} exited with code {found['code']}"
+    return f"{who} exited unexpectedly"
+
+
+def _signal_name(description: str) -> str:
+    """SIGKILL for "Killed" (torch reports a signal by its ``strsignal`` text)."""
+    for s in signal.Signals:
+        if signal.strsignal(s) == description:
+            return s.name
+    return description
