@@ -98,7 +98,8 @@ def describe_worker_death(err: BaseException) -> str | None:
     if found is None:
         return None
     pids = found["pids"].strip()
-    who = f"data loader worker{'s' if ',' in pids else ''} (pid {pids})"
+    plural = "s" if "," in pids else ""
+    who = f"data loader worker{plural} (pid{plural} {pids})"
     if found["signal"]:
         name = _signal_name(found["signal"].strip())
         return f"{who} was killed by signal {name}{_HINTS.get(name, '')}"
