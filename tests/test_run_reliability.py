@@ -5,7 +5,6 @@ unusable out_dir or a full disk."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import signal
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from train_procs import wait_for_step
 from train_utils import final_weights, overrides
 
 from openslip import checkpoint as ckpt
@@ -42,22 +42,6 @@ def _run(out_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(_command(out_dir, *extra), env=ENV, capture_output=True, text=True, timeout=300)
 
 
-def _logged_step(out_dir: Path) -> int:
-    try:
-        lines = (out_dir / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return 0
-    steps = [json.loads(line).get("step", 0) for line in lines if line.strip().endswith("}")]
-    return max(steps, default=0)
-
-
-def _wait_for_step(proc: subprocess.Popen, out_dir: Path, step: int, limit_s: float = 240) -> None:
-    deadline = time.monotonic() + limit_s
-    while _logged_step(out_dir) < step and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _logged_step(out_dir) >= step, f"the run never logged step {step}"
-
-
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert err, "no message on stderr"
@@ -71,7 +55,7 @@ def test_second_run_on_same_out_dir_is_refused(tmp_path):
     run = tmp_path / "run"
     first = _start(run, "train.steps=60", "ckpt.every_steps=100")  # ~15 s here, the second is refused in ~4
     try:
-        _wait_for_step(first, run, 1)
+        wait_for_step(first, run, 1)
         second = _run(run, "train.steps=60")
         overlapped = first.poll() is None
         out, err = first.communicate(timeout=300)
@@ -166,7 +150,7 @@ def test_sigterm_checkpoints_and_resume_is_bit_exact(tmp_path):
     run = tmp_path / "stopped"
     proc = _start(run, *steps)
     try:
-        _wait_for_step(proc, run, 2)
+        wait_for_step(proc, run, 2)
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
@@ -199,7 +183,7 @@ def test_sigint_stops_with_checkpoint_and_code_130(tmp_path):
     run = tmp_path / "run"
     proc = _start(run, "train.steps=50", "ckpt.every_steps=100")
     try:
-        _wait_for_step(proc, run, 1)
+        wait_for_step(proc, run, 1)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
