@@ -35,18 +35,8 @@ HPARAMS_TEXT = {
 }
 
 
-def write_reports(
-    cc: CompareConfig,
-    base: Any,
-    sets: list,
-    slugs: list[str],
-    cells: list,
-    out: Path,
-    *,
-    chosen: dict[str, Variant],
-    selection: dict[str, dict[str, Any]],
-) -> dict:
-    results = build_results(cc, base, sets, slugs, cells, out, chosen=chosen, selection=selection)
+def write_reports(results: dict, out: Path) -> dict:
+    """Write `build_results`' document as results.json, results.md and results.png; returns it."""
     write_json(out / "results.json", results)
     write_bytes(out / "results.md", render_markdown(results).encode("utf-8"))
     _plot(results, out / "results.png")

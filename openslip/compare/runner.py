@@ -40,7 +40,7 @@ from openslip.atomic import write_json, write_npz
 from openslip.checkpoint import load_model
 from openslip.compare.experiment import CompareConfig, Variant, first_difference, run_key
 from openslip.compare.methods import METHODS, RANDOM_ROW
-from openslip.compare.report import write_reports
+from openslip.compare.report import build_results, write_reports
 from openslip.compare.set_names import distinct_names
 from openslip.errors import ConfigError
 from openslip.eval.features import mark_untrained
@@ -129,7 +129,7 @@ def run_compare(cc: CompareConfig, log: Callable[[str], None] = print) -> dict[s
                 write_json(json_path, _plain(result.metrics))  # last: marks the evaluation finished
                 write_json(out / "timings.json", timings)
     results = (
-        write_reports(cc, base, sets, slugs, cells, out, chosen=chosen, selection=selection)
+        write_reports(build_results(cc, base, sets, slugs, cells, out, chosen=chosen, selection=selection), out)
         if distributed.is_main()
         else {}
     )
