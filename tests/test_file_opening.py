@@ -266,3 +266,26 @@ def test_manifest_memory_does_not_grow_with_a_huge_line(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-c", code, str(manifest)], capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "MemoryError" not in proc.stderr and "a line longer than" in proc.stderr.splitlines()[-1]
+
+
+def test_a_manifest_index_is_packed_as_read_and_out_of_memory_is_one_line(tmp_path: Path, capsys, monkeypatch):
+    """Rows go straight into the packed tables (no list of strings beside them); a manifest whose index does not
+    fit in memory is one line naming the rows read and the way on (shards), not a MemoryError traceback."""
+    from openslip.data.formats import records
+
+    table = records.StringTable(["a", "", "dé\udcff", "b" * 10])
+    assert list(table) == ["a", "", "dé\udcff", "b" * 10]
+    assert not table._data.flags.writeable and not table._offsets.flags.writeable
+    _images(tmp_path, 4, captions=False)
+    (tmp_path / "m.csv").write_text("image,caption\n" + "".join(f"{i:03d}.png,photo {i}\n" for i in range(4)))
+    real = records.StringTableBuilder.append
+
+    def append(self, s):  # the third row's text no longer fits
+        if len(self) == 2:
+            raise MemoryError
+        real(self, s)
+
+    monkeypatch.setattr(records.StringTableBuilder, "append", append)
+    assert main(["data", "inspect", str(tmp_path / "m.csv")]) == 2
+    line = _error(capsys, "data")
+    assert "does not fit in memory after 2 rows" in line and "make-shards" in line, line

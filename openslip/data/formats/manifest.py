@@ -25,7 +25,13 @@ from typing import Any
 
 from openslip import files
 from openslip.data.formats.decode import read_bytes
-from openslip.data.formats.records import IMAGE_EXTENSIONS, PackedSource, StringTable, join_captions
+from openslip.data.formats.records import (
+    IMAGE_EXTENSIONS,
+    PackedSource,
+    StringTable,
+    StringTableBuilder,
+    join_captions,
+)
 from openslip.data.skips import BadSample
 from openslip.errors import DataError
 
@@ -84,47 +90,54 @@ class ManifestSource(PackedSource):
         else:
             raise DataError(f"{path}: unknown manifest type {suffix!r}; use .csv, .tsv, .jsonl or .json")
 
-        paths: list[str] = []
-        captions: list[str] = []
-        ids: list[str] = []
-        for line, row in rows:
-            where = f"{path}:{line}"
-            if image_col is None:  # JSON: decide the columns from the first row
-                image_col = _pick_key(list(row), image_key, IMAGE_KEYS, "image", where)
-                caption_cols = _caption_keys(list(row), caption_keys, where)
-            missing = [k for k in (image_col, *caption_cols) if k not in row]
-            if missing:
-                raise DataError(f"{where}: missing {', '.join(repr(k) for k in missing)}")
-            image = row[image_col]
-            if not isinstance(image, str) or not image.strip():
-                raise DataError(f"{where}: empty or non-text image path in column {image_col!r}")
-            if image.startswith(("http://", "https://", "s3://", "gs://")):
-                raise DataError(f"{where}: image paths must be local files, got a URL ({image[:60]}); download first")
-            caps: list[Any] = []
-            for col in caption_cols:
-                value = row[col]
-                if isinstance(value, list):
-                    if not all(v is None or isinstance(v, (str, int, float)) for v in value):
+        # packed as read: a manifest of millions of rows costs its text once, not as Python strings as well
+        paths, captions, ids = StringTableBuilder(), StringTableBuilder(), StringTableBuilder()
+        try:
+            for line, row in rows:
+                where = f"{path}:{line}"
+                if image_col is None:  # JSON: decide the columns from the first row
+                    image_col = _pick_key(list(row), image_key, IMAGE_KEYS, "image", where)
+                    caption_cols = _caption_keys(list(row), caption_keys, where)
+                missing = [k for k in (image_col, *caption_cols) if k not in row]
+                if missing:
+                    raise DataError(f"{where}: missing {', '.join(repr(k) for k in missing)}")
+                image = row[image_col]
+                if not isinstance(image, str) or not image.strip():
+                    raise DataError(f"{where}: empty or non-text image path in column {image_col!r}")
+                if image.startswith(("http://", "https://", "s3://", "gs://")):
+                    raise DataError(
+                        f"{where}: image paths must be local files, got a URL ({image[:60]}); download first"
+                    )
+                caps: list[Any] = []
+                for col in caption_cols:
+                    value = row[col]
+                    if isinstance(value, list):
+                        if not all(v is None or isinstance(v, (str, int, float)) for v in value):
+                            raise DataError(f"{where}: column {col!r} must hold text or a list of texts")
+                        caps.extend(value)
+                    elif value is None or isinstance(value, (str, int, float)):
+                        caps.append(value)
+                    else:
                         raise DataError(f"{where}: column {col!r} must hold text or a list of texts")
-                    caps.extend(value)
-                elif value is None or isinstance(value, (str, int, float)):
-                    caps.append(value)
-                else:
-                    raise DataError(f"{where}: column {col!r} must hold text or a list of texts")
-            paths.append(image)
-            captions.append(join_captions(caps))
-            if id_key is not None:
-                if id_key not in row:
-                    raise DataError(f"{where}: missing id column {id_key!r}")
-                ids.append(str(row[id_key]))
-        if not paths:
+                paths.append(image)
+                captions.append(join_captions(caps))
+                if id_key is not None:
+                    if id_key not in row:
+                        raise DataError(f"{where}: missing id column {id_key!r}")
+                    ids.append(str(row[id_key]))
+        except MemoryError:
+            raise DataError(
+                f"{path}: the manifest's index does not fit in memory after {len(paths):,} rows; split it, or write "
+                "it as shards with `openslip data make-shards`, which are streamed"
+            ) from None
+        if not len(paths):
             raise DataError(f"{path}: the manifest has no samples")
         super().__init__(
             description=str(path),
             root=Path(root).expanduser().absolute() if root is not None else path.absolute().parent,
-            paths=StringTable(paths),
-            captions=StringTable(captions),
-            ids=StringTable(ids) if id_key is not None else None,
+            paths=paths.build(),
+            captions=captions.build(),
+            ids=ids.build() if id_key is not None else None,
         )
         self.path = path
         self.image_key = image_col

@@ -92,13 +92,10 @@ class StringTable:
     """
 
     def __init__(self, strings: Iterable[str] = ()) -> None:
-        buf = bytearray()
-        offsets = array("q", [0])
+        built = StringTableBuilder()
         for s in strings:
-            buf += s.encode("utf-8", "surrogateescape")
-            offsets.append(len(buf))
-        self._data = np.frombuffer(bytes(buf), dtype=np.uint8)
-        self._offsets = np.frombuffer(offsets.tobytes(), dtype=np.int64)
+            built.append(s)
+        self._data, self._offsets = built.arrays()
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
@@ -109,6 +106,35 @@ class StringTable:
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
+
+
+class StringTableBuilder:
+    """Appends strings to a growing buffer and builds the `StringTable` without a copy: a manifest's rows are
+    packed as they are read, so a large manifest never exists as a list of Python strings as well."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._offsets = array("q", [0])
+
+    def append(self, s: str) -> None:
+        self._buf += s.encode("utf-8", "surrogateescape")
+        self._offsets.append(len(self._buf))
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(bytes, offsets) as read-only numpy views of the builder's own buffers (no copy)."""
+        data = np.frombuffer(self._buf, dtype=np.uint8)
+        offsets = np.frombuffer(self._offsets, dtype=np.int64)
+        data.flags.writeable = False
+        offsets.flags.writeable = False
+        return data, offsets
+
+    def build(self) -> StringTable:
+        table = StringTable.__new__(StringTable)
+        table._data, table._offsets = self.arrays()
+        return table
 
 
 # Several captions of one sample are stored joined by NUL in a StringTable.
