@@ -89,6 +89,8 @@ class TrainConfig:
     log_every: int = 10  # write metrics every N steps
     progress: bool = True  # show a progress bar (rank 0, interactive terminals; else plain lines)
     print_every: int = 0  # plain progress lines (output not a terminal, or progress=false) every N steps; 0: ~10
+    print_every_s: float = 30.0  # ... and at least every this many seconds, so a slow run is never silent
+    threads: int | None = None  # torch intra-op threads on CPU; 0 / None: torch's default (capped at the cores)
     wandb: bool = False  # also log metrics.jsonl's records to Weights & Biases (needs `pip install wandb`)
     wandb_project: str = "openslip"  # the W&B project; the run is named after out_dir and resumes with it
     # seconds a collective waits for a silent rank (stuck, stopped, lost) before every other rank stops
@@ -100,6 +102,8 @@ class TrainConfig:
             _positive(f"train.{key}", getattr(self, key))
         _positive("train.grad_clip", self.grad_clip)
         _positive("train.print_every", self.print_every, allow_zero=True)
+        _positive("train.print_every_s", self.print_every_s)
+        _positive("train.threads", self.threads, allow_zero=True)
         if self.wandb and importlib.util.find_spec("wandb") is None:
             raise ConfigError("train.wandb=true needs the wandb package: pip install wandb (or leave train.wandb off)")
         if not 0.0 <= self.patch_dropout < 1.0:
