@@ -368,10 +368,14 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """["train.steps=10", "optim.lr=1e-3"] -> {"train": {"steps": 10}, "optim": {"lr": 0.001}} (YAML scalars)."""
     tree: dict[str, Any] = {}
+    seen: dict[str, str] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} should look like key.path=value")
+        if key.strip() in seen:  # the later value would silently win: most often a pattern the shell expanded
+            raise ConfigError(_repeated_key(key.strip(), seen[key.strip()], item))
+        seen[key.strip()] = item
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -389,6 +393,16 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"override {item!r} conflicts with an earlier value for {part!r}")
         node[parts[-1]] = value
     return tree
+
+
+def _repeated_key(key: str, first: str, second: str) -> str:
+    line = f"{key} is given twice ({first!r}, {second!r}): give each key once"
+    if "/" in first + second or key.startswith("data."):  # paths: most often a brace pattern the shell expanded
+        line += (
+            f"; quote a brace pattern, or the shell expands it into one override per file: "
+            f"'{key}=/data/shard-{{000000..000099}}.tar'"
+        )
+    return line
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

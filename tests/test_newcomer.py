@@ -3,7 +3,9 @@ each case through the CLI or the public API, the way a user meets it."""
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,50 @@ def test_warmup_longer_than_the_run_warns(tmp_path: Path, capsys):
     assert _train(tmp_path, "optim.warmup_steps=30") == 0
     lines = [x for x in capsys.readouterr().err.splitlines() if "optim.warmup_steps=30" in x]
     assert len(lines) == 1 and "never reaches" in lines[0], lines
+
+
+def test_repeated_override_key_is_refused_naming_the_quoting(capsys):
+    # what bash makes of an unquoted data.train=/d/shard-{000000..000002}.tar
+    argv = ["train", *(f"data.train=/d/shard-00000{i}.tar" for i in range(3))]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.train is given twice" in err[0] and "quote" in err[0], err
+
+
+def test_repeated_key_in_compare_is_refused(capsys):
+    assert main(["compare", "train.steps=5", "train.steps=6"]) == 2
+    assert "train.steps is given twice" in capsys.readouterr().err
+
+
+def _image_tree(root: Path, classes: list[str], per_class: int = 3) -> Path:
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (32, 32), (40 * c, 10 * i, 0)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_zero_shot_on_numbered_classes_warns_naming_classnames(tmp_path: Path, capsys):
+    root = _image_tree(tmp_path / "set", ["0", "1"])
+    argv = ["eval", "zeroshot", "--model", "slip_vit_micro", "--pretrained", "none", "--dataset", str(root)]
+    with pytest.warns(UserWarning, match=r"class names are numbers .*--classnames"):
+        assert main(argv) == 0
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*never trained")
+        assert main([*argv, "--classnames", str(names)]) == 0
+
+
+def test_knn_k_larger_than_the_train_set_is_clamped_and_said(tmp_path: Path, capsys):
+    train = _image_tree(tmp_path / "train", ["cat", "dog"])
+    test = _image_tree(tmp_path / "test", ["cat", "dog"])
+    argv = ["eval", "knn", "--model", "slip_vit_micro", "--pretrained", "none", "--dataset", str(test)]
+    assert main([*argv, "--train", str(train), "--k", "50", "--output", str(tmp_path / "m.json")]) == 0
+    captured = capsys.readouterr()
+    assert "--k 50 is more than the 6 train images: using k=6" in captured.err
+    assert "kNN (k=6" in captured.out
+    assert json.loads((tmp_path / "m.json").read_text())["k"] == 6

@@ -19,7 +19,9 @@ FAST = [
 
 
 def overrides(out_dir: Path | str, *extra: str) -> list[str]:
-    return [*FAST, f"out_dir={out_dir}", *extra]
+    """FAST with `out_dir` and `extra`; a key of `extra` replaces FAST's (the CLI refuses a key given twice)."""
+    given = {e.partition("=")[0] for e in extra}
+    return [*(f for f in FAST if f.partition("=")[0] not in given), f"out_dir={out_dir}", *extra]
 
 
 def final_weights(run_dir: Path | str) -> dict[str, torch.Tensor]:
