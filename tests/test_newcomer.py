@@ -131,3 +131,35 @@ def test_knn_k_larger_than_the_train_set_is_clamped_and_said(tmp_path: Path, cap
     assert "--k 50 is more than the 6 train images: using k=6" in captured.err
     assert "kNN (k=6" in captured.out
     assert json.loads((tmp_path / "m.json").read_text())["k"] == 6
+
+
+# --- open_clip habits: one-line answers naming the openslip way --------------------------------------------------
+
+
+def test_create_model_with_pretrained_names_load_model():
+    import openslip
+
+    with pytest.raises(TypeError, match=r"openslip\.load_model\(PATH\)"):
+        openslip.create_model("slip_vit_micro", pretrained="laion2b")
+
+
+def test_get_tokenizer_with_a_model_name_says_it_takes_none():
+    import openslip
+
+    with pytest.raises(TypeError, match=r"takes no model name .*openslip\.get_tokenizer\(\)"):
+        openslip.get_tokenizer("ViT-B-32")
+
+
+def test_encode_text_of_strings_and_encode_image_of_one_image():
+    import openslip
+
+    model = openslip.create_model("slip_vit_micro").eval()
+    with pytest.raises(TypeError, match=r"tokenize first"):
+        model.encode_text(["a dog"])
+    size = model.cfg.vision.image_size
+    with pytest.raises(ValueError, match=r"x\[None\]"):
+        model.encode_image(torch.zeros(3, size, size))
+    tok = openslip.get_tokenizer()
+    with torch.no_grad():  # the ways the messages name do work
+        assert model.encode_text(tok(["a dog"])).shape[0] == 1
+        assert model.encode_image(torch.zeros(3, size, size)[None]).shape[0] == 1
