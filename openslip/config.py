@@ -299,6 +299,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         _choice(key, value, get_args(tp))
         return value
     if origin in (tuple, list):
+        if isinstance(value, str) and "," in value:  # `eval.zeroshot=a,b`: YAML reads it as one string
+            raise ConfigError(f"{key}={value!r} should be a list: write {key}=[{value}]")
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}={value!r} should be a list")
         args = get_args(tp)
@@ -403,6 +405,28 @@ def _repeated_key(key: str, first: str, second: str) -> str:
             f"'{key}=/data/shard-{{000000..000099}}.tar'"
         )
     return line
+
+
+def config_keys(cls: type = None, prefix: str = "") -> list[str]:  # type: ignore[assignment]
+    """Every dotted key of the config (`train.steps`, `model`, ...)."""
+    out = []
+    for f in dataclasses.fields(cls or Config):
+        tp = typing.get_type_hints(cls or Config)[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += config_keys(tp, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def option_as_override(option: str) -> str | None:
+    """The dotted key an option such as `--steps` or `--train.batch-size` means, when exactly one matches."""
+    name = option.lstrip("-").partition("=")[0].replace("-", "_")
+    keys = config_keys()
+    if name in keys:
+        return name
+    matches = [k for k in keys if k.rpartition(".")[2] == name]
+    return matches[0] if len(matches) == 1 else None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

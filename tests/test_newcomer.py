@@ -163,3 +163,65 @@ def test_encode_text_of_strings_and_encode_image_of_one_image():
     with torch.no_grad():  # the ways the messages name do work
         assert model.encode_text(tok(["a dog"])).shape[0] == 1
         assert model.encode_image(torch.zeros(3, size, size)[None]).shape[0] == 1
+
+
+# --- dead ends -------------------------------------------------------------------------------------------------
+
+
+def _one_line(capsys, argv: list[str]) -> str:
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, (code, err)
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", "--steps", "100"], "write `train.steps=100`"),
+        (["train", "--batch-size=8", "train.steps=3"], "write `train.batch_size=8`"),
+        (["compare", "--lr", "1e-3"], "write `optim.lr=1e-3`"),
+    ],
+)
+def test_an_option_that_is_a_config_key_names_the_override(capsys, argv, expected):
+    assert expected in _one_line(capsys, argv)
+
+
+def test_comma_list_without_brackets_gets_the_bracket_hint(capsys):
+    assert "write eval.zeroshot=[demo_shapes,demo_colours]" in _one_line(
+        capsys, ["train", "eval.zeroshot=demo_shapes,demo_colours"]
+    )
+
+
+def test_data_inspect_with_every_file_missing_fails_naming_a_path_and_root(tmp_path: Path, capsys):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,caption\nimgs/a.jpg,a cat\nimgs/b.jpg,a dog\n")
+    try:
+        code = main(["data", "inspect", str(manifest)])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "a.jpg" in err[-1] and "--root" in err[-1], err
+
+
+def test_timm_export_given_to_model_is_named_not_broken(tmp_path: Path, capsys):
+    import openslip
+    from openslip.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "ck", openslip.create_model("slip_vit_micro"))
+    assert main(["export", str(tmp_path / "ck"), str(tmp_path / "timm"), "--format", "timm"]) == 0
+    capsys.readouterr()
+    line = _one_line(capsys, ["eval", "zeroshot", "--model", str(tmp_path / "timm"), "--dataset", "demo_shapes"])
+    assert "is a timm export" in line and "broken" not in line, line
+
+
+def test_open_clip_file_without_activation_names_convert(tmp_path: Path, capsys):
+    from tests.clip_layout_utils import clip_state_dict
+
+    torch.save(clip_state_dict(), tmp_path / "weights.pt")  # open_clip names, no activation recorded
+    argv = ["eval", "zeroshot", "--model", str(tmp_path / "weights.pt"), "--dataset", "demo_shapes"]
+    line = _one_line(capsys, argv)
+    assert "openslip convert" in line and "--activation gelu" in line and "(CLI: --activation)" not in line, line
