@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from openslip.cli import main
 from tests.train_utils import overrides
@@ -225,3 +226,38 @@ def test_open_clip_file_without_activation_names_convert(tmp_path: Path, capsys)
     argv = ["eval", "zeroshot", "--model", str(tmp_path / "weights.pt"), "--dataset", "demo_shapes"]
     line = _one_line(capsys, argv)
     assert "openslip convert" in line and "--activation gelu" in line and "(CLI: --activation)" not in line, line
+
+
+# --- clumsy ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "ssl", "clip"), [("clip_vit_micro", 0.0, 1.0), ("simclr_vit_micro", 1.0, 0.0), ("slip_vit_micro", 1, 1)]
+)
+def test_the_model_kind_sets_its_loss_weights(capsys, model, ssl, clip):
+    assert main(["train", f"model={model}", "--print-config"]) == 0
+    loss = yaml.safe_load(capsys.readouterr().out)["loss"]
+    assert (loss["ssl_scale"], loss["clip_scale"]) == (ssl, clip)
+
+
+def test_explicit_loss_weights_of_a_baseline_still_work(capsys):
+    assert main(["train", "model=clip_vit_micro", "loss.ssl_scale=0", "--print-config"]) == 0
+    assert main(["train", "model=simclr_vit_micro", "loss.clip_scale=0", "--print-config"]) == 0
+    assert "has no SimCLR head" in _one_line(capsys, ["train", "model=clip_vit_micro", "loss.ssl_scale=1"])
+
+
+def test_clip_baseline_trains_with_the_model_alone(tmp_path: Path):
+    assert main(["train", *overrides(tmp_path / "run", "model=clip_vit_micro", "train.steps=2")]) == 0
+
+
+def test_batch_larger_than_the_dataset_is_refused_in_one_line(tmp_path: Path, capsys):
+    from PIL import Image
+
+    rows = ["image,caption"]
+    for i in range(6):
+        Image.new("RGB", (32, 32), (30 * i, 0, 0)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,a red square number {i}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    argv = ["train", *overrides(tmp_path / "run", f"data.train={tmp_path / 'm.csv'}", "train.batch_size=8")]
+    line = _one_line(capsys, argv)
+    assert "fewer than the batch size 8" in line and "train.batch_size" in line, line
