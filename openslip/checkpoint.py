@@ -389,6 +389,14 @@ def _latest_pointer(root: Path, verify: bool = False) -> tuple[Path | None, str 
     return root / name, None
 
 
+def _is_timm_export(p: Path) -> bool:
+    try:
+        doc = json.loads(read_text(p / CONFIG_FILE, limit=DOCUMENT_BYTES))
+    except Exception:  # unreadable: the checkpoint's own problem says why
+        return False
+    return isinstance(doc, dict) and "model" not in doc and {"architecture", "model_args"} <= doc.keys()
+
+
 def find_latest_checkpoint(run_dir: PathLike, *, verify: bool = False) -> Path | None:
     """The checkpoint `OUT_DIR/checkpoints/latest` names; if that file is missing or names a broken
     checkpoint (with `verify`: or one failing its checksums), the highest-numbered complete `step_N` with a
@@ -429,6 +437,12 @@ def resolve_checkpoint(path: PathLike, *, verify: bool = False) -> Path:
         p = p.parent
     if (p / CONFIG_FILE).exists() or (p / MODEL_FILE).exists():
         problem = checkpoint_problem(p, verify=verify)
+        if problem is not None and _is_timm_export(p):  # not broken: another library's format
+            raise CheckpointError(
+                f"{p} is a timm export (`openslip export --format timm`: the vision tower in timm's names), which "
+                "openslip does not read back: load it with timm (docs/INTEROP.md), or give the run or checkpoint "
+                "it was exported from (an `--format hf` export reads back)"
+            )
         if problem is not None:
             raise CheckpointError(f"broken checkpoint: {problem}")
         return p

@@ -47,6 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _option_hint(args: argparse.Namespace, extra: list[str], argv: list[str]) -> str | None:
+    """`openslip train --steps 100`: settings are key=value overrides; name the one the option meant."""
+    if not isinstance(getattr(args, "overrides", None), list):
+        return None
+    from openslip.config import option_as_override
+
+    for item in extra:
+        key = option_as_override(item) if item.startswith("--") else None
+        if key is None:
+            continue
+        option, sep, value = item.partition("=")
+        if not sep:  # the value follows in argv (argparse filed it under the overrides)
+            at = argv.index(item) + 1 if item in argv else len(argv)
+            value = argv[at] if at < len(argv) and not argv[at].startswith("-") else "VALUE"
+        return f"unrecognized option {option}: settings are key=value overrides; write `{key}={value}`"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may follow options (`openslip compare a=1 --seeds 0,1 b=2`), which a positional list
@@ -56,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(getattr(args, "overrides", None), list) and all("=" in e and e[0] != "-" for e in extra):
             args.overrides += extra
         else:
+            hint = _option_hint(args, extra, sys.argv[1:] if argv is None else list(argv))
+            if hint:
+                print(f"openslip {args.command}: error: {hint}", file=sys.stderr)
+                return 2
             parser.parse_args(argv)  # argparse's own message for what it does not know, and exit 2
     try:
         result = args.func(args)

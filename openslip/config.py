@@ -89,6 +89,8 @@ class TrainConfig:
     log_every: int = 10  # write metrics every N steps
     progress: bool = True  # show a progress bar (rank 0, interactive terminals; else plain lines)
     print_every: int = 0  # plain progress lines (output not a terminal, or progress=false) every N steps; 0: ~10
+    print_every_s: float = 30.0  # ... and at least every this many seconds, so a slow run is never silent
+    threads: int | None = None  # torch intra-op threads on CPU; 0 / None: torch's default (capped at the cores)
     wandb: bool = False  # also log metrics.jsonl's records to Weights & Biases (needs `pip install wandb`)
     wandb_project: str = "openslip"  # the W&B project; the run is named after out_dir and resumes with it
     # seconds a collective waits for a silent rank (stuck, stopped, lost) before every other rank stops
@@ -100,6 +102,8 @@ class TrainConfig:
             _positive(f"train.{key}", getattr(self, key))
         _positive("train.grad_clip", self.grad_clip)
         _positive("train.print_every", self.print_every, allow_zero=True)
+        _positive("train.print_every_s", self.print_every_s)
+        _positive("train.threads", self.threads, allow_zero=True)
         if self.wandb and importlib.util.find_spec("wandb") is None:
             raise ConfigError("train.wandb=true needs the wandb package: pip install wandb (or leave train.wandb off)")
         if not 0.0 <= self.patch_dropout < 1.0:
@@ -295,6 +299,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         _choice(key, value, get_args(tp))
         return value
     if origin in (tuple, list):
+        if isinstance(value, str) and "," in value:  # `eval.zeroshot=a,b`: YAML reads it as one string
+            raise ConfigError(f"{key}={value!r} should be a list: write {key}=[{value}]")
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}={value!r} should be a list")
         args = get_args(tp)
@@ -364,10 +370,14 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """["train.steps=10", "optim.lr=1e-3"] -> {"train": {"steps": 10}, "optim": {"lr": 0.001}} (YAML scalars)."""
     tree: dict[str, Any] = {}
+    seen: dict[str, str] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} should look like key.path=value")
+        if key.strip() in seen:  # the later value would silently win: most often a pattern the shell expanded
+            raise ConfigError(_repeated_key(key.strip(), seen[key.strip()], item))
+        seen[key.strip()] = item
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -385,6 +395,38 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"override {item!r} conflicts with an earlier value for {part!r}")
         node[parts[-1]] = value
     return tree
+
+
+def _repeated_key(key: str, first: str, second: str) -> str:
+    line = f"{key} is given twice ({first!r}, {second!r}): give each key once"
+    if "/" in first + second or key.startswith("data."):  # paths: most often a brace pattern the shell expanded
+        line += (
+            f"; quote a brace pattern, or the shell expands it into one override per file: "
+            f"'{key}=/data/shard-{{000000..000099}}.tar'"
+        )
+    return line
+
+
+def config_keys(cls: type = None, prefix: str = "") -> list[str]:  # type: ignore[assignment]
+    """Every dotted key of the config (`train.steps`, `model`, ...)."""
+    out = []
+    for f in dataclasses.fields(cls or Config):
+        tp = typing.get_type_hints(cls or Config)[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += config_keys(tp, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def option_as_override(option: str) -> str | None:
+    """The dotted key an option such as `--steps` or `--train.batch-size` means, when exactly one matches."""
+    name = option.lstrip("-").partition("=")[0].replace("-", "_")
+    keys = config_keys()
+    if name in keys:
+        return name
+    matches = [k for k in keys if k.rpartition(".")[2] == name]
+    return matches[0] if len(matches) == 1 else None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -191,7 +191,28 @@ def make_config(overrides: dict[str, Any] | None = None, *, yaml_path: str | Pat
     if not isinstance(recipe, str):
         raise ConfigError(f"recipe={recipe!r} should be a recipe name")
     base = RECIPES.get(recipe)().to_dict()
-    return config_from_dict(deep_merge(base, values))
+    merged = deep_merge(base, values)
+    given = values.get("loss") if isinstance(values.get("loss"), dict) else {}
+    for scale, value in _model_loss_weights(merged.get("model")).items():
+        if scale not in given:  # the user's own value wins (and is checked against the model by Config)
+            merged["loss"][scale] = value
+    return config_from_dict(merged)
+
+
+def _model_loss_weights(model: Any) -> dict[str, float]:
+    """The loss terms a model kind cannot train: `model=clip_vit_tiny` alone means CLIP only (loss.ssl_scale=0),
+    `model=simclr_vit_tiny` SimCLR only (loss.clip_scale=0)."""
+    from openslip.models.variants import MODELS
+
+    if not isinstance(model, str) or model not in MODELS:
+        return {}  # Config names the valid models
+    parts = MODELS.get(model)
+    weights = {}
+    if parts.ssl_head is None:
+        weights["ssl_scale"] = 0.0
+    if parts.text is None:
+        weights["clip_scale"] = 0.0
+    return weights
 
 
 def is_demo_data(train: Any) -> bool:

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ def _jsonable(value: Any) -> Any:
 class RunLogger:
     """Rank 0 writes `OUT_DIR/metrics.jsonl` (one object per logged step) and TensorBoard events, and shows
     progress: a bar on an interactive terminal, else (output to a file or a pipe, or `train.progress=false`)
-    plain lines every `print_every` steps (0: about ten per run); other ranks log nothing."""
+    plain lines every `print_every` steps (0: about ten per run) and at least every `print_every_s` seconds (a
+    slow run under load is never silent for minutes); other ranks log nothing."""
 
     def __init__(
         self,
@@ -35,7 +37,9 @@ class RunLogger:
         start_step: int,
         progress: bool,
         print_every: int = 0,
+        print_every_s: float = 30.0,
         wandb: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.enabled = enabled
         self.total_steps = total_steps
@@ -45,6 +49,8 @@ class RunLogger:
         self._bar = None
         self._wandb = _start_wandb(run_dir, wandb) if enabled and wandb else None
         self.print_every = print_every or max(1, round(total_steps / 10))
+        self.print_every_s = print_every_s
+        self._clock = clock
         self._start(start_step)
         if enabled:
             try:
@@ -66,6 +72,7 @@ class RunLogger:
     def _start(self, step: int) -> None:
         self._start_step, self._start_time = step, time.perf_counter()
         self._next_line = step + self.print_every
+        self._last_line_at = self._clock()
 
     def start_at(self, step: int) -> None:
         """The run continues after `step` (0: from the start). The steps after its checkpoint are trained again,
@@ -111,9 +118,11 @@ class RunLogger:
             shown = {k: f"{_jsonable(metrics[k]):.3g}" for k in ("loss", "samples_per_s") if k in metrics}
             self._bar.set_postfix(shown, refresh=False)
             return
-        if step < self._next_line and step != self.total_steps:
+        due = self._clock() - self._last_line_at >= self.print_every_s
+        if step < self._next_line and step != self.total_steps and not due:
             return
         self._next_line = step + self.print_every
+        self._last_line_at = self._clock()
         print(self.progress_line(step, metrics), file=sys.stderr, flush=True)
 
     def progress_line(self, step: int, metrics: dict[str, Any]) -> str:

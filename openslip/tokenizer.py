@@ -343,8 +343,15 @@ def _rebuild(merges_path, truncate, cache_size) -> Tokenizer:
 
 
 @functools.cache
-def get_tokenizer() -> Tokenizer:
-    """The shared CLIP tokenizer (built once per process, ~0.3 s)."""
+def get_tokenizer(*args: object, **kwargs: object) -> Tokenizer:
+    """The shared CLIP tokenizer (built once per process, ~0.3 s). Every openslip model uses it: it takes no
+    model name (open_clip's `get_tokenizer("ViT-B-32")` is refused with that answer)."""
+    if args or kwargs:
+        given = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+        raise TypeError(
+            f"openslip.get_tokenizer() takes no model name (got {given}): every openslip model uses the one CLIP "
+            "tokenizer, openslip.get_tokenizer()"
+        )
     return Tokenizer()
 
 

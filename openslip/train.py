@@ -50,7 +50,7 @@ from openslip.losses import SLIPLoss
 from openslip.models import SLIP, create_model, model_config
 from openslip.models.sync_batchnorm import convert_global_batchnorm
 from openslip.optim import build_optimizer, clamp_logit_scale, lr_at
-from openslip.perf import fast_bf16_available, tune_cpu_runtime
+from openslip.perf import available_cores, fast_bf16_available, tune_cpu_runtime
 from openslip.run_log import RunLogger
 from openslip.step import NO_CLOCK, OptimStep, check_finite, check_finite_weights
 from openslip.train_state import rng_state, set_rng_state
@@ -160,8 +160,11 @@ def optimise(
 
 
 def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
+    threads = cfg.train.threads or None  # 0 / None: torch's default
     if dist.device.type == "cpu":
-        tune_cpu_runtime()  # keep freed activations in the heap: ~3x less time outside matmuls (PERFORMANCE.md)
+        tune_cpu_runtime(threads=threads)  # keep freed activations in the heap: ~3x less time outside matmuls
+    if threads is not None and torch.get_num_threads() != threads:  # also on GPU, and with OPENSLIP_NO_TUNE set
+        torch.set_num_threads(threads)
     if cfg.train.precision == "bf16" and not fast_bf16_available(dist.device):
         warnings.warn(
             f"train.precision=bf16 has no fast kernels on this {dist.device.type} (no AVX512-BF16 / AMX); "
@@ -621,6 +624,7 @@ def _run(t: Trainer, run_dir: Path) -> dict[str, Any]:
         start_step=0,
         progress=cfg.train.progress,
         print_every=cfg.train.print_every,
+        print_every_s=cfg.train.print_every_s,
         wandb={"project": cfg.train.wandb_project, "config": cfg.to_dict()} if cfg.train.wandb else None,
     )
     try:
@@ -637,13 +641,52 @@ def _run(t: Trainer, run_dir: Path) -> dict[str, Any]:
         if t.dist.is_main:
             log.message(
                 f"training {cfg.model} ({cfg.recipe}) for {cfg.train.steps} steps, global batch "
-                f"{cfg.train.batch_size}, {dist.world_size} process(es) on {dist.device.type}; run dir {run_dir}"
+                f"{cfg.train.batch_size}, {dist.world_size} process(es) on {dist.device.type}; "
+                f"data {describe_data(cfg, t.data.loader)}; run dir {run_dir}"
             )
+            for line in start_warnings(cfg, dist):
+                log.message(line)
             if cfg.eval.zeroshot and not t.model.has_text:
                 log.message(f"zero-shot evaluation skipped: {cfg.model} has no text tower (SimCLR only)")
         return _loop(t, log)
     finally:
         log.close()
+
+
+def describe_data(cfg: Config, loader: Any) -> str:
+    """`data.train` as given and its size: a wrong glob or an unquoted brace pattern shows here at once."""
+    spec = cfg.data.train if isinstance(cfg.data.train, str) else ", ".join(cfg.data.train)
+    if len(spec) > 120:
+        spec = spec[:117] + "..."
+    if loader.kind == "map":
+        size = f"{len(loader.source):,} samples"
+    else:
+        urls = getattr(loader.source, "urls", None)
+        size = f"{len(urls):,} shard(s)" if urls is not None else "size unknown"
+    return f"{spec} ({size})"
+
+
+def start_warnings(cfg: Config, dist: DistInfo, load: Callable[[], float] | None = None) -> list[str]:
+    """One line each for settings that make a run quietly slower or different from what was asked."""
+    lines = []
+    if cfg.optim.warmup_steps >= cfg.train.steps:
+        lines.append(
+            f"warning: optim.warmup_steps={cfg.optim.warmup_steps} is not shorter than train.steps={cfg.train.steps}: "
+            f"the learning rate never reaches optim.lr={cfg.optim.lr:g}; lower optim.warmup_steps"
+        )
+    if dist.device.type == "cpu":
+        cores = available_cores()
+        try:
+            busy = load() if load is not None else os.getloadavg()[0]
+        except OSError:  # no load average on this system
+            busy = 0.0
+        if busy > cores:
+            lines.append(
+                f"warning: the 1-minute load ({busy:.1f}) is above the {cores} usable core(s): other work competes "
+                f"for the CPU; training with {torch.get_num_threads()} thread(s) may be many times slower "
+                "(try train.threads=1)"
+            )
+    return lines
 
 
 def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
@@ -660,6 +703,7 @@ def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dic
     data_wait, samples, loader_cpu, tick_step = 0.0, 0, t.data.loader.cpu_s, t.step
     reported_skips = t.data.loader.skips.total_skipped
     tick = time.perf_counter()
+    shown: dict[str, Any] = {}  # the metrics of the last logged step, shown by the progress line
     while t.step < cfg.train.steps:
         t0 = time.perf_counter()
         batch = next(batches)
@@ -688,7 +732,9 @@ def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dic
             tick, data_wait, samples, loader_cpu, tick_step = now, 0.0, 0, t.data.loader.cpu_s, step
             t.history.update(metrics)
             log.log(step, metrics)
-            log.progress(step, metrics)
+            shown = metrics
+        # every step: the bar moves, and a plain line is printed every print_every steps or print_every_s seconds
+        log.progress(step, shown)
         last = step == cfg.train.steps
         evaluates = cfg.eval.zeroshot or cfg.eval.knn or cfg.eval.linear
         if cfg.eval.every_steps and (step % cfg.eval.every_steps == 0 or last) or (last and evaluates):

@@ -280,6 +280,9 @@ def shrink(cmd: DocCommand, argv: list[str], inputs: Inputs, cwd: Path) -> list[
     if sub == ("bench", "train"):
         model = argv[argv.index("--model") + 1] if "--model" in argv else "slip_vit_tiny"
         extra += ["--model", _micro_model(model)]
+    if sub in (("train",), ("compare",)):  # the CLI refuses a key given twice: the shrink value replaces the doc's
+        shrunk = {e.partition("=")[0] for e in extra if "=" in e and not e.startswith("-")}
+        argv = [a for a in argv if a.startswith("-") or a.partition("=")[0] not in shrunk or "=" not in a]
     return argv + extra
 
 

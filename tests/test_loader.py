@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from pathlib import Path
 
@@ -306,3 +307,34 @@ def test_views_render_without_autograd_and_batches_train(
     weight = torch.ones(1, requires_grad=True)
     (batch["image"] * weight).sum().backward()
     assert weight.grad is not None and weight.grad.item() == 4.0
+
+
+def _pid_transform(img: Image.Image) -> dict[str, torch.Tensor]:
+    """`_transform` plus the process that rendered the sample."""
+    return {**_transform(img), "pid": torch.tensor(os.getpid())}
+
+
+@pytest.mark.parametrize("kind", ["map", "shards"])
+def test_forever_keeps_its_workers_across_epochs_and_gives_the_same_batches(
+    small: Path, uneven_shards: Path, kind: str
+):
+    source = open_source(str(small if kind == "map" else uneven_shards))
+
+    def loader(workers: int):
+        return build_train_loader(source, _pid_transform, _tokenize, 40, workers, 5, max_skip_rate=None)
+
+    per_epoch = loader(2)
+    n = len(per_epoch)  # map: 5 batches of 40 per epoch; shards: what the streams give
+    expected = [b for _ in range(3) for b in per_epoch]  # three epochs, each with freshly started workers
+    got = list(itertools.islice(loader(2).forever(), 3 * n))
+    for x, y in zip(got, expected, strict=True):
+        assert torch.equal(x["id"], y["id"]) and torch.equal(x["view1"], y["view1"])
+    pids = {int(p) for b in got for p in b["pid"]}
+    assert len(pids) == 2 and os.getpid() not in pids  # the same two workers served all three epochs
+    # a loader resumed mid-epoch 1 with persistent workers continues exactly
+    interrupted = loader(2)
+    taken = list(itertools.islice(interrupted.forever(), n + 2))
+    resumed = loader(2)
+    resumed.load_state_dict(interrupted.state_dict())
+    rest = list(itertools.islice(resumed.forever(), 2 * n - 2))
+    assert [b["id"].tolist() for b in taken + rest] == [b["id"].tolist() for b in expected]

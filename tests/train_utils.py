@@ -19,7 +19,13 @@ FAST = [
 
 
 def overrides(out_dir: Path | str, *extra: str) -> list[str]:
-    return [*FAST, f"out_dir={out_dir}", *extra]
+    """FAST with `out_dir` and `extra`; a later value of a key replaces an earlier one (the CLI refuses a key given
+    twice), so that a test may add to its usual settings one that changes them."""
+    values: dict[str, str] = {}
+    for item in [*FAST, f"out_dir={out_dir}", *extra]:
+        values.pop(item.partition("=")[0], None)  # re-inserted last: the order of the given keys is kept
+        values[item.partition("=")[0]] = item
+    return list(values.values())
 
 
 def final_weights(run_dir: Path | str) -> dict[str, torch.Tensor]:

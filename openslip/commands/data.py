@@ -138,6 +138,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     good: list[tuple[Any, list[str]]] = []
     sizes: list[tuple[int, int]] = []
     caption_words: list[int] = []
+    first_bad: BadSample | None = None  # named when nothing is readable
     for n, sample in enumerate(samples):
         if n >= limit:
             break
@@ -149,12 +150,19 @@ def run_inspect(args: argparse.Namespace) -> int:
             image = sample.load_image(counter=counter)
         except BadSample as bad:
             counter.skip(bad.reason)
+            first_bad = first_bad or bad
             continue
         sizes.append(image.size)
         caption_words.extend(len(c.split()) for c in captions)
         if len(good) < args.n:
             good.append((image, captions))
     print(f"scanned: {counter.seen:,} samples; {counter.summary()}")
+    if counter.seen and not sizes:  # a source training would refuse at once: not a report that ends in success
+        example = f"; e.g. {first_bad}" if first_bad is not None else ""
+        hint = ""
+        if first_bad is not None and first_bad.reason == "missing_file" and not isinstance(source, ShardSource):
+            hint = "; relative image paths are read from the manifest's folder: give --root DIR where the images are"
+        raise DataError(f"none of the {counter.seen:,} scanned samples is usable{example}{hint}")
     if sizes:
         widths = sorted(w for w, _ in sizes)
         heights = sorted(h for _, h in sizes)

@@ -9,6 +9,7 @@ the JSON, whose keys are metric names plus `metric` (the dataset's reported one)
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from openslip.commands._common import (
@@ -316,6 +317,14 @@ def run_knn(args: argparse.Namespace) -> int:
     model, device = setup(args)
     train, test = train_test(args)
     opt = _feature_options(args, device)
-    metrics, _, _ = knn(model, train, test, opt, k=args.k, temperature=args.temperature)
-    title = f"kNN (k={args.k}, T={args.temperature}, {args.features} features) {test.name}: {len(train)} train"
+    k = args.k
+    if k > len(train):  # every train image votes: say so rather than report a k that never was
+        print(
+            f"openslip eval: note: --k {k} is more than the {len(train)} train images: using k={len(train)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        k = len(train)
+    metrics, _, _ = knn(model, train, test, opt, k=k, temperature=args.temperature)
+    title = f"kNN (k={k}, T={args.temperature}, {args.features} features) {test.name}: {len(train)} train"
     return finish(args, title, metrics)

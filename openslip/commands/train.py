@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="pre-train a model (default: a tiny SLIP on the built-in demo world)",
         description="Pre-train SLIP / CLIP / SimCLR. Settings are key.path=value overrides on a recipe "
-        "(recipe=NAME, default demo), e.g. `openslip train model=clip_vit_tiny loss.ssl_scale=0 train.steps=300`. "
+        "(recipe=NAME, default demo), e.g. `openslip train model=clip_vit_tiny train.steps=300`. "
         "Multi-process: `torchrun --nproc-per-node N -m openslip.cli train ...`.",
     )
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings (overrides on the command line win)")

@@ -77,10 +77,26 @@ class _BatchStream(IterableDataset):
         self.start = start
         self.rotation = rotation
         self.num_logical = loader._num_streams
-        self.quotas = loader._remaining_quotas(epoch, start) if self.kind == "shards" else None
+        self.quotas = _remaining_quotas(self.plan, epoch, start) if self.kind == "shards" else None
         self.stream_pos = list(loader._streams) if self.kind == "shards" else None
+        self._started = False
+
+    def _next_epoch(self) -> None:
+        """A persistent worker iterates its stream once per epoch: the second time on, the next epoch whole. Each
+        worker advances its own copy; the main process consumes every epoch to its end before asking again."""
+        self.epoch, self.start = self.epoch + 1, 0
+        self.rotation = _rotation(self.plan, self.kind, self.epoch, 0)
+        if self.kind == "shards":
+            self.quotas = _remaining_quotas(self.plan, self.epoch, 0)
+            self.stream_pos = [(0, 0, 0)] * self.num_logical
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self._started:  # not in the generator: a restarted stream moves on even if it is never advanced
+            self._next_epoch()
+        self._started = True
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[dict[str, Any]]:
         try:
             batches = self._batches()
             while (batch := _timed_next(batches)) is not None:
@@ -275,54 +291,69 @@ class TrainLoader:
     # -- iteration ------------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """The remaining batches of the current epoch; afterwards the loader stands at the next epoch."""
-        if self._position >= self._plan.batches_per_epoch(self._epoch):
-            self.set_epoch(self._epoch + 1)
-        epoch, start = self._epoch, self._position
-        rotation = self._rotation(epoch, start)
-        stream = _BatchStream(self, epoch, start, rotation)
+        stream, epoch = self._stream()
         with stop_signals_held():  # the workers fork here (see data/workers.py)
             batches = iter(self._dataloader(stream, epoch))
         try:
-            for batch in batches:
-                meta = batch.pop("_meta")
-                if "error" in meta:
-                    raise DataError(meta["error"])
-                if "stream" in meta:
-                    logical, *pos = meta["stream"]
-                    self._streams[logical] = tuple(int(p) for p in pos)
-                elif meta.get("batch") != self._position:
-                    raise RuntimeError(f"batch {meta.get('batch')} arrived at position {self._position}")
-                self.skips.update(meta["skips"])
-                self.cpu_s += meta.get("cpu_s", 0.0)
-                self._position += 1
-                self.skips.check(self.max_skip_rate, min_samples=self.min_samples_for_check)
-                yield batch
+            yield from self._consume(batches, epoch)
         finally:  # the epoch ended, or the consumer stopped early (a signal, an error): the workers end now
             stop_workers(batches)
+
+    def _stream(self) -> tuple[_BatchStream, int]:
+        """What the workers iterate from where the loader stands (the next epoch when this one is used up)."""
+        if self._position >= self._plan.batches_per_epoch(self._epoch):
+            self.set_epoch(self._epoch + 1)
+        epoch, start = self._epoch, self._position
+        return _BatchStream(self, epoch, start, _rotation(self._plan, self.kind, epoch, start)), epoch
+
+    def _consume(self, batches: Iterator[dict[str, Any]], epoch: int) -> Iterator[dict[str, Any]]:
+        """The batches of one epoch from the workers, checked to arrive in order, with the loader's state kept."""
+        for batch in batches:
+            meta = batch.pop("_meta")
+            if "error" in meta:
+                raise DataError(meta["error"])
+            if "stream" in meta:
+                logical, *pos = meta["stream"]
+                self._streams[logical] = tuple(int(p) for p in pos)
+            elif meta.get("batch") != self._position:
+                raise RuntimeError(f"batch {meta.get('batch')} arrived at position {self._position}")
+            self.skips.update(meta["skips"])
+            self.cpu_s += meta.get("cpu_s", 0.0)
+            self._position += 1
+            self.skips.check(self.max_skip_rate, min_samples=self.min_samples_for_check)
+            yield batch
         if self._epoch == epoch and self._position >= self._plan.batches_per_epoch(epoch):
             self.set_epoch(epoch + 1)
 
     def forever(self) -> Iterator[dict[str, Any]]:
-        """Batches across epochs without end (the training loop stops by step count)."""
-        while True:
-            yield from self
+        """Batches across epochs without end (the training loop stops by step count).
 
-    def _rotation(self, epoch: int, start: int) -> int:
-        """The logical worker whose batch comes first when resuming at ``start`` (DataLoader starts at worker 0)."""
-        if self.kind == "map":
-            return 0
-        _, quota, _ = self._plan.layout(epoch)
-        order = round_robin(quota)
-        return order[start] if start < len(order) else 0
+        With workers, one DataLoader serves every epoch (``persistent_workers``): its workers start once, not at
+        every epoch, which on a small set (an epoch of a step or two) cost more than the training. Each new
+        iteration of the DataLoader restarts every worker's stream at the next epoch (``_BatchStream``), so the
+        batches are those of ``__iter__`` epoch after epoch, and a resumed loader continues them exactly."""
+        if self.num_workers == 0:
+            while True:
+                yield from self
+        batches: Iterator[dict[str, Any]] | None = None
+        try:
+            while True:
+                stream, epoch = self._stream()
+                with stop_signals_held():  # the workers fork here (see data/workers.py)
+                    loader = self._dataloader(stream, epoch, persistent=True)
+                    batches = iter(loader)
+                while True:
+                    yield from self._consume(batches, epoch)
+                    if self._epoch == epoch:  # the epoch ended short of its batches: start over where it stands
+                        break
+                    epoch = self._epoch  # _consume ended the epoch and moved the loader to the next
+                    batches = iter(loader)  # the same workers, each now at the stream's next epoch
+                stop_workers(batches)
+        finally:  # the consumer stopped (the run's end, a signal, an error): the workers end now
+            if batches is not None:
+                stop_workers(batches)
 
-    def _remaining_quotas(self, epoch: int, start: int) -> list[int]:
-        _, quota, _ = self._plan.layout(epoch)
-        remaining = list(quota)
-        for w in round_robin(quota)[:start]:
-            remaining[w] -= 1
-        return remaining
-
-    def _dataloader(self, stream: _BatchStream, epoch: int) -> DataLoader:
+    def _dataloader(self, stream: _BatchStream, epoch: int, persistent: bool = False) -> DataLoader:
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
             kwargs["prefetch_factor"] = self.prefetch_factor or 2
@@ -333,7 +364,7 @@ class TrainLoader:
             batch_size=None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=False,
+            persistent_workers=persistent and self.num_workers > 0,
             generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, self.rank)),
             in_order=True,
             **kwargs,
@@ -348,6 +379,23 @@ class TrainLoader:
             else:
                 out.append(str(self.source.record(int(i)).id))
         return out
+
+
+def _rotation(plan: Any, kind: str, epoch: int, start: int) -> int:
+    """The logical worker whose batch comes first when resuming at ``start`` (DataLoader starts at worker 0)."""
+    if kind == "map":
+        return 0
+    _, quota, _ = plan.layout(epoch)
+    order = round_robin(quota)
+    return order[start] if start < len(order) else 0
+
+
+def _remaining_quotas(plan: Any, epoch: int, start: int) -> list[int]:
+    _, quota, _ = plan.layout(epoch)
+    remaining = list(quota)
+    for w in round_robin(quota)[:start]:
+        remaining[w] -= 1
+    return remaining
 
 
 def build_train_loader(

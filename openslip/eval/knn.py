@@ -57,5 +57,6 @@ def knn_evaluate(
         train_features, train_labels, test_features, num_classes=num_classes, k=k, temperature=temperature
     )
     out = classification_metrics(scores, test_labels, metric)
-    out.update({"k": float(k), "temperature": float(temperature), "num_train": float(len(train_labels))})
+    used = min(k, len(train_labels))  # knn_scores clamps k to the train set's size: report the k that voted
+    out.update({"k": float(used), "temperature": float(temperature), "num_train": float(len(train_labels))})
     return out

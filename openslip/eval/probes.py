@@ -82,5 +82,7 @@ def knn(
     test_x, test_y = frozen_features(model, test, opt, "test")
     scores = knn_scores(train_x, train_y, test_x, num_classes=test.num_classes, k=k, temperature=temperature)
     metrics = classification_metrics(scores, test_y, test.metric)
-    metrics.update({"k": float(k), "temperature": float(temperature), "num_train": float(len(train_y))})
+    metrics.update(
+        {"k": float(min(k, len(train_y))), "temperature": float(temperature), "num_train": float(len(train_y))}
+    )
     return metrics, scores, test_y

@@ -8,6 +8,7 @@ catalog) data-parallel over ranks and reports the dataset's metric (``openslip.e
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ import torch
 
 from openslip.data.demo.tasks import demo_task
 from openslip.errors import ConfigError
+from openslip.eval.datasets import DEFAULT_TEMPLATES
 from openslip.eval.features import dataset_features, encode_texts, eval_mode, warn_if_untrained
 from openslip.eval.metrics import classification_metrics, topk_accuracy
 from openslip.models.slip import SLIP
@@ -110,6 +112,20 @@ def evaluate_demo_zero_shot(
     }
 
 
+def warn_if_numbered(dataset: ImageSet) -> None:
+    """Class folders `0/ 1/ ...` or integer CSV labels with no class names prompt "a photo of a 0.": the score is
+    near chance whatever the model learned. Said once, in one line (digit classes with their own templates, as
+    a catalog's MNIST, are meant)."""
+    names = dataset.prompt_names or dataset.classnames
+    if all(isinstance(n, str) and n.isdigit() for n in names) and tuple(dataset.templates) == DEFAULT_TEMPLATES:
+        warnings.warn(
+            f"zero-shot {dataset.name}: the class names are numbers ({', '.join(names[:3])}, ...)"
+            f' and the prompts read "{DEFAULT_TEMPLATES[0].format(names[0])}": give their names with --classnames '
+            "FILE (eval.classnames in training), or a catalog dataset",
+            stacklevel=3,
+        )
+
+
 def evaluate_zero_shot(
     model: SLIP,
     dataset: ImageSet,
@@ -127,6 +143,7 @@ def evaluate_zero_shot(
     if not model.has_text:
         raise ConfigError(f"{model.cfg.name} is SimCLR-only: it has no text tower for zero-shot transfer")
     warn_if_untrained(model, f"zero-shot {dataset.name}")
+    warn_if_numbered(dataset)
     with eval_mode(model):
         classifier = zero_shot_classifier(
             model,

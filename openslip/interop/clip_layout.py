@@ -110,8 +110,9 @@ def _activation(sd: dict[str, torch.Tensor], activation: str | None, source: str
     if any(k in sd for k in _OPENAI_HINTS):
         return "quick_gelu"  # only OpenAI's own release carries these entries, and it uses QuickGELU
     raise CheckpointError(
-        f"{source}: an open_clip state dict does not record its MLP activation; pass activation= (CLI: --activation): "
-        "quick_gelu for OpenAI weights and open_clip '-quickgelu' models, gelu for other open_clip models"
+        f"{source}: an open_clip state dict does not record its MLP activation: convert it once with "
+        f"`openslip convert {source} OUT --activation gelu` (quick_gelu for OpenAI weights and open_clip "
+        "'-quickgelu' models) and use OUT, or in Python pass activation= to openslip.load_model"
     )
 
 

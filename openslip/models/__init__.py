@@ -15,6 +15,11 @@ def list_models() -> list[str]:
 
 def create_model(name_or_config: str | ModelConfig, **overrides: object) -> SLIP:
     """Build a freshly initialised model by registry name (or from a `ModelConfig`)."""
+    if "pretrained" in overrides:  # open_clip's create_model(name, pretrained=...): weights load another way here
+        raise TypeError(
+            "openslip.create_model builds a freshly initialised model and takes no pretrained=...: load weights "
+            "with openslip.load_model(PATH) (a run directory, a checkpoint, or a file made by `openslip convert`)"
+        )
     cfg = name_or_config if isinstance(name_or_config, ModelConfig) else model_config(name_or_config, **overrides)
     return SLIP(cfg)
 

@@ -72,12 +72,14 @@ class SLIP(nn.Module):
         """[B, 3, H, W] -> [B, embed_dim] unnormalised CLIP image embedding."""
         if not self.has_text:
             raise ValueError(f"{self.cfg.name} has no image-text projection (SimCLR-only model); use .visual")
+        check_image_batch(image, "encode_image")
         return self.visual(image) @ self.image_projection
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """[B, L] token ids -> [B, embed_dim] unnormalised text embedding, pooled at the EOT token."""
         if not self.has_text:
             raise ValueError(f"{self.cfg.name} has no text tower (SimCLR-only model)")
+        check_token_batch(text)
         eot = text.argmax(dim=-1)  # the EOT id (49407) is the largest in the vocabulary
         if self.trim_text:
             text = text[:, : trimmed_text_length(text)]
@@ -140,3 +142,29 @@ class SLIP(nn.Module):
         if len(images) > 1 and all(x.shape[1:] == images[0].shape[1:] for x in images):
             return list(self.visual(torch.cat(images)).split([x.shape[0] for x in images]))
         return [self.visual(x) for x in images]
+
+
+def check_image_batch(image: object, what: str) -> None:
+    """A one-line answer for what open_clip users pass: a single image [3, H, W], a PIL image, a list."""
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(
+            f"{what} takes a float tensor [B, 3, H, W], not a {type(image).__name__}: preprocess first "
+            "(openslip.create_model_and_transforms gives the transform), then stack the images"
+        )
+    if image.ndim == 3:
+        raise ValueError(
+            f"{what} takes a batch [B, 3, H, W], got one image {list(image.shape)}: add a batch dimension with x[None]"
+        )
+
+
+def check_token_batch(text: object) -> None:
+    """A one-line answer for raw strings (open_clip users tokenize with `tokenizer(texts)` as well)."""
+    if isinstance(text, str) or (isinstance(text, list | tuple) and any(isinstance(t, str) for t in text)):
+        raise TypeError(
+            "encode_text takes token ids [B, 77], not strings: tokenize first, tok = openslip.get_tokenizer(); "
+            'model.encode_text(tok(["a dog"]))'
+        )
+    if not isinstance(text, torch.Tensor):
+        raise TypeError(f"encode_text takes a LongTensor of token ids [B, 77], not a {type(text).__name__}")
+    if text.ndim == 1:
+        raise ValueError("encode_text takes a batch of token ids [B, 77], got one row: add a batch dimension, t[None]")
