@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from openslip.cli import main
+from train_utils import merged
 
 # The default experiment, shrunk: micro models, 2 steps, small demo sets.
 SMALL = ["model=slip_vit_micro", "train.steps=2", "train.batch_size=8", "data.num_workers=0", "train.progress=false"]
@@ -110,7 +111,7 @@ def test_adding_a_seed_reuses_finished_runs_and_reports_spread(default_run, caps
 
 def _command(out: Path) -> list[str]:
     return [sys.executable, "-m", "openslip.cli", "compare", "--out-dir", str(out), "--methods", "clip,simclr,slip",
-            "--eval-sets", "demo_colours", *SMALL_EVAL, *SMALL, "train.steps=4", "ckpt.every_steps=2"]  # fmt: skip
+            "--eval-sets", "demo_colours", *SMALL_EVAL, *merged(*SMALL, "train.steps=4", "ckpt.every_steps=2")]  # fmt: skip
 
 
 def test_sigkill_at_any_point_then_rerun_equals_an_uninterrupted_run(tmp_path):

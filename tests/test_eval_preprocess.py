@@ -85,9 +85,9 @@ def test_cli_uses_the_protocols_transform_and_crop_fraction(
     root = _folder(tmp_path / "set")
     seen: list[tuple[str, float | None]] = []
 
-    def spy(p: str, size: int, crop_fraction: float | None = None, normalization=None):
+    def spy(p: str, size: int, crop_fraction: float | None = None, inputs=None):
         seen.append((p, crop_fraction))
-        return eval_transform(p, size, crop_fraction, normalization)
+        return eval_transform(p, size, crop_fraction, inputs)
 
     monkeypatch.setattr(datasets, "eval_transform", spy)
     extra = [] if crop is None else ["--crop-fraction", str(crop)]
@@ -106,10 +106,15 @@ def test_bad_crop_fraction_is_one_line(value: str, tmp_path: Path, capsys) -> No
         EvalConfig(crop_fraction=float(value))
 
 
-def test_converted_clip_weights_are_evaluated_with_clips_image_statistics(tmp_path: Path, monkeypatch, capsys) -> None:
-    """Weights converted from OpenAI CLIP were trained on CLIP's mean / std: evaluation normalises with those."""
+@pytest.mark.parametrize("command", ["zeroshot", "linear"])
+def test_converted_clip_weights_are_evaluated_as_clip_preprocesses(
+    command: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Weights converted from OpenAI CLIP were trained on CLIP's mean / std and bicubic resize: every evaluation
+    normalises and resizes as CLIP's own transform does (open_clip's too), whatever the protocol's default."""
     from clip_layout_utils import clip_state_dict
 
+    from openslip.eval.preprocess import ModelInputs
     from openslip.interop.clip_layout import CLIP_MEAN, CLIP_STD
 
     torch.save(clip_state_dict(openai=True, image_size=32, vocab=49408, context=77), tmp_path / "clip.pt")
@@ -117,14 +122,23 @@ def test_converted_clip_weights_are_evaluated_with_clips_image_statistics(tmp_pa
     root = _folder(tmp_path / "set")
     seen = []
 
-    def spy(p: str, size: int, crop_fraction=None, normalization=None):
-        seen.append(normalization)
-        return eval_transform(p, size, crop_fraction, normalization)
+    def spy(p: str, size: int, crop_fraction=None, inputs=None):
+        t = eval_transform(p, size, crop_fraction, inputs)
+        seen.append((t.config.mean, t.config.std, t.interpolation))
+        return t
 
     monkeypatch.setattr(datasets, "eval_transform", spy)
-    assert main(["eval", "zeroshot", "--model", str(tmp_path / "clip"), "--dataset", str(root)]) == 0, (
-        capsys.readouterr()
-    )
-    assert seen == [(CLIP_MEAN, CLIP_STD)]
-    t = eval_transform("zeroshot", 32, normalization=(CLIP_MEAN, CLIP_STD))
-    assert t.config.mean == CLIP_MEAN and t.config.std == CLIP_STD
+    argv = ["eval", command, "--model", str(tmp_path / "clip"), "--dataset", str(root)]
+    if command == "linear":
+        argv += ["--train", str(root)]
+    assert main(argv) == 0, capsys.readouterr()
+    assert seen and all(s == (CLIP_MEAN, CLIP_STD, "bicubic") for s in seen)
+
+    # the pixels: PIL's bicubic resize of the shorter side to S, then the centre crop (CLIP's `_transform`)
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).resize((160, 120))
+    t = eval_transform("linear", 64, inputs=ModelInputs(CLIP_MEAN, CLIP_STD, "bicubic"))
+    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
+    got = ((t(img).double() * std + mean) * 255).permute(1, 2, 0).numpy()
+    want = _torchvision_on_pil(img, 64, 0.875, "bicubic")
+    assert np.abs(got - want).max() <= 1.0 + 1e-3 and np.abs(got - want).mean() < 0.05

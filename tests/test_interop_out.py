@@ -73,8 +73,13 @@ def test_export_timm_matches_timm_forward(tmp_path, capsys, source):
     print(f"timm-out ({source}, {cfg['architecture']}) max abs difference {diff:.2e}")
     assert diff < 1e-12
     assert cfg["model_args"]["num_classes"] == 0 and not cfg["exact_name"]
+    # the preprocessing the tower was trained with: openslip's bilinear / ImageNet statistics, CLIP's bicubic / own
+    pre = cfg["pretrained_cfg"]
     if source == "converted_openai":
         assert cfg["architecture"] == "vit_base_patch16_clip_quickgelu_224" and "patch_embed.proj.bias" not in sd
+        assert pre["interpolation"] == "bicubic" and pre["mean"][0] == pytest.approx(0.48145466)
+    else:
+        assert pre["interpolation"] == "bilinear" and pre["mean"] == list(AugmentConfig().mean)
 
 
 def test_timm_names_of_the_registered_sizes():

@@ -18,14 +18,19 @@ FAST = [
 ]
 
 
-def overrides(out_dir: Path | str, *extra: str) -> list[str]:
-    """FAST with `out_dir` and `extra`; a later value of a key replaces an earlier one (the CLI refuses a key given
-    twice), so that a test may add to its usual settings one that changes them."""
+def merged(*items: str) -> list[str]:
+    """`key=value` overrides in which a later value of a key replaces an earlier one (the CLI refuses a key given
+    twice), so that a test may add to its usual settings one that changes them; the order of the keys is kept."""
     values: dict[str, str] = {}
-    for item in [*FAST, f"out_dir={out_dir}", *extra]:
-        values.pop(item.partition("=")[0], None)  # re-inserted last: the order of the given keys is kept
+    for item in items:
+        values.pop(item.partition("=")[0], None)  # re-inserted last
         values[item.partition("=")[0]] = item
     return list(values.values())
+
+
+def overrides(out_dir: Path | str, *extra: str) -> list[str]:
+    """FAST with `out_dir` and `extra` (merged: `extra` may change the usual settings)."""
+    return merged(*FAST, f"out_dir={out_dir}", *extra)
 
 
 def final_weights(run_dir: Path | str) -> dict[str, torch.Tensor]:

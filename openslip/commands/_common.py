@@ -58,7 +58,7 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any]:
     """(model, device) on every rank; the process group is joined from the torchrun environment."""
     from openslip import distributed
     from openslip.eval.features import load_eval_model
-    from openslip.eval.preprocess import check_crop_fraction, model_normalization
+    from openslip.eval.preprocess import check_crop_fraction, model_inputs
 
     if not args.model:
         raise ConfigError("--model is required (a run dir, checkpoint, SLIP .pt, or a name with --pretrained none)")
@@ -66,7 +66,7 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any]:
     info = distributed.init_distributed()
     device = args.device or info.device
     model = load_eval_model(args.model, pretrained=args.pretrained, device=device)
-    args.normalization = model_normalization(model)  # converted CLIP weights keep CLIP's image statistics
+    args.inputs = model_inputs(model)  # converted CLIP weights keep CLIP's image statistics and resize
     check_crop_fraction(args.crop_fraction)  # also where no file is resized (demo tasks): a typo is not ignored
     if args.image_size is None:
         args.image_size = model.cfg.vision.image_size
@@ -129,7 +129,7 @@ def classification_set(args: argparse.Namespace, spec: str, split: str, n: int |
         seed=args.seed,
         protocol=protocol,
         crop_fraction=args.crop_fraction,
-        normalization=args.normalization,
+        inputs=args.inputs,
         **extra,
     )
 

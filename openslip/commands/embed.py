@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _images(spec: str, image_size: int, crop_fraction: float | None, normalization: Any) -> tuple[Any, list[str]]:
+def _images(spec: str, image_size: int, crop_fraction: float | None, inputs: Any) -> tuple[Any, list[str]]:
     from openslip.data.sources import open_source
     from openslip.eval.datasets import RecordImageSet
     from openslip.eval.preprocess import eval_transform
@@ -56,7 +56,7 @@ def _images(spec: str, image_size: int, crop_fraction: float | None, normalizati
         templates=[],
         metric="top1",
         identity=f"embed:{spec}",
-        transform=eval_transform("embed", image_size, crop_fraction, normalization),
+        transform=eval_transform("embed", image_size, crop_fraction, inputs),
     )
     return ds, [r.id for r in records]
 
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         ids = _texts(args.input)
         emb = encode_texts(model, ids, batch_size=args.batch_size, device=device, normalize=normalize)
     else:
-        ds, ids = _images(args.input, args.image_size, args.crop_fraction, args.normalization)
+        ds, ids = _images(args.input, args.image_size, args.crop_fraction, args.inputs)
         emb, _ = extract_features(
             feature_fn(model, args.features),
             ds,

@@ -249,7 +249,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
         caption_keys=args.caption_keys,
         seed=args.seed,
         crop_fraction=args.crop_fraction,
-        normalization=args.normalization,
+        inputs=args.inputs,
     )
     metrics = evaluate_retrieval(
         model, data, batch_size=args.batch_size, num_workers=args.num_workers, device=device, cache_dir=args.cache_dir

@@ -42,7 +42,7 @@ from openslip.data.skips import BadSample
 from openslip.data.sources import open_source
 from openslip.errors import DataError
 from openslip.eval.catalog import DEFAULT_PROMPTS, CatalogEntry, get_entry
-from openslip.eval.preprocess import Normalization, eval_transform
+from openslip.eval.preprocess import ModelInputs, eval_transform
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
 DEMO_RETRIEVAL_NAMES = ("demo", "demo_retrieval")
@@ -91,6 +91,7 @@ class ImageSet(Dataset):
         self.transform = transform
         # every name of each class to prompt with (a catalog's synonym lists); None: just `classnames`
         self.prompt_names: list[list[str]] | None = None
+        self.inputs: ModelInputs | None = None  # the model's recorded inputs, kept when the protocol changes
 
     @property
     def num_classes(self) -> int:
@@ -119,8 +120,7 @@ class ImageSet(Dataset):
         """Resize and crop image files as ``protocol`` does (``openslip.eval.preprocess``); demo images are
         rendered at the model's size and stay as they are."""
         if isinstance(self.transform, EvalTransform):
-            c = self.transform.config
-            self.transform = eval_transform(protocol, c.image_size, crop_fraction, (c.mean, c.std))
+            self.transform = eval_transform(protocol, self.transform.config.image_size, crop_fraction, self.inputs)
         return self
 
     def __repr__(self) -> str:
@@ -200,7 +200,7 @@ def open_classification(
     prompts: str = DEFAULT_PROMPTS,
     protocol: str = "zeroshot",
     crop_fraction: float | None = None,
-    normalization: Normalization | None = None,
+    inputs: ModelInputs | None = None,
 ) -> ImageSet:
     """A labelled set: a demo task name, an ImageFolder tree, a CSV/TSV of (image, label), or labelled
     WebDataset shards (``openslip.data.formats.labelled_shards``: KEY.jpg + KEY.cls, classnames.txt beside them).
@@ -219,7 +219,7 @@ def open_classification(
         prompts: the catalog's prompt set: ``reference`` (the 2021 reference's files) or ``clip_benchmark``.
         protocol, crop_fraction: the test-image preprocessing (``openslip.eval.preprocess``); switch it later
             with ``ImageSet.for_protocol``.
-        normalization: (mean, std) of the model's inputs (``model_normalization``); default ImageNet's.
+        inputs: the model's recorded mean, std and resize (``model_inputs``); default ImageNet's statistics.
     """
     entry = get_entry(catalog, prompts) if catalog else None
     names_file = classnames if isinstance(classnames, (str, os.PathLike)) else None
@@ -257,8 +257,9 @@ def open_classification(
         templates=final_templates,
         metric=final_metric,
         identity=identity,
-        transform=eval_transform(protocol, image_size, crop_fraction, normalization),
+        transform=eval_transform(protocol, image_size, crop_fraction, inputs),
     )
+    ds.inputs = inputs
     if names is None and entry is not None and entry.classnames is not None:
         ds.prompt_names = entry.prompt_names()  # the reference averages the prompts of all of a class's names
     return ds
@@ -380,7 +381,7 @@ def open_retrieval(
     caption_keys: str | None = None,
     seed: int = 0,
     crop_fraction: float | None = None,
-    normalization: Normalization | None = None,
+    inputs: ModelInputs | None = None,
 ) -> RetrievalSet:
     """``demo`` (the demo world's retrieval split), a Karpathy-split JSON (COCO / Flickr30k, ``split``
     selects its images), or anything ``openslip.data.sources.open_source`` reads with captions (CSV / JSONL
@@ -435,7 +436,7 @@ def open_retrieval(
         templates=[],
         metric="recall",
         identity=f"retrieval:{path.resolve()}:{split}:{len(paths)}:{image_size}",
-        transform=eval_transform("retrieval", image_size, crop_fraction, normalization),
+        transform=eval_transform("retrieval", image_size, crop_fraction, inputs),
     )
     return RetrievalSet(path.stem, images, captions)
 

@@ -18,7 +18,15 @@ from openslip.data.augment.params import AugmentConfig
 from openslip.data.augment.views import EvalTransform
 from openslip.errors import ConfigError
 
-Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]  # (mean, std)
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a loaded model records about its inputs: weights converted from CLIP keep CLIP's mean / std and its
+    bicubic resize (openai/CLIP's `_transform`, as open_clip preprocesses them); openslip's own models record none."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str | None = None  # None: each protocol's own
 
 
 @dataclass(frozen=True)
@@ -45,26 +53,28 @@ def check_crop_fraction(value: float | None, what: str = "--crop-fraction") -> f
     return value
 
 
-def model_normalization(model: Any) -> Normalization | None:
-    """The (mean, std) a loaded model records (weights converted from CLIP keep CLIP's); None: openslip's."""
+def model_inputs(model: Any) -> ModelInputs | None:
+    """The inputs a loaded model records (``ModelInputs``); None: openslip's (ImageNet statistics)."""
     recorded = getattr(model, "preprocess", None) or {}
     if "mean" in recorded and "std" in recorded:
-        return tuple(recorded["mean"]), tuple(recorded["std"])  # type: ignore[return-value]
+        return ModelInputs(tuple(recorded["mean"]), tuple(recorded["std"]), recorded.get("interpolation"))  # type: ignore[arg-type]
     return None
 
 
 def eval_transform(
-    protocol: str, image_size: int, crop_fraction: float | None = None, normalization: Normalization | None = None
+    protocol: str, image_size: int, crop_fraction: float | None = None, inputs: ModelInputs | None = None
 ) -> EvalTransform:
-    """The test-image transform of ``protocol`` (a key of PROTOCOL_PREPROCESS) at ``image_size``, normalised with
-    ``normalization`` (default: the ImageNet statistics openslip trains with)."""
+    """The test-image transform of ``protocol`` (a key of PROTOCOL_PREPROCESS) at ``image_size``, normalised and
+    resized as ``inputs`` records (default: the ImageNet statistics openslip trains with, the protocol's resize)."""
     if protocol not in PROTOCOL_PREPROCESS:
         raise ConfigError(f"unknown evaluation protocol {protocol!r}; choose one of: {', '.join(PROTOCOL_PREPROCESS)}")
     pre = PROTOCOL_PREPROCESS[protocol]
     crop = check_crop_fraction(crop_fraction)
     config = AugmentConfig(image_size=image_size)
-    if normalization is not None:
-        config = AugmentConfig(image_size=image_size, mean=tuple(normalization[0]), std=tuple(normalization[1]))
+    interpolation = pre.interpolation
+    if inputs is not None:
+        config = AugmentConfig(image_size=image_size, mean=tuple(inputs.mean), std=tuple(inputs.std))
+        interpolation = inputs.interpolation or interpolation
     return EvalTransform(
-        config=config, crop_fraction=pre.crop_fraction if crop is None else crop, interpolation=pre.interpolation
+        config=config, crop_fraction=pre.crop_fraction if crop is None else crop, interpolation=interpolation
     )

@@ -18,10 +18,11 @@ from openslip.errors import CheckpointError
 from openslip.models.config import ACTIVATIONS, ModelConfig, TextConfig, VisionConfig
 from openslip.safe_load import key_summary
 
-# OpenAI CLIP's normalisation (openai/CLIP clip.py `_transform`); its eval resizes to the crop size (crop_fraction 1).
+# OpenAI CLIP's preprocessing (openai/CLIP clip.py `_transform`, as open_clip applies it to these weights): its
+# statistics, a bicubic resize of the shorter side to the crop size (crop_fraction 1), then the centre crop.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-CLIP_PREPROCESS = {"mean": list(CLIP_MEAN), "std": list(CLIP_STD), "crop_fraction": 1.0}
+CLIP_PREPROCESS = {"mean": list(CLIP_MEAN), "std": list(CLIP_STD), "crop_fraction": 1.0, "interpolation": "bicubic"}
 
 CLIP_NORM_EPS = 1e-5  # nn.LayerNorm's default, used by both OpenAI CLIP and open_clip
 # Non-weight entries some files carry: OpenAI's TorchScript state dict (shape hints) and older open_clip's mask.

@@ -92,7 +92,7 @@ def timm_config(v: VisionConfig, preprocess: dict[str, Any]) -> dict[str, Any]:
         "notes": notes,
         "pretrained_cfg": {
             "input_size": [3, v.image_size, v.image_size],
-            "interpolation": "bicubic",
+            "interpolation": preprocess["interpolation"],
             "crop_pct": preprocess["crop_fraction"],
             "crop_mode": "center",
             "mean": list(preprocess["mean"]),

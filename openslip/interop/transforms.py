@@ -50,5 +50,10 @@ def create_model_and_transforms(name_or_path: str | Path, **kwargs: Any) -> tupl
         model = create_model(name_or_path, **kwargs)
     else:
         model = load_model(name_or_path, **kwargs)
-    aug = _augment_config(preprocess_of(model))
-    return model, SLIPTransform(config=aug, views=model.cfg.image_views), EvalTransform(config=aug)
+    pre = preprocess_of(model)
+    aug = _augment_config(pre)
+    return (
+        model,
+        SLIPTransform(config=aug, views=model.cfg.image_views),
+        EvalTransform(config=aug, interpolation=pre["interpolation"]),
+    )
