@@ -110,8 +110,9 @@ def test_adding_a_seed_reuses_finished_runs_and_reports_spread(default_run, caps
 
 
 def _command(out: Path) -> list[str]:
+    settings = merged(*SMALL, "train.steps=4", "ckpt.every_steps=2")
     return [sys.executable, "-m", "openslip.cli", "compare", "--out-dir", str(out), "--methods", "clip,simclr,slip",
-            "--eval-sets", "demo_colours", *SMALL_EVAL, *merged(*SMALL, "train.steps=4", "ckpt.every_steps=2")]  # fmt: skip
+            "--eval-sets", "demo_colours", *SMALL_EVAL, *settings]  # fmt: skip
 
 
 def test_sigkill_at_any_point_then_rerun_equals_an_uninterrupted_run(tmp_path):
