@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from train_utils import merged
 
 from openslip.cli import main
-from train_utils import merged
 
 # The default experiment, shrunk: micro models, 2 steps, small demo sets.
 SMALL = ["model=slip_vit_micro", "train.steps=2", "train.batch_size=8", "data.num_workers=0", "train.progress=false"]
