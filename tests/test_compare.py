@@ -22,7 +22,7 @@ SMALL_EVAL = ["--num-test", "32", "--num-train", "64", "--bootstrap", "100"]
 
 
 def _compare(out: Path, *extra: str) -> int:
-    return main(["compare", "--out-dir", str(out), *SMALL_EVAL, *SMALL, *extra])
+    return main(["compare", "--out-dir", str(out), *SMALL_EVAL, *merged(*SMALL, *extra)])
 
 
 @pytest.fixture(scope="module")

@@ -115,7 +115,7 @@ def test_accumulated_training_run_matches_plain_run(tmp_path):
         (["train.precision=fp8"], "choose one of: fp32, bf16, fp16"),
         (["model=nope"], "choose one of: clip_vit_b16"),
         (["recipe=nope"], "unknown recipe 'nope'"),
-        (["model=clip_vit_micro"], "loss.ssl_scale=0"),
+        (["model=clip_vit_micro", "loss.ssl_scale=1"], "has no SimCLR head: set loss.ssl_scale=0"),
         (["train.batch_size=10", "train.accum_steps=4"], "not divisible"),
         (["data.train=/does/not/exist.csv", "train.steps=1"], "no such file or directory: /does/not/exist.csv"),
         (["optim.lr=.nan"], "optim.lr=nan should be a finite number"),

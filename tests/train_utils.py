@@ -20,7 +20,7 @@ FAST = [
 
 def merged(*items: str) -> list[str]:
     """`key=value` overrides in which a later value of a key replaces an earlier one (the CLI refuses a key given
-    twice), so that a test may add to its usual settings one that changes them; the order of the keys is kept."""
+    twice), so that a test may add to its usual settings one that changes them; a replaced key moves to the end."""
     values: dict[str, str] = {}
     for item in items:
         values.pop(item.partition("=")[0], None)  # re-inserted last
