@@ -88,6 +88,33 @@ def test_compare_writes_the_papers_table(default_run):
     assert (default_run / "results.png").stat().st_size > 1000
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _first_table(text: str) -> list[list[str]]:
+    """The cells of the first markdown table in `text`, row by row (the separator row left out)."""
+    rows, started = [], False
+    for line in text.splitlines():
+        if line.startswith("|"):
+            started = True
+            if not set(line) <= set("|-: "):
+                rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif started:
+            break
+    return rows
+
+
+def test_readmes_compare_table_has_the_form_compare_writes(default_run):
+    """README shows a results.md of the default `openslip compare`: the same columns and the same rows, in order
+    (the values are the measured ones; this run is shrunk)."""
+    section = README.read_text(encoding="utf-8").split("## Reproduce the paper's comparison", 1)[1]
+    documented = _first_table(section.split("\n## ", 1)[0])
+    written = _first_table((default_run / "results.md").read_text(encoding="utf-8"))
+    assert documented[0] == written[0]  # method, lr / wd, then (evaluation, set, metric) columns
+    assert [row[0] for row in documented] == [row[0] for row in written]
+    assert all(len(row) == len(written[0]) for row in documented)
+
+
 def test_rerun_skips_everything_finished(default_run, capsys):
     before = (default_run / "results.json").read_text()
     assert _compare(default_run) == 0
