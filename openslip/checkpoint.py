@@ -784,8 +784,3 @@ def _is_converted(folder: Path) -> bool:
     except CheckpointError:
         return False
     return isinstance(doc, dict) and "converted_from" in doc
-
-
-def export_safetensors(src: PathLike, dst: PathLike, **kwargs: Any) -> Path:
-    """Same as `convert`: safetensors weights + JSON config from any loadable checkpoint."""
-    return convert(src, dst, **kwargs)

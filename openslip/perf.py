@@ -24,7 +24,6 @@ import torch
 # glibc <malloc.h> parameter numbers for mallopt()
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
-_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 
 TOP_PAD_BYTES = 64 << 20  # grow the heap in 64 MiB steps: fewer brk calls while the first steps run

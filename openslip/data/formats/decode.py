@@ -301,8 +301,3 @@ def _caption_text(item: Any) -> str | None:
             return None
         return item
     return None
-
-
-def pick_caption(captions: Sequence[str], key: int) -> str:
-    """One caption chosen by a deterministic per-sample key (see ``loader.mix_seed``)."""
-    return captions[key % len(captions)]
