@@ -1,6 +1,6 @@
 """Checkpoints: the openslip directory format, atomic saves, run directories, and original SLIP `.pt` import.
 
-An openslip checkpoint is a directory (DESIGN §9)::
+An openslip checkpoint is a directory (docs/DESIGN.md, 'Run directory')::
 
     step_0000500/
       model.safetensors   weights; keys are `model.state_dict()` keys (the SLIP reference's names)
@@ -72,7 +72,7 @@ PathLike = str | os.PathLike
 
 
 def checkpoint_dir_name(step: int) -> str:
-    """`step_0000500`: the name of the checkpoint directory for a training step (DESIGN §9)."""
+    """`step_0000500`: the name of the checkpoint directory for a training step (docs/DESIGN.md, 'Run directory')."""
     return f"step_{step:07d}"
 
 
@@ -784,8 +784,3 @@ def _is_converted(folder: Path) -> bool:
     except CheckpointError:
         return False
     return isinstance(doc, dict) and "converted_from" in doc
-
-
-def export_safetensors(src: PathLike, dst: PathLike, **kwargs: Any) -> Path:
-    """Same as `convert`: safetensors weights + JSON config from any loadable checkpoint."""
-    return convert(src, dst, **kwargs)

@@ -248,7 +248,7 @@ class Config:
         if parts.ssl_head is None and self.loss.ssl_scale > 0:
             raise ConfigError(f"model={self.model} has no SimCLR head: set loss.ssl_scale=0 (CLIP only)")
         # A part that no loss term trains would get no gradient (DDP refuses that) and would make the data
-        # pipeline render views for nothing: the baselines are their own models (DESIGN §1).
+        # pipeline render views for nothing (docs/DESIGN.md, 'Baselines are their own models').
         for part, scale, objective in (("ssl_head", "ssl_scale", "CLIP"), ("text", "clip_scale", "SimCLR")):
             if getattr(parts, part) is not None and getattr(self.loss, scale) == 0:
                 other = model_without(self.model, part)

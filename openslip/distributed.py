@@ -273,7 +273,7 @@ def gather_with_grad(x: torch.Tensor, *, check_sizes: bool = False) -> torch.Ten
     """All-gather ``x`` [B, ...] (same B on every rank) into [world_size * B, ...], rank-major, with gradient.
 
     The backward all-reduces (sums) the incoming gradient and returns this rank's slice; see the module
-    docstring for why this gives one-process gradients under DDP averaging (fixes DESIGN §1 defect 1).
+    docstring for why this gives one-process gradients under DDP averaging (docs/DESIGN.md, 'Gathering with gradient').
     ``check_sizes`` adds one small collective that verifies the batch sizes match. Identity on one process.
     """
     if world_size() == 1:
@@ -289,7 +289,8 @@ def gather_no_grad(x: torch.Tensor, *, check_sizes: bool = False) -> torch.Tenso
     Even this rank's own slice of the result is a fresh copy, so gradient reaches ``x`` only through
     whatever uses ``x`` directly (the reference's CLIP loss: the local rows of the logits). On one
     process the reference returned its input unchanged, gradient included, and so does this function;
-    that asymmetry is why the reference's CLIP objective depends on the number of GPUs (DESIGN §1 defect 1).
+    that asymmetry is why the reference's CLIP objective depends on the number of GPUs
+    (docs/DESIGN.md, 'Gathering with gradient').
     """
     if world_size() == 1:
         return x

@@ -1,4 +1,4 @@
-"""Analytic FLOPs of a SLIP / CLIP / SimCLR training step, for MFU (DESIGN §8).
+"""Analytic FLOPs of a SLIP / CLIP / SimCLR training step, for MFU (docs/DESIGN.md, 'Measuring performance').
 
 Only matrix products are counted (a multiply-add is 2 FLOPs), as `torch.utils.flop_counter` does:
 linear layers, the patch-embedding convolution, attention scores and the attention-weighted values,

@@ -11,7 +11,7 @@ gathered with :func:`openslip.distributed.gather_with_grad`, whose backward sums
 with DDP averaging parameter gradients over ranks, every parameter then receives exactly the gradient
 one process would compute on the whole batch (the convention is derived in ``openslip.distributed``).
 The 2021 reference gathered the CLIP features without gradient, which makes its objective depend on
-the number of GPUs (DESIGN §1 defect 1); ``gather="reference"`` reproduces it for comparisons.
+the number of GPUs (docs/DESIGN.md, 'Gathering with gradient'); ``gather="reference"`` reproduces it for comparisons.
 
 The math runs in float32 (float64 inputs stay float64) with autocast disabled: bf16 logits and
 log-softmax over a few thousand candidates lose too much precision.
@@ -86,7 +86,8 @@ def clip_loss(
         text_embed: [B, D] unnormalised text embeddings of the same samples (pair i is positive).
         logit_scale: the multiplier of the cosine similarities, already exponentiated (the model output).
         gather: ``"grad"`` gathers other ranks' features with gradient (one-process-exact);
-            ``"reference"`` gathers them without gradient, as the 2021 SLIP code did (DESIGN §1 defect 1).
+            ``"reference"`` gathers them without gradient, as the 2021 SLIP code did
+            (docs/DESIGN.md, 'Gathering with gradient').
 
     Returns:
         ``clip_loss``: (CE(image->text) + CE(text->image)) / 2, averaged over this rank's B rows, each row

@@ -1,4 +1,4 @@
-"""Process-level settings that make CPU training faster, applied once at trainer start (DESIGN §8).
+"""Process-level settings that make CPU training faster, applied once at trainer start.
 
 `tune_cpu_runtime()` keeps glibc malloc from handing large tensors back to the kernel after every
 step. By default glibc serves blocks above the mmap threshold (at most 32 MiB) with fresh `mmap`s and
@@ -9,7 +9,7 @@ fp32 ViT-S/16 step on a 2-core machine; see docs/PERFORMANCE.md). Switching mmap
 where the next step reuses it. The cost is that peak memory stays resident (it is reused, not grown).
 
 Nothing here changes numerics. `OPENSLIP_NO_TUNE=1` in the environment turns it off (benchmarks use it
-to measure the difference).
+to measure the difference; docs/DESIGN.md, 'Measuring performance').
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import torch
 # glibc <malloc.h> parameter numbers for mallopt()
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
-_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 
 TOP_PAD_BYTES = 64 << 20  # grow the heap in 64 MiB steps: fewer brk calls while the first steps run

@@ -202,11 +202,6 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> 
     return [curves, *written]
 
 
-def plot_run(run_dir: str | Path) -> list[Path]:
-    """One run's PNGs in RUN_DIR/plots; returns their paths."""
-    return plot_runs([run_dir])
-
-
 def plot_confusion(path: str | Path, matrix: Any, classnames: list[str], title: str = "") -> Path:
     """The row-normalised confusion matrix (true class = row) with axis titles, a colour bar, class labels
     (every k-th when there are many) and the percentages in the cells when it is small enough to read."""

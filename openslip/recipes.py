@@ -10,7 +10,7 @@ per objective: SLIP 3e-3 / 0.1, CLIP 5e-4 / 0.5, SimCLR 3.2e-3 / 0.1.
 
 The reference scored ImageNet zero-shot after every epoch and kept the best epoch's checkpoint; the published
 CC3M / CC12M numbers are that best epoch, not the last (SLIP#9), so those recipes evaluate once per epoch
-(docs/PAPER.md, "The CC3M and CC12M rows").
+(docs/PAPER.md, 'The CC3M and CC12M rows').
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ config.json documents and the original SLIP checkpoint layout (turned into a pla
 
 Nothing here unpickles arbitrary objects: `torch.load` always runs with `weights_only=True`, and any
 extra class a file may reference (the SLIP reference pickles an `argparse.Namespace`) is allowed only
-for the duration of one call via `torch.serialization.safe_globals` (DESIGN §3: a checkpoint is data
-and never executes code). Every failure becomes a `CheckpointError` naming the file and the reason.
+for the duration of one call via `torch.serialization.safe_globals`
+(docs/DESIGN.md, 'Checkpoints are data'). Every failure becomes a `CheckpointError` naming the file and the reason.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ Truncation of captions with more than ``context_length - 2`` BPE ids:
   so the text tower, which pools at the position of the largest id (EOT, 49407), sees the end of the text.
 - ``truncate="reference"``: the 2021 behaviour, ``([SOT] + ids + [EOT])[:context_length]``; EOT is cut off, the
   largest id in the row is then SOT (49406) at position 0 and every long caption gets the same pooled embedding
-  (DESIGN.md, defect 2). Use it only for apples-to-apples comparisons with the reference code.
+  (docs/DESIGN.md, 'End of text in long captions'). Use it only for apples-to-apples comparisons with the reference
+  code.
 
 The merges file (``assets/bpe_simple_vocab_16e6.txt.gz``) is the CLIP data file as shipped in the MIT-licensed
 ``open_clip_torch`` wheel; see ``assets/LICENSE-open_clip.txt``.

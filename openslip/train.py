@@ -2,7 +2,7 @@
 
 One code path from one CPU process to torchrun on many GPU nodes: `init_distributed` reads the torchrun
 environment (one plain process without it), DDP wraps the model when there are several ranks, and the
-contrastive losses gather features over the global batch with gradient (DESIGN §1, defect 1 fixed).
+contrastive losses gather features over the global batch with gradient (docs/DESIGN.md, 'Gathering with gradient').
 """
 
 from __future__ import annotations
@@ -726,7 +726,7 @@ def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dic
             metrics["epoch"] = t.data.loader.epoch
             skips = t.data.loader.skips
             metrics.update({f"data/{k}": v for k, v in skips.state_dict().items() if v})
-            if skips.total_skipped > reported_skips:  # bad input is never silent (DESIGN §4)
+            if skips.total_skipped > reported_skips:  # bad input is never silent (docs/DESIGN.md, 'Bad input')
                 reported_skips = skips.total_skipped
                 log.message(f"step {step}: {skips.summary()}")
             tick, data_wait, samples, loader_cpu, tick_step = now, 0.0, 0, t.data.loader.cpu_s, step

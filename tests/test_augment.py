@@ -82,7 +82,7 @@ def _check_crop_distribution(boxes: torch.Tensor, scale: tuple[float, float], ex
     top, left, h, w = boxes.unbind(1)
     assert bool((top >= 0).all() and (left >= 0).all() and (top + h <= H43).all() and (left + w <= W43).all())
     mean_frac, log_aspect = _crop_stats(boxes)
-    assert abs(mean_frac - expected_area) < 0.01  # DESIGN: 0.664 (CLIP) / 0.434 (SimCLR) on a 4:3 image
+    assert abs(mean_frac - expected_area) < 0.01  # 0.664 / 0.434: docs/DESIGN.md, 'Augmentations'
     # Log-uniform aspect in [3/4, 4/3] up to the rounding of w and h; slightly wide boxes on a wide image.
     assert log_aspect.min() > math.log(3 / 4) - 0.02 and log_aspect.max() < math.log(4 / 3) + 0.02
     assert log_aspect.mean() > 0.01

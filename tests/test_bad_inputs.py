@@ -1,4 +1,7 @@
-"""Bad input never kills a run and never passes silently (DESIGN §4): skip, count by reason, stop past a threshold."""
+"""Bad input never kills a run and never passes silently: skip, count by reason, stop past a threshold.
+
+The policy: docs/DESIGN.md, 'Bad input'.
+"""
 
 from __future__ import annotations
 

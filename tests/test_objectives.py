@@ -1,4 +1,6 @@
-"""Every objective trains through `openslip train`, and the pipeline produces only what it reads (DESIGN §5).
+"""Every objective trains through `openslip train`, and the pipeline produces only what it reads.
+
+The rule: docs/DESIGN.md, 'Work follows the objective'.
 
 The CLIP and SimCLR baselines once crashed at step 1 while tests that fed the model hand-filtered inputs
 stayed green; so these tests go through the CLI entry point and look at what the model was given.

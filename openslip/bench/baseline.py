@@ -1,7 +1,8 @@
-"""The 2021 way of running a SLIP step, for `openslip bench train --baseline` (DESIGN §8).
+"""The 2021 way of running a SLIP step, for `openslip bench train --baseline`.
 
 A straightforward implementation of what the reference code did, computed from the parameters of an
-openslip `SLIP` module so both paths train the same weights in the same run:
+openslip `SLIP` module so both paths train the same weights in the same run
+(docs/DESIGN.md, 'Measuring performance'):
 
 - three separate ViT passes (CLIP view, then each SimCLR view), the text tower on all 77 tokens;
 - unfused attention: explicit softmax(q k^T / sqrt(d)) v, with an additive -inf mask for the text

@@ -1,4 +1,6 @@
-"""Training-step benchmarks: samples/s, step-time breakdown, peak memory, FLOPs and MFU (DESIGN §8).
+"""Training-step benchmarks: samples/s, step-time breakdown, peak memory, FLOPs and MFU.
+
+What is measured and why: docs/DESIGN.md, 'Measuring performance'.
 
 `bench_train(TrainBenchConfig(...))` builds the trainer exactly as `openslip train` does
 (`openslip.train.build_trainer`) and times its step split into data / forward / backward / optimizer:

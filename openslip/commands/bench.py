@@ -1,4 +1,6 @@
-"""`openslip bench {train,data}`: throughput, step-time breakdown, peak memory and MFU (DESIGN §8).
+"""`openslip bench {train,data}`: throughput, step-time breakdown, peak memory and MFU.
+
+What is measured and why: docs/DESIGN.md, 'Measuring performance'.
 
 openslip bench train --model slip_vit_s16 --batch-size 16 --precision bf16 --steps 3 --baseline
 openslip bench train --model slip_vit_tiny --batch-size 64 --with-data --output tiny.json

@@ -1,6 +1,6 @@
 """The training input pipeline from a `Config`: source -> (decode, views, tokens) in workers -> batches.
 
-Two augmentation paths with the same distributions (DESIGN §4):
+Two augmentation paths with the same distributions (docs/DESIGN.md, 'Two paths, one distribution'):
 - ``data.augment=cpu``: `SLIPTransform` renders the three views in the loader workers;
 - ``data.augment=device``: workers only decode (and shrink very large images); `BatchedSLIPAugment`
   renders the views of the whole batch on the training device, its randomness drawn from
@@ -84,8 +84,9 @@ def build_train_data(
 ) -> TrainData:
     """The training loader of `cfg.data` for this rank; batch size per rank = global / (world x accum).
 
-    Only what `model`'s objectives read is produced (DESIGN §5): CLIP-only gets the CLIP view and tokens,
-    SimCLR-only the two SimCLR views and no caption at all, SLIP all three views and tokens."""
+    Only what `model`'s objectives read is produced (docs/DESIGN.md, 'Work follows the objective'): CLIP-only
+    gets the CLIP view and tokens, SimCLR-only the two SimCLR views and no caption at all, SLIP all three views
+    and tokens."""
     image_size = model.vision.image_size
     views = model.image_views
     source = open_train_source(cfg, image_size)

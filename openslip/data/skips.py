@@ -1,6 +1,6 @@
 """Bad-sample accounting: why samples were skipped, how many, and when to stop the run.
 
-DESIGN §4: bad input never kills a run and never passes silently. A sample that cannot be used raises
+docs/DESIGN.md, 'Bad input': bad input never kills a run and never passes silently. A sample that cannot be used raises
 ``BadSample(reason)`` where it is read; the loader catches it, replaces the sample and counts the reason
 in a ``SkipCounter``. Counters are plain dicts of ints so that they travel from loader workers to the
 main process inside batches, merge across workers and ranks, and go into checkpoints.

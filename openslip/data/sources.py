@@ -1,4 +1,6 @@
-"""Data sources: one interface over every image-caption format of DESIGN §4, and ``open_source(spec)``.
+"""Data sources: one interface over every image-caption format, and ``open_source(spec)``.
+
+The formats: docs/DESIGN.md, 'Data formats'.
 
 A **map-style source** (manifests, folders, the reference's metadata formats, the demo world) is an
 indexable list of ``Record``\\ s: ``len(source)`` and ``source.record(i)``. A **shard source**

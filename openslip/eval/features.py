@@ -1,8 +1,9 @@
-"""Frozen-feature extraction, data-parallel over ranks, with an optional on-disk cache (DESIGN §6).
+"""Frozen-feature extraction, data-parallel over ranks, with an optional on-disk cache.
 
-Every rank encodes one contiguous shard of the dataset (``shard_range``: sizes differ by at most one, no
-padding samples), then ``gather_rows`` all-gathers the variable-sized shards (padded to the largest and
-unpadded again), so every rank ends with the features of every sample exactly once, in dataset order.
+Each sample is seen exactly once on any number of ranks (docs/DESIGN.md, 'Evaluation'): every rank encodes one
+contiguous shard of the dataset (``shard_range``: sizes differ by at most one, no padding samples), then
+``gather_rows`` all-gathers the variable-sized shards (padded to the largest and unpadded again), so every rank ends
+with the features of every sample exactly once, in dataset order.
 On one process all of this is a plain loop.
 
 Feature kinds: ``embed`` is the CLIP image embedding (``encode_image``, what zero-shot and retrieval

@@ -1,4 +1,4 @@
-"""The logistic-regression linear probe (CLIP paper, App. A.3; DESIGN §6), solved in torch.
+"""The logistic-regression linear probe (CLIP paper, App. A.3; docs/DESIGN.md, 'Evaluation'), solved in torch.
 
 L2-regularised multinomial logistic regression on frozen, standardised features. For the K classes present
 in the fit (features x_i, labels y_i, weights W [K, D], intercepts b [K], not penalised) it minimises

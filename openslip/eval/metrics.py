@@ -1,4 +1,4 @@
-"""Classification and retrieval metrics on score matrices (DESIGN §6), all in percent.
+"""Classification and retrieval metrics on score matrices (docs/DESIGN.md, 'Evaluation'), all in percent.
 
 The per-dataset metric of the SLIP / CLIP papers is one of ``CLASSIFICATION_METRICS``: ``top1``;
 ``mean_per_class`` (mean per-class recall, i.e. scikit-learn's balanced accuracy: Aircraft, Pets,

@@ -1,4 +1,4 @@
-"""Zero-shot image-text retrieval (DESIGN §6): image->text and text->image Recall@1/5/10.
+"""Zero-shot image-text retrieval (docs/DESIGN.md, 'Evaluation'): image->text and text->image Recall@1/5/10.
 
 With several captions per image (COCO / Flickr30k have five), image->text counts an image as found at k
 when ANY of its captions ranks in the top k; text->image counts a caption as found when its own image

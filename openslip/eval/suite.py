@@ -1,4 +1,4 @@
-"""Evaluations by name (DESIGN §6): ``EVALS[name].run(model, eval_set, options) -> EvalResult``.
+"""Evaluations by name (docs/DESIGN.md, 'Evaluation'): ``EVALS[name].run(model, eval_set, options) -> EvalResult``.
 
 Each evaluation returns the metrics of its `openslip eval` command (with ``metric`` and ``score``) and the
 per-sample outcomes behind them (``openslip.eval.stats``), so a caller can put an interval on every score

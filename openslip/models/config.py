@@ -63,7 +63,8 @@ class HeadConfig:
 
     mlp_dim: int = 4096  # hidden width
     out_dim: int = 256  # embedding fed to NT-Xent
-    norm: str = "bn"  # "bn" (reference; SyncBatchNorm when distributed), "ln" or "none" (DESIGN §1 defect 4)
+    # "bn" (reference; SyncBatchNorm when distributed), "ln" or "none" (docs/DESIGN.md, 'SimCLR head norm')
+    norm: str = "bn"
 
     def __post_init__(self) -> None:
         if self.norm not in HEAD_NORMS:
@@ -88,7 +89,7 @@ class ModelConfig:
     def image_views(self) -> tuple[str, ...]:
         """The augmented views its objectives read: the CLIP view "image" (with a caption) when it has a text
         tower, the two SimCLR views "view1", "view2" when it has an ssl head. The data pipeline renders these
-        and no others, so a baseline pays only for what it trains (DESIGN §5)."""
+        and no others, so a baseline pays only for what it trains (docs/DESIGN.md, 'Work follows the objective')."""
         clip = ("image",) if self.text is not None else ()
         return clip + (("view1", "view2") if self.ssl_head is not None else ())
 

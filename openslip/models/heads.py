@@ -22,7 +22,7 @@ class SimCLRHead(nn.Sequential):
 
     The slot names are the reference's (`image_mlp.layer1 ... layer3`, `bn1`, `bn2`) so its checkpoints
     load as they are; with `norm="ln"` or `"none"` the `bn` slots hold a LayerNorm or nothing, for small
-    per-device batches where BatchNorm statistics are too noisy (DESIGN §1 defect 4).
+    per-device batches where BatchNorm statistics are too noisy (docs/DESIGN.md, 'SimCLR head norm').
     """
 
     def __init__(self, in_dim: int, cfg: HeadConfig) -> None:

@@ -1,7 +1,7 @@
 """The SLIP augmentations on a whole batch on the training device, with per-sample random parameters.
 
 Same recipe, same uniform-draw layout and same colour operations as the per-sample path
-(``augment.py``), vectorised over the batch (DESIGN §4):
+(``views.py``), vectorised over the batch (docs/DESIGN.md, 'Two paths, one distribution'):
 
 - crops: torchvision's rejection sampling with all 10 tries drawn at once per sample, the first valid
   box taken, else the centre fallback (no clamping, so the box distribution is the reference's);

@@ -1,8 +1,8 @@
 """SLIP augmentation recipe and its random parameters, shared by the per-sample and batched paths.
 
 Everything random about a view is drawn into a :class:`ViewParams` record before any pixel is touched,
-so tests can check the distributions of the parameters, and the two rendering paths (``augment.py``,
-``augment_batched.py``) can be compared on identical parameters. Both samplers turn the same fixed
+so tests can check the distributions of the parameters, and the two rendering paths (``views.py``,
+``batched.py``) can be compared on identical parameters. Both samplers turn the same fixed
 layout of U[0, 1) draws into parameters (``view_params_from_uniforms`` and its vectorised twin), so the
 same uniforms give the same parameters on both paths.
 """
@@ -83,7 +83,7 @@ SIMCLR_VIEW = ViewRecipe(scale=(0.08, 1.0), flip_p=0.5, jitter_p=0.8, gray_p=0.2
 
 @dataclass(frozen=True, kw_only=True)
 class AugmentConfig:
-    """The SLIP augmentation recipe (DESIGN §1); the defaults are the reference's."""
+    """The SLIP augmentation recipe (docs/DESIGN.md, 'Augmentations'); the defaults are the reference's."""
 
     image_size: int = 224
     """Output side in pixels (224 for the paper's models, 32-64 for tiny demo models)."""

@@ -1,4 +1,4 @@
-"""Timing of the SLIP augmentation paths against a straightforward per-sample PIL pipeline (DESIGN §8).
+"""Timing of the SLIP augmentation paths against a straightforward per-sample PIL pipeline.
 
 ``python -m openslip.data.augment.pil_reference --n 200 --image-size 224`` prints milliseconds per 3-view sample
 on one core for:
@@ -13,7 +13,8 @@ All three render the same recipe from the same kind of parameters, on ~500 x 375
 JPEG (decoding is timed separately and excluded). Times are CPU time of this process
 (``time.process_time``, one thread), which a busy shared machine inflates far less than wall time;
 the paths run in interleaved rounds and each reports its median round. With ``device="cuda"`` the
-batched path is timed in wall time after a synchronise.
+batched path is timed in wall time after a synchronise. The figures: docs/PERFORMANCE.md; how benchmarks are
+run: docs/DESIGN.md, 'Measuring performance'.
 """
 
 from __future__ import annotations

@@ -1,17 +1,17 @@
-"""SLIP augmentations (DESIGN §1): the per-sample CPU path; the recipe and its random parameters are in `params.py`.
+"""SLIP augmentations: the per-sample CPU path; the recipe and its random parameters are in `params.py`.
 
 Three views come from one decoded image: ``image`` (the CLIP view: RandomResizedCrop, scale 0.5-1) and
 ``view1`` / ``view2`` (the SimCLR views: RandomResizedCrop 0.08-1, ColorJitter(0.4, 0.4, 0.4, 0.1)
 with p=0.8 in a random order, RandomGrayscale p=0.2, PIL GaussianBlur sigma ~ U(0.1, 2) with p=0.5,
-horizontal flip p=0.5), all normalised with the ImageNet mean and std.
+horizontal flip p=0.5), all normalised with the ImageNet mean and std (docs/DESIGN.md, 'Augmentations').
 
-Everything random is drawn first into a :class:`ViewParams` record (``augment_params.py``), then
+Everything random is drawn first into a :class:`ViewParams` record (``params.py``), then
 rendered. The per-sample path here (:class:`SLIPTransform`, for loader workers) and the batched path
-in ``augment_batched.py`` (for the training device) share the recipe, the layout of the uniform draws
+in ``batched.py`` (for the training device) share the recipe, the layout of the uniform draws
 and the colour operations (``color.py``), so the same ``ViewParams`` give the same pixels on both paths
 up to rounding.
 
-Speed (DESIGN §8): the image is converted to an array once; each crop is resized straight to the
+Speed (figures in docs/PERFORMANCE.md): the image is converted to an array once; each crop is resized straight to the
 target size on uint8 by torch's antialiased bilinear kernel (PIL's filter, to within one grey level);
 jitter, greyscale and blur then run on [3, S, S] float tensors only.
 """
@@ -144,7 +144,8 @@ def apply_view(
 
 
 class SLIPTransform:
-    """The SLIP views of one image, for loader workers (DESIGN §4: one decode feeds all views).
+    """The SLIP views of one image, for loader workers; one decode feeds all views
+    (docs/DESIGN.md, 'Two paths, one distribution').
 
     ``SLIPTransform(224)(pil_image)`` -> ``{"image": [3, 224, 224], "view1": ..., "view2": ...}`` float32.
     ``views`` names the views to render (a CLIP-only run needs ``("image",)``, SimCLR-only

@@ -8,7 +8,7 @@ tasks, so their order is part of the public contract: append, never reorder.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,17 +225,3 @@ def scene_labels(scene: DemoScene) -> dict[str, int]:
     for key in ("shape", "colour", "size", "position", "texture"):
         labels[f"{key}2"] = getattr(second, key) if second is not None else -1
     return labels
-
-
-def vocabulary() -> dict[str, Sequence[str]]:
-    """Every attribute's class names, keyed like the labels of a sample."""
-    return {
-        "shape": SHAPES,
-        "colour": COLOURS,
-        "size": SIZES,
-        "position": POSITIONS,
-        "texture": TEXTURES,
-        "background": BACKGROUNDS,
-        "tone": TONES,
-        "relation": RELATIONS,
-    }

@@ -1,4 +1,4 @@
-"""Safe image and caption decoding with the bad-input policy of DESIGN §4.
+"""Safe image and caption decoding with the bad-input policy of docs/DESIGN.md, 'Bad input'.
 
 ``decode_image`` returns an 8-bit RGB ``PIL.Image`` or raises ``BadSample(reason)``; it never lets a bad
 file crash or block a loader worker. A path is ``stat``-ed before it is opened: anything but a regular file
@@ -301,8 +301,3 @@ def _caption_text(item: Any) -> str | None:
             return None
         return item
     return None
-
-
-def pick_caption(captions: Sequence[str], key: int) -> str:
-    """One caption chosen by a deterministic per-sample key (see ``loader.mix_seed``)."""
-    return captions[key % len(captions)]

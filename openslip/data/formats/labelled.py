@@ -1,4 +1,4 @@
-"""Labelled image sets for evaluation (DESIGN §4, §6): ImageFolder trees and (path, label) CSV files.
+"""Labelled image sets for evaluation (docs/DESIGN.md, 'Data formats'): ImageFolder trees and (path, label) CSV files.
 
 Both are map-style sources whose records carry ``label`` (an int index into ``classes``), and both are
 ``torch`` datasets: ``dataset[i]`` is ``(transform(image), label)``. For an evaluation a bad image is not

@@ -1,4 +1,4 @@
-"""Labelled WebDataset shards for evaluation (DESIGN §4, §6): each sample is an image plus its class.
+"""Labelled WebDataset shards for evaluation (docs/DESIGN.md, 'Data formats'): each sample is an image plus its class.
 
 The layout is clip-benchmark's (and ``webdataset``'s usual one): members ``KEY.jpg`` (or png, webp, ...)
 and ``KEY.cls`` (the class index as text) in local ``.tar`` files, with the class names, one per line, in a

@@ -11,7 +11,7 @@ Manifest rules:
   caption of a sample is kept; the loader picks one per step.
 - A missing column, a row with the wrong number of fields, or a line that is not a JSON object raises
   ``DataError`` naming the file and line. Empty or undecodable captions are *not* errors: the sample is
-  skipped and counted when it is loaded (DESIGN §4).
+  skipped and counted when it is loaded (docs/DESIGN.md, 'Bad input').
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -21,7 +21,6 @@ from openslip.data.formats.decode import DEFAULT_MAX_PIXELS, ImageInput, clean_c
 from openslip.data.skips import SkipCounter
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-SHARD_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
 
 
 @dataclass
@@ -46,15 +45,6 @@ class Record:
     def clean_captions(self) -> list[str]:
         """Usable captions, or ``BadSample`` (see ``decode.clean_captions``)."""
         return clean_captions(self.captions)
-
-
-@runtime_checkable
-class MapSource(Protocol):
-    """What the loader needs from a map-style format."""
-
-    def __len__(self) -> int: ...
-
-    def record(self, i: int) -> Record: ...
 
 
 class BaseMapSource:
