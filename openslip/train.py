@@ -681,11 +681,13 @@ def start_warnings(cfg: Config, dist: DistInfo, load: Callable[[], float] | None
         except OSError:  # no load average on this system
             busy = 0.0
         if busy > cores:
-            lines.append(
-                f"warning: the 1-minute load ({busy:.1f}) is above the {cores} usable core(s): other work competes "
-                f"for the CPU; training with {torch.get_num_threads()} thread(s) may be many times slower "
-                "(try train.threads=1)"
-            )
+            threads = torch.get_num_threads()
+            line = f"warning: the 1-minute load ({busy:.1f}) is above the {cores} usable core(s): other work competes "
+            if threads > 1:  # several threads wait for each other's share of a busy CPU
+                line += f"for the CPU; training with {threads} threads may be many times slower (try train.threads=1)"
+            else:
+                line += "for the CPU; this run will be slower than on a quiet machine"
+            lines.append(line)
     return lines
 
 

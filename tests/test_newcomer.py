@@ -38,9 +38,15 @@ def test_train_threads_is_checked():
 
 def test_load_above_the_cores_warns_in_one_line(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setattr(os, "getloadavg", lambda: (1000.0, 0.0, 0.0))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep this process's threads; report 2, then 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert _train(tmp_path) == 0
     lines = [x for x in capsys.readouterr().err.splitlines() if "1-minute load" in x]
     assert len(lines) == 1 and "train.threads=1" in lines[0], lines
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert _train(tmp_path / "one") == 0  # already one thread: no advice to set it
+    lines = [x for x in capsys.readouterr().err.splitlines() if "1-minute load" in x]
+    assert len(lines) == 1 and "train.threads" not in lines[0], lines
 
 
 def test_progress_prints_by_time_as_well_as_by_steps(tmp_path: Path, capsys):
