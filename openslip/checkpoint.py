@@ -7,7 +7,9 @@ An openslip checkpoint is a directory (docs/DESIGN.md, 'Run directory')::
       config.json         {"model": ModelConfig.to_dict(), "openslip_version": ..., "train_config": ..., "step": ...}
       train_state.pt      optional: optimizer / scaler / schedule / RNG / loader state, plain data only
 
-A run keeps them in `OUT_DIR/checkpoints/`, where the text file `latest` names the newest complete one.
+A run keeps them in `OUT_DIR/checkpoints/`, where the text file `latest` names the newest complete one and, when
+`eval.best_metric` is set, `best` the one that scored best (with `best.json` saying what and when; `openslip.best`).
+Either pointer file, given as a path, loads the checkpoint it names (`--model OUT_DIR/checkpoints/best`).
 A directory is written under a temporary name and renamed into place, so a crash never leaves a
 half-written checkpoint under its final name. Nothing is ever unpickled beyond plain data (see
 `openslip.safe_load`): loading a checkpoint never runs code from it.
@@ -58,6 +60,8 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TRAIN_STATE_FILE = "train_state.pt"
 LATEST_FILE = "latest"
+BEST_FILE = "best"  # names the checkpoint that scored best on eval.best_metric (openslip.best)
+POINTER_FILES = (LATEST_FILE, BEST_FILE)
 # SHA-256 of every other file of the checkpoint, written last: a flipped byte in a file that still parses (a
 # zip's stored tensor data, a safetensors payload) is caught on resume and on load instead of training on it.
 CHECKSUM_FILE = "checksums.json"
@@ -269,16 +273,17 @@ def _move_into_place(staged: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def _write_latest(root: Path, name: str) -> None:
-    tmp = root / f".{LATEST_FILE}.tmp"
+def write_pointer(root: Path, name: str, pointer: str = LATEST_FILE) -> None:
+    """Point `root/pointer` (`latest` or `best`) at the checkpoint directory `name`, atomically."""
+    tmp = root / f".{pointer}.tmp"
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(name + "\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, root / LATEST_FILE)
+        os.replace(tmp, root / pointer)
     except BaseException:
-        _remove(tmp)  # `latest` keeps naming the previous checkpoint
+        _remove(tmp)  # the pointer keeps naming the previous checkpoint
         raise
     fsync_dir(root)
 
@@ -325,7 +330,7 @@ def save_checkpoint(
         _remove(staged)
         raise
     if update_latest and _STEP_RE.fullmatch(final.name):
-        _write_latest(final.parent, final.name)
+        write_pointer(final.parent, final.name)
     return final
 
 
@@ -374,9 +379,14 @@ def list_checkpoints(run_dir: PathLike, *, valid_only: bool = True, verify: bool
 
 def _latest_pointer(root: Path, verify: bool = False) -> tuple[Path | None, str | None]:
     """(checkpoint named by `root/latest` if complete, else the reason it cannot be used)."""
-    pointer = root / LATEST_FILE
+    return read_pointer(root / LATEST_FILE, verify)
+
+
+def read_pointer(pointer: Path, verify: bool = False) -> tuple[Path | None, str | None]:
+    """(checkpoint named by the pointer file `pointer` (`latest`, `best`) if complete, else why it cannot be used)."""
+    root = pointer.parent
     if not pointer.is_file():
-        return None, f"{root} has no '{LATEST_FILE}' file"
+        return None, f"{root} has no '{pointer.name}' file"
     try:
         name = read_text(pointer, limit=POINTER_BYTES).strip()
     except (OSError, FileError) as err:
@@ -387,6 +397,14 @@ def _latest_pointer(root: Path, verify: bool = False) -> tuple[Path | None, str 
     if problem is not None:
         return None, f"{pointer} names a broken checkpoint ({problem})"
     return root / name, None
+
+
+def is_pointer_file(path: Path) -> bool:
+    """A run's `latest` / `best` file: a short text file naming a `step_N` directory beside it."""
+    try:
+        return path.name in POINTER_FILES and path.is_file() and path.stat().st_size <= POINTER_BYTES
+    except OSError:
+        return False
 
 
 def _is_timm_export(p: Path) -> bool:
@@ -435,6 +453,11 @@ def resolve_checkpoint(path: PathLike, *, verify: bool = False) -> Path:
         raise CheckpointError(f"{p}: no such file or directory")
     if p.is_file() and p.name == CONFIG_FILE:
         p = p.parent
+    if is_pointer_file(p):  # OUT_DIR/checkpoints/best (or latest): the checkpoint it names, nothing else
+        found, reason = read_pointer(p, verify)
+        if found is None:
+            raise CheckpointError(f"cannot load {p}: {reason}")
+        return found
     if (p / CONFIG_FILE).exists() or (p / MODEL_FILE).exists():
         problem = checkpoint_problem(p, verify=verify)
         if problem is not None and _is_timm_export(p):  # not broken: another library's format
@@ -458,15 +481,16 @@ def resolve_checkpoint(path: PathLike, *, verify: bool = False) -> Path:
 
 
 def prune_checkpoints(run_dir: PathLike, keep_last: int) -> list[Path]:
-    """Delete all but the `keep_last` newest complete checkpoints (and whatever `latest` names); older
+    """Delete all but the `keep_last` newest complete checkpoints (and whatever `latest` and `best` name); older
     broken checkpoints and leftovers of interrupted saves go too. Returns the removed paths."""
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
     root = _checkpoints_root(Path(run_dir))
     keep = set(list_checkpoints(root)[-keep_last:])
-    pointed, _ = _latest_pointer(root) if root.is_dir() else (None, None)
-    if pointed is not None:
-        keep.add(pointed)
+    for name in POINTER_FILES:  # the best checkpoint is never pruned, however old
+        pointed, _ = read_pointer(root / name) if root.is_dir() else (None, None)
+        if pointed is not None:
+            keep.add(pointed)
     if not keep:
         return []
     newest = max(int(_STEP_RE.fullmatch(p.name).group(1)) for p in keep)  # type: ignore[union-attr]
@@ -682,7 +706,7 @@ def _load(
     device = torch.device(map_location)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
-    if path.is_dir() or path.name == CONFIG_FILE:
+    if path.is_dir() or path.name == CONFIG_FILE or is_pointer_file(path):
         ckpt = resolve_checkpoint(path, verify=True)
         return _load_safetensors_file(ckpt / MODEL_FILE, device, strict, model_name, clip)
     kind = describe_file(path)
@@ -710,6 +734,8 @@ def load_model(
 
     - an openslip checkpoint directory (model.safetensors + config.json), or its config.json;
     - a run directory `OUT_DIR` (or `OUT_DIR/checkpoints`): the checkpoint `latest` names;
+    - a run's pointer file `OUT_DIR/checkpoints/best` (or `.../latest`): the checkpoint it names (the one that
+      scored best on `eval.best_metric`, docs/TRAINING.md);
     - a `.safetensors` file, configured by the config.json beside it or its own metadata;
     - an original SLIP reference `.pt` checkpoint (model from its `args.model`), or a bare state dict
       saved with `torch.save` when `model_name` says which model it is;

@@ -25,6 +25,7 @@ GATHERS = ("grad", "reference")
 AUGMENT_PATHS = ("cpu", "device")
 IMAGE_VIEWS = ("clip", "simclr")
 WORKER_PRIORITIES = ("auto", "idle", "normal")
+BEST_MODES = ("max", "min")  # the evaluations' scores are % where higher is better; "min" for a metric that falls
 
 
 def _choice(key: str, value: object, choices: tuple) -> None:
@@ -180,11 +181,22 @@ class EvalConfig:
     prompts: str = "reference"  # the catalog's prompt set: "reference" (the 2021 reference's) or "clip_benchmark"
     # image files: centre crop / resized shorter side; None: zero-shot's, as the reference (1.0, resize to the size)
     crop_fraction: float | None = None
+    # keep the checkpoint of the evaluation that scored best on this metric, a key of the evaluations' results as in
+    # metrics.jsonl (`zeroshot/imagenet`: ImageNet zero-shot top-1, set as `imagenet:PATH`; `knn/NAME`); "": keep no
+    # best. OUT_DIR/checkpoints/best names it (docs/TRAINING.md, "Best checkpoint"); needs eval.every_steps > 0
+    best_metric: str = ""
+    best_mode: str = "max"  # "max": higher is better (every score openslip reports); "min": lower is better
 
     def __post_init__(self) -> None:
         _positive("eval.every_steps", self.every_steps, allow_zero=True)
         _positive("eval.samples", self.samples)
         _positive("eval.train_samples", self.train_samples)
+        _choice("eval.best_mode", self.best_mode, BEST_MODES)
+        if self.best_metric and not self.every_steps:
+            raise ConfigError(
+                f"eval.best_metric={self.best_metric!r} needs eval.every_steps > 0 (the evaluations to choose the best "
+                "from), e.g. one epoch's steps; or eval.best_metric='' to keep no best checkpoint"
+            )
         from openslip.eval.catalog import check_prompt_set, get_entry
         from openslip.eval.preprocess import check_crop_fraction
 

@@ -9,8 +9,8 @@ eps 1e-8, one warm-up epoch from 1e-6 then a per-step cosine to 1e-5. Learning r
 per objective: SLIP 3e-3 / 0.1, CLIP 5e-4 / 0.5, SimCLR 3.2e-3 / 0.1.
 
 The reference scored ImageNet zero-shot after every epoch and kept the best epoch's checkpoint; the published
-CC3M / CC12M numbers are that best epoch, not the last (SLIP#9), so those recipes evaluate once per epoch
-(docs/PAPER.md, 'The CC3M and CC12M rows').
+CC3M / CC12M numbers are that best epoch, not the last (SLIP#9), so those recipes evaluate once per epoch and keep
+the best epoch's checkpoint as `OUT_DIR/checkpoints/best` (docs/PAPER.md, 'The CC3M and CC12M rows').
 """
 
 from __future__ import annotations
@@ -90,8 +90,12 @@ PAPER_EPOCHS = {"yfcc15m": 25, "cc3m": 40, "cc12m": 35}
 LONGER_SLIP_EPOCHS = (50, 100)
 SIZES = ("vit_s16", "vit_b16", "vit_l16")
 # Datasets whose published numbers are the best epoch seen during training (SLIP#9): their recipes with a text tower
-# evaluate zero-shot every epoch (SimCLR has no zero-shot, and the paper published no SimCLR run on them).
+# evaluate zero-shot every epoch and keep the best one's checkpoint (SimCLR has no zero-shot, and the paper published
+# no SimCLR run on them).
 BEST_EPOCH_DATASETS = ("cc3m", "cc12m")
+# The metric the reference chose its best epoch by: ImageNet zero-shot top-1, the key `evaluate` reports for a set
+# given as eval.zeroshot=[imagenet:PATH] (the catalog entry's name; its metric is top-1).
+BEST_EPOCH_METRIC = "zeroshot/imagenet"
 
 
 def picks_best_epoch(objective: str, dataset: str) -> bool:
@@ -125,9 +129,16 @@ def paper_recipe(
         optim=OptimConfig(lr=lr, wd=wd, warmup_steps=steps_per_epoch, start_lr=1e-6, end_lr=1e-5),
         loss=LossConfig(ssl_scale=ssl_scale, clip_scale=clip_scale),
         ckpt=CheckpointConfig(every_steps=steps_per_epoch, keep_last=3),
-        # zero-shot needs the user's ImageNet path (eval.zeroshot=[imagenet:PATH]); the recipe sets when it runs
-        eval=EvalConfig(zeroshot=[], every_steps=steps_per_epoch if picks_best_epoch(objective, dataset) else 0),
+        # zero-shot needs the user's ImageNet path (eval.zeroshot=[imagenet:PATH]); the recipe sets when it runs and,
+        # where the paper reported the best epoch, what it keeps: training refuses to start without that set
+        eval=_paper_eval(picks_best_epoch(objective, dataset), steps_per_epoch),
     )
+
+
+def _paper_eval(best_epoch: bool, steps_per_epoch: int) -> EvalConfig:
+    if not best_epoch:
+        return EvalConfig(zeroshot=[], every_steps=0)
+    return EvalConfig(zeroshot=[], every_steps=steps_per_epoch, best_metric=BEST_EPOCH_METRIC, best_mode="max")
 
 
 def recipe_name(objective: str, size: str, dataset: str, epochs: int) -> str:
@@ -152,9 +163,11 @@ def _paper_doc(objective: str, size: str, dataset: str, epochs: int) -> str:
     if picks_best_epoch(objective, dataset):
         doc += (
             "\n\nThe published numbers are the best epoch during training, not the last (SLIP#9: both objectives "
-            "overfit this set); this recipe evaluates every epoch (eval.every_steps = one epoch): add "
-            "eval.zeroshot=[imagenet:/PATH/imagenet/val] to score ImageNet zero-shot then, and keep the best epoch's "
-            "checkpoint yourself (ckpt.keep_last=EPOCHS keeps every epoch's; openslip keeps no best checkpoint yet)."
+            "overfit this set); this recipe evaluates every epoch (eval.every_steps = one epoch) and keeps the "
+            f"checkpoint of the best ImageNet zero-shot top-1 (eval.best_metric={BEST_EPOCH_METRIC}) as "
+            "OUT_DIR/checkpoints/best, beside the last ones (load it with --model OUT_DIR/checkpoints/best). It needs "
+            "eval.zeroshot=[imagenet:/PATH/imagenet/val]: without it training refuses to start, saying so, rather "
+            "than train every epoch for a best it cannot choose; eval.best_metric='' trains without choosing one."
         )
         if dataset == "cc3m":
             doc += (

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from openslip import best as best_ckpt
 from openslip import checkpoint as ckpt
 from openslip.accumulate import accumulated_backward
 from openslip.config import Config, save_yaml
@@ -100,6 +101,7 @@ class Trainer:
     eval_sets: dict[str, Any] = field(default_factory=dict)  # probe sets, opened at their first evaluation
     stop: StopRequest = field(default_factory=StopRequest)  # set by the SIGTERM / SIGINT handler
     init_report: list[str] = field(default_factory=list)  # what init_from loaded and what kept its initialisation
+    best: best_ckpt.Best | None = None  # the evaluation that scored best on eval.best_metric so far (openslip.best)
 
 
 def train_step(t: Trainer, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -234,6 +236,7 @@ def save(t: Trainer) -> Path:
             **t.opt.state_dict(),  # "optimizer" and "scaler"
             "rng": rng_state(),
             "loader": t.data.loader.state_dict(),
+            "best": best_ckpt.to_state(t.best, t.cfg.eval.best_mode),  # a resumed run keeps choosing as before
         }
         try:
             ckpt.save_checkpoint(
@@ -247,6 +250,8 @@ def save(t: Trainer) -> Path:
             )
             problem = f"cannot write checkpoint {path} ({err.strerror or err}); {previous}"
         else:
+            problem = _record_best(t, path)
+            # after `best` names its checkpoint: the previous best is pruned now unless among the last kept
             ckpt.prune_checkpoints(t.run_dir, keep_last=t.cfg.ckpt.keep_last)
     # doubles as the barrier: every rank learns whether rank 0's write failed instead of waiting on it
     problem = broadcast_object(problem)
@@ -254,6 +259,33 @@ def save(t: Trainer) -> Path:
         raise TrainingError(problem)
     t.last_checkpoint = path
     return path
+
+
+def _record_best(t: Trainer, path: Path) -> str | None:
+    """Point `best` at the checkpoint just saved when it is the best (rank 0); the reason it failed, or None."""
+    if t.best is None or t.best.step != t.step:
+        return None
+    try:
+        best_ckpt.write_best(path.parent, t.best)
+    except OSError as err:
+        return f"cannot record the best checkpoint in {path.parent} ({err.strerror or err}); {path} is saved"
+    return None
+
+
+def note_best(t: Trainer, results: dict[str, float], step: int, log: RunLogger) -> bool:
+    """Whether this evaluation is the best so far on eval.best_metric (then it becomes `t.best` and its step saves a
+    checkpoint). Rank 0 decides and tells the others, so that every rank saves at the same steps."""
+    ev = t.cfg.eval
+    if not ev.best_metric:
+        return False
+    new = best_ckpt.improved(t.best, results, step, ev.best_metric, ev.best_mode) if t.dist.is_main else None
+    new = broadcast_object(new)
+    if new is None:
+        return False
+    previous = f" (was {t.best.value:.2f} at step {t.best.step})" if t.best else ""
+    log.message(f"step {step}: best {new.metric} so far: {new.value:.2f}{previous}; checkpoints/best names this step")
+    t.best = new
+    return True
 
 
 def ignore_file_size_signal() -> None:
@@ -292,7 +324,31 @@ def resume(t: Trainer, log: RunLogger) -> None:
     set_rng_state(state["rng"])
     t.step = int(state["step"])
     t.last_checkpoint = path
+    t.best = _resumed_best(t, path, state.get("best"), log)
     log.message(f"resumed from {path} at step {t.step}")
+
+
+def _resumed_best(t: Trainer, path: Path, saved: Any, log: RunLogger) -> best_ckpt.Best | None:
+    """The best record of the checkpoint resumed from, with `best` and best.json rewritten to match it: a run killed
+    between a checkpoint and its pointer, or resumed from an older checkpoint, then points where an uninterrupted
+    run would (no record: neither file, until the next evaluation). A record whose checkpoint is gone (or lies in
+    another run's directory) is dropped with a warning. With eval.best_metric unset the files are left alone."""
+    ev = t.cfg.eval
+    found, why = best_ckpt.from_state(saved, ev.best_metric, ev.best_mode)
+    root = t.run_dir / ckpt.CHECKPOINTS_DIR
+    if t.dist.is_main and ev.best_metric:
+        if found is not None and (
+            path.parent.resolve() != root.resolve() or not best_ckpt.checkpoint_exists(root, found)
+        ):
+            why = f"warning: the best checkpoint ({found.describe()}) is not in {root}; the best is chosen anew"
+            found = None
+        if found is None:
+            best_ckpt.clear_best(root)
+        else:
+            best_ckpt.write_best(root, found)
+    if why and t.dist.is_main:
+        log.message(why)
+    return broadcast_object(found)
 
 
 def _auto_checkpoint(t: Trainer, log: RunLogger) -> Path | None:
@@ -443,18 +499,26 @@ def _zero_shot_set(cfg: Config, spec: str, image_size: int):
 
 
 def check_eval_tasks(cfg: Config) -> None:
-    image_size = cfg.data.image_size or model_config(cfg.model).vision.image_size
-    for spec in cfg.eval.zeroshot:  # fail before training, not at the first evaluation
+    """Open every evaluation set, and check that eval.best_metric is one of their results: fail before training, not
+    at the first evaluation."""
+    mcfg = model_config(cfg.model)
+    image_size = cfg.data.image_size or mcfg.vision.image_size
+    names = []  # the keys `evaluate` will report
+    for spec in cfg.eval.zeroshot:
         try:
-            _zero_shot_set(cfg, spec, image_size)
+            dataset = _zero_shot_set(cfg, spec, image_size)
         except UserError as err:
             raise ConfigError(f"eval.zeroshot: {err}") from None
+        if mcfg.text is not None:  # a model without a text tower skips zero-shot
+            names.append(f"zeroshot/{dataset.name}")
     for kind in PROBES:
         for spec in getattr(cfg.eval, kind):
             try:
-                _probe_set(cfg, spec, image_size)
+                es = _probe_set(cfg, spec, image_size)
             except UserError as err:
                 raise ConfigError(f"eval.{kind}: {err}") from None
+            names.append(f"{kind}/{es.name}")
+    best_ckpt.check_best_metric(cfg.eval.best_metric, names, has_text=mcfg.text is not None)
 
 
 LOCK_FILE = ".lock"
@@ -739,13 +803,17 @@ def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dic
         log.progress(step, shown)
         last = step == cfg.train.steps
         evaluates = cfg.eval.zeroshot or cfg.eval.knn or cfg.eval.linear
+        is_best = False
         if cfg.eval.every_steps and (step % cfg.eval.every_steps == 0 or last) or (last and evaluates):
             results = evaluate(t)
             if results:
                 t.history.update(results)
                 log.log(step, {**results, "chance": dict(t.chance)})
                 log.message(f"step {step}: " + ", ".join(f"{k} {v:.1f}%" for k, v in results.items()))
-        saved = step % cfg.ckpt.every_steps == 0 or last
+                is_best = note_best(t, results, step, log)
+        saved = (
+            step % cfg.ckpt.every_steps == 0 or last or is_best
+        )  # the best evaluation's step always has a checkpoint
         if saved:
             save(t)
         # one tiny collective per step (only with several ranks) so that all ranks stop after the same step
@@ -761,6 +829,7 @@ def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dic
                 128 + stop,
             )
     wall = time.perf_counter() - start_time
+    best = {**t.best.to_json(), "path": str(t.run_dir / ckpt.CHECKPOINTS_DIR / ckpt.BEST_FILE)} if t.best else None
     return {
         "steps": t.step,
         "trained_steps": t.step - start_step,
@@ -768,4 +837,5 @@ def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dic
         "metrics": dict(t.history),
         "run_dir": str(t.run_dir),
         "checkpoint": str(t.last_checkpoint) if t.last_checkpoint else None,
+        "best": best,  # eval.best_metric: the evaluation that scored best, and the pointer file that loads it
     }

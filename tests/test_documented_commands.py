@@ -389,10 +389,12 @@ class Inputs:
         return self._built[name]
 
     def trained_run(self) -> Path:
-        """A shrunk `openslip train` run directory (SLIP, the README's main command): the `runs/demo` of the docs."""
+        """A shrunk `openslip train` run directory (SLIP, the README's main command): the `runs/demo` of the docs.
+        It keeps a best checkpoint too (`runs/demo/checkpoints/best`, docs/TRAINING.md)."""
 
         def build(out: Path) -> Path:
-            argv = ["train", *SHRINK[("train",)], "model=slip_vit_micro", f"out_dir={out}"]
+            argv = ["train", *SHRINK[("train",)], "model=slip_vit_micro", "eval.best_metric=zeroshot/demo_shapes"]
+            argv.append(f"out_dir={out}")
             assert main(argv) == 0
             return out
 
@@ -445,6 +447,7 @@ def _csv_with_own_columns(root: Path) -> str:
 PLACEHOLDERS: dict[str, Builder] = {
     # models
     "runs/demo": _copied_run("runs/demo"),
+    "runs/demo/checkpoints/best": lambda inputs, cwd: _copied_run("runs/demo")(inputs, cwd) + "/checkpoints/best",
     "runs/demo_seed1": _copied_run("runs/demo_seed1"),
     "M": _copied_run("M"),
     "slip_base_25ep.pt": _in_cwd("slip_base_25ep.pt", _original_slip_checkpoint),

@@ -26,8 +26,12 @@ def test_every_recipe_trains_two_steps_from_the_cli(tmp_path, recipe):
     argv = ["train", f"recipe={recipe}", f"model={model}", f"out_dir={tmp_path}", "data.train=demo"]
     argv += ["train.steps=2", "train.batch_size=8", "train.log_every=1", "train.progress=false"]
     argv += ["data.num_workers=0", "optim.warmup_steps=1", "ckpt.every_steps=2", "eval.samples=16"]
+    best = RECIPES.get(recipe)().eval.best_metric
+    if best:  # the CC recipes keep the best ImageNet zero-shot epoch (SLIP#9): a demo set stands in for ImageNet
+        argv += ["eval.zeroshot=[demo_colours]", "eval.best_metric=zeroshot/demo_colours"]
     assert main(argv) == 0
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_0000002"
+    assert (tmp_path / "checkpoints" / "best").exists() == bool(best)
 
 
 def test_paper_recipes_run_the_papers_epochs_and_quote_its_numbers():

@@ -62,5 +62,9 @@ def _report(summary: dict) -> None:
     run_dir = summary["run_dir"]
     lines.append(f"run dir:    {run_dir}  (config.yaml, metrics.jsonl)")
     lines.append(f"checkpoint: {summary['checkpoint']}  (openslip.load_model({run_dir!r}))")
+    best = summary.get("best")
+    if best:  # eval.best_metric: the evaluation that scored best keeps its checkpoint
+        where = f"step {best['step']}, {best['metric']} {best['value']:.2f}"
+        lines.append(f"best:       {best['path']}  ({where}; openslip.load_model({best['path']!r}))")
     lines.append(f"plots:      openslip plot {run_dir}")
     print("\n".join(lines), file=sys.stdout, flush=True)
