@@ -35,3 +35,31 @@ def test_readme_sample_output_has_the_printed_form(tmp_path: Path, monkeypatch, 
     printed = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     documented = _sample_block()
     assert [_shape(p, "runs/demo") for p in printed] == [_shape(d, "runs/demo") for d in documented]
+
+
+def test_readmes_evaluation_table_names_demo_tasks_with_their_chance() -> None:
+    """README's demo evaluation table: one row per demo task, its chance rate 1 / number of classes, and the
+    columns of the four evaluations (`openslip eval zeroshot|knn|linear`, `openslip finetune`)."""
+    from openslip.data.demo.tasks import DEMO_TASKS
+
+    text = README.read_text(encoding="utf-8").split("| task (chance) |", 1)[1]
+    header = ("| task (chance) |" + text).splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "task (chance)",
+        "zero-shot",
+        "kNN",
+        "linear probe",
+        "finetune",
+    ]
+    rows = []
+    for line in text.splitlines()[2:]:  # past the header's rest and the separator row
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    assert rows
+    for row in rows:
+        m = re.fullmatch(r"\| (\w+) \(([\d.]+)\) \|(.*)\|", row)
+        assert m, row
+        spec = DEMO_TASKS.get(m.group(1))
+        assert float(m.group(2)) == pytest.approx(100 / len(spec.classnames), abs=0.05)
+        assert len(m.group(3).split("|")) == 4
