@@ -122,3 +122,21 @@ def test_t_distribution_matches_scipy():
         assert t_quantile(0.95, df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-9)
         for t in (0.3, 2.0, 9.0):
             assert t_two_sided_p(t, df) == pytest.approx(2 * stats.t.sf(t, df), rel=1e-9)
+
+
+def test_a_seed_aware_interval_names_no_impossible_score():
+    """Three seeds far apart (0 %, 50 %, 100 % correct): the t interval would pass 0 and 100; it is cut there."""
+    labels = torch.zeros(10, dtype=torch.long)
+    runs = [classification_outcomes(_logits_right(labels, k), labels) for k in (0, 5, 10)]
+    ci = bootstrap_interval(runs, "top1", reps=200)
+    assert 0.0 <= ci["lo"] < ci["value"] < ci["hi"] <= 100.0 and ci["lo"] == 0.0 and ci["hi"] == 100.0
+    d = paired_difference(runs, runs[::-1], "top1", reps=200)
+    assert -100.0 <= d["lo"] and d["hi"] <= 100.0
+
+
+def _logits_right(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """[N, 2] logits that classify the first k samples right (label 0) and the rest wrong."""
+    logits = torch.zeros(len(labels), 2)
+    logits[:k, 0] = 1.0
+    logits[k:, 1] = 1.0
+    return logits

@@ -132,7 +132,7 @@ def bootstrap_interval(
         lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
         return {"value": value, "se": float(stats.std(ddof=1)), "lo": float(lo), "hi": float(hi), "over": "images"}
     per_seed = [score(o, metric) for o in runs]
-    return {"value": value, **seed_aware(value, per_seed, float(stats.std(ddof=1)), level)}
+    return _within(value, seed_aware(value, per_seed, float(stats.std(ddof=1)), level), 0.0, 100.0)
 
 
 def paired_difference(
@@ -150,11 +150,17 @@ def paired_difference(
     value = _mean_score(a, metric, None) - _mean_score(b, metric, None)
     if len(a) > 1:
         per_seed = [score(x, metric) - score(y, metric) for x, y in zip(a, b, strict=True)]
-        return {"value": value, **seed_aware(value, per_seed, float(diffs.std(ddof=1)), level)}
+        return _within(value, seed_aware(value, per_seed, float(diffs.std(ddof=1)), level), -100.0, 100.0)
     lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     tail = min((diffs <= 0).mean(), (diffs >= 0).mean())
     p = min(1.0, 2.0 * max(float(tail), 1.0 / reps))  # a bootstrap cannot resolve p below 1 / reps
     return {"value": value, "lo": float(lo), "hi": float(hi), "p": p, "over": "images"}
+
+
+def _within(value: float, interval: dict[str, float], low: float, high: float) -> dict[str, float]:
+    """A t interval cut to what the statistic can take (a score in %: 0..100; a difference: -100..100): with 2 or 3
+    seeds a wide interval would otherwise name impossible values. The standard error and p are left as they are."""
+    return {"value": value, **interval, "lo": max(interval["lo"], low), "hi": min(interval["hi"], high)}
 
 
 def seed_aware(value: float, per_seed: Sequence[float], se_images: float, level: float = 0.95) -> dict[str, float]:
