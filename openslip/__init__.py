@@ -26,8 +26,8 @@ _LAZY = {
     "SLIPLoss": "openslip.losses",
     "clip_loss": "openslip.losses",
     "simclr_loss": "openslip.losses",
-    "load_model": "openslip.checkpoint",
-    "save_model": "openslip.checkpoint",
+    "load_model": "openslip.weights.checkpoint",
+    "save_model": "openslip.weights.checkpoint",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

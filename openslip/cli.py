@@ -51,7 +51,7 @@ def _option_hint(args: argparse.Namespace, extra: list[str], argv: list[str]) ->
     """`openslip train --steps 100`: settings are key=value overrides; name the one the option meant."""
     if not isinstance(getattr(args, "overrides", None), list):
         return None
-    from openslip.config import option_as_override
+    from openslip.train.config import option_as_override
 
     for item in extra:
         key = option_as_override(item) if item.startswith("--") else None

@@ -12,13 +12,13 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from openslip.atomic import STAGING_PREFIX
 from openslip.errors import ConfigError
+from openslip.weights.atomic import STAGING_PREFIX
 
 PathLike = str | os.PathLike
-# What `openslip train` keeps in a run directory (train.py, run_log.py): the run's own entries.
+# What `openslip train` keeps in a run directory (train/loop.py, train/run_log.py): the run's own entries.
 RUN_ENTRIES = frozenset({"config.yaml", "metrics.jsonl", ".lock", "checkpoints", "tensorboard", "wandb_id"})
-# The files of a checkpoint directory (checkpoint.py): weights + config, and what only a checkpoint holds.
+# The files of a checkpoint directory (weights/checkpoint.py): weights + config, and what only a checkpoint holds.
 CHECKPOINT_PAIR = ("model.safetensors", "config.json")
 CHECKPOINT_ONLY = ("checksums.json", "train_state.pt")
 

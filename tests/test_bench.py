@@ -20,7 +20,7 @@ from openslip.bench.training import PHASES, PathStats
 from openslip.cli import main
 from openslip.flops import slip_sample_flops
 from openslip.losses import SLIPLoss
-from openslip.perf import tune_cpu_runtime
+from openslip.train.perf import tune_cpu_runtime
 
 EOT, SOT = 49407, 49406
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from train_utils import overrides, read_metrics
 
 import openslip
-import openslip.train
+import openslip.train.loop
 from openslip.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,7 +36,7 @@ def _best(run: Path) -> tuple[str, dict]:
 def _scripted(monkeypatch: pytest.MonkeyPatch, scores: dict[int, float], stop_at: int | None = None) -> None:
     """Evaluate as usual, then report `scores[step]` as the score, so that the best step is known in advance; with
     `stop_at`, SIGTERM this process at that step (the run checkpoints and stops, as under a scheduler)."""
-    real = openslip.train.evaluate
+    real = openslip.train.loop.evaluate
 
     def evaluate(t):
         results = real(t)
@@ -44,7 +44,7 @@ def _scripted(monkeypatch: pytest.MonkeyPatch, scores: dict[int, float], stop_at
             os.kill(os.getpid(), signal.SIGTERM)
         return {k: scores[t.step] for k in results}
 
-    monkeypatch.setattr(openslip.train, "evaluate", evaluate)
+    monkeypatch.setattr(openslip.train.loop, "evaluate", evaluate)
 
 
 def test_best_pointer_and_json_name_the_best_evaluation_and_load(tmp_path: Path, capsys) -> None:
@@ -197,9 +197,9 @@ def test_a_broken_best_pointer_is_one_line(tmp_path: Path, capsys) -> None:
 
 
 def _train_twice(info, out_dir: str) -> dict:
-    from openslip.config import parse_overrides
-    from openslip.recipes import make_config
     from openslip.train import train
+    from openslip.train.config import parse_overrides
+    from openslip.train.recipes import make_config
 
     settings = overrides(out_dir, "ckpt.every_steps=100", "train.batch_size=8", *BEST)
     first = train(make_config(parse_overrides([*settings, "train.steps=2"])))

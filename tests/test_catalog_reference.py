@@ -202,7 +202,7 @@ def test_catalog_bad_inputs_are_one_line_errors(argv: list[str], message: str, t
 
 
 def test_eval_prompts_config_is_checked() -> None:
-    from openslip.config import EvalConfig
+    from openslip.train.config import EvalConfig
 
     with pytest.raises(ConfigError, match="eval.prompts: unknown prompt set"):
         EvalConfig(prompts="bogus")

@@ -77,8 +77,8 @@ def test_slurm_example_is_valid_bash_and_its_train_arguments_parse() -> None:
     import shlex
     import subprocess
 
-    from openslip.config import parse_overrides
-    from openslip.recipes import RECIPES, make_config
+    from openslip.train.config import parse_overrides
+    from openslip.train.recipes import RECIPES, make_config
 
     script = Path(__file__).resolve().parents[1] / "examples" / "slurm" / "train.sbatch"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0

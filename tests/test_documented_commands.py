@@ -30,9 +30,9 @@ from PIL import Image
 from reference_checkout import write_checkout
 
 from openslip.cli import COMMANDS, build_parser, main
-from openslip.config import parse_overrides
 from openslip.models import MODELS, create_model
-from openslip.recipes import RECIPES, make_config
+from openslip.train.config import parse_overrides
+from openslip.train.recipes import RECIPES, make_config
 
 # The paper recipes train in bf16, which this kind of CPU emulates slowly: the warning is expected here.
 pytestmark = [

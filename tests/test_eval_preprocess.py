@@ -13,10 +13,10 @@ from PIL import Image
 
 import openslip.eval.datasets as datasets
 from openslip.cli import main
-from openslip.config import EvalConfig
 from openslip.data.augment.params import IMAGENET_MEAN, IMAGENET_STD
 from openslip.errors import ConfigError
 from openslip.eval.preprocess import PROTOCOL_PREPROCESS, eval_transform
+from openslip.train.config import EvalConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
@@ -115,7 +115,7 @@ def test_converted_clip_weights_are_evaluated_as_clip_preprocesses(
     from clip_layout_utils import clip_state_dict
 
     from openslip.eval.preprocess import ModelInputs
-    from openslip.interop.clip_layout import CLIP_MEAN, CLIP_STD
+    from openslip.weights.clip_layout import CLIP_MEAN, CLIP_STD
 
     torch.save(clip_state_dict(openai=True, image_size=32, vocab=49408, context=77), tmp_path / "clip.pt")
     assert main(["convert", str(tmp_path / "clip.pt"), str(tmp_path / "clip"), "--head-width", "32"]) == 0

@@ -11,8 +11,8 @@ import torch
 from clip_layout_utils import clip_encode_image, clip_encode_text, clip_state_dict, tokens
 from train_utils import final_weights, overrides
 
-from openslip.checkpoint import load_model
 from openslip.cli import main
+from openslip.weights.checkpoint import load_model
 
 
 def _max_diff(model, sd, heads, quick, image_size, context, vocab):

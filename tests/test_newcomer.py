@@ -57,7 +57,7 @@ def test_progress_prints_by_time_as_well_as_by_steps(tmp_path: Path, capsys):
 
 
 def test_progress_by_time_uses_the_clock(tmp_path: Path, capsys):
-    from openslip.run_log import RunLogger
+    from openslip.train.run_log import RunLogger
 
     now = [0.0]
     log = RunLogger(tmp_path, enabled=True, total_steps=100, start_step=0, progress=False, clock=lambda: now[0])
@@ -216,7 +216,7 @@ def test_data_inspect_with_every_file_missing_fails_naming_a_path_and_root(tmp_p
 
 def test_timm_export_given_to_model_is_named_not_broken(tmp_path: Path, capsys):
     import openslip
-    from openslip.checkpoint import save_checkpoint
+    from openslip.weights.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "ck", openslip.create_model("slip_vit_micro"))
     assert main(["export", str(tmp_path / "ck"), str(tmp_path / "timm"), "--format", "timm"]) == 0

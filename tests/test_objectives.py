@@ -12,10 +12,10 @@ from dist_utils import run_distributed
 from train_utils import assert_weights_close, final_weights, overrides, read_metrics
 
 from openslip.cli import main
-from openslip.config import parse_overrides
 from openslip.models import SLIP
-from openslip.recipes import make_config
 from openslip.train import train
+from openslip.train.config import parse_overrides
+from openslip.train.recipes import make_config
 
 # objective -> (overrides, views the model must receive, loss terms it must log)
 OBJECTIVES = {

@@ -6,7 +6,7 @@ import pytest
 
 from openslip.cli import main
 from openslip.models import MODELS
-from openslip.recipes import RECIPES
+from openslip.train.recipes import RECIPES
 
 
 def _micro_of_same_family(model: str) -> str:
@@ -35,8 +35,8 @@ def test_every_recipe_trains_two_steps_from_the_cli(tmp_path, recipe):
 
 
 def test_paper_recipes_run_the_papers_epochs_and_quote_its_numbers():
-    from openslip.paper import PUBLISHED
-    from openslip.recipes import DATASET_SIZES
+    from openslip.train.paper import PUBLISHED
+    from openslip.train.recipes import DATASET_SIZES
 
     for row in PUBLISHED:  # every published run has its recipe, with the run's epochs
         base = f"{row.objective}_{row.size}_{row.dataset}"
@@ -49,9 +49,9 @@ def test_paper_recipes_run_the_papers_epochs_and_quote_its_numbers():
 
 
 def test_docs_paper_table_gives_every_published_row_beside_its_recipe() -> None:
-    """docs/PAPER.md quotes openslip.paper's numbers (the reference README's) row by row, each with a recipe."""
-    from openslip.paper import PUBLISHED
-    from openslip.recipes import recipe_name
+    """docs/PAPER.md quotes openslip.train.paper's numbers (the reference README's) row by row, each with a recipe."""
+    from openslip.train.paper import PUBLISHED
+    from openslip.train.recipes import recipe_name
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "PAPER.md").read_text(encoding="utf-8")
     rows = [line.split("|")[1:-1] for line in doc.splitlines() if line.startswith("| ") and "`" in line]

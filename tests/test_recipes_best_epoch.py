@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from openslip.cli import main
-from openslip.recipes import DATASET_SIZES, RECIPES
+from openslip.train.recipes import DATASET_SIZES, RECIPES
 
 
 def _printed_config(capsys, recipe: str) -> dict:

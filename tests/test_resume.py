@@ -13,9 +13,9 @@ import pytest
 import torch
 from train_utils import final_weights, overrides
 
-from openslip.config import parse_overrides
-from openslip.recipes import make_config
 from openslip.train import train
+from openslip.train.config import parse_overrides
+from openslip.train.recipes import make_config
 
 STEPS = 8
 EXTRA = (f"train.steps={STEPS}", "ckpt.every_steps=2", "ckpt.keep_last=5")

@@ -11,7 +11,7 @@ import torch
 
 import openslip.bench.training as bench_module
 import openslip.step as step_module
-import openslip.train as train_module
+import openslip.train.loop as train_module
 from openslip.cli import main
 from openslip.optim import warmup_cosine
 from openslip.step import OptimStep, PhaseClock

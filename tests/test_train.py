@@ -9,13 +9,13 @@ import torch
 from train_utils import assert_weights_close, final_weights, overrides, read_metrics
 
 import openslip
-from openslip.accumulate import accumulated_backward
 from openslip.cli import main
-from openslip.config import parse_overrides
 from openslip.losses import SLIPLoss
 from openslip.models import create_model
-from openslip.recipes import make_config
 from openslip.train import train
+from openslip.train.accumulate import accumulated_backward
+from openslip.train.config import parse_overrides
+from openslip.train.recipes import make_config
 
 GOLDEN = Path(__file__).parent / "assets" / "golden_demo_losses.json"
 
@@ -44,7 +44,7 @@ def test_samples_per_s_counts_the_steps_of_each_interval(tmp_path, monkeypatch):
     interval (5 steps logged every 2: 2, 2, then 1) and the first one after an unaligned resume (from step 3)."""
     import types
 
-    import openslip.train as train_module
+    import openslip.train.loop as train_module
 
     clock = [0.0]
     real_step = train_module.train_step
@@ -196,7 +196,7 @@ def test_train_on_manifest_with_bad_files_reports_skips(tmp_path, capsys):
 
 
 def test_non_finite_loss_stops_with_step_samples_and_checkpoint(tmp_path, monkeypatch):
-    import openslip.train as train_module
+    import openslip.train.loop as train_module
     from openslip.errors import TrainingError
 
     real = train_module.SLIPLoss
@@ -357,7 +357,7 @@ def _val_folder(root: Path) -> Path:
 
 
 def test_periodic_zero_shot_takes_classnames_and_templates_files(tmp_path, monkeypatch):
-    import openslip.train as train_module
+    import openslip.train.loop as train_module
 
     val = _val_folder(tmp_path / "val")
     seen = []

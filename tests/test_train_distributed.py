@@ -4,9 +4,9 @@ import pytest
 from dist_utils import run_distributed
 from train_utils import assert_weights_close, final_weights, overrides, read_metrics
 
-from openslip.config import parse_overrides
-from openslip.recipes import make_config
 from openslip.train import train
+from openslip.train.config import parse_overrides
+from openslip.train.recipes import make_config
 
 STEPS = 5
 # Early Adam steps are ~lr * sign(g): gradient elements that are zero up to float noise (biases in front

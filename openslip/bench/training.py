@@ -3,7 +3,7 @@
 What is measured and why: docs/DESIGN.md, 'Measuring performance'.
 
 `bench_train(TrainBenchConfig(...))` builds the trainer exactly as `openslip train` does
-(`openslip.train.build_trainer`) and times its step split into data / forward / backward / optimizer:
+(`openslip.train.loop.build_trainer`) and times its step split into data / forward / backward / optimizer:
 
 - **model-only**: synthetic inputs already on the device (no data cost);
 - **end-to-end** (`with_data`): batches from the real three-view pipeline (demo world or a data spec),
@@ -42,17 +42,17 @@ import torch.nn.functional as F
 from openslip.bench.baseline import PILSLIPTransform, reference_forward, reference_optimizer
 from openslip.bench.reference import ReferenceStepper, checkout_info
 from openslip.data.loader import build_train_loader
-from openslip.data.pipeline import open_train_source
 from openslip.distributed import DistInfo
 from openslip.errors import ConfigError
 from openslip.flops import slip_sample_flops
 from openslip.models import MODELS
 from openslip.models.slip import trimmed_text_length
-from openslip.perf import fast_bf16_available, tune_cpu_runtime
-from openslip.recipes import make_config
 from openslip.step import timed_step
 from openslip.tokenizer import get_tokenizer
-from openslip.train import build_trainer, optimise
+from openslip.train.data import open_train_source
+from openslip.train.loop import build_trainer, optimise
+from openslip.train.perf import fast_bf16_available, tune_cpu_runtime
+from openslip.train.recipes import make_config
 
 PHASES = ("data", "forward", "backward", "optimizer")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -86,7 +86,7 @@ class TrainBenchConfig:
     profile: int = 0  # > 0: profile one extra candidate step and report its top ops by self time
     peak_budget_s: float = 2.0  # seconds spent measuring the matmul peak (twice: before and after the steps)
     threads: int | None = None  # torch intra-op threads; None: torch's default (capped at the usable cores)
-    tune: bool = True  # apply `openslip.perf.tune_cpu_runtime` (False: measure without it)
+    tune: bool = True  # apply `openslip.train.perf.tune_cpu_runtime` (False: measure without it)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -88,7 +88,7 @@ def finish(args: argparse.Namespace, title: str, metrics: dict[str, Any], *, key
     if distributed.is_main():
         print(format_table(title, metrics, keys))
         if args.output:
-            from openslip.atomic import write_json
+            from openslip.weights.atomic import write_json
 
             write_json(args.output, metrics)
             print(f"wrote {args.output}")

@@ -61,7 +61,7 @@ def register(subparsers: Any) -> None:
     t.add_argument("--profile", type=int, default=0, metavar="N", help="profile one more step, show its top N ops")
     t.add_argument("--peak-budget", type=float, default=2.0, help="seconds per matmul-peak measurement (default 2)")
     t.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    t.add_argument("--no-tune", action="store_true", help="skip openslip.perf.tune_cpu_runtime (to measure it)")
+    t.add_argument("--no-tune", action="store_true", help="skip openslip.train.perf.tune_cpu_runtime (to measure it)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--output", default=None, metavar="FILE.json", help="write the result as JSON")
     t.set_defaults(func=run_train)

@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from openslip.checkpoint import convert, load_checkpoint_config
+    from openslip.weights.checkpoint import convert, load_checkpoint_config
 
     dst = convert(
         args.src,

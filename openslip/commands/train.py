@@ -24,11 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from openslip.config import parse_overrides
-    from openslip.recipes import make_config
+    from openslip.train.config import parse_overrides
+    from openslip.train.recipes import make_config
 
     if args.list_recipes:
-        from openslip.recipes import RECIPES
+        from openslip.train.recipes import RECIPES
 
         for name in RECIPES.names():
             doc = (RECIPES.get(name).__doc__ or "").strip().splitlines()
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    from openslip.train import train
+    from openslip.train.loop import train
 
     summary = train(cfg)
     from openslip.distributed import is_main

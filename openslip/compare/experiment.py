@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from openslip.compare.methods import DEFAULT_METHODS, METHODS, Method
-from openslip.config import Config, deep_merge, parse_overrides
 from openslip.errors import ConfigError
 from openslip.models import MODELS, model_without
-from openslip.recipes import make_config
+from openslip.train.config import Config, deep_merge, parse_overrides
+from openslip.train.recipes import make_config
 
 DEFAULT_EVAL_SETS = ("demo_shapes", "demo_colours", "demo")
 HPARAMS = ("paper", "shared", "sweep")

@@ -2,7 +2,8 @@
 trained on SimCLR-augmented views.
 
 A method is the SLIP model of the experiment less a part, its loss weights, and (with `--hparams paper`) the
-paper's learning rate and weight decay for its objective (the values the recipes use, `openslip.recipes.OBJECTIVES`).
+paper's learning rate and weight decay for its objective (the values the recipes use,
+`openslip.train.recipes.OBJECTIVES`).
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from openslip.recipes import OBJECTIVES
 from openslip.registry import Registry
+from openslip.train.recipes import OBJECTIVES
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     title: str  # the row label of the results table
-    objective: str  # a key of openslip.recipes.OBJECTIVES: lr, wd and loss weights of the paper
+    objective: str  # a key of openslip.train.recipes.OBJECTIVES: lr, wd and loss weights of the paper
     drop: str | None  # the model part it trains without: "ssl_head" (CLIP), "text" (SimCLR), None (SLIP)
     overrides: dict[str, Any] = field(default_factory=dict)  # further config values, nested like the config
 

@@ -18,10 +18,10 @@ import numpy as np
 
 import openslip
 from openslip import files
-from openslip.atomic import write_bytes, write_json
 from openslip.compare.experiment import CompareConfig, Variant, run_key
 from openslip.compare.methods import METHODS, RANDOM_ROW
 from openslip.eval.stats import bootstrap_interval, paired_difference, score
+from openslip.weights.atomic import write_bytes, write_json
 
 FORMAT = "openslip-compare/2"  # 2: hparams, prompts, seed-aware intervals
 # SLIP against each baseline it is compared with in the paper (and CLIP with SimCLR augmentation).

@@ -36,8 +36,6 @@ import numpy as np
 import torch
 
 from openslip import distributed, files
-from openslip.atomic import write_json, write_npz
-from openslip.checkpoint import load_model
 from openslip.compare.experiment import CompareConfig, Variant, first_difference, run_key
 from openslip.compare.methods import METHODS, RANDOM_ROW
 from openslip.compare.report import build_results, write_reports
@@ -46,7 +44,9 @@ from openslip.errors import ConfigError
 from openslip.eval.features import mark_untrained
 from openslip.eval.suite import EVALS, EvalOptions, EvalSet, Evaluation, open_eval_set, validation_split
 from openslip.models import create_model, model_config
-from openslip.train import train
+from openslip.train.loop import train
+from openslip.weights.atomic import write_json, write_npz
+from openslip.weights.checkpoint import load_model
 
 EXPERIMENT_FILE = "experiment.json"
 TRAIN_DONE = "train_done.json"

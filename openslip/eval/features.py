@@ -27,10 +27,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from openslip import distributed
-from openslip.checkpoint import load_model
 from openslip.errors import CheckpointError, ConfigError
 from openslip.models import MODELS, create_model
 from openslip.tokenizer import get_tokenizer
+from openslip.weights.checkpoint import load_model
 
 FEATURE_KINDS = ("embed", "backbone")
 

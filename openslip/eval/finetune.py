@@ -41,8 +41,8 @@ from openslip.models import model_config
 from openslip.models.config import VisionConfig
 from openslip.models.vision import VisionTransformer
 from openslip.optim import param_groups, warmup_cosine
-from openslip.safe_load import fsync_dir, torch_load_data
 from openslip.step import AMP_DTYPES, OptimStep, check_finite
+from openslip.weights.safe_load import fsync_dir, torch_load_data
 
 PRECISIONS = ("fp32", *AMP_DTYPES)
 STATE_FILE = "finetune_state.pt"

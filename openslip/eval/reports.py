@@ -1,6 +1,6 @@
 """Per-sample reports of an evaluation: the predictions CSV of `openslip eval zeroshot --save-predictions`. (The
 confusion-matrix picture is drawn by `openslip.plot.plot_confusion`; JSON results are written atomically by
-`openslip.atomic.write_json`.)"""
+`openslip.weights.atomic.write_json`.)"""
 
 from __future__ import annotations
 

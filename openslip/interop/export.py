@@ -14,14 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from openslip.atomic import move_files_into, staging_dir
-from openslip.checkpoint import CHECKSUM_FILE, load_model, save_checkpoint
 from openslip.errors import ConfigError, UserError
 from openslip.interop.timm_layout import timm_config, timm_state_dict
 from openslip.interop.transforms import preprocess_of
 from openslip.models import SLIP
 from openslip.outputs import check_output_dir
-from openslip.safe_load import read_json
+from openslip.weights.atomic import move_files_into, staging_dir
+from openslip.weights.checkpoint import CHECKSUM_FILE, load_model, save_checkpoint
+from openslip.weights.safe_load import read_json
 
 FORMATS = ("timm", "onnx", "hf")
 PREPROCESSOR_FILE = "preprocessor_config.json"

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import torch
 
-from openslip.checkpoint import (
+from openslip.errors import CheckpointError, ConfigError
+from openslip.models import SLIP, ModelConfig
+from openslip.weights.checkpoint import (
     CHECKPOINTS_DIR,
     find_latest_checkpoint,
     load_checkpoint_config,
     load_model,
     resolve_checkpoint,
 )
-from openslip.errors import CheckpointError, ConfigError
-from openslip.models import SLIP, ModelConfig
-from openslip.safe_load import key_summary
+from openslip.weights.safe_load import key_summary
 
 
 def load_source(path: str) -> SLIP:

@@ -6,11 +6,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from openslip.checkpoint import load_model
 from openslip.data.augment.params import AugmentConfig
 from openslip.data.augment.views import EvalTransform, SLIPTransform
 from openslip.eval.preprocess import PROTOCOL_PREPROCESS
 from openslip.models import MODELS, SLIP, create_model
+from openslip.weights.checkpoint import load_model
 
 
 def preprocess_of(model: SLIP) -> dict[str, Any]:

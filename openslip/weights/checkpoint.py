@@ -8,11 +8,12 @@ An openslip checkpoint is a directory (docs/DESIGN.md, 'Run directory')::
       train_state.pt      optional: optimizer / scaler / schedule / RNG / loader state, plain data only
 
 A run keeps them in `OUT_DIR/checkpoints/`, where the text file `latest` names the newest complete one and, when
-`eval.best_metric` is set, `best` the one that scored best (with `best.json` saying what and when; `openslip.best`).
+`eval.best_metric` is set, `best` the one that scored best (with `best.json` saying what and when;
+`openslip.train.best`).
 Either pointer file, given as a path, loads the checkpoint it names (`--model OUT_DIR/checkpoints/best`).
 A directory is written under a temporary name and renamed into place, so a crash never leaves a
 half-written checkpoint under its final name. Nothing is ever unpickled beyond plain data (see
-`openslip.safe_load`): loading a checkpoint never runs code from it.
+`openslip.weights.safe_load`): loading a checkpoint never runs code from it.
 """
 
 from __future__ import annotations
@@ -33,15 +34,15 @@ import torch
 from torch import nn
 
 from openslip import __version__
-from openslip.atomic import move_files_into, staging_dir
 from openslip.errors import CheckpointError
 from openslip.files import DOCUMENT_BYTES, POINTER_BYTES, FileError, open_regular, read_text
-from openslip.interop.clip_layout import CLIP_PREPROCESS, clip_to_openslip, is_clip_layout
 from openslip.models import SLIP, ModelConfig, model_config
 from openslip.models.variants import MODELS
 from openslip.outputs import check_output_dir
 from openslip.registry import UnknownNameError
-from openslip.safe_load import (
+from openslip.weights.atomic import move_files_into, staging_dir
+from openslip.weights.clip_layout import CLIP_PREPROCESS, clip_to_openslip, is_clip_layout
+from openslip.weights.safe_load import (
     CONFIG_METADATA_KEY,
     check_plain_data,
     config_from_metadata,
@@ -60,7 +61,7 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TRAIN_STATE_FILE = "train_state.pt"
 LATEST_FILE = "latest"
-BEST_FILE = "best"  # names the checkpoint that scored best on eval.best_metric (openslip.best)
+BEST_FILE = "best"  # names the checkpoint that scored best on eval.best_metric (openslip.train.best)
 POINTER_FILES = (LATEST_FILE, BEST_FILE)
 # SHA-256 of every other file of the checkpoint, written last: a flipped byte in a file that still parses (a
 # zip's stored tensor data, a safetensors payload) is caught on resume and on load instead of training on it.

@@ -16,7 +16,7 @@ import torch
 
 from openslip.errors import CheckpointError
 from openslip.models.config import ACTIVATIONS, ModelConfig, TextConfig, VisionConfig
-from openslip.safe_load import key_summary
+from openslip.weights.safe_load import key_summary
 
 # OpenAI CLIP's preprocessing (openai/CLIP clip.py `_transform`, as open_clip applies it to these weights): its
 # statistics, a bicubic resize of the shorter side to the crop size (crop_fraction 1), then the centre crop.

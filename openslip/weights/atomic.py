@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from openslip.safe_load import fsync_dir
+from openslip.weights.safe_load import fsync_dir
 
 # The staging folders of `staging_dir`: a writer's own, also when a kill left one behind.
 STAGING_PREFIX = ".openslip-tmp-"

@@ -23,11 +23,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from openslip import best as best_ckpt
-from openslip import checkpoint as ckpt
-from openslip.accumulate import accumulated_backward
-from openslip.config import Config, save_yaml
-from openslip.data.pipeline import TrainData, build_train_data
 from openslip.data.workers import describe_worker_death
 from openslip.distributed import (
     CollectiveError,
@@ -50,11 +45,17 @@ from openslip.interop.init_from import adopt_layout, init_weights_from, resume_o
 from openslip.losses import SLIPLoss
 from openslip.models import SLIP, create_model, model_config
 from openslip.models.sync_batchnorm import convert_global_batchnorm
-from openslip.optim import build_optimizer, clamp_logit_scale, lr_at
-from openslip.perf import available_cores, fast_bf16_available, tune_cpu_runtime
-from openslip.run_log import RunLogger
+from openslip.optim import clamp_logit_scale
 from openslip.step import NO_CLOCK, OptimStep, check_finite, check_finite_weights
-from openslip.train_state import rng_state, set_rng_state
+from openslip.train import best as best_ckpt
+from openslip.train.accumulate import accumulated_backward
+from openslip.train.config import Config, save_yaml
+from openslip.train.data import TrainData, build_train_data
+from openslip.train.optimizer import build_optimizer, lr_at
+from openslip.train.perf import available_cores, fast_bf16_available, tune_cpu_runtime
+from openslip.train.run_log import RunLogger
+from openslip.train.state import rng_state, set_rng_state
+from openslip.weights import checkpoint as ckpt
 
 # fp64 runs the whole step in float64: weights, views, losses and AdamW. Adam turns the rounding noise of a
 # near-zero gradient into a step of about lr, whose sign depends on the order of float operations (thread
@@ -101,7 +102,9 @@ class Trainer:
     eval_sets: dict[str, Any] = field(default_factory=dict)  # probe sets, opened at their first evaluation
     stop: StopRequest = field(default_factory=StopRequest)  # set by the SIGTERM / SIGINT handler
     init_report: list[str] = field(default_factory=list)  # what init_from loaded and what kept its initialisation
-    best: best_ckpt.Best | None = None  # the evaluation that scored best on eval.best_metric so far (openslip.best)
+    best: best_ckpt.Best | None = (
+        None  # the evaluation that scored best on eval.best_metric so far (openslip.train.best)
+    )
 
 
 def train_step(t: Trainer, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openslip.atomic import write_json
-from openslip.checkpoint import BEST_FILE, checkpoint_dir_name, checkpoint_problem, write_pointer
 from openslip.errors import ConfigError
-from openslip.safe_load import fsync_dir
+from openslip.weights.atomic import write_json
+from openslip.weights.checkpoint import BEST_FILE, checkpoint_dir_name, checkpoint_problem, write_pointer
+from openslip.weights.safe_load import fsync_dir
 
 BEST_JSON = "best.json"
 

@@ -19,7 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openslip.config import (
+from openslip.data.sources import parse_spec
+from openslip.errors import ConfigError
+from openslip.registry import Registry
+from openslip.train.config import (
     CheckpointConfig,
     Config,
     DataConfig,
@@ -31,10 +34,7 @@ from openslip.config import (
     deep_merge,
     load_yaml,
 )
-from openslip.data.sources import parse_spec
-from openslip.errors import ConfigError
-from openslip.paper import published
-from openslip.registry import Registry
+from openslip.train.paper import published
 
 RECIPES: Registry[Callable[[], Config]] = Registry("recipe")
 

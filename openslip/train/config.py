@@ -1,7 +1,7 @@
 """Typed training configs: sections as keyword-only dataclasses, YAML files and `key.path=value` overrides.
 
 Every field has a one-line doc; `__post_init__` validates; an unknown key or a value of the wrong type
-is a `ConfigError` naming the key and the valid choices. Recipes live in `openslip.recipes`.
+is a `ConfigError` naming the key and the valid choices. Recipes live in `openslip.train.recipes`.
 """
 
 from __future__ import annotations

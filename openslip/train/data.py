@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from openslip.config import Config
 from openslip.data.augment.batched import BatchedSLIPAugment
 from openslip.data.augment.params import CLIP_VIEW, SIMCLR_VIEW, AugmentConfig
 from openslip.data.augment.views import SLIPTransform, to_rgb_uint8
@@ -23,6 +22,7 @@ from openslip.data.sources import open_sources
 from openslip.errors import ConfigError
 from openslip.models.config import ModelConfig
 from openslip.tokenizer import get_tokenizer
+from openslip.train.config import Config
 
 _TAG_DEVICE_AUGMENT = 11
 
