@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import openslip
-from openslip import checkpoint as ckpt
 from openslip.cli import main as cli_main
 from openslip.errors import CheckpointError
 from openslip.models import SLIP, ModelConfig, create_model, model_config
+from openslip.weights import checkpoint as ckpt
 
 KINDS = ("slip", "clip", "simclr")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from train_utils import overrides
 
-from openslip import checkpoint as ckpt
+from openslip.weights import checkpoint as ckpt
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 FIRST = "step_0000002"

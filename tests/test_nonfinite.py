@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import load_file
 from train_utils import overrides
 
-from openslip import checkpoint as ckpt
 from openslip.cli import main
 from openslip.errors import CheckpointError
 from openslip.losses import effective_rank
 from openslip.models import create_model
+from openslip.weights import checkpoint as ckpt
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # micro runs on a shared 2-core CPU (conftest.py)
 

@@ -19,8 +19,8 @@ import yaml
 from train_procs import wait_for_step
 from train_utils import final_weights, overrides
 
-from openslip import checkpoint as ckpt
 from openslip.cli import main
+from openslip.weights import checkpoint as ckpt
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # micro runs on a shared 2-core CPU (conftest.py)
 

@@ -15,7 +15,7 @@ import torch
 from train_procs import children, finish, kill_all, last_line, start_ranks, start_train, wait_for_step
 from train_utils import final_weights
 
-from openslip import checkpoint as ckpt
+from openslip.weights import checkpoint as ckpt
 
 WORKERS = "data.num_workers=2"
 

@@ -13,8 +13,10 @@ from PIL import Image
 from train_utils import overrides
 
 import openslip
-from openslip import checkpoint, outputs, train
+from openslip import outputs
 from openslip.cli import main
+from openslip.train import loop as train
+from openslip.weights import checkpoint
 
 
 def tree(root: Path) -> dict[str, str]:
