@@ -18,8 +18,8 @@ import openslip
 from openslip.bench.baseline import reference_forward
 from openslip.bench.training import PHASES, PathStats
 from openslip.cli import main
-from openslip.flops import slip_sample_flops
 from openslip.losses import SLIPLoss
+from openslip.models.flops import slip_sample_flops
 from openslip.train.perf import tune_cpu_runtime
 
 EOT, SOT = 49407, 49406

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from openslip.cli import main
-from openslip.flops import slip_sample_flops, vit_forward_flops
 from openslip.models import create_model
+from openslip.models.flops import slip_sample_flops, vit_forward_flops
 from openslip.models.vision import kept_patches
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from openslip.errors import ConfigError
-from openslip.flops import slip_sample_flops
+from openslip.models.flops import slip_sample_flops
 from openslip.models.variants import REFERENCE_SIZE_NAMES
 from openslip.optim import clamp_logit_scale, param_groups
 from openslip.step import PhaseClock, autocast, timed_step

@@ -15,7 +15,7 @@ What is measured and why: docs/DESIGN.md, 'Measuring performance'.
 With `rounds` > 1 the model-only and end-to-end phases alternate that many times; the end-to-end / model-only
 ratio is then the median of the rounds' ratios.
 
-MFU = analytic model FLOPs per second (`openslip.flops`) / a matmul peak measured in the same run, in
+MFU = analytic model FLOPs per second (`openslip.models.flops`) / a matmul peak measured in the same run, in
 the same precision, with the kernel the model's layers use (`F.linear`), before and after the steps
 (the larger is used). Times are wall-clock medians over the measured steps, except the end-to-end step time and
 samples/s: samples over the total time of the measured steps, so that the steps that wait for data count.
@@ -44,8 +44,8 @@ from openslip.bench.reference import ReferenceStepper, checkout_info
 from openslip.data.loader import build_train_loader
 from openslip.distributed import DistInfo
 from openslip.errors import ConfigError
-from openslip.flops import slip_sample_flops
 from openslip.models import MODELS
+from openslip.models.flops import slip_sample_flops
 from openslip.models.slip import trimmed_text_length
 from openslip.step import timed_step
 from openslip.tokenizer import get_tokenizer
