@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from openslip.errors import ConfigError
-from openslip.weights.atomic import STAGING_PREFIX
 
 PathLike = str | os.PathLike
 # What `openslip train` keeps in a run directory (train/loop.py, train/run_log.py): the run's own entries.
@@ -21,6 +20,9 @@ RUN_ENTRIES = frozenset({"config.yaml", "metrics.jsonl", ".lock", "checkpoints",
 # The files of a checkpoint directory (weights/checkpoint.py): weights + config, and what only a checkpoint holds.
 CHECKPOINT_PAIR = ("model.safetensors", "config.json")
 CHECKPOINT_ONLY = ("checksums.json", "train_state.pt")
+
+# The staging folders of `openslip.weights.atomic.staging_dir`: a writer's own, also when a kill left one behind.
+STAGING_PREFIX = ".openslip-tmp-"
 
 
 # os.path's tests answer False on any OSError (an unreadable folder), where a Path method may raise.

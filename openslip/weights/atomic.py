@@ -19,10 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from openslip.outputs import STAGING_PREFIX
 from openslip.weights.safe_load import fsync_dir
-
-# The staging folders of `staging_dir`: a writer's own, also when a kill left one behind.
-STAGING_PREFIX = ".openslip-tmp-"
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
