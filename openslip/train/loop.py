@@ -47,6 +47,7 @@ from openslip.optim import clamp_logit_scale
 from openslip.step import NO_CLOCK, OptimStep, check_finite, check_finite_weights
 from openslip.train import best as best_ckpt
 from openslip.train.accumulate import accumulated_backward
+from openslip.train.checks import check_config
 from openslip.train.config import Config
 from openslip.train.data import TrainData, build_train_data
 from openslip.train.optimizer import build_optimizer, lr_at
@@ -206,7 +207,16 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         gather=cfg.loss.gather,
         track_rank=True,  # ssl_rank in metrics.jsonl: a collapse signal (RankMe)
     )
-    data = build_train_data(cfg, model.cfg, dist.rank, dist.world_size, dist.device, dtype=dtype)
+    data = build_train_data(
+        cfg,
+        model.cfg.vision.image_size,
+        model.cfg.image_views,
+        model.cfg.text is not None,
+        dist.rank,
+        dist.world_size,
+        dist.device,
+        dtype=dtype,
+    )
     return Trainer(
         cfg=cfg,
         dist=dist,
@@ -460,6 +470,7 @@ def _failure_line(err: Exception, dist: DistInfo, last: Path | None) -> str | No
 
 def train(cfg: Config) -> dict[str, Any]:
     """Train `cfg` to `cfg.train.steps`; returns a summary (steps, time, final metrics, paths)."""
+    check_config(cfg)  # make_config has; a Config built by hand has not
     check_eval_tasks(cfg)
     ignore_file_size_signal()
     try:
