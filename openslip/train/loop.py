@@ -32,6 +32,7 @@ from openslip.distributed import (
     init_distributed,
     is_peer_failure,
 )
+from openslip.distributed_batchnorm import convert_global_batchnorm
 from openslip.errors import CheckpointError, ConfigError, RunStopped, TrainingError, UserError
 from openslip.eval.catalog import split_catalog_spec
 from openslip.eval.datasets import open_classification
@@ -42,7 +43,6 @@ from openslip.eval.zero_shot import evaluate_zero_shot
 from openslip.interop.init_from import adopt_layout, init_weights_from, resume_or_source
 from openslip.losses import SLIPLoss
 from openslip.models import SLIP, create_model, model_config
-from openslip.models.sync_batchnorm import convert_global_batchnorm
 from openslip.optim import clamp_logit_scale
 from openslip.step import NO_CLOCK, OptimStep, check_finite, check_finite_weights
 from openslip.train import best as best_ckpt
