@@ -44,7 +44,7 @@ from openslip.interop.init_from import adopt_layout, init_weights_from, resume_o
 from openslip.losses import SLIPLoss
 from openslip.models import SLIP, create_model, model_config
 from openslip.optim import clamp_logit_scale
-from openslip.step import NO_CLOCK, OptimStep, check_finite, check_finite_weights
+from openslip.step import NO_CLOCK, OptimStep, check_finite, check_finite_weights, param_dtype
 from openslip.train import best as best_ckpt
 from openslip.train.accumulate import accumulated_backward
 from openslip.train.checks import check_config
@@ -56,12 +56,6 @@ from openslip.train.run_log import RunLogger
 from openslip.train.rundir import prepare_run_dir, release_run_dir, resume_checkpoint, write_run_config
 from openslip.train.state import rng_state, set_rng_state
 from openslip.weights import checkpoint as ckpt
-
-# fp64 runs the whole step in float64: weights, views, losses and AdamW. Adam turns the rounding noise of a
-# near-zero gradient into a step of about lr, whose sign depends on the order of float operations (thread
-# count, instruction set); in float64 that noise sits far below AdamW's eps, so two CPUs give the same losses
-# to ~1e-10 instead of drifting apart within a few steps. For numerics checks (the golden-loss test); slow.
-PARAM_DTYPES = {"fp64": torch.float64}
 
 
 @dataclass
@@ -182,7 +176,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
     overrides = {"head_norm": cfg.head_norm} if cfg.head_norm else {}
     if cfg.data.image_size:
         overrides["image_size"] = cfg.data.image_size
-    dtype = PARAM_DTYPES.get(cfg.train.precision, torch.float32)
+    dtype = param_dtype(cfg.train.precision)  # float64 for fp64 (numerics checks), else float32
     mcfg = model_config(cfg.model, **overrides)
     if layout is not None:
         mcfg = adopt_layout(mcfg, layout)
