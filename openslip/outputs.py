@@ -15,7 +15,7 @@ from pathlib import Path
 from openslip.errors import ConfigError
 
 PathLike = str | os.PathLike
-# What `openslip train` keeps in a run directory (train/loop.py, train/run_log.py): the run's own entries.
+# What `openslip train` keeps in a run directory (train/rundir.py, train/run_log.py): the run's own entries.
 RUN_ENTRIES = frozenset({"config.yaml", "metrics.jsonl", ".lock", "checkpoints", "tensorboard", "wandb_id"})
 # The files of a checkpoint directory (weights/checkpoint.py): weights + config, and what only a checkpoint holds.
 CHECKPOINT_PAIR = ("model.safetensors", "config.json")

@@ -23,8 +23,20 @@ import torch
 from openslip import distributed
 from openslip.errors import TrainingError
 
-# Autocast dtypes by precision name; fp32 (and the float64 numerics mode of training) run without autocast.
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The dtype of each precision name (`train.precision`, `openslip bench train --precision`, finetuning's). bf16 and
+# fp16 are autocast: the forward runs in them, the weights and the optimizer stay float32. fp64 runs the whole step
+# in float64: weights, views, losses and AdamW. Adam turns the rounding noise of a near-zero gradient into a step of
+# about lr, whose sign depends on the order of float operations (thread count, instruction set); in float64 that
+# noise sits far below AdamW's eps, so two CPUs give the same losses to ~1e-10 instead of drifting apart within a
+# few steps. For numerics checks (the golden-loss test); slow.
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+# Autocast dtypes by precision name; fp32 and fp64 run without autocast.
+AMP_DTYPES = {name: PRECISION_DTYPES[name] for name in ("bf16", "fp16")}
+
+
+def param_dtype(precision: str) -> torch.dtype:
+    """The dtype of the weights (and the views fed to them) at ``precision``: float32 under autocast."""
+    return torch.float32 if precision in AMP_DTYPES else PRECISION_DTYPES[precision]
 
 
 def autocast(device_type: str, precision: str) -> AbstractContextManager:

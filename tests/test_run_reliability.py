@@ -259,8 +259,8 @@ def test_disk_full_during_checkpoint_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_changed_settings_compares_what_trains_only():
-    from openslip.train.loop import _changed_settings
     from openslip.train.recipes import make_config
+    from openslip.train.rundir import changed_settings as _changed_settings
 
     saved = make_config().to_dict()
     new = make_config({"train": {"steps": 9, "log_every": 3}, "ckpt": {"keep_last": 9}, "eval": {"zeroshot": []}})

@@ -5,7 +5,7 @@ import torch
 from dist_utils import run_distributed
 from torch import nn
 
-from openslip.models.sync_batchnorm import GlobalBatchNorm1d, convert_global_batchnorm
+from openslip.distributed_batchnorm import GlobalBatchNorm1d, convert_global_batchnorm
 
 
 def _data():

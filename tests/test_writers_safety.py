@@ -15,7 +15,7 @@ from train_utils import overrides
 import openslip
 from openslip import outputs
 from openslip.cli import main
-from openslip.train import loop as train
+from openslip.train import rundir as train
 from openslip.weights import checkpoint
 
 

@@ -47,7 +47,7 @@ from openslip.errors import ConfigError
 from openslip.models import MODELS
 from openslip.models.flops import slip_sample_flops
 from openslip.models.slip import trimmed_text_length
-from openslip.step import timed_step
+from openslip.step import AMP_DTYPES, PRECISION_DTYPES, timed_step
 from openslip.tokenizer import get_tokenizer
 from openslip.train.data import open_train_source
 from openslip.train.loop import build_trainer, optimise
@@ -55,7 +55,7 @@ from openslip.train.perf import fast_bf16_available, tune_cpu_runtime
 from openslip.train.recipes import make_config
 
 PHASES = ("data", "forward", "backward", "optimizer")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {name: PRECISION_DTYPES[name] for name in ("fp32", *AMP_DTYPES)}  # fp64 is a numerics mode, not timed
 EOT, SOT = 49407, 49406
 
 

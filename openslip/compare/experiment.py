@@ -215,16 +215,3 @@ def run_key(row: str, seed: int) -> str:
 
 def _jsonable(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
-
-
-def first_difference(old: Any, new: Any, path: str = "") -> str | None:
-    """The first key path at which two JSON-like values differ, with both values; None when equal."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            found = first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
-            if found:
-                return found
-        return None
-    if old != new:
-        return f"{path or 'settings'}: {old!r} then, {new!r} now"
-    return None

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from openslip import distributed, files
-from openslip.compare.experiment import CompareConfig, Variant, first_difference, run_key
+from openslip.compare.experiment import CompareConfig, Variant, run_key
 from openslip.compare.methods import METHODS, RANDOM_ROW
 from openslip.compare.report import build_results, write_reports
 from openslip.compare.set_names import distinct_names
@@ -45,6 +45,7 @@ from openslip.eval.features import mark_untrained
 from openslip.eval.suite import EVALS, EvalOptions, EvalSet, Evaluation, open_eval_set, validation_split
 from openslip.models import create_model, model_config
 from openslip.train.loop import train
+from openslip.train.rundir import first_difference
 from openslip.weights.atomic import write_json, write_npz
 from openslip.weights.checkpoint import load_model
 

@@ -1,7 +1,8 @@
 """Typed training configs: sections as keyword-only dataclasses, YAML files and `key.path=value` overrides.
 
-Every field has a one-line doc; `__post_init__` validates; an unknown key or a value of the wrong type
-is a `ConfigError` naming the key and the valid choices. Recipes live in `openslip.train.recipes`.
+Every field has a one-line doc; each section's `__post_init__` checks its own fields (the checks across sections
+and against the model registry are `openslip.train.checks`); an unknown key or a value of the wrong type is a
+`ConfigError` naming the key and the valid choices. Recipes live in `openslip.train.recipes`.
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ class TrainConfig:
                 "train.patch_dropout needs train.accum_steps=1: exact accumulation encodes each micro-batch twice "
                 "and would drop different patches the second time"
             )
+        if self.batch_size % self.accum_steps:
+            b, a = self.batch_size, self.accum_steps
+            raise ConfigError(f"train.batch_size={b} is not divisible by train.accum_steps={a}")
 
 
 @dataclass(kw_only=True)
@@ -149,6 +153,8 @@ class LossConfig:
         _positive("loss.ssl_scale", self.ssl_scale, allow_zero=True)
         _positive("loss.clip_scale", self.clip_scale, allow_zero=True)
         _positive("loss.ssl_temperature", self.ssl_temperature)
+        if self.ssl_scale == 0 and self.clip_scale == 0:
+            raise ConfigError("loss.ssl_scale and loss.clip_scale are both 0: nothing to train")
 
 
 @dataclass(kw_only=True)
@@ -246,37 +252,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        from openslip.models import MODELS, model_without
-
-        if self.model not in MODELS:
-            raise ConfigError(f"model={self.model!r} is not a registered model; choose one of: {', '.join(MODELS)}")
+        # the model, its loss terms and the image size are checked together by train/checks.py (`check_config`)
         if self.head_norm is not None:
             _choice("head_norm", self.head_norm, ("bn", "ln", "none"))
-        if self.loss.ssl_scale == 0 and self.loss.clip_scale == 0:
-            raise ConfigError("loss.ssl_scale and loss.clip_scale are both 0: nothing to train")
-        parts = MODELS.get(self.model)
-        if parts.text is None and self.loss.clip_scale > 0:
-            raise ConfigError(f"model={self.model} has no text tower: set loss.clip_scale=0 (SimCLR only)")
-        if parts.ssl_head is None and self.loss.ssl_scale > 0:
-            raise ConfigError(f"model={self.model} has no SimCLR head: set loss.ssl_scale=0 (CLIP only)")
-        # A part that no loss term trains would get no gradient (DDP refuses that) and would make the data
-        # pipeline render views for nothing (docs/DESIGN.md, 'Baselines are their own models').
-        for part, scale, objective in (("ssl_head", "ssl_scale", "CLIP"), ("text", "clip_scale", "SimCLR")):
-            if getattr(parts, part) is not None and getattr(self.loss, scale) == 0:
-                other = model_without(self.model, part)
-                use = f"use model={other}" if other else "use a model without it"
-                raise ConfigError(
-                    f"model={self.model} with loss.{scale}=0 trains {objective} only and would carry an untrained "
-                    f"{'SimCLR head' if part == 'ssl_head' else 'text tower'}: {use}"
-                )
-        patch = parts.vision.patch_size
-        if self.data.image_size is not None and self.data.image_size % patch:
-            raise ConfigError(
-                f"data.image_size={self.data.image_size} is not a multiple of {self.model}'s patch size {patch}"
-            )
-        if self.train.batch_size % self.train.accum_steps:
-            b, a = self.train.batch_size, self.train.accum_steps
-            raise ConfigError(f"train.batch_size={b} is not divisible by train.accum_steps={a}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -20,7 +20,6 @@ from openslip.data.augment.views import SLIPTransform, to_rgb_uint8
 from openslip.data.loader import TrainLoader, build_train_loader, mix_seed
 from openslip.data.sources import open_sources
 from openslip.errors import ConfigError
-from openslip.models.config import ModelConfig
 from openslip.tokenizer import get_tokenizer
 from openslip.train.config import Config
 
@@ -76,7 +75,9 @@ def open_train_source(cfg: Config, image_size: int):
 
 def build_train_data(
     cfg: Config,
-    model: ModelConfig,
+    image_size: int,
+    views: tuple[str, ...],
+    with_text: bool,
     rank: int,
     world_size: int,
     device: torch.device,
@@ -84,11 +85,10 @@ def build_train_data(
 ) -> TrainData:
     """The training loader of `cfg.data` for this rank; batch size per rank = global / (world x accum).
 
-    Only what `model`'s objectives read is produced (docs/DESIGN.md, 'Work follows the objective'): CLIP-only
-    gets the CLIP view and tokens, SimCLR-only the two SimCLR views and no caption at all, SLIP all three views
-    and tokens."""
-    image_size = model.vision.image_size
-    views = model.image_views
+    Only what the model's objectives read is produced (docs/DESIGN.md, 'Work follows the objective'): `views` are
+    the image views it takes (`ModelConfig.image_views`), `with_text` whether it has a text tower. CLIP-only gets
+    the CLIP view and tokens, SimCLR-only the two SimCLR views and no caption at all, SLIP all three views and
+    tokens."""
     source = open_train_source(cfg, image_size)
     per_rank = cfg.train.batch_size // world_size
     if per_rank * world_size != cfg.train.batch_size:
@@ -99,7 +99,6 @@ def build_train_data(
     )
     device_path = cfg.data.augment == "device"
     transform = DecodeOnly(2 * image_size) if device_path else SLIPTransform(config=augment, views=views)
-    with_text = model.text is not None
     loader = build_train_loader(
         source,
         transform,

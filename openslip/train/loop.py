@@ -8,8 +8,6 @@ contrastive losses gather features over the global batch with gradient (docs/DES
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import signal
 import threading
@@ -34,6 +32,7 @@ from openslip.distributed import (
     init_distributed,
     is_peer_failure,
 )
+from openslip.distributed_batchnorm import convert_global_batchnorm
 from openslip.errors import CheckpointError, ConfigError, RunStopped, TrainingError, UserError
 from openslip.eval.catalog import split_catalog_spec
 from openslip.eval.datasets import open_classification
@@ -44,24 +43,19 @@ from openslip.eval.zero_shot import evaluate_zero_shot
 from openslip.interop.init_from import adopt_layout, init_weights_from, resume_or_source
 from openslip.losses import SLIPLoss
 from openslip.models import SLIP, create_model, model_config
-from openslip.models.sync_batchnorm import convert_global_batchnorm
 from openslip.optim import clamp_logit_scale
-from openslip.step import NO_CLOCK, OptimStep, check_finite, check_finite_weights
+from openslip.step import NO_CLOCK, OptimStep, check_finite, check_finite_weights, param_dtype
 from openslip.train import best as best_ckpt
 from openslip.train.accumulate import accumulated_backward
-from openslip.train.config import Config, save_yaml
+from openslip.train.checks import check_config
+from openslip.train.config import Config
 from openslip.train.data import TrainData, build_train_data
 from openslip.train.optimizer import build_optimizer, lr_at
 from openslip.train.perf import available_cores, fast_bf16_available, tune_cpu_runtime
 from openslip.train.run_log import RunLogger
+from openslip.train.rundir import prepare_run_dir, release_run_dir, resume_checkpoint, write_run_config
 from openslip.train.state import rng_state, set_rng_state
 from openslip.weights import checkpoint as ckpt
-
-# fp64 runs the whole step in float64: weights, views, losses and AdamW. Adam turns the rounding noise of a
-# near-zero gradient into a step of about lr, whose sign depends on the order of float operations (thread
-# count, instruction set); in float64 that noise sits far below AdamW's eps, so two CPUs give the same losses
-# to ~1e-10 instead of drifting apart within a few steps. For numerics checks (the golden-loss test); slow.
-PARAM_DTYPES = {"fp64": torch.float64}
 
 
 @dataclass
@@ -182,7 +176,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
     overrides = {"head_norm": cfg.head_norm} if cfg.head_norm else {}
     if cfg.data.image_size:
         overrides["image_size"] = cfg.data.image_size
-    dtype = PARAM_DTYPES.get(cfg.train.precision, torch.float32)
+    dtype = param_dtype(cfg.train.precision)  # float64 for fp64 (numerics checks), else float32
     mcfg = model_config(cfg.model, **overrides)
     if layout is not None:
         mcfg = adopt_layout(mcfg, layout)
@@ -207,7 +201,16 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         gather=cfg.loss.gather,
         track_rank=True,  # ssl_rank in metrics.jsonl: a collapse signal (RankMe)
     )
-    data = build_train_data(cfg, model.cfg, dist.rank, dist.world_size, dist.device, dtype=dtype)
+    data = build_train_data(
+        cfg,
+        model.cfg.vision.image_size,
+        model.cfg.image_views,
+        model.cfg.text is not None,
+        dist.rank,
+        dist.world_size,
+        dist.device,
+        dtype=dtype,
+    )
     return Trainer(
         cfg=cfg,
         dist=dist,
@@ -300,26 +303,11 @@ def ignore_file_size_signal() -> None:
 
 
 def resume(t: Trainer, log: RunLogger) -> None:
-    """Continue from `cfg.resume`: "auto" (the run's newest valid checkpoint, if any), "none", or a path. The
-    settings check runs whichever checkpoint is chosen, also with resume_force=true."""
-    choice = t.cfg.resume
-    if choice == "none":
+    """Continue from the checkpoint `cfg.resume` chooses (train/rundir.py), its settings checked: weights,
+    optimizer, loader position, random streams, step and best record."""
+    path = resume_checkpoint(t.cfg, t.run_dir, log.message)
+    if path is None:
         return
-    if choice == "auto":
-        found = _auto_checkpoint(t, log)
-        if found is None:
-            return
-        path = found
-    else:
-        path = _named_checkpoint(choice, t.cfg.resume_force, log)
-    changed = _changed_settings(ckpt.load_checkpoint_config(path).get("train_config"), t.cfg.to_dict())
-    if changed and not t.cfg.resume_force:
-        raise ConfigError(
-            f"checkpoint {path} was trained with other settings ({'; '.join(changed)}): use another out_dir, "
-            "or resume_force=true to continue it with the new values"
-        )
-    if changed:
-        log.message(f"warning: resume_force=true: continuing {path} with changed settings: {'; '.join(changed)}")
     ckpt.load_weights(t.model, path, verify=False)  # verified just above
     state = ckpt.load_train_state(path, map_location=t.dist.device, verify=False)
     t.opt.load_state_dict(state)
@@ -352,107 +340,6 @@ def _resumed_best(t: Trainer, path: Path, saved: Any, log: RunLogger) -> best_ck
     if why and t.dist.is_main:
         log.message(why)
     return broadcast_object(found)
-
-
-def _auto_checkpoint(t: Trainer, log: RunLogger) -> Path | None:
-    """The checkpoint resume=auto continues: the newest whose files match their checksums (an older good one, with
-    a warning, when the newest is broken). None only for a run without `step_N` directories (a new run, or one
-    stopped before its first checkpoint), which starts from step 0.
-
-    A run whose checkpoints exist but none is usable is never trained over from step 0: that would overwrite its
-    config.yaml, metrics.jsonl and checkpoints, whose weights may well be intact (a damaged checksums.json). It
-    stops in one line instead; with resume_force=true it trusts the newest checkpoint whose files parse."""
-    if not (t.run_dir / ckpt.CHECKPOINTS_DIR).exists():
-        return None
-    found = ckpt.find_latest_checkpoint(t.run_dir, verify=True)
-    if found is not None:
-        return found
-    broken = ckpt.unusable_checkpoints(t.run_dir, verify=True)
-    if not broken:
-        return None
-    reasons = ckpt.describe_unusable(broken)
-    root = t.run_dir / ckpt.CHECKPOINTS_DIR
-    complete = ckpt.list_checkpoints(t.run_dir)  # every file parses; checksums not checked
-    if complete and t.cfg.resume_force:
-        log.message(
-            f"warning: resume_force=true: resuming from {complete[-1]}, whose checksums do not match ({reasons})"
-        )
-        return complete[-1]
-    if complete:
-        raise TrainingError(
-            f"cannot resume: no checkpoint in {root} passes its checksums ({reasons}); add resume_force=true to trust "
-            f"the weights of {complete[-1].name}, or choose a new out_dir to start over"
-        )
-    raise TrainingError(
-        f"cannot resume: no checkpoint in {root} is complete ({reasons}); choose a new out_dir to start over "
-        "(this run's files are left as they are)"
-    )
-
-
-def _named_checkpoint(choice: str, force: bool, log: RunLogger) -> Path:
-    """resume=PATH: that checkpoint (a run directory: its newest good one); one whose checksums fail is refused,
-    or with resume_force=true used with a warning when its files parse."""
-    try:
-        return ckpt.resolve_checkpoint(choice, verify=True)
-    except CheckpointError as err:
-        try:
-            path = ckpt.resolve_checkpoint(choice, verify=False)
-        except CheckpointError:
-            raise err from None
-        if not force:
-            raise CheckpointError(f"{err}; add resume_force=true to trust its weights") from None
-        log.message(f"warning: resume_force=true: resuming from {path}, whose checksums do not match ({err})")
-        return path
-
-
-# Settings a resumed run may change without changing what it trains: its length (the schedule follows
-# train.steps), logging, checkpointing, evaluation, loader processes and the run's plumbing.
-RESUMABLE_CHANGES = (
-    "out_dir",
-    "resume",
-    "resume_force",
-    "recipe",  # a label; the values it set are compared one by one
-    "train.steps",
-    "train.accum_steps",  # exact over the whole batch (accumulate.py): a memory setting
-    "train.log_every",
-    "train.progress",
-    "train.print_every",
-    "train.wandb",
-    "train.wandb_project",
-    "train.compile",
-    "train.grad_checkpointing",
-    "train.collective_timeout_s",
-    "data.num_workers",
-    "data.worker_priority",
-    "ckpt.",
-    "eval.",
-)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def _changed_settings(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
-    """`key saved -> current` for each compared setting that differs (keys a checkpoint lacks are not compared)."""
-    if not isinstance(saved, dict):  # a converted or exported model: no run settings to compare
-        return []
-    old, new = _flatten(saved), _flatten(current)
-    free = [k for k in RESUMABLE_CHANGES if not k.endswith(".")]
-    free_sections = tuple(k for k in RESUMABLE_CHANGES if k.endswith("."))
-    changed = []
-    for key, value in new.items():
-        if key in free or key.startswith(free_sections) or key not in old:
-            continue
-        if old[key] != value:
-            changed.append(f"{key} {old[key]!r} -> {value!r}")
-    return changed
 
 
 PROBES = ("knn", "linear")  # the evaluations of `openslip.eval.suite` that training runs besides zero-shot
@@ -524,70 +411,6 @@ def check_eval_tasks(cfg: Config) -> None:
     best_ckpt.check_best_metric(cfg.eval.best_metric, names, has_text=mcfg.text is not None)
 
 
-LOCK_FILE = ".lock"
-
-
-def prepare_run_dir(cfg: Config, dist: DistInfo) -> tuple[Path, int | None]:
-    """Create `out_dir` and lock it for this run (rank 0; the ranks of one job share it). Returns the run dir
-    and the lock's file descriptor (None off rank 0): `release_run_dir` or the process's end frees it."""
-    run_dir = Path(cfg.out_dir)
-    problem, fd = None, None
-    if dist.is_main:
-        try:
-            fd = _lock_run_dir(run_dir)
-        except UserError as err:
-            problem = str(err)
-    problem = broadcast_object(problem)  # every rank stops with rank 0's message instead of waiting for it
-    if problem:
-        raise ConfigError(problem)
-    return run_dir, fd
-
-
-def _lock_run_dir(run_dir: Path) -> int:
-    # A POSIX record lock (lockf) belongs to this process: the kernel drops it when the process ends in any
-    # way (SIGKILL, OOM), so a lock file left by a dead run never blocks the next one. Unlike flock it is not
-    # shared with forked data-loader workers, which may outlive a killed trainer by a few seconds.
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not run_dir.is_dir():
-            raise ConfigError(f"out_dir={str(run_dir)!r} is not a directory")
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    except FileExistsError:
-        raise ConfigError(f"out_dir={str(run_dir)!r} is a file, not a directory") from None
-    except OSError as err:
-        raise ConfigError(f"out_dir={str(run_dir)!r} cannot be used: {err.strerror or err}") from None
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        if err.errno in (errno.EACCES, errno.EAGAIN):
-            raise ConfigError(
-                f"out_dir={str(run_dir)!r} is in use by another openslip train (pid {holder}); "
-                "wait for it to end or choose another out_dir"
-            ) from None
-        raise ConfigError(f"out_dir={str(run_dir)!r} cannot be locked: {err.strerror or err}") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except OSError as err:
-        os.close(fd)
-        raise ConfigError(f"out_dir={str(run_dir)!r} cannot be written: {err.strerror or err}") from None
-    return fd
-
-
-def release_run_dir(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)  # drops the lock; the file stays (deleting it would race with a run taking it)
-
-
-def _write_run_config(cfg: Config, run_dir: Path) -> None:
-    try:
-        save_yaml(cfg, run_dir / "config.yaml")
-    except OSError as err:
-        raise ConfigError(f"cannot write {run_dir / 'config.yaml'}: {err.strerror or err}") from None
-
-
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # A signal within this many seconds of the previous one is the same request delivered twice, not a second
 # request: timeout(1) signals its child and then the child's process group, microseconds apart.
@@ -641,6 +464,7 @@ def _failure_line(err: Exception, dist: DistInfo, last: Path | None) -> str | No
 
 def train(cfg: Config) -> dict[str, Any]:
     """Train `cfg` to `cfg.train.steps`; returns a summary (steps, time, final metrics, paths)."""
+    check_config(cfg)  # make_config has; a Config built by hand has not
     check_eval_tasks(cfg)
     ignore_file_size_signal()
     try:
@@ -704,7 +528,7 @@ def _run(t: Trainer, run_dir: Path) -> dict[str, Any]:
         except CheckpointError as err:
             raise TrainingError(f"cannot resume: {err}") from None
         if dist.is_main:  # only now: a refused resume leaves the run's config.yaml as it was
-            _write_run_config(cfg, run_dir)
+            write_run_config(cfg, run_dir)
         if t.dist.is_main:
             log.message(
                 f"training {cfg.model} ({cfg.recipe}) for {cfg.train.steps} steps, global batch "

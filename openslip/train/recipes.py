@@ -22,6 +22,7 @@ from typing import Any
 from openslip.data.sources import parse_spec
 from openslip.errors import ConfigError
 from openslip.registry import Registry
+from openslip.train.checks import check_config
 from openslip.train.config import (
     CheckpointConfig,
     Config,
@@ -207,9 +208,11 @@ def make_config(overrides: dict[str, Any] | None = None, *, yaml_path: str | Pat
     merged = deep_merge(base, values)
     given = values.get("loss") if isinstance(values.get("loss"), dict) else {}
     for scale, value in _model_loss_weights(merged.get("model")).items():
-        if scale not in given:  # the user's own value wins (and is checked against the model by Config)
+        if scale not in given:  # the user's own value wins (and is checked against the model by check_config)
             merged["loss"][scale] = value
-    return config_from_dict(merged)
+    cfg = config_from_dict(merged)
+    check_config(cfg)
+    return cfg
 
 
 def _model_loss_weights(model: Any) -> dict[str, float]:
@@ -218,7 +221,7 @@ def _model_loss_weights(model: Any) -> dict[str, float]:
     from openslip.models.variants import MODELS
 
     if not isinstance(model, str) or model not in MODELS:
-        return {}  # Config names the valid models
+        return {}  # check_config names the valid models
     parts = MODELS.get(model)
     weights = {}
     if parts.ssl_head is None:

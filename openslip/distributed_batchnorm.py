@@ -3,6 +3,9 @@
 The SimCLR head's BatchNorm in the reference is a SyncBatchNorm: its statistics span all GPUs. Here
 the per-rank sums are all-reduced with gradient (`all_reduce_sum_with_grad`), so N processes compute
 the same normalisation, loss and gradients as one process holding the whole batch.
+
+It sits beside `distributed.py`, not in `models/`: a model knows nothing of processes. Training swaps the SimCLR
+head's `nn.BatchNorm1d` for it when it runs on several processes (`convert_global_batchnorm`, train/loop.py).
 """
 
 from __future__ import annotations
