@@ -1,5 +1,6 @@
-"""The arrows between openslip's parts that must never exist (docs/ARCHITECTURE.md), read from every import in
-the package, function-level imports included."""
+"""The picture of docs/ARCHITECTURE.md, enforced: every import between openslip's parts points down the layers,
+the arrows the picture forbids do not exist, and no module imports itself back through others. Read from every
+import in the package, imports inside functions included."""
 
 from __future__ import annotations
 
@@ -9,92 +10,125 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "openslip"
-FOLDERS = ("data", "eval", "models", "compare", "commands", "interop")
-NOT_CORE = ("train", "bench", "run_log", "plot", "cli", "perf", "flops", "paper")
-# part -> parts it must never import
-FORBIDDEN = {
-    "models": {"data", "eval", "train", "compare", "commands", "interop"},
-    "data": {"eval", "train", "compare", "commands"},
-    "eval": {"train", "compare", "commands"},
-    "core": {"train", "compare", "commands"},
+
+# part -> layer, low to high (docs/ARCHITECTURE.md draws the same order); a top-level module not named here is core.
+LAYERS = {
+    "core": 0,
+    "models": 1,
+    "weights": 2,
+    "data": 3,
+    "eval": 4,
+    "interop": 5,
+    "train": 6,
+    "compare": 7,
+    "bench": 7,
+    "commands": 8,
+    "cli": 8,
 }
-# the reach-ups docs/ARCHITECTURE.md names: (file, part)
-KNOWN = {("config.py", "data"), ("config.py", "eval"), ("checkpoint.py", "interop")}
+# The arrows the picture forbids even where the layers would allow them: (from part, to module prefix) -> reason.
+NEVER = {
+    ("models", "openslip.distributed"): "a model knows no distributed run",
+    ("models", "openslip.files"): "a model knows no files",
+    ("models", "openslip.outputs"): "a model knows no files",
+    ("models", "openslip.step"): "a model knows no training loop",
+    ("models", "openslip.optim"): "a model knows no training loop",
+    ("data", "openslip.models"): "data knows no model",
+    ("data", "openslip.weights.checkpoint"): "data knows no model",
+    ("data", "openslip.weights.clip_layout"): "data knows no model",
+    ("data", "openslip.weights.safe_load"): "data knows no model",
+    ("core", "openslip.models"): "the core (losses included) works on dicts of tensors, not on a model",
+    ("compare", "openslip.bench"): "the two features stand side by side",
+    ("bench", "openslip.compare"): "the two features stand side by side",
+}
+# Only these may import openslip.train: the parts above it, which hand it overrides and recipes.
+READS_CONFIG = {"train", "compare", "bench", "commands", "cli"}
 
 
 def _part(module: str) -> str:
-    parts = module.split(".")
-    if len(parts) < 2:
-        return "openslip"
-    if parts[1] in FOLDERS or parts[1] in NOT_CORE:
-        return parts[1]
-    return "core"
+    name = module.split(".")[1] if module.count(".") else ""
+    return name if name in LAYERS else "core"
 
 
-def _imports(path: Path) -> list[str]:
-    names = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("openslip"):
-            names += [node.module] if node.module != "openslip" else [f"openslip.{a.name}" for a in node.names]
-        elif isinstance(node, ast.Import):
-            names += [a.name for a in node.names if a.name.startswith("openslip")]
-    return names
-
-
-def _arrows() -> list[tuple[str, str, str]]:
-    out = []
-    for path in PACKAGE.rglob("*.py"):
-        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-        source = _part(module)
-        for name in _imports(path):
-            target = _part(name)
-            if target != source:
-                out.append((source, target, path.name))
-    return out
-
-
-@pytest.mark.parametrize("source", sorted(FORBIDDEN))
-def test_no_forbidden_arrow(source: str) -> None:
-    bad = [
-        f"{file} ({src} -> {dst})"
-        for src, dst, file in _arrows()
-        if src == source and dst in FORBIDDEN[source] and (file, dst) not in KNOWN
-    ]
-    assert not bad, f"imports docs/ARCHITECTURE.md forbids: {bad}"
-
-
-def test_only_the_cli_imports_commands() -> None:
-    users = {file for src, dst, file in _arrows() if dst == "commands"}
-    assert users <= {"cli.py"}, users
-
-
-def _module_graph() -> dict[str, set[str]]:
-    """module -> the package's modules it imports (function-level imports included; a name imported from a
-    package counts as its submodule when there is one)."""
+def _modules() -> dict[str, Path]:
     modules = {}
     for path in PACKAGE.rglob("*.py"):
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
         modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    graph: dict[str, set[str]] = {m: set() for m in modules}
+    return modules
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package's modules `path` imports (a name imported from a package counts as its submodule if it is one)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        targets: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("openslip"):
+            targets = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules]
+            targets = targets or [node.module]
+        elif isinstance(node, ast.Import):
+            targets = [a.name for a in node.names if a.name.startswith("openslip")]
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            out.add(target)
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    graph = {}
     for module, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            targets: list[str] = []
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("openslip"):
-                targets = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules]
-                targets = targets or [node.module]
-            elif isinstance(node, ast.Import):
-                targets = [a.name for a in node.names if a.name.startswith("openslip")]
-            for target in targets:
-                while target and target not in modules:
-                    target = target.rpartition(".")[0]
-                if target and target != module and not module.startswith(target + "."):
-                    graph[module].add(target)
+        own = {t for t in _imports(path, modules) if t != module and not module.startswith(t + ".")}
+        graph[module] = own
     return graph
 
 
+def _arrows() -> list[tuple[str, str]]:
+    """(module, imported module) for every import between two parts; the package's public API (openslip/__init__)
+    sits above everything and is left out."""
+    return [
+        (module, target)
+        for module, targets in _graph().items()
+        for target in sorted(targets)
+        if module != "openslip" and target != "openslip" and _part(module) != _part(target)
+    ]
+
+
+def test_every_arrow_points_down() -> None:
+    up = [f"{m} -> {t}" for m, t in _arrows() if LAYERS[_part(t)] >= LAYERS[_part(m)]]
+    assert not up, f"imports that point up or sideways (docs/ARCHITECTURE.md, 'Parts'): {up}"
+
+
+@pytest.mark.parametrize(("source", "prefix"), sorted(NEVER))
+def test_no_forbidden_arrow(source: str, prefix: str) -> None:
+    bad = [f"{m} -> {t}" for m, t in _arrows() if _part(m) == source and (t + ".").startswith(prefix + ".")]
+    assert not bad, f"{NEVER[source, prefix]}: {bad}"
+
+
+def test_only_the_parts_above_train_read_the_config() -> None:
+    readers = [f"{m} -> {t}" for m, t in _arrows() if _part(t) == "train" and _part(m) not in READS_CONFIG]
+    assert not readers, f"only train/ reads Config; the library below it takes plain values: {readers}"
+
+
+def test_only_the_cli_imports_commands() -> None:
+    users = {m for m, t in _arrows() if _part(t) == "commands"}
+    assert users <= {"openslip.cli"}, users
+
+
+def test_losses_take_dicts() -> None:
+    """SLIP §3: a loss reads the model's outputs by name, so any model whose dict carries the names trains."""
+    import inspect
+
+    from openslip.losses import SLIPLoss
+
+    params = list(inspect.signature(SLIPLoss.forward).parameters)
+    assert params[:2] == ["self", "outputs"], params
+
+
 def test_no_import_cycles() -> None:
-    """No cycle between modules, hidden by imports inside functions or not (a package's own __init__ aside)."""
-    graph = _module_graph()
+    """No module imports, directly or through others, a module that imports it back (a package's own __init__
+    aside)."""
+    graph = _graph()
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     cycles: list[list[str]] = []
 
