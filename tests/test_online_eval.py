@@ -64,6 +64,7 @@ def test_probe_on_image_folders_next_to_zero_shot(tmp_path: Path, capsys) -> Non
         ("eval.sets=[knm:demo_shapes]", "eval.sets: 'knm:demo_shapes' should be EVALNAME:SET"),
         ("eval.sets=[finetune:demo_shapes]", "eval.sets: 'finetune:demo_shapes': finetune is not run during training"),
         ("eval.sets=[knn:/no/such/test@demo_shapes]", "eval.sets: 'knn:/no/such/test@demo_shapes': /no/such/test:"),
+        ("eval.sets=[knn:demo_shapes,knn:demo_shapes@demo_shapes]", "both report knn/demo_shapes: keep one"),
         ("eval.train_samples=0", "eval.train_samples=0 must be > 0"),
     ],
 )

@@ -309,9 +309,9 @@ def test_print_config_data_train_string_or_list_and_the_recipe_it_implies(tmp_pa
 
     demo = printed()
     assert demo["recipe"] == "demo" and demo["data"]["train"] == "demo"
-    assert demo["eval"]["zeroshot"] == ["demo_shapes", "demo_colours"] and demo["out_dir"] == "runs/demo"
+    assert demo["eval"]["sets"] == ["zeroshot:demo_shapes", "zeroshot:demo_colours"] and demo["out_dir"] == "runs/demo"
     own = printed("data.train=/data/a.csv")
-    assert own["recipe"] == "custom" and own["data"]["train"] == "/data/a.csv" and own["eval"]["zeroshot"] == []
+    assert own["recipe"] == "custom" and own["data"]["train"] == "/data/a.csv" and own["eval"]["sets"] == []
     assert own["out_dir"] == "runs/custom"
     assert {k: v for k, v in own.items() if k not in ("recipe", "out_dir", "data", "eval")} == {
         k: v for k, v in demo.items() if k not in ("recipe", "out_dir", "data", "eval")
@@ -320,9 +320,9 @@ def test_print_config_data_train_string_or_list_and_the_recipe_it_implies(tmp_pa
     assert both["data"]["train"] == ["/data/a.csv", "/data/photos/"] and both["recipe"] == "custom"
     assert printed("data.train=[demo]")["recipe"] == "demo"
     named = printed("data.train=/data/a.csv", "eval.sets=[zeroshot:demo_shapes]")
-    assert named["recipe"] == "custom" and named["eval"]["zeroshot"] == ["demo_shapes"]
+    assert named["recipe"] == "custom" and named["eval"]["sets"] == ["zeroshot:demo_shapes"]
     asked = printed("data.train=/data/a.csv", "recipe=demo")  # a named recipe is kept as it is
-    assert asked["recipe"] == "demo" and asked["eval"]["zeroshot"] == ["demo_shapes", "demo_colours"]
+    assert asked["recipe"] == "demo" and asked["eval"]["sets"] == ["zeroshot:demo_shapes", "zeroshot:demo_colours"]
     for cfg in (own, both):  # a saved config.yaml reads back to the same config, string or list
         path = tmp_path / "saved.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -399,7 +399,7 @@ def test_zero_shot_prompt_file_errors_are_one_line(tmp_path, capsys):
     cases = [
         (bad_template, f"{bad_template}: prompt template 'a photo without a slot'"),
         (three, f"{val}: class folder(s) cat, dog match no class name"),
-        (tmp_path / "none.json", "no such prompts file"),
+        (tmp_path / "none.json", f"{tmp_path / 'none.json'}: no such file"),
         (not_json, f"{not_json}: not valid JSON"),
     ]
     for prompts, needle in cases:

@@ -136,11 +136,18 @@ def check_eval_sets(cfg: Config) -> None:
         raise ConfigError(f"eval.prompts: {err}") from None
     mcfg = model_config(cfg.model)
     image_size = cfg.data.image_size or mcfg.vision.image_size
-    names = []  # the keys `evaluate` will report
+    reported: dict[str, str] = {}  # the keys `evaluate` will report -> the entry reporting it
     for entry in [parse_entry(s) for s in cfg.eval.sets]:
         es = open_entry(cfg, entry, image_size)
+        key = result_key(entry, es)
+        if key in reported:  # one would overwrite the other in metrics.jsonl
+            raise ConfigError(
+                f"eval.sets: {reported[key]!r} and {entry.text!r} both report {key}: keep one (sets are named after "
+                "their folder or file)"
+            )
         if skipped(entry, es, mcfg) is None:
-            names.append(result_key(entry, es))
+            reported[key] = entry.text
+    names = list(reported)
     best_ckpt.check_best_metric(cfg.eval.best_metric, names, has_text=mcfg.text is not None)
 
 
