@@ -342,7 +342,7 @@ def run_train(case: Case, p: Plan, work: Path, timeout_s: float, *, shards: Path
     log_every = 1 if p.dry_run else 10
     overrides = [f"model={case.model}", f"data.train={shards}", f"train.steps={steps}",
                  f"train.batch_size={p.batch_size}", f"train.log_every={log_every}", "train.progress=false",
-                 "eval.zeroshot=[]", f"data.augment={case.augment}", f"data.num_workers={p.workers}",
+                 "eval.sets=[]", f"data.augment={case.augment}", f"data.num_workers={p.workers}",
                  f"out_dir={out_dir}", *p.train_flags]  # fmt: skip
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
             "-m", "openslip.cli", "train", *overrides]  # fmt: skip

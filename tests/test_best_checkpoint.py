@@ -21,7 +21,7 @@ from openslip.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 METRIC = "zeroshot/demo_colours"
-BEST = ("eval.zeroshot=[demo_colours]", "eval.samples=16", "eval.every_steps=1", f"eval.best_metric={METRIC}")
+BEST = ("eval.sets=[zeroshot:demo_colours]", "eval.samples=16", "eval.every_steps=1", f"eval.best_metric={METRIC}")
 
 
 def _ckpts(run: Path) -> list[str]:
@@ -136,29 +136,28 @@ def test_a_best_whose_checkpoint_is_gone_is_chosen_anew_on_resume(tmp_path: Path
     ("extra", "message"),
     [
         (
-            ["eval.zeroshot=[demo_colours]", "eval.best_metric=zeroshot/demo_colours", "eval.every_steps=0"],
+            ["eval.sets=[zeroshot:demo_colours]", "eval.best_metric=zeroshot/demo_colours", "eval.every_steps=0"],
             "eval.best_metric='zeroshot/demo_colours' needs eval.every_steps > 0",
         ),
         (
-            ["eval.zeroshot=[demo_colours]", "eval.best_metric=zeroshot/demo_colours", "eval.best_mode=largest"],
+            ["eval.sets=[zeroshot:demo_colours]", "eval.best_metric=zeroshot/demo_colours", "eval.best_mode=largest"],
             "eval.best_mode='largest' is not valid; choose one of: max, min",
         ),
         (
-            ["eval.zeroshot=[demo_colours]", "eval.best_metric=zeroshot/imagenet", "eval.every_steps=1"],
+            ["eval.sets=[zeroshot:demo_colours]", "eval.best_metric=zeroshot/imagenet", "eval.every_steps=1"],
             "eval.best_metric='zeroshot/imagenet' is not among this run's evaluations (zeroshot/demo_colours): "
-            "choose one of them, or evaluate eval.zeroshot=[imagenet:/PATH/imagenet/val], or eval.best_metric='' "
+            "choose one of them, or evaluate eval.sets=[zeroshot:imagenet:/PATH/imagenet/val], or eval.best_metric='' "
             "to keep no best checkpoint",
         ),
         (
             ["eval.best_metric=knn/demo_shapes", "eval.every_steps=1"],
-            "eval.best_metric='knn/demo_shapes' but this run evaluates nothing: add eval.knn=[TEST@TRAIN]",
+            "eval.best_metric='knn/demo_shapes' but this run evaluates nothing: add eval.sets=[knn:TEST@TRAIN]",
         ),
         (
             [
                 "model=simclr_vit_micro",
                 "loss.clip_scale=0",
-                "eval.zeroshot=[demo_colours]",
-                "eval.knn=[demo_shapes]",
+                "eval.sets=[zeroshot:demo_colours,knn:demo_shapes]",
                 "eval.best_metric=zeroshot/demo_colours",
                 "eval.every_steps=1",
             ],  # fmt: skip
@@ -180,7 +179,7 @@ def test_cc_recipe_without_imagenet_refuses_in_one_line(tmp_path: Path, capsys) 
     err = capsys.readouterr().err.strip()
     assert err == (
         "openslip train: error: eval.best_metric='zeroshot/imagenet' but this run evaluates nothing: add "
-        "eval.zeroshot=[imagenet:/PATH/imagenet/val], or eval.best_metric='' to keep no best checkpoint"
+        "eval.sets=[zeroshot:imagenet:/PATH/imagenet/val], or eval.best_metric='' to keep no best checkpoint"
     )
 
 

@@ -161,7 +161,7 @@ def test_in_training_zero_shot_takes_catalog_names(tmp_path: Path, capsys) -> No
     root = _images(tmp_path / "val", ["n01440764", "n01443537"], per_folder=1)
     run = tmp_path / "run"
     argv = ["model=slip_vit_micro", "data.image_size=32", "train.steps=1", "train.batch_size=4", "data.num_workers=0"]
-    code = main(["train", *argv, f"out_dir={run}", f"eval.zeroshot=[imagenet:{root}]", "eval.samples=2"])
+    code = main(["train", *argv, f"out_dir={run}", f"eval.sets=[zeroshot:imagenet:{root}]", "eval.samples=2"])
     assert code == 0, capsys.readouterr().err
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("zeroshot/imagenet" in r for r in records)
@@ -201,10 +201,9 @@ def test_catalog_bad_inputs_are_one_line_errors(argv: list[str], message: str, t
     assert code == 2 and len(err.splitlines()) == 1 and message in err, err
 
 
-def test_eval_prompts_config_is_checked() -> None:
-    from openslip.train.config import EvalConfig
-
-    with pytest.raises(ConfigError, match="eval.prompts: unknown prompt set"):
-        EvalConfig(prompts="bogus")
+def test_eval_prompts_config_is_checked(tmp_path: Path, capsys) -> None:
+    assert main(["train", "eval.prompts=bogus", f"out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "eval.prompts: unknown prompt set 'bogus'" in err, err
     with pytest.raises(DataError):
         open_classification("/nonexistent/path", catalog="imagenet")

@@ -15,7 +15,7 @@ from openslip.cli import main
 from openslip.data.formats.shards import REACH_TIMEOUT_S
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SMALL = ["model=slip_vit_micro", "train.batch_size=8", "data.num_workers=0", "data.image_size=32", "eval.zeroshot=[]",
+SMALL = ["model=slip_vit_micro", "train.batch_size=8", "data.num_workers=0", "data.image_size=32", "eval.sets=[]",
          "optim.warmup_steps=1", "train.log_every=1", "train.steps=2"]  # fmt: skip
 
 

@@ -242,7 +242,7 @@ def test_training_logs_the_ssl_rank(tmp_path) -> None:
     from openslip.cli import main
 
     argv = ["train", "model=slip_vit_micro", "train.steps=2", "train.batch_size=8", "data.num_workers=0",
-            "data.image_size=32", "eval.zeroshot=[]", "train.log_every=1", f"out_dir={tmp_path}"]  # fmt: skip
+            "data.image_size=32", "eval.sets=[]", "train.log_every=1", f"out_dir={tmp_path}"]  # fmt: skip
     assert main(argv) == 0
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(1.0 <= r["ssl_rank"] <= 8.0 for r in rows if "loss" in r)

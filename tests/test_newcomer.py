@@ -198,8 +198,8 @@ def test_an_option_that_is_a_config_key_names_the_override(capsys, argv, expecte
 
 
 def test_comma_list_without_brackets_gets_the_bracket_hint(capsys):
-    assert "write eval.zeroshot=[demo_shapes,demo_colours]" in _one_line(
-        capsys, ["train", "eval.zeroshot=demo_shapes,demo_colours"]
+    assert "write eval.sets=[zeroshot:demo_shapes,zeroshot:demo_colours]" in _one_line(
+        capsys, ["train", "eval.sets=zeroshot:demo_shapes,zeroshot:demo_colours"]
     )
 
 

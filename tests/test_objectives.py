@@ -48,7 +48,7 @@ def model_inputs(monkeypatch):
 @pytest.mark.parametrize("objective", list(OBJECTIVES))
 def test_every_objective_trains_from_the_cli_on_only_its_inputs(tmp_path, model_inputs, objective, augment):
     args, views, terms = OBJECTIVES[objective]
-    extra = [*args, "train.steps=2", f"data.augment={augment}", "eval.zeroshot=[demo_colours]", "eval.samples=16"]
+    extra = [*args, "train.steps=2", f"data.augment={augment}", "eval.sets=[zeroshot:demo_colours]", "eval.samples=16"]
     assert main(["train", *overrides(tmp_path, *extra)]) == 0
     assert model_inputs and all(call == views for call in model_inputs), model_inputs
     last = {k: v for row in read_metrics(tmp_path) if row["step"] == 2 for k, v in row.items()}

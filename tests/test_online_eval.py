@@ -1,5 +1,6 @@
-"""Evaluations by name during training: `eval.knn` and `eval.linear` probe sets next to zero-shot, for every
-objective (SimCLR included), logged to metrics.jsonl with their chance level; bad sets fail before training."""
+"""Evaluations by name during training: `eval.sets` of EVALNAME:SET (zero-shot, the kNN and linear probes, retrieval)
+through `openslip.eval.suite.EVALS`, for every objective (SimCLR included), logged to metrics.jsonl with their chance
+level; bad sets, names and the keys eval.sets replaced fail before training in one line."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from openslip.cli import main
+from openslip.train.loop import _changed_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = ["train.batch_size=8", "data.num_workers=0", "data.image_size=32", "optim.warmup_steps=1",
@@ -23,8 +25,8 @@ def _records(run: Path) -> list[dict]:
 
 def test_simclr_run_is_probed_every_evaluation(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
-    argv = ["train", "model=simclr_vit_micro", "loss.clip_scale=0", *SMALL, "eval.zeroshot=[]",
-            "eval.knn=[demo_shapes]", "eval.linear=[demo_colours]", f"out_dir={run}"]  # fmt: skip
+    argv = ["train", "model=simclr_vit_micro", "loss.clip_scale=0", *SMALL,
+            "eval.sets=[knn:demo_shapes,linear:demo_colours]", f"out_dir={run}"]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
     evals = [r for r in _records(run) if "knn/demo_shapes" in r]
     assert [r["step"] for r in evals] == [1, 2]
@@ -43,8 +45,8 @@ def test_probe_on_image_folders_next_to_zero_shot(tmp_path: Path, capsys) -> Non
                     tmp_path / split / c / f"{i}.png"
                 )
     run = tmp_path / "run"
-    argv = ["train", "model=slip_vit_micro", *SMALL, "eval.zeroshot=[demo_colours]",
-            f"eval.knn=[{tmp_path / 'test'}@{tmp_path / 'train'}]", f"out_dir={run}"]  # fmt: skip
+    sets = f"eval.sets=[zeroshot:demo_colours,knn:{tmp_path / 'test'}@{tmp_path / 'train'}]"
+    argv = ["train", "model=slip_vit_micro", *SMALL, sets, f"out_dir={run}"]
     assert main(argv) == 0, capsys.readouterr().err
     last = [r for r in _records(run) if "knn/test" in r][-1]
     assert "zeroshot/demo_colours" in last and last["chance"]["knn/test"] == 50.0
@@ -53,8 +55,16 @@ def test_probe_on_image_folders_next_to_zero_shot(tmp_path: Path, capsys) -> Non
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ("eval.knn=[/no/such/folder]", "eval.knn: /no/such/folder: neither a demo task"),
-        ("eval.linear=[demo]", "eval.linear: 'demo': a probe needs a labelled set with a train split"),
+        ("eval.sets=[knn:/no/such/folder]", "eval.sets: 'knn:/no/such/folder': /no/such/folder: neither a demo task"),
+        (
+            "eval.sets=[linear:demo]",
+            "eval.sets: 'linear:demo': linear does not apply: linear reads classification sets",
+        ),
+        ("eval.sets=[demo_shapes]", "eval.sets: 'demo_shapes' should be EVALNAME:SET with EVALNAME one of knn, linear"),
+        ("eval.sets=[knm:demo_shapes]", "eval.sets: 'knm:demo_shapes' should be EVALNAME:SET"),
+        ("eval.sets=[finetune:demo_shapes]", "eval.sets: 'finetune:demo_shapes': finetune is not run during training"),
+        ("eval.sets=[knn:/no/such/test@demo_shapes]", "eval.sets: 'knn:/no/such/test@demo_shapes': /no/such/test:"),
+        ("eval.sets=[knn:demo_shapes,knn:demo_shapes@demo_shapes]", "both report knn/demo_shapes: keep one"),
         ("eval.train_samples=0", "eval.train_samples=0 must be > 0"),
     ],
 )
@@ -63,3 +73,57 @@ def test_bad_probe_sets_fail_before_training(setting: str, message: str, tmp_pat
     assert main(["train", "model=slip_vit_micro", *small, setting, f"out_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_every_evaluation_runs_through_eval_sets(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    sets = "eval.sets=[zeroshot:demo_shapes,knn:demo_shapes,linear:demo_colours,retrieval:demo]"
+    assert main(["train", "model=slip_vit_micro", *SMALL, sets, f"out_dir={run}"]) == 0, capsys.readouterr().err
+    last = [r for r in _records(run) if "chance" in r][-1]
+    keys = ("zeroshot/demo_shapes", "knn/demo_shapes", "linear/demo_colours", "retrieval/demo_retrieval")
+    assert all(0 <= last[k] <= 100 for k in keys), last
+    assert list(last["chance"]) == list(keys[:3])  # a retrieval recall has no class count to guess among
+    assert "step 2: zeroshot/demo_shapes" in capsys.readouterr().err
+
+
+def test_simclr_skips_zero_shot_sets_in_one_line(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    sets = "eval.sets=[zeroshot:demo_shapes,knn:demo_shapes]"
+    assert main(["train", "model=simclr_vit_micro", *SMALL, sets, f"out_dir={run}"]) == 0
+    assert "zero-shot evaluation skipped: simclr_vit_micro has no text tower" in capsys.readouterr().err
+    assert [k for k in _records(run)[-1]["chance"]] == ["knn/demo_shapes"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["eval.zeroshot=[demo_shapes]"], "eval.zeroshot was replaced by eval.sets, a list of EVALNAME:SET: write "
+         "eval.sets=[zeroshot:demo_shapes]"),
+        (["eval.knn=[demo_shapes]", "eval.linear=[/d/val@/d/train]"], "eval.knn, eval.linear were replaced by "
+         "eval.sets, a list of EVALNAME:SET: remove them and write eval.sets=[knn:demo_shapes,linear:/d/val@/d/train]"),
+        (["eval.zeroshot=[/d/val]", "eval.catalog=imagenet"], "write eval.sets=[zeroshot:imagenet:/d/val]"),
+        (["eval.classnames=/d/names.txt"], "class names and templates come with a set: TEST#PROMPTS.json"),
+    ],
+)  # fmt: skip
+def test_replaced_keys_name_eval_sets_in_one_line(settings, message, tmp_path: Path, capsys) -> None:
+    assert main(["train", "model=slip_vit_micro", *SMALL, *settings, f"out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_an_older_runs_config_yaml_names_eval_sets(tmp_path: Path, capsys) -> None:
+    old = tmp_path / "config.yaml"  # the eval section an older run saved: every replaced key, most at their defaults
+    old.write_text(
+        "eval:\n  zeroshot: [demo_shapes, demo_colours]\n  knn: []\n  linear: []\n  classnames: null\n"
+        "  templates: null\n  catalog: null\n  prompts: reference\n  every_steps: 200\n"
+    )
+    assert main(["train", "--config", str(old), f"out_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "remove them and write eval.sets=[zeroshot:demo_shapes,zeroshot:demo_colours]" in err
+
+
+def test_an_older_run_resumes_without_its_replaced_keys() -> None:
+    # resume compares the checkpoint's saved settings with the eval section left free: no translation is needed
+    saved = {"seed": 0, "eval": {"zeroshot": ["demo_shapes"], "knn": [], "catalog": None, "every_steps": 200}}
+    assert _changed_settings(saved, {"seed": 0, "eval": {"sets": ["zeroshot:demo_shapes"], "every_steps": 100}}) == []

@@ -64,7 +64,7 @@ def test_flops_count_the_kept_tokens() -> None:
 def test_every_objective_trains_with_patch_dropout(model: str, scales: list[str], tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     argv = ["train", f"model={model}", *scales, "train.patch_dropout=0.5", "train.steps=2", "train.batch_size=8",
-            "data.num_workers=0", "data.image_size=32", "eval.zeroshot=[]", f"out_dir={out}", "train.progress=false",
+            "data.num_workers=0", "data.image_size=32", "eval.sets=[]", f"out_dir={out}", "train.progress=false",
             "optim.warmup_steps=1", "train.log_every=1"]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

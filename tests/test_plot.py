@@ -23,7 +23,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     runs = []
     for seed in (0, 1):
         out = tmp_path_factory.mktemp("runs") / f"seed{seed}"
-        assert main(["train", *SMALL, f"seed={seed}", "eval.zeroshot=[demo_shapes]", f"out_dir={out}"]) == 0
+        assert main(["train", *SMALL, f"seed={seed}", "eval.sets=[zeroshot:demo_shapes]", f"out_dir={out}"]) == 0
         runs.append(out)
     return runs
 

@@ -28,7 +28,7 @@ def test_every_recipe_trains_two_steps_from_the_cli(tmp_path, recipe):
     argv += ["data.num_workers=0", "optim.warmup_steps=1", "ckpt.every_steps=2", "eval.samples=16"]
     best = RECIPES.get(recipe)().eval.best_metric
     if best:  # the CC recipes keep the best ImageNet zero-shot epoch (SLIP#9): a demo set stands in for ImageNet
-        argv += ["eval.zeroshot=[demo_colours]", "eval.best_metric=zeroshot/demo_colours"]
+        argv += ["eval.sets=[zeroshot:demo_colours]", "eval.best_metric=zeroshot/demo_colours"]
     assert main(argv) == 0
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_0000002"
     assert (tmp_path / "checkpoints" / "best").exists() == bool(best)

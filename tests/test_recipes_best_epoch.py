@@ -22,10 +22,10 @@ def test_cc_recipes_evaluate_every_epoch_and_say_why(recipe: str, capsys) -> Non
     cfg = _printed_config(capsys, recipe)
     per_epoch = DATASET_SIZES[recipe.rsplit("_", 1)[1]] // cfg["train"]["batch_size"]
     assert cfg["eval"]["every_steps"] == cfg["ckpt"]["every_steps"] == per_epoch  # a checkpoint at every evaluation
-    assert cfg["eval"]["zeroshot"] == []  # ImageNet's path is the user's: eval.zeroshot=[imagenet:PATH]
+    assert cfg["eval"]["sets"] == []  # ImageNet's path is the user's: eval.sets=[zeroshot:imagenet:PATH]
     assert (cfg["eval"]["best_metric"], cfg["eval"]["best_mode"]) == ("zeroshot/imagenet", "max")
     doc = RECIPES.get(recipe).__doc__
-    assert "best epoch" in doc and "SLIP#9" in doc and "eval.zeroshot=[imagenet:" in doc
+    assert "best epoch" in doc and "SLIP#9" in doc and "eval.sets=[zeroshot:imagenet:" in doc
     assert "checkpoints/best" in doc and "no best checkpoint yet" not in doc
     assert ("SLIP#15" in doc and "optim.wd=0.5" in doc) == recipe.endswith("cc3m")
 

@@ -11,7 +11,7 @@ import pytest
 from openslip.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SMALL = ["model=slip_vit_micro", "train.batch_size=8", "data.num_workers=0", "data.image_size=32", "eval.zeroshot=[]",
+SMALL = ["model=slip_vit_micro", "train.batch_size=8", "data.num_workers=0", "data.image_size=32", "eval.sets=[]",
          "optim.warmup_steps=1", "train.log_every=1"]  # fmt: skip
 
 

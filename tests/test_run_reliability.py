@@ -263,7 +263,7 @@ def test_changed_settings_compares_what_trains_only():
     from openslip.train.rundir import changed_settings as _changed_settings
 
     saved = make_config().to_dict()
-    new = make_config({"train": {"steps": 9, "log_every": 3}, "ckpt": {"keep_last": 9}, "eval": {"zeroshot": []}})
+    new = make_config({"train": {"steps": 9, "log_every": 3}, "ckpt": {"keep_last": 9}, "eval": {"sets": []}})
     assert _changed_settings(saved, new.to_dict()) == []
     new = make_config({"seed": 3, "optim": {"betas": [0.9, 0.95]}, "data": {"num_workers": 0}})
     assert _changed_settings(saved, new.to_dict()) == ["seed 0 -> 3", "optim.betas [0.9, 0.98] -> [0.9, 0.95]"]

@@ -126,7 +126,7 @@ def test_accumulated_training_run_matches_plain_run(tmp_path):
     ],
 )
 def test_config_errors_are_one_line(tmp_path, capsys, args, needle):
-    code = main(["train", f"out_dir={tmp_path}", "data.num_workers=0", "eval.zeroshot=[]", *args])
+    code = main(["train", f"out_dir={tmp_path}", "data.num_workers=0", "eval.sets=[]", *args])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert needle in err
@@ -221,7 +221,7 @@ def test_non_finite_loss_stops_with_step_samples_and_checkpoint(tmp_path, monkey
 
 
 def test_fp64_run_evaluates_and_saves_float64_weights(tmp_path):
-    extra = ["train.steps=2", "train.precision=fp64", "eval.zeroshot=[demo_colours]", "eval.samples=16"]
+    extra = ["train.steps=2", "train.precision=fp64", "eval.sets=[zeroshot:demo_colours]", "eval.samples=16"]
     assert main(["train", *overrides(tmp_path, *extra)]) == 0
     assert "zeroshot/demo_colours" in read_metrics(tmp_path)[-1]
     assert final_weights(tmp_path)["visual.cls_token"].dtype == torch.float64
@@ -247,12 +247,12 @@ def test_periodic_zero_shot_on_demo_task_and_image_folder(tmp_path, capsys):
                 tmp_path / "folder" / cls / f"{i}.png"
             )
     out = tmp_path / "run"
-    spec = f"eval.zeroshot=[demo_colours,{tmp_path / 'folder'}]"
+    spec = f"eval.sets=[zeroshot:demo_colours,zeroshot:{tmp_path / 'folder'}]"
     assert main(["train", *overrides(out, "train.steps=2", spec, "eval.every_steps=2", "eval.samples=16")]) == 0
     rows = [r for r in read_metrics(out) if any(k.startswith("zeroshot/") for k in r)]
     assert rows and "zeroshot/demo_colours" in rows[-1] and len([k for k in rows[-1] if k.startswith("zeroshot/")]) == 2
-    assert main(["train", *overrides(tmp_path / "bad", "eval.zeroshot=[/no/such/dir]")]) == 2
-    assert "eval.zeroshot" in capsys.readouterr().err
+    assert main(["train", *overrides(tmp_path / "bad", "eval.sets=[zeroshot:/no/such/dir]")]) == 2
+    assert "eval.sets: 'zeroshot:/no/such/dir'" in capsys.readouterr().err
 
 
 # --- several training sources, the custom recipe, zero-shot prompt files -------------------------------------------
@@ -309,9 +309,9 @@ def test_print_config_data_train_string_or_list_and_the_recipe_it_implies(tmp_pa
 
     demo = printed()
     assert demo["recipe"] == "demo" and demo["data"]["train"] == "demo"
-    assert demo["eval"]["zeroshot"] == ["demo_shapes", "demo_colours"] and demo["out_dir"] == "runs/demo"
+    assert demo["eval"]["sets"] == ["zeroshot:demo_shapes", "zeroshot:demo_colours"] and demo["out_dir"] == "runs/demo"
     own = printed("data.train=/data/a.csv")
-    assert own["recipe"] == "custom" and own["data"]["train"] == "/data/a.csv" and own["eval"]["zeroshot"] == []
+    assert own["recipe"] == "custom" and own["data"]["train"] == "/data/a.csv" and own["eval"]["sets"] == []
     assert own["out_dir"] == "runs/custom"
     assert {k: v for k, v in own.items() if k not in ("recipe", "out_dir", "data", "eval")} == {
         k: v for k, v in demo.items() if k not in ("recipe", "out_dir", "data", "eval")
@@ -319,10 +319,10 @@ def test_print_config_data_train_string_or_list_and_the_recipe_it_implies(tmp_pa
     both = printed("data.train=[/data/a.csv,/data/photos/]")
     assert both["data"]["train"] == ["/data/a.csv", "/data/photos/"] and both["recipe"] == "custom"
     assert printed("data.train=[demo]")["recipe"] == "demo"
-    named = printed("data.train=/data/a.csv", "eval.zeroshot=[demo_shapes]")
-    assert named["recipe"] == "custom" and named["eval"]["zeroshot"] == ["demo_shapes"]
+    named = printed("data.train=/data/a.csv", "eval.sets=[zeroshot:demo_shapes]")
+    assert named["recipe"] == "custom" and named["eval"]["sets"] == ["zeroshot:demo_shapes"]
     asked = printed("data.train=/data/a.csv", "recipe=demo")  # a named recipe is kept as it is
-    assert asked["recipe"] == "demo" and asked["eval"]["zeroshot"] == ["demo_shapes", "demo_colours"]
+    assert asked["recipe"] == "demo" and asked["eval"]["sets"] == ["zeroshot:demo_shapes", "zeroshot:demo_colours"]
     for cfg in (own, both):  # a saved config.yaml reads back to the same config, string or list
         path = tmp_path / "saved.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -356,37 +356,32 @@ def _val_folder(root: Path) -> Path:
     return root
 
 
-def test_periodic_zero_shot_takes_classnames_and_templates_files(tmp_path, monkeypatch):
-    import openslip.train.loop as train_module
+def test_periodic_zero_shot_takes_a_sets_prompts_file(tmp_path, monkeypatch):
+    import openslip.eval.suite as suite
 
     val = _val_folder(tmp_path / "val")
     seen = []
-    real = train_module.evaluate_zero_shot
+    real = suite.evaluate_zero_shot
 
     def spy(model, dataset, **kwargs):
         seen.append((dataset.name, dataset.classnames, dataset.templates))
         return real(model, dataset, **kwargs)
 
-    monkeypatch.setattr(train_module, "evaluate_zero_shot", spy)
-    both = tmp_path / "prompts.json"
+    monkeypatch.setattr(suite, "evaluate_zero_shot", spy)
+    both, names, temps = tmp_path / "both.json", tmp_path / "names.json", tmp_path / "templates.json"
     both.write_text(json.dumps({"classnames": ["kitten", "puppy"], "templates": ["a snapshot of a {}."]}))
-    names, temps = tmp_path / "names.txt", tmp_path / "templates.txt"
-    names.write_text("tabby cat\nlabrador\n")
-    temps.write_text("a photo of my {}.\n{} in a picture\n")
-    common = ("train.steps=2", "eval.every_steps=2", "eval.samples=8", f"eval.zeroshot=[demo_colours,{val}]")
+    names.write_text(json.dumps({"classnames": ["tabby cat", "labrador"]}))
+    temps.write_text(json.dumps({"templates": ["a photo of my {}.", "{} in a picture"]}))
+    common = ("train.steps=2", "eval.every_steps=2", "eval.samples=8")
     runs = [
-        ([f"eval.classnames={both}"], ["kitten", "puppy"], ["a snapshot of a {}."]),  # one file gives both
-        ([f"eval.templates={both}"], ["kitten", "puppy"], ["a snapshot of a {}."]),
-        (
-            [f"eval.classnames={names}", f"eval.templates={temps}"],
-            ["tabby cat", "labrador"],
-            temps.read_text().split("\n")[:2],
-        ),
-        ([f"eval.templates={temps}"], ["cat", "dog"], ["a photo of my {}.", "{} in a picture"]),  # folder names
+        (both, ["kitten", "puppy"], ["a snapshot of a {}."]),  # one file gives both
+        (names, ["tabby cat", "labrador"], ["a photo of a {}.", "a picture of a {}.", "an image of a {}."]),
+        (temps, ["cat", "dog"], ["a photo of my {}.", "{} in a picture"]),  # the folders' names
     ]
-    for i, (args, want_names, want_templates) in enumerate(runs):
+    for i, (prompts, want_names, want_templates) in enumerate(runs):
         seen.clear()
-        assert main(["train", *overrides(tmp_path / f"run{i}", *common, *args)]) == 0
+        sets = f"eval.sets=[zeroshot:demo_colours,zeroshot:{val}#{prompts}]"
+        assert main(["train", *overrides(tmp_path / f"run{i}", *common, sets)]) == 0
         assert ("val", want_names, want_templates) in seen
         demo = next(s for s in seen if s[0] == "demo_colours")  # demo tasks keep their own prompts
         assert "kitten" not in demo[1] and "a snapshot of a {}." not in demo[2]
@@ -395,21 +390,20 @@ def test_periodic_zero_shot_takes_classnames_and_templates_files(tmp_path, monke
 
 def test_zero_shot_prompt_file_errors_are_one_line(tmp_path, capsys):
     val = _val_folder(tmp_path / "val")
-    half = tmp_path / "half.json"
-    half.write_text(json.dumps({"classnames": ["kitten", "puppy"]}))
-    bad_template = tmp_path / "t.txt"
-    bad_template.write_text("a photo of a {}.\na photo without a slot\n")
-    three = tmp_path / "three.txt"
-    three.write_text("kitten\npuppy\nhamster\n")
+    bad_template = tmp_path / "t.json"
+    bad_template.write_text(json.dumps({"templates": ["a photo of a {}.", "a photo without a slot"]}))
+    three = tmp_path / "three.json"
+    three.write_text(json.dumps({"classnames": ["kitten", "puppy", "hamster"]}))
+    not_json = tmp_path / "names.json"
+    not_json.write_text("kitten\npuppy\n")
     cases = [
-        ([f"eval.classnames={half}"], f'{half}: the JSON object has no "templates" list'),
-        ([f"eval.templates={bad_template}"], f"{bad_template}: prompt template 'a photo without a slot'"),
-        ([f"eval.classnames={three}"], f"{three}: 3 class names, but {val} has 2 class folders"),
-        ([f"eval.classnames={tmp_path / 'none.txt'}"], "no such class names file"),
-        (["eval.catalog=food101", "eval.zeroshot=[demo_shapes]"], "eval.catalog is set but eval.zeroshot names no"),
+        (bad_template, f"{bad_template}: prompt template 'a photo without a slot'"),
+        (three, f"{val}: class folder(s) cat, dog match no class name"),
+        (tmp_path / "none.json", f"{tmp_path / 'none.json'}: no such file"),
+        (not_json, f"{not_json}: not valid JSON"),
     ]
-    for args, needle in cases:
-        code = main(["train", *overrides(tmp_path / "run", f"eval.zeroshot=[{val}]", *args)])
+    for prompts, needle in cases:
+        code = main(["train", *overrides(tmp_path / "run", f"eval.sets=[zeroshot:{val}#{prompts}]")])
         err = capsys.readouterr().err.strip()
-        assert code == 2 and needle in err, (args, err)
+        assert code == 2 and needle in err and f"eval.sets: 'zeroshot:{val}#{prompts}'" in err, (prompts, err)
         assert "Traceback" not in err and len(err.splitlines()) == 1

@@ -13,7 +13,7 @@ FAST = [
     "train.log_every=1",
     "train.progress=false",
     "data.num_workers=0",
-    "eval.zeroshot=[]",
+    "eval.sets=[]",
     "optim.warmup_steps=2",
 ]
 

@@ -162,7 +162,7 @@ class CompareConfig:
         if model is None:
             raise ConfigError(f"no registered model is {base.model} without its {method.drop} ({method.name})")
         values = method.config_values(paper_optim=self.mode() == "paper")
-        values = deep_merge(values, {"eval": {"zeroshot": []}})  # compare evaluates at the end
+        values = deep_merge(values, {"eval": {"sets": []}})  # compare evaluates at the end
         values = deep_merge(values, shared)
         values = deep_merge(values, own.get(method.name, {}))
         fixed: dict[str, Any] = {

@@ -27,7 +27,7 @@ from openslip.eval.metrics import CLASSIFICATION_METRICS
 
 CATALOG_DIR = Path(__file__).resolve().parent.parent / "assets" / "catalog"
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "assets" / "reference"
-# Prompt sets a user can choose (`--prompts`, `eval.prompts`): the reference's files, or clip-benchmark's.
+# Prompt sets a user can choose (`--prompts`, `eval.prompts` in training): the reference's files, or clip-benchmark's.
 PROMPT_SETS = ("reference", "clip_benchmark")
 DEFAULT_PROMPTS = "reference"
 
@@ -171,7 +171,7 @@ def get_entry(name: str, prompts: str = DEFAULT_PROMPTS) -> CatalogEntry:
 
 def split_catalog_spec(spec: str) -> tuple[str | None, str]:
     """``NAME:PATH`` -> (catalog name, PATH) when NAME is a catalog dataset (``imagenet:/data/imagenet/val``, as
-    `eval.zeroshot` and `openslip compare` sets take it); any other spec -> (None, spec)."""
+    `eval.sets` and `openslip compare` sets take it); any other spec -> (None, spec)."""
     prefix, sep, rest = spec.partition(":")
     if not sep or not rest or "/" in prefix or "\\" in prefix:
         return None, spec

@@ -23,7 +23,7 @@ from openslip.data.augment.classify import FinetuneTransform
 from openslip.data.demo.tasks import demo_task_names
 from openslip.data.formats.class_lists import check_templates
 from openslip.errors import ConfigError, DataError
-from openslip.eval.catalog import split_catalog_spec
+from openslip.eval.catalog import DEFAULT_PROMPTS, split_catalog_spec
 from openslip.eval.datasets import ImageSet, RetrievalSet, open_classification, open_retrieval
 from openslip.eval.features import extract_features
 from openslip.eval.finetune import config_from_preset, finetune
@@ -219,6 +219,7 @@ def open_eval_set(
     num_train: int | None = None,
     seed: int = 0,
     memory_bytes: int = 0,
+    prompts: str = DEFAULT_PROMPTS,
 ) -> EvalSet:
     """``demo_shapes`` (a demo task, with its train split), ``[CATALOG:]TEST[@TRAIN][#PROMPTS.json]`` (labelled
     folder / CSV / shards; without TRAIN the probes do not apply; CATALOG, a catalog entry, and PROMPTS, a file
@@ -226,8 +227,9 @@ def open_eval_set(
     retrieval set, as `openslip eval retrieval --dataset SPEC`). ``num_test`` / ``num_train``: images of the test
     / train split (a demo task renders that many; a larger file set is subsampled by `seed`, the same for every
     model).
-    ``memory_bytes``: keep up to that many bytes of loaded images in memory (for evaluating several models)."""
-    es = _open_eval_set(spec, image_size=image_size, num_test=num_test, num_train=num_train, seed=seed)
+    ``memory_bytes``: keep up to that many bytes of loaded images in memory (for evaluating several models).
+    ``prompts``: the prompt set of a CATALOG entry (``openslip.eval.catalog.PROMPT_SETS``, training's eval.prompts)."""
+    es = _open_eval_set(spec, image_size=image_size, num_test=num_test, num_train=num_train, seed=seed, prompts=prompts)
     if memory_bytes > 0:
         test = es.test.images if isinstance(es.test, RetrievalSet) else es.test
         for ds in (test, es.train):
@@ -236,7 +238,9 @@ def open_eval_set(
     return es
 
 
-def _open_eval_set(spec: str, *, image_size: int, num_test: int | None, num_train: int | None, seed: int) -> EvalSet:
+def _open_eval_set(
+    spec: str, *, image_size: int, num_test: int | None, num_train: int | None, seed: int, prompts: str
+) -> EvalSet:
     if spec.startswith(RETRIEVAL_PREFIX) or spec == "demo":
         data = open_retrieval(spec.removeprefix(RETRIEVAL_PREFIX), image_size=image_size, n=num_test, seed=seed)
         return EvalSet(spec=spec, name=data.name, kind="retrieval", test=data)
@@ -248,7 +252,7 @@ def _open_eval_set(spec: str, *, image_size: int, num_test: int | None, num_trai
         train_spec = test_spec
     catalog, test_spec = split_catalog_spec(test_spec)  # `imagenet:/data/val@/data/train`: the catalog's prompts
     own = read_set_prompts(prompts_file) if prompts_file else {}
-    options: dict[str, Any] = {"image_size": image_size, "seed": seed, "catalog": catalog, **own}
+    options: dict[str, Any] = {"image_size": image_size, "seed": seed, "catalog": catalog, "prompts": prompts, **own}
     test = open_classification(test_spec, split="test", n=num_test, **options)
     if test_spec not in demo_task_names():  # a demo task renders `n` images; files are subsampled
         test = subsample(test, num_test, seed=seed)

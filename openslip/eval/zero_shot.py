@@ -121,7 +121,7 @@ def warn_if_numbered(dataset: ImageSet) -> None:
         warnings.warn(
             f"zero-shot {dataset.name}: the class names are numbers ({', '.join(names[:3])}, ...)"
             f' and the prompts read "{DEFAULT_TEMPLATES[0].format(names[0])}": give their names with --classnames '
-            "FILE (eval.classnames in training), or a catalog dataset",
+            "FILE (TEST#PROMPTS.json in training's eval.sets), or a catalog dataset",
             stacklevel=3,
         )
 

@@ -116,15 +116,17 @@ def check_best_metric(metric: str, names: list[str], has_text: bool) -> None:
 
 
 def _set_hint(kind: str, name: str) -> str:
-    """What to add to evaluate `kind/name`: `eval.zeroshot=[imagenet:/PATH/imagenet/val]` for a catalog set."""
+    """What to add to evaluate `kind/name`: `eval.sets=[zeroshot:imagenet:/PATH/imagenet/val]` for a catalog set."""
     from openslip.eval.catalog import get_entry
 
     if kind == "zeroshot":
         try:
             entry = get_entry(name)
         except ConfigError:
-            return f"eval.zeroshot=[PATH] with a set named {name}"
-        return f"eval.zeroshot=[{entry.name}:/PATH/{entry.name}/val]"
+            return f"eval.sets=[zeroshot:PATH] with a set named {name}"
+        return f"eval.sets=[zeroshot:{entry.name}:/PATH/{entry.name}/val]"
     if kind in ("knn", "linear"):
-        return f"eval.{kind}=[TEST@TRAIN] with a set named {name}"
-    return "an evaluation set (eval.zeroshot, eval.knn or eval.linear)"
+        return f"eval.sets=[{kind}:TEST@TRAIN] with a set named {name}"
+    if kind == "retrieval":
+        return f"eval.sets=[retrieval:PATH] with a set named {name}"
+    return "an evaluation set (eval.sets=[EVALNAME:SET])"

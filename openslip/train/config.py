@@ -169,27 +169,23 @@ class CheckpointConfig:
 
 @dataclass(kw_only=True)
 class EvalConfig:
-    # periodic zero-shot sets: demo task names, ImageFolder trees, labelled CSVs or shards (as `openslip eval
-    # zeroshot`); `NAME:PATH` names the set's catalog dataset (`imagenet:/data/imagenet/val`)
-    zeroshot: list[str] = field(default_factory=lambda: ["demo_shapes", "demo_colours"])
-    # frozen-feature probes on labelled sets, `TEST[@TRAIN]` as `openslip compare --eval-sets` (a demo task brings
-    # its train split): the kNN and logistic linear probe of `openslip eval knn|linear`, for every objective
-    knn: list[str] = field(default_factory=list)
-    linear: list[str] = field(default_factory=list)
-    train_samples: int = 2000  # images of a demo task's train split for the probes
+    # what to evaluate, each `EVALNAME:SET`: an evaluation of `openslip eval` (zeroshot, knn, linear, retrieval) on a
+    # set written as `openslip compare --eval-sets` takes it: a demo task (it brings its train split), a labelled
+    # folder / CSV / shards `TEST[@TRAIN]` (a probe needs TRAIN), `CATALOG:PATH` for a catalog dataset's class names,
+    # templates and metric (`zeroshot:imagenet:/data/imagenet/val`), `TEST#PROMPTS.json` for the set's own. Opened
+    # and checked when the run starts (openslip.train.evals); results are `EVALNAME/NAME` (`zeroshot/demo_shapes`)
+    sets: list[str] = field(default_factory=lambda: ["zeroshot:demo_shapes", "zeroshot:demo_colours"])
+    train_samples: int = 2000  # images of a probe's train split (a demo task renders them; a larger file set: a sample)
     every_steps: int = 200  # evaluate every N steps (and at the end); 0: only at the end
-    samples: int = 1000  # images per zero-shot task
-    # the next three apply to the folder / CSV / shard sets of eval.zeroshot (demo tasks keep their own), as the
-    # same-named options of `openslip eval zeroshot`; a JSON {"classnames": [...], "templates": [...]} gives both
-    classnames: str | None = None  # class names file: one per line, a JSON list, or that JSON object
-    templates: str | None = None  # prompt templates file (one "{}" each): one per line, a JSON list, or that object
-    catalog: str | None = None  # catalog dataset giving class names, templates and metric (`openslip eval --list`)
-    prompts: str = "reference"  # the catalog's prompt set: "reference" (the 2021 reference's) or "clip_benchmark"
-    # image files: centre crop / resized shorter side; None: zero-shot's, as the reference (1.0, resize to the size)
+    # images of a demo task's test split, and the most of a probe's file test set (a seeded sample); zero-shot and
+    # retrieval score a file set whole, as the paper's ImageNet zero-shot is over all its validation images
+    samples: int = 1000
+    prompts: str = "reference"  # a CATALOG:PATH set's prompts: "reference" (the 2021 reference's) or "clip_benchmark"
+    # image files: centre crop / resized shorter side; None: each evaluation's protocol (openslip.eval.preprocess)
     crop_fraction: float | None = None
     # keep the checkpoint of the evaluation that scored best on this metric, a key of the evaluations' results as in
-    # metrics.jsonl (`zeroshot/imagenet`: ImageNet zero-shot top-1, set as `imagenet:PATH`; `knn/NAME`); "": keep no
-    # best. OUT_DIR/checkpoints/best names it (docs/TRAINING.md, "Best checkpoint"); needs eval.every_steps > 0
+    # metrics.jsonl (`zeroshot/imagenet`: ImageNet zero-shot top-1, set as `zeroshot:imagenet:PATH`; `knn/NAME`); "":
+    # keep no best. OUT_DIR/checkpoints/best names it (docs/TRAINING.md, "Best checkpoint"); needs eval.every_steps > 0
     best_metric: str = ""
     best_mode: str = "max"  # "max": higher is better (every score openslip reports); "min": lower is better
 
@@ -198,38 +194,54 @@ class EvalConfig:
         _positive("eval.samples", self.samples)
         _positive("eval.train_samples", self.train_samples)
         _choice("eval.best_mode", self.best_mode, BEST_MODES)
+        repeated = next((s for i, s in enumerate(self.sets) if s in self.sets[:i]), None)
+        if repeated is not None:
+            raise ConfigError(f"eval.sets lists {repeated!r} twice: each evaluation is run once per set")
         if self.best_metric and not self.every_steps:
             raise ConfigError(
                 f"eval.best_metric={self.best_metric!r} needs eval.every_steps > 0 (the evaluations to choose the best "
                 "from), e.g. one epoch's steps; or eval.best_metric='' to keep no best checkpoint"
             )
-        from openslip.eval.catalog import check_prompt_set, get_entry
-        from openslip.eval.preprocess import check_crop_fraction
-
-        check_crop_fraction(self.crop_fraction, "eval.crop_fraction")
-
-        try:
-            check_prompt_set(self.prompts)
-        except ConfigError as err:
-            raise ConfigError(f"eval.prompts: {err}") from None
-        if self.catalog is not None:
-            try:
-                get_entry(self.catalog, self.prompts)
-            except ConfigError as err:
-                raise ConfigError(f"eval.catalog: {err}") from None
-        given = [k for k in ("classnames", "templates", "catalog") if getattr(self, k) is not None]
-        if given and not self.file_sets():  # a setting nothing reads is a mistake, not a no-op
+        if self.crop_fraction is not None and not 0.0 < self.crop_fraction <= 1.0:
             raise ConfigError(
-                f"eval.{given[0]} is set but eval.zeroshot names no image folder, CSV or shards to use it on "
-                "(demo tasks keep their own class names and templates)"
+                f"eval.crop_fraction must be in (0, 1] (1.0: resize to the image size, 0.875: to size / 0.875), "
+                f"got {self.crop_fraction}"
             )
 
-    def file_sets(self) -> list[str]:
-        """The sets of `zeroshot` that are not demo tasks (those read classnames / templates / catalog)."""
-        from openslip.data.demo.tasks import demo_task_names
 
-        demo = set(demo_task_names())
-        return [spec for spec in self.zeroshot if spec not in demo]
+# Keys of `eval` that eval.sets replaced. A config that names one (on the command line or in a YAML file, such as an
+# older run's config.yaml given as --config) is refused in one line that writes the eval.sets value meaning the same.
+# Resuming an older run needs no translation: resume compares the checkpoint's saved settings with the eval keys left
+# free (loop.RESUMABLE_CHANGES), so `openslip train out_dir=OLD_RUN` continues it with the new keys.
+REPLACED_EVAL_KEYS = ("zeroshot", "knn", "linear", "classnames", "templates", "catalog")
+
+
+def _replaced_eval_keys(values: dict[str, Any]) -> str:
+    """The one line refusing the replaced keys of an `eval` section, with the eval.sets to write instead."""
+    from openslip.data.demo.tasks import demo_task_names
+
+    old = [k for k in REPLACED_EVAL_KEYS if k in values]
+    catalog = values.get("catalog") if isinstance(values.get("catalog"), str) else None
+    sets, catalog_used = [], False
+    for kind in ("zeroshot", "knn", "linear"):
+        given = values.get(kind)
+        for spec in [given] if isinstance(given, str) else given if isinstance(given, list) else []:
+            if kind == "zeroshot" and catalog and spec not in demo_task_names() and ":" not in str(spec):
+                spec, catalog_used = f"{catalog}:{spec}", True  # eval.catalog applied to eval.zeroshot's file sets
+            sets.append(f"{kind}:{spec}")
+    keys = ", ".join(f"eval.{k}" for k in old)
+    hints = []
+    if any(k in values for k in ("zeroshot", "knn", "linear")):
+        hints.append(f"{'write' if len(old) == 1 else 'remove them and write'} eval.sets=[{','.join(sets)}]")
+    if catalog and not catalog_used:
+        hints.append(f"a catalog entry goes before its set: eval.sets=[zeroshot:{catalog}:PATH]")
+    if any(values.get(k) is not None for k in ("classnames", "templates")):
+        hints.append(
+            'class names and templates come with a set: TEST#PROMPTS.json ({"classnames": [...], "templates": [...]})'
+        )
+    line = f"{keys} {'was' if len(old) == 1 else 'were'} replaced by eval.sets, a list of EVALNAME:SET"
+    line += (": " + "; ".join(hints)) if hints else " (docs/TRAINING.md)"
+    return line
 
 
 @dataclass(kw_only=True)
@@ -289,7 +301,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         _choice(key, value, get_args(tp))
         return value
     if origin in (tuple, list):
-        if isinstance(value, str) and "," in value:  # `eval.zeroshot=a,b`: YAML reads it as one string
+        if isinstance(value, str) and "," in value:  # `eval.sets=a,b`: YAML reads it as one string
             raise ConfigError(f"{key}={value!r} should be a list: write {key}=[{value}]")
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}={value!r} should be a list")
@@ -335,6 +347,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    if cls is EvalConfig and any(k in values for k in REPLACED_EVAL_KEYS):
+        raise ConfigError(_replaced_eval_keys(values))
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}

@@ -33,13 +33,7 @@ from openslip.distributed import (
     is_peer_failure,
 )
 from openslip.distributed_batchnorm import convert_global_batchnorm
-from openslip.errors import CheckpointError, ConfigError, RunStopped, TrainingError, UserError
-from openslip.eval.catalog import split_catalog_spec
-from openslip.eval.datasets import open_classification
-from openslip.eval.features import eval_mode
-from openslip.eval.metrics import chance_score
-from openslip.eval.suite import EVALS, EvalOptions, EvalSet, open_eval_set
-from openslip.eval.zero_shot import evaluate_zero_shot
+from openslip.errors import CheckpointError, RunStopped, TrainingError
 from openslip.interop.init_from import adopt_layout, init_weights_from, resume_or_source
 from openslip.losses import SLIPLoss
 from openslip.models import SLIP, create_model, model_config
@@ -50,6 +44,8 @@ from openslip.train.accumulate import accumulated_backward
 from openslip.train.checks import check_config
 from openslip.train.config import Config
 from openslip.train.data import TrainData, build_train_data
+from openslip.train.evals import TrainingEvals, build_evals, check_eval_sets, skip_lines
+from openslip.train.evals import evaluate as evaluate_sets
 from openslip.train.optimizer import build_optimizer, lr_at
 from openslip.train.perf import available_cores, fast_bf16_available, tune_cpu_runtime
 from openslip.train.run_log import RunLogger
@@ -89,11 +85,10 @@ class Trainer:
     opt: OptimStep  # AdamW with the warm-up + cosine schedule, precision, loss scaler and clipping
     data: TrainData
     run_dir: Path
+    evals: TrainingEvals  # eval.sets, their options and chance scores (openslip.train.evals)
     step: int = 0
     last_checkpoint: Path | None = None
     history: dict[str, float] = field(default_factory=dict)
-    chance: dict[str, float] = field(default_factory=dict)  # evaluation -> its chance score (plots draw it)
-    eval_sets: dict[str, Any] = field(default_factory=dict)  # probe sets, opened at their first evaluation
     stop: StopRequest = field(default_factory=StopRequest)  # set by the SIGTERM / SIGINT handler
     init_report: list[str] = field(default_factory=list)  # what init_from loaded and what kept its initialisation
     best: best_ckpt.Best | None = (
@@ -226,6 +221,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         ),
         data=data,
         run_dir=Path(cfg.out_dir),
+        evals=build_evals(cfg, dist.device),
         init_report=init_report,
     )
 
@@ -294,6 +290,11 @@ def note_best(t: Trainer, results: dict[str, float], step: int, log: RunLogger) 
     return True
 
 
+def evaluate(t: Trainer) -> dict[str, float]:
+    """Every set of eval.sets at this step (`openslip.train.evals`); every rank takes part."""
+    return evaluate_sets(t.evals, t.cfg, t.model)
+
+
 def ignore_file_size_signal() -> None:
     """Past a file-size limit (`ulimit -f`) the kernel sends SIGXFSZ, whose default action kills the process without
     a word. CPython ignores it at start-up, but a program embedding Python or a library may restore the default;
@@ -340,75 +341,6 @@ def _resumed_best(t: Trainer, path: Path, saved: Any, log: RunLogger) -> best_ck
     if why and t.dist.is_main:
         log.message(why)
     return broadcast_object(found)
-
-
-PROBES = ("knn", "linear")  # the evaluations of `openslip.eval.suite` that training runs besides zero-shot
-
-
-def evaluate(t: Trainer) -> dict[str, float]:
-    """Score (the dataset's metric, %) on each `eval.zeroshot` set, then each `eval.knn` / `eval.linear` probe set;
-    every rank takes part."""
-    results: dict[str, float] = {}
-    if t.model.has_text:
-        for spec in t.cfg.eval.zeroshot:
-            dataset = _zero_shot_set(t.cfg, spec, t.model.cfg.vision.image_size)
-            metrics, _, _ = evaluate_zero_shot(t.model, dataset, device=t.dist.device)
-            results[f"zeroshot/{dataset.name}"] = metrics["score"]
-            t.chance[f"zeroshot/{dataset.name}"] = chance_score(dataset.metric, dataset.num_classes)
-    options = EvalOptions(device=t.dist.device, seed=t.cfg.seed)
-    for kind in PROBES:
-        for spec in getattr(t.cfg.eval, kind):
-            if spec not in t.eval_sets:  # opened once: demo tasks render, folders are indexed
-                t.eval_sets[spec] = _probe_set(t.cfg, spec, t.model.cfg.vision.image_size)
-            es = t.eval_sets[spec]
-            with eval_mode(t.model):  # no patch dropout, no drop-path while features are taken
-                result = EVALS.get(kind).run(t.model, es, options)
-            results[f"{kind}/{es.name}"] = result.metrics["score"]
-            t.chance[f"{kind}/{es.name}"] = chance_score(es.metric, es.test.num_classes)
-    return results
-
-
-def _probe_set(cfg: Config, spec: str, image_size: int) -> EvalSet:
-    es = open_eval_set(spec, image_size=image_size, num_test=cfg.eval.samples, num_train=cfg.eval.train_samples)
-    if es.kind != "classification" or es.train is None:
-        raise ConfigError(f"{spec!r}: a probe needs a labelled set with a train split (TEST@TRAIN, or a demo task)")
-    return es
-
-
-def _zero_shot_set(cfg: Config, spec: str, image_size: int):
-    """A demo task name (`demo_shapes`), an ImageFolder, a CSV of labelled images or labelled shards (see
-    `openslip eval zeroshot`), optionally as `CATALOG:PATH`; the file sets take `eval.classnames`,
-    `eval.templates`, `eval.catalog` and `eval.prompts`."""
-    ev = cfg.eval
-    files = {}
-    if spec in ev.file_sets():
-        catalog, spec = split_catalog_spec(spec)
-        files = {"classnames": ev.classnames, "templates": ev.templates, "catalog": catalog or ev.catalog}
-        files["prompts"] = ev.prompts
-    return open_classification(spec, image_size=image_size, n=ev.samples, crop_fraction=ev.crop_fraction, **files)
-
-
-def check_eval_tasks(cfg: Config) -> None:
-    """Open every evaluation set, and check that eval.best_metric is one of their results: fail before training, not
-    at the first evaluation."""
-    mcfg = model_config(cfg.model)
-    image_size = cfg.data.image_size or mcfg.vision.image_size
-    names = []  # the keys `evaluate` will report
-    for spec in cfg.eval.zeroshot:
-        try:
-            dataset = _zero_shot_set(cfg, spec, image_size)
-        except UserError as err:
-            raise ConfigError(f"eval.zeroshot: {err}") from None
-        if mcfg.text is not None:  # a model without a text tower skips zero-shot
-            names.append(f"zeroshot/{dataset.name}")
-    for kind in PROBES:
-        for spec in getattr(cfg.eval, kind):
-            try:
-                es = _probe_set(cfg, spec, image_size)
-            except UserError as err:
-                raise ConfigError(f"eval.{kind}: {err}") from None
-            names.append(f"{kind}/{es.name}")
-    best_ckpt.check_best_metric(cfg.eval.best_metric, names, has_text=mcfg.text is not None)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -465,7 +397,7 @@ def _failure_line(err: Exception, dist: DistInfo, last: Path | None) -> str | No
 def train(cfg: Config) -> dict[str, Any]:
     """Train `cfg` to `cfg.train.steps`; returns a summary (steps, time, final metrics, paths)."""
     check_config(cfg)  # make_config has; a Config built by hand has not
-    check_eval_tasks(cfg)
+    check_eval_sets(cfg)
     ignore_file_size_signal()
     try:
         dist = init_distributed(timeout_s=cfg.train.collective_timeout_s)
@@ -537,8 +469,8 @@ def _run(t: Trainer, run_dir: Path) -> dict[str, Any]:
             )
             for line in start_warnings(cfg, dist):
                 log.message(line)
-            if cfg.eval.zeroshot and not t.model.has_text:
-                log.message(f"zero-shot evaluation skipped: {cfg.model} has no text tower (SimCLR only)")
+            for line in skip_lines(cfg, t.model.cfg):
+                log.message(line)
         return _loop(t, log)
     finally:
         log.close()
@@ -629,13 +561,12 @@ def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dic
         # every step: the bar moves, and a plain line is printed every print_every steps or print_every_s seconds
         log.progress(step, shown)
         last = step == cfg.train.steps
-        evaluates = cfg.eval.zeroshot or cfg.eval.knn or cfg.eval.linear
         is_best = False
-        if cfg.eval.every_steps and (step % cfg.eval.every_steps == 0 or last) or (last and evaluates):
+        if cfg.eval.every_steps and (step % cfg.eval.every_steps == 0 or last) or (last and cfg.eval.sets):
             results = evaluate(t)
             if results:
                 t.history.update(results)
-                log.log(step, {**results, "chance": dict(t.chance)})
+                log.log(step, {**results, "chance": dict(t.evals.chance)})
                 log.message(f"step {step}: " + ", ".join(f"{k} {v:.1f}%" for k, v in results.items()))
                 is_best = note_best(t, results, step, log)
         saved = (

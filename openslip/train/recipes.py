@@ -70,14 +70,14 @@ def custom() -> Config:
     """Tiny SLIP on your own data: the demo recipe's model and schedule, without the demo world's zero-shot tasks.
 
     Launch: `openslip train data.train=/data/train.csv` (chosen by itself when data.train is not the demo and
-    no recipe is named). Zero-shot runs only on the sets you name: `eval.zeroshot=[/data/val]` with
-    `eval.classnames=FILE` / `eval.templates=FILE` for your prompts (docs/TRAINING.md).
+    no recipe is named). It evaluates only the sets you name: `eval.sets=[zeroshot:/data/val#prompts.json]` with
+    your class names and templates in prompts.json (docs/TRAINING.md).
     """
     cfg = demo()
     cfg.recipe = "custom"
     cfg.out_dir = "runs/custom"  # not runs/demo: resume=auto there would continue the demo run on other data
     cfg.data.train = "/data/train.csv"  # a placeholder, as in the paper recipes: set data.train
-    cfg.eval.zeroshot = []
+    cfg.eval.sets = []
     return cfg
 
 
@@ -95,7 +95,7 @@ SIZES = ("vit_s16", "vit_b16", "vit_l16")
 # no SimCLR run on them).
 BEST_EPOCH_DATASETS = ("cc3m", "cc12m")
 # The metric the reference chose its best epoch by: ImageNet zero-shot top-1, the key `evaluate` reports for a set
-# given as eval.zeroshot=[imagenet:PATH] (the catalog entry's name; its metric is top-1).
+# given as eval.sets=[zeroshot:imagenet:PATH] (the catalog entry's name; its metric is top-1).
 BEST_EPOCH_METRIC = "zeroshot/imagenet"
 
 
@@ -130,16 +130,16 @@ def paper_recipe(
         optim=OptimConfig(lr=lr, wd=wd, warmup_steps=steps_per_epoch, start_lr=1e-6, end_lr=1e-5),
         loss=LossConfig(ssl_scale=ssl_scale, clip_scale=clip_scale),
         ckpt=CheckpointConfig(every_steps=steps_per_epoch, keep_last=3),
-        # zero-shot needs the user's ImageNet path (eval.zeroshot=[imagenet:PATH]); the recipe sets when it runs and,
-        # where the paper reported the best epoch, what it keeps: training refuses to start without that set
+        # zero-shot needs the user's ImageNet path (eval.sets=[zeroshot:imagenet:PATH]); the recipe sets when it runs
+        # and, where the paper reported the best epoch, what it keeps: training refuses to start without that set
         eval=_paper_eval(picks_best_epoch(objective, dataset), steps_per_epoch),
     )
 
 
 def _paper_eval(best_epoch: bool, steps_per_epoch: int) -> EvalConfig:
     if not best_epoch:
-        return EvalConfig(zeroshot=[], every_steps=0)
-    return EvalConfig(zeroshot=[], every_steps=steps_per_epoch, best_metric=BEST_EPOCH_METRIC, best_mode="max")
+        return EvalConfig(sets=[], every_steps=0)
+    return EvalConfig(sets=[], every_steps=steps_per_epoch, best_metric=BEST_EPOCH_METRIC, best_mode="max")
 
 
 def recipe_name(objective: str, size: str, dataset: str, epochs: int) -> str:
@@ -167,7 +167,7 @@ def _paper_doc(objective: str, size: str, dataset: str, epochs: int) -> str:
             "overfit this set); this recipe evaluates every epoch (eval.every_steps = one epoch) and keeps the "
             f"checkpoint of the best ImageNet zero-shot top-1 (eval.best_metric={BEST_EPOCH_METRIC}) as "
             "OUT_DIR/checkpoints/best, beside the last ones (load it with --model OUT_DIR/checkpoints/best). It needs "
-            "eval.zeroshot=[imagenet:/PATH/imagenet/val]: without it training refuses to start, saying so, rather "
+            "eval.sets=[zeroshot:imagenet:/PATH/imagenet/val]: without it training refuses to start, saying so, rather "
             "than train every epoch for a best it cannot choose; eval.best_metric='' trains without choosing one."
         )
         if dataset == "cc3m":
