@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from openslip.cli import main
-from openslip.train.loop import _changed_settings
+from openslip.train.rundir import changed_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = ["train.batch_size=8", "data.num_workers=0", "data.image_size=32", "optim.warmup_steps=1",
@@ -126,4 +126,4 @@ def test_an_older_runs_config_yaml_names_eval_sets(tmp_path: Path, capsys) -> No
 def test_an_older_run_resumes_without_its_replaced_keys() -> None:
     # resume compares the checkpoint's saved settings with the eval section left free: no translation is needed
     saved = {"seed": 0, "eval": {"zeroshot": ["demo_shapes"], "knn": [], "catalog": None, "every_steps": 200}}
-    assert _changed_settings(saved, {"seed": 0, "eval": {"sets": ["zeroshot:demo_shapes"], "every_steps": 100}}) == []
+    assert changed_settings(saved, {"seed": 0, "eval": {"sets": ["zeroshot:demo_shapes"], "every_steps": 100}}) == []
