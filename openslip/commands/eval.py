@@ -85,20 +85,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     lin.add_argument("--val", metavar="DATASET", help="validation set choosing C (default: 20%% of the train set)")
     lin.add_argument(
-        "--epochs", dest="linear_epochs", type=int, help=_default("sgd: epochs (reference: 90)", "linear_epochs")
+        "--epochs",
+        dest="linear_epochs",
+        metavar="EPOCHS",
+        type=int,
+        help=_default("sgd: epochs (reference: 90)", "linear_epochs"),
     )
     lin.add_argument(
-        "--lr", dest="linear_lr", type=float, help=_default("sgd: base lr per 256 images (reference: 0.1)", "linear_lr")
+        "--lr",
+        dest="linear_lr",
+        metavar="LR",
+        type=float,
+        help=_default("sgd: base lr per 256 images (reference: 0.1)", "linear_lr"),
     )
     lin.add_argument(
         "--train-batch-size",
         dest="linear_batch_size",
+        metavar="TRAIN_BATCH_SIZE",
         type=int,
         help=_default("sgd: global batch (reference: 128 per GPU x 8 = 1024)", "linear_batch_size"),
     )
     lin.add_argument(
         "--eval-every",
         dest="linear_eval_every",
+        metavar="EVAL_EVERY",
         type=int,
         help=_default("sgd: score the test set every N epochs (reference: 10)", "linear_eval_every"),
     )
@@ -118,10 +128,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     k = tasks.add_parser("knn", help="weighted kNN on frozen features (k=20, T=0.07)")
     _common(k, "knn")
     _train_args(k)
-    k.add_argument("--k", dest="knn_k", type=int, help=_default("neighbours", "knn_k"))
+    k.add_argument("--k", dest="knn_k", metavar="K", type=int, help=_default("neighbours", "knn_k"))
     k.add_argument(
         "--temperature",
         dest="knn_temperature",
+        metavar="TEMPERATURE",
         type=float,
         help=_default("vote weight exp(sim / T)", "knn_temperature"),
     )
