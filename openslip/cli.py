@@ -51,10 +51,12 @@ def _option_hint(args: argparse.Namespace, extra: list[str], argv: list[str]) ->
     """`openslip train --steps 100`: settings are key=value overrides; name the one the option meant."""
     if not isinstance(getattr(args, "overrides", None), list):
         return None
-    from openslip.train.config import option_as_override
+    lookup = getattr(args, "option_key", None)  # a command's own keys (`openslip eval knn --knn-k 10`)
+    if lookup is None:
+        from openslip.train.config import option_as_override as lookup
 
     for item in extra:
-        key = option_as_override(item) if item.startswith("--") else None
+        key = lookup(item) if item.startswith("--") else None
         if key is None:
             continue
         option, sep, value = item.partition("=")

@@ -10,11 +10,14 @@ from typing import Any
 from openslip.errors import ConfigError
 
 
-def add_report_arg(p: argparse.ArgumentParser, prefix: str = "") -> None:
+def add_report_arg(
+    p: argparse.ArgumentParser, prefix: str = "", *, dest: str = "report", default: Any = "best"
+) -> None:
     p.add_argument(
         "--report",
+        dest=dest,
         choices=("best", "final"),
-        default="best",
+        default=default,
         help=f"{prefix}the score reported: the best of the evaluations, as the reference (default), or the last "
         "epoch's; the result gives both",
     )

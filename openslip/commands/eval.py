@@ -1,26 +1,26 @@
-"""`openslip eval {zeroshot,retrieval,linear,knn} --model MODEL --dataset DATASET [--output FILE.json]`.
+"""`openslip eval {zeroshot,retrieval,linear,knn} --model MODEL --dataset DATASET [key=value ...]`.
 
 MODEL is a run directory, checkpoint, `.safetensors` file or original SLIP `.pt`, or a model name with
-`--pretrained none` (random weights) / `--pretrained FILE`. Every evaluation runs data-parallel under
-`torchrun` (each rank encodes its shard; nothing is counted twice) and rank 0 prints a table and writes
-the JSON, whose keys are metric names plus `metric` (the dataset's reported one) and `score` (its value).
+`--pretrained none` (random weights) / `--pretrained FILE`. The settings of the evaluation are the fields of
+`openslip.eval.suite.EvalOptions`, given as options (`--batch-size 64`) or `key=value` (`batch_size=64`), and
+each task runs through the same door as `openslip compare`: ``EVALS[task].run(model, eval_set, options)``.
+Every evaluation runs data-parallel under `torchrun` (each rank encodes its shard; nothing is counted twice)
+and rank 0 prints a table and writes the JSON, whose keys are metric names plus, for classification,
+`metric` (the dataset's reported one) and `score` (its value). Argument parsing and printing only: the sets
+and options are built in `openslip.eval.sets`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
-from openslip.commands._common import (
-    add_model_args,
-    add_report_arg,
-    classification_set,
-    finish,
-    setup,
-    train_test,
-)
+from openslip.commands._common import add_model_args, add_report_arg, finish, setup
 from openslip.errors import ConfigError
+from openslip.eval.sets import TASK_KEYS, option_key
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,12 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Evaluate a model. Examples: `openslip eval zeroshot --model runs/demo --dataset demo_shapes`; "
         "`openslip eval zeroshot --model slip_base_25ep.pt --dataset /data/food101/test --catalog food101`; "
         "`openslip eval retrieval --model runs/demo --dataset demo`; "
-        "`openslip eval linear --model runs/demo --dataset demo_shapes`; `openslip eval knn ...`. "
+        "`openslip eval linear --model runs/demo --dataset demo_shapes`; "
+        "`openslip eval knn --model runs/demo --dataset demo_shapes knn_k=10`. Settings are options or key=value "
+        "overrides of the evaluation's options (each key once; a bad key lists the valid ones). "
         "Multi-process: `torchrun --nproc-per-node N -m openslip.cli eval ...`.",
     )
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
     z = tasks.add_parser("zeroshot", help="zero-shot classification (class names x prompt templates)")
-    _common(z)
+    _common(z, "zeroshot")
     z.add_argument("--catalog", metavar="NAME", help="catalog dataset for class names, templates, metric (--list)")
     z.add_argument(
         "--classnames",
@@ -66,30 +68,54 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="list the catalog datasets and the demo tasks, then exit; with --catalog NAME: that entry's layout, "
         "split and notes",
     )
-    z.set_defaults(func=run_zeroshot)
 
     r = tasks.add_parser("retrieval", help="image<->text retrieval Recall@1/5/10")
-    _common(r)
+    _common(r, "retrieval")
     r.add_argument("--image-root", metavar="DIR", help="folder image paths are relative to (Karpathy JSON, COCO)")
     r.add_argument("--caption-keys", metavar="COLS", help="manifest caption columns, comma-separated (e.g. c1,c2,c3)")
-    r.set_defaults(func=run_retrieval)
 
     lin = tasks.add_parser("linear", help="linear probe: logistic regression on features, or the reference SGD")
-    _common(lin)
+    _common(lin, "linear")
     _train_args(lin)
-    lin.add_argument("--protocol", choices=("logistic", "sgd"), default="logistic", help="probe protocol")
+    lin.add_argument(
+        "--protocol",
+        dest="linear_protocol",
+        choices=("logistic", "sgd"),
+        help=_default("probe protocol", "linear_protocol"),
+    )
     lin.add_argument("--val", metavar="DATASET", help="validation set choosing C (default: 20%% of the train set)")
-    lin.add_argument("--epochs", type=int, default=90, help="sgd: epochs (reference: 90)")
-    lin.add_argument("--lr", type=float, default=0.1, help="sgd: base lr per 256 images (reference: 0.1)")
     lin.add_argument(
-        "--train-batch-size", type=int, default=1024, help="sgd: global batch (reference: 128 per GPU x 8 = 1024)"
+        "--epochs",
+        dest="linear_epochs",
+        metavar="EPOCHS",
+        type=int,
+        help=_default("sgd: epochs (reference: 90)", "linear_epochs"),
     )
     lin.add_argument(
-        "--eval-every", type=int, default=10, help="sgd: score the test set every N epochs (reference: 10)"
+        "--lr",
+        dest="linear_lr",
+        metavar="LR",
+        type=float,
+        help=_default("sgd: base lr per 256 images (reference: 0.1)", "linear_lr"),
     )
-    add_report_arg(lin, "sgd: ")
+    lin.add_argument(
+        "--train-batch-size",
+        dest="linear_batch_size",
+        metavar="TRAIN_BATCH_SIZE",
+        type=int,
+        help=_default("sgd: global batch (reference: 128 per GPU x 8 = 1024)", "linear_batch_size"),
+    )
+    lin.add_argument(
+        "--eval-every",
+        dest="linear_eval_every",
+        metavar="EVAL_EVERY",
+        type=int,
+        help=_default("sgd: score the test set every N epochs (reference: 10)", "linear_eval_every"),
+    )
+    add_report_arg(lin, "sgd: ", dest="linear_report", default=None)
     lin.add_argument(
         "--reference-lr-bug",
+        dest="linear_reference_lr_bug",
         nargs="?",
         type=_positive_int,
         const=0,
@@ -98,14 +124,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "processes whatever this run's (the paper's: 8, i.e. lr 0.1 x int(1024 / 8 / 8) / 256 = 0.00625); without N, "
         "this run's process count",
     )
-    lin.set_defaults(func=run_linear)
 
     k = tasks.add_parser("knn", help="weighted kNN on frozen features (k=20, T=0.07)")
-    _common(k)
+    _common(k, "knn")
     _train_args(k)
-    k.add_argument("--k", type=int, default=20, help="neighbours")
-    k.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T)")
-    k.set_defaults(func=run_knn)
+    k.add_argument("--k", dest="knn_k", metavar="K", type=int, help=_default("neighbours", "knn_k"))
+    k.add_argument(
+        "--temperature",
+        dest="knn_temperature",
+        metavar="TEMPERATURE",
+        type=float,
+        help=_default("vote weight exp(sim / T)", "knn_temperature"),
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -124,14 +154,29 @@ def _metric_names() -> tuple[str, ...]:
     return CLASSIFICATION_METRICS
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _default(text: str, key: str) -> str:
+    """Help text with the default of the EvalOptions field the option writes (stated in one place)."""
+    from openslip.eval.suite import EvalOptions
+
+    return f"{text} (default {getattr(EvalOptions(), key)}; key={key})"
+
+
+def _common(p: argparse.ArgumentParser, task: str) -> None:
     add_model_args(p)
+    # --batch-size / --num-workers write EvalOptions fields: None here means "not given" (the field's default)
+    p.set_defaults(batch_size=None, num_workers=None, func=run, option_key=partial(option_key, task))
     p.add_argument("--dataset", help="demo task name, demo, image folder, CSV, manifest, Karpathy JSON")
     p.add_argument("--split", default="test", help="demo split / Karpathy split (default: test)")
     p.add_argument("-n", "--num-samples", type=int, help="demo: number of images (default per split)")
     p.add_argument("--output", metavar="FILE.json", help="write the metrics as JSON")
     p.add_argument("--cache-dir", metavar="DIR", help="cache features here (keyed by model weights and dataset)")
-    p.add_argument("--seed", type=int, default=0, help="demo world seed; probe seeds")
+    p.add_argument("--seed", type=int, help=_default("demo world seed; probe seeds", "seed"))
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help=f"evaluation options, e.g. batch_size=64 (keys: {', '.join(TASK_KEYS[task])})",
+    )
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -140,54 +185,102 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--features",
         choices=("backbone", "embed"),
-        default="backbone",
-        help="backbone: the ViT's CLS feature (default); embed: the CLIP image embedding",
+        help=_default("backbone: the ViT's CLS feature; embed: the CLIP image embedding", "features"),
     )
 
 
-# --- shared plumbing ------------------------------------------------------------------------------------
+# EvalOptions fields an option also writes: the option's value (None: not given) sits under the field's name.
+FLAGS = {
+    "device": "--device",
+    "batch_size": "--batch-size",
+    "num_workers": "--num-workers",
+    "cache_dir": "--cache-dir",
+    "seed": "--seed",
+    "crop_fraction": "--crop-fraction",
+    "image_size": "--image-size",
+    "features": "--features",
+    "knn_k": "--k",
+    "knn_temperature": "--temperature",
+    "linear_protocol": "--protocol",
+    "linear_epochs": "--epochs",
+    "linear_lr": "--lr",
+    "linear_batch_size": "--train-batch-size",
+    "linear_eval_every": "--eval-every",
+    "linear_report": "--report",
+    "linear_reference_lr_bug": "--reference-lr-bug",
+}
+SET_FIELDS = ("dataset", "split", "num_samples", "train", "num_train", "val", "catalog", "classnames", "templates",
+              "metric", "prompts", "image_root", "caption_keys")  # fmt: skip
 
 
-# --- zeroshot -------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    """Options and set from the command line, then ``EVALS[task].run``; rank 0 prints the table."""
+    from openslip.eval.sets import SetRequest, command_metrics, open_task_set, require_dataset, task_options
+    from openslip.eval.suite import EVALS
 
-
-def run_zeroshot(args: argparse.Namespace) -> int:
-    if args.list:
+    task = args.task
+    if task == "zeroshot" and args.list:
         return _show_entry(args.catalog, args.prompts) if args.catalog else _list_datasets(args.prompts)
-    if not args.dataset:
-        raise ConfigError("--dataset is required (a demo task name, an image folder or a CSV; --list shows them)")
-    from openslip.eval.zero_shot import evaluate_zero_shot
-
+    given = {key: getattr(args, key) for key in TASK_KEYS[task] if getattr(args, key, None) is not None}
+    options = task_options(task, {k: (f"{FLAGS[k]} {v}", v) for k, v in given.items()}, args.overrides)
+    if task in ("zeroshot", "retrieval"):
+        require_dataset(task, args.dataset)
+    device_given = "device" in given or any(o.partition("=")[0].strip() == "device" for o in args.overrides)
+    for key in ("batch_size", "num_workers", "crop_fraction", "image_size"):  # what `setup` checks and resolves
+        setattr(args, key, getattr(options, key))
+    args.device = str(options.device) if device_given else None
     model, device = setup(args)
-    ds = classification_set(
-        args,
-        args.dataset,
-        args.split,
-        args.num_samples,
-        catalog=args.catalog,
-        classnames=args.classnames,
-        templates=args.templates,
-        metric=args.metric,
-        prompts=args.prompts,
-    )
-    metrics, logits, labels = evaluate_zero_shot(
-        model, ds, batch_size=args.batch_size, num_workers=args.num_workers, device=device, cache_dir=args.cache_dir
-    )
+    options = replace(options, device=device, image_size=args.image_size)
+    request = SetRequest(**{k: getattr(args, k) for k in SET_FIELDS if hasattr(args, k)})
+    es = open_task_set(task, request, options, inputs=args.inputs)
+    if task == "knn" and options.knn_k > len(es.train):  # every train image votes: say so
+        print(
+            f"openslip eval: note: --k {options.knn_k} is more than the {len(es.train)} train images: "
+            f"using k={len(es.train)}",
+            file=sys.stderr,
+            flush=True,
+        )
+    result = EVALS.get(task).run(model, es, options)
+    if task == "zeroshot":
+        _zeroshot_reports(args, es, result)
+    return finish(args, _title(task, es, options, result), command_metrics(task, result))
+
+
+def _zeroshot_reports(args: argparse.Namespace, es: Any, result: Any) -> None:
     from openslip import distributed
 
-    if distributed.is_main():
-        if args.save_predictions:
-            from openslip.eval.reports import save_predictions
+    if not distributed.is_main():
+        return
+    import torch
 
-            save_predictions(args.save_predictions, ds, logits, labels)
-        if args.confusion_matrix:
-            from openslip.eval.metrics import confusion_matrix
-            from openslip.plot import plot_confusion
+    ds, labels = es.test, torch.from_numpy(result.outcomes["labels"])
+    if args.save_predictions:
+        from openslip.eval.reports import save_predictions
 
-            matrix = confusion_matrix(logits, labels, ds.num_classes)
-            plot_confusion(args.confusion_matrix, matrix.numpy(), ds.classnames, f"zero-shot {ds.name}")
-    title = f"zero-shot {ds.name}: {len(ds)} images, {ds.num_classes} classes, {len(ds.templates)} templates"
-    return finish(args, title, metrics)
+        save_predictions(args.save_predictions, ds, result.scores, labels)
+    if args.confusion_matrix:
+        from openslip.eval.metrics import confusion_matrix
+        from openslip.plot import plot_confusion
+
+        matrix = confusion_matrix(result.scores, labels, ds.num_classes)
+        plot_confusion(args.confusion_matrix, matrix.numpy(), ds.classnames, f"zero-shot {ds.name}")
+
+
+def _title(task: str, es: Any, opt: Any, result: Any) -> str:
+    m, test, train = result.metrics, es.test, es.train
+    if task == "zeroshot":
+        return f"zero-shot {test.name}: {len(test)} images, {test.num_classes} classes, {len(test.templates)} templates"
+    if task == "retrieval":
+        return f"retrieval {es.name}: {int(m['num_images'])} images, {int(m['num_texts'])} captions"
+    if task == "knn":
+        k = min(opt.knn_k, len(train))
+        return f"kNN (k={k}, T={opt.knn_temperature}, {opt.features} features) {test.name}: {len(train)} train"
+    if opt.linear_protocol == "sgd":
+        return (
+            f"linear probe (sgd, {opt.linear_epochs} epochs, lr {m['lr']:.4g}) {test.name}: {len(train)} train, "
+            f"{len(test)} test images"
+        )
+    return f"linear probe (logistic, {opt.features} features) {test.name}: {len(train)} train, {len(test)} test"
 
 
 def _list_datasets(prompts: str) -> int:
@@ -228,103 +321,3 @@ def _show_entry(name: str, prompts: str) -> int:
         order = e.index_classes or range(e.num_classes)
         print("  class indices: " + ", ".join(f"{k} {e.classnames[c]}" for k, c in enumerate(order)))
     return 0
-
-
-# --- retrieval ------------------------------------------------------------------------------------------
-
-
-def run_retrieval(args: argparse.Namespace) -> int:
-    from openslip.eval.datasets import open_retrieval
-    from openslip.eval.retrieval import evaluate_retrieval
-
-    if not args.dataset:
-        raise ConfigError("--dataset is required: demo, a caption manifest, COCO captions or a Karpathy JSON")
-    model, device = setup(args)
-    data = open_retrieval(
-        args.dataset,
-        split=args.split,
-        image_size=args.image_size,
-        n=args.num_samples,
-        image_root=args.image_root,
-        caption_keys=args.caption_keys,
-        seed=args.seed,
-        crop_fraction=args.crop_fraction,
-        inputs=args.inputs,
-    )
-    metrics = evaluate_retrieval(
-        model, data, batch_size=args.batch_size, num_workers=args.num_workers, device=device, cache_dir=args.cache_dir
-    )
-    title = f"retrieval {data.name}: {int(metrics['num_images'])} images, {int(metrics['num_texts'])} captions"
-    return finish(args, title, metrics)
-
-
-# --- linear / knn ---------------------------------------------------------------------------------------
-
-
-def _feature_options(args: argparse.Namespace, device: Any) -> Any:
-    from openslip.eval.probes import FeatureOptions
-
-    return FeatureOptions(args.features, args.batch_size, args.num_workers, device, args.cache_dir)
-
-
-def run_linear(args: argparse.Namespace) -> int:
-
-    model, device = setup(args)
-    train, test = train_test(args)
-    if args.protocol == "sgd":
-        from openslip.data.augment.classify import ProbeTransform
-        from openslip.eval.linear import SGDProbeConfig, sgd_probe
-
-        if args.features != "backbone":
-            raise ConfigError("--protocol sgd trains on the backbone features (drop --features embed)")
-        cfg = SGDProbeConfig(
-            epochs=args.epochs,
-            batch_size=args.train_batch_size,
-            base_lr=args.lr,
-            reference_lr_bug=args.reference_lr_bug is not None,
-            reference_world_size=args.reference_lr_bug or None,
-            seed=args.seed,
-            eval_every=args.eval_every,
-            report=args.report,
-        )
-        train.with_transform(ProbeTransform(args.image_size, cfg.crop_scale))
-        metrics = sgd_probe(
-            model,
-            train,
-            test,
-            num_classes=test.num_classes,
-            metric=test.metric,
-            config=cfg,
-            device=device,
-            num_workers=args.num_workers,
-        )
-        title = (
-            f"linear probe (sgd, {cfg.epochs} epochs, lr {metrics['lr']:.4g}) {test.name}: {len(train)} train, "
-            f"{len(test)} test images"
-        )
-        return finish(args, title, metrics)
-    from openslip.eval.probes import linear_probe
-
-    val = classification_set(args, args.val, "val", None) if args.val else None
-    metrics, _, _ = linear_probe(model, train, test, _feature_options(args, device), val=val, seed=args.seed)
-    title = f"linear probe (logistic, {args.features} features) {test.name}: {len(train)} train, {len(test)} test"
-    return finish(args, title, metrics)
-
-
-def run_knn(args: argparse.Namespace) -> int:
-    from openslip.eval.probes import knn
-
-    model, device = setup(args)
-    train, test = train_test(args)
-    opt = _feature_options(args, device)
-    k = args.k
-    if k > len(train):  # every train image votes: say so rather than report a k that never was
-        print(
-            f"openslip eval: note: --k {k} is more than the {len(train)} train images: using k={len(train)}",
-            file=sys.stderr,
-            flush=True,
-        )
-        k = len(train)
-    metrics, _, _ = knn(model, train, test, opt, k=k, temperature=args.temperature)
-    title = f"kNN (k={k}, T={args.temperature}, {args.features} features) {test.name}: {len(train)} train"
-    return finish(args, title, metrics)

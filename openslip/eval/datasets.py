@@ -438,6 +438,7 @@ def open_retrieval(
         identity=f"retrieval:{path.resolve()}:{split}:{len(paths)}:{image_size}",
         transform=eval_transform("retrieval", image_size, crop_fraction, inputs),
     )
+    images.inputs = inputs  # kept by `for_protocol` (converted CLIP weights keep CLIP's statistics)
     return RetrievalSet(path.stem, images, captions)
 
 

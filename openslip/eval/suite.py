@@ -13,13 +13,13 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from openslip import distributed
-from openslip.data.augment.classify import FinetuneTransform
+from openslip.data.augment.classify import FinetuneTransform, ProbeTransform
 from openslip.data.demo.tasks import demo_task_names
 from openslip.data.formats.class_lists import check_templates
 from openslip.errors import ConfigError, DataError
@@ -27,6 +27,7 @@ from openslip.eval.catalog import DEFAULT_PROMPTS, split_catalog_spec
 from openslip.eval.datasets import ImageSet, RetrievalSet, open_classification, open_retrieval
 from openslip.eval.features import extract_features
 from openslip.eval.finetune import config_from_preset, finetune
+from openslip.eval.linear import SGDProbeConfig, sgd_probe
 from openslip.eval.metrics import CLASSIFICATION_METRICS, recall_from_ranks
 from openslip.eval.probes import FeatureOptions, knn, linear_probe
 from openslip.eval.retrieval import retrieval_ranks_of
@@ -55,6 +56,18 @@ class EvalOptions:
     finetune_epochs: int | None = None  # override the preset's epochs
     finetune_dir: str | None = None  # resumable finetuning state (one directory per model and set)
     crop_fraction: float | None = None  # image files: None, each protocol's own (``openslip.eval.preprocess``)
+    # `openslip eval` (key=value there; its flags write the same fields):
+    image_size: int | None = None  # input size the sets are opened at; None: the model's
+    features: Literal["backbone", "embed"] = "backbone"  # probes: the ViT's CLS feature or the CLIP embedding
+    linear_protocol: Literal["logistic", "sgd"] = "logistic"  # CLIP's logistic probe, or the reference's SGD one
+    linear_epochs: int = 90  # sgd: epochs (reference: 90)
+    linear_lr: float = 0.1  # sgd: base lr per 256 images (reference: 0.1)
+    linear_batch_size: int = 1024  # sgd: global batch (reference: 128 per GPU x 8)
+    linear_eval_every: int = 10  # sgd: score the test set every N epochs (reference's --eval-freq: 10)
+    linear_report: Literal["best", "final"] = "best"  # sgd: the best evaluation's score (reference), or the last's
+    # sgd: the reference's lr divided by the world size twice, for a reference run on N processes (the paper's: 8);
+    # 0: this run's process count; None: the correct rate
+    linear_reference_lr_bug: int | None = None
 
 
 @dataclass
@@ -67,6 +80,7 @@ class EvalSet:
     test: ImageSet | RetrievalSet
     train: ImageSet | None = None
     prompts_from: str = ""  # where its class names and templates come from (a file, a catalog entry, ...)
+    val: ImageSet | None = None  # the logistic probe chooses C on it (default: 20% of train held out)
 
     @property
     def metric(self) -> str:
@@ -281,6 +295,7 @@ def _open_eval_set(
 class EvalResult:
     metrics: dict[str, Any]  # metric name -> value, with "metric" (the reported one) and "score"
     outcomes: Outcomes = field(default_factory=dict)  # per-sample outcomes (openslip.eval.stats)
+    scores: torch.Tensor | None = None  # zero-shot: the logits [N, C] (predictions CSV, confusion matrix)
 
 
 @dataclass(frozen=True)
@@ -315,13 +330,18 @@ def run_zeroshot(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
         device=opt.device,
         cache_dir=opt.cache_dir,
     )
-    return EvalResult(metrics, classification_outcomes(logits, labels))
+    return EvalResult(metrics, classification_outcomes(logits, labels), scores=logits)
 
 
 def run_retrieval(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
     es.test.images.for_protocol("retrieval", opt.crop_fraction)
     i2t, t2i, owner = retrieval_ranks_of(
-        model, es.test, batch_size=opt.batch_size, num_workers=opt.num_workers, device=opt.device
+        model,
+        es.test,
+        batch_size=opt.batch_size,
+        num_workers=opt.num_workers,
+        device=opt.device,
+        cache_dir=opt.cache_dir,
     )
     metrics = {"metric": "mean_recall", **recall_from_ranks(i2t, t2i)}
     metrics["score"] = metrics["mean_recall"]
@@ -331,14 +351,52 @@ def run_retrieval(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
 def _probe_sets(es: EvalSet, protocol: str, opt: EvalOptions) -> tuple[ImageSet, ImageSet, FeatureOptions]:
     train = es.train.for_protocol(protocol, opt.crop_fraction)
     test = es.test.for_protocol(protocol, opt.crop_fraction)
-    return train, test, FeatureOptions("backbone", opt.batch_size, opt.num_workers, opt.device, opt.cache_dir)
+    return train, test, FeatureOptions(opt.features, opt.batch_size, opt.num_workers, opt.device, opt.cache_dir)
 
 
 def run_linear(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
-    """The logistic probe on frozen backbone features (C chosen on held-out train data; CLIP paper protocol)."""
-    metrics, scores, labels = linear_probe(model, *_probe_sets(es, "linear", opt), seed=opt.seed)
+    """The logistic probe on frozen features (C chosen on ``es.val``, else on held-out train data; CLIP paper
+    protocol), or with ``linear_protocol="sgd"`` the reference's SGD probe (`run_sgd_probe`)."""
+    if opt.linear_protocol == "sgd":
+        return run_sgd_probe(model, es, opt)
+    val = es.val.for_protocol("linear", opt.crop_fraction) if es.val is not None else None
+    metrics, scores, labels = linear_probe(model, *_probe_sets(es, "linear", opt), val=val, seed=opt.seed)
     outcomes = classification_outcomes(scores, labels) if distributed.is_main() else {}
     return EvalResult(metrics, distributed.broadcast_object(outcomes))
+
+
+def run_sgd_probe(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
+    """The SLIP reference's linear probe (main_linear.py): a linear head trained by SGD on augmented images
+    through the frozen backbone. Metrics only: the best epoch's score is not one classifier's outcomes."""
+    if opt.features != "backbone":
+        raise ConfigError("--protocol sgd trains on the backbone features (drop --features embed)")
+    bug = opt.linear_reference_lr_bug
+    if bug is not None and bug < 0:
+        raise ConfigError(f"linear_reference_lr_bug={bug} should be a process count (>= 1), or 0 for this run's")
+    cfg = SGDProbeConfig(
+        epochs=opt.linear_epochs,
+        batch_size=opt.linear_batch_size,
+        base_lr=opt.linear_lr,
+        reference_lr_bug=bug is not None,
+        reference_world_size=bug or None,
+        seed=opt.seed,
+        eval_every=opt.linear_eval_every,
+        report=opt.linear_report,
+    )
+    image_size = opt.image_size or model.cfg.vision.image_size
+    test = es.test.for_protocol("linear", opt.crop_fraction)
+    train = copy.copy(es.train).with_transform(ProbeTransform(image_size, cfg.crop_scale))  # keep es.train's
+    metrics = sgd_probe(
+        model,
+        train,
+        test,
+        num_classes=test.num_classes,
+        metric=test.metric,
+        config=cfg,
+        device=opt.device,
+        num_workers=opt.num_workers,
+    )
+    return EvalResult(metrics)
 
 
 def run_knn(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:

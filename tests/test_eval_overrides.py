@@ -1,0 +1,69 @@
+"""`openslip eval TASK ... key=value`: the evaluation's options (`openslip.eval.suite.EvalOptions`) as overrides,
+the same fields the options write; bad keys and values are one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from openslip.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+RANDOM = ["--model", "slip_vit_micro", "--pretrained", "none"]
+SMALL = ["--dataset", "demo_shapes", "-n", "16"]
+PROBE = [*SMALL, "--num-train", "32"]
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.filterwarnings("ignore:.*the text tower was never trained:UserWarning")
+@pytest.mark.parametrize(
+    ("task", "extra", "override", "check"),
+    [
+        ("zeroshot", SMALL, "batch_size=4", lambda m, out: m["num_samples"] == 16),
+        ("retrieval", ["--dataset", "demo", "-n", "12"], "seed=1", lambda m, out: m["num_images"] == 12),
+        ("knn", PROBE, "knn_k=10", lambda m, out: m["k"] == 10 and "kNN (k=10," in out),
+        ("linear", PROBE, "linear_protocol=sgd", lambda m, out: "linear probe (sgd, 1 epochs" in out),
+    ],
+)
+def test_each_eval_command_takes_an_override(task, extra, override, check, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "m.json"
+    sgd = ["--epochs", "1", "--train-batch-size", "16"] if task == "linear" else []
+    code, stdout, _ = _run(["eval", task, *RANDOM, *extra, *sgd, override, "--output", str(out)], capsys)
+    assert code == 0 and check(json.loads(out.read_text()), stdout)
+
+
+def test_override_and_option_write_the_same_field(tmp_path: Path, capsys) -> None:
+    """`--temperature 0.5` and `knn_temperature=0.5` give the same result; giving both is refused."""
+    results = []
+    for setting in (["--temperature", "0.5"], ["knn_temperature=0.5"]):
+        out = tmp_path / "k.json"
+        assert _run(["eval", "knn", *RANDOM, *PROBE, *setting, "--output", str(out)], capsys)[0] == 0
+        results.append(json.loads(out.read_text()))
+    assert results[0] == results[1] and results[0]["temperature"] == 0.5
+    code, _, err = _run(["eval", "knn", *RANDOM, *PROBE, "--temperature", "0.5", "knn_temperature=0.5"], capsys)
+    assert code == 2 and "knn_temperature is given twice" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "knn", *RANDOM, *PROBE, "knn_q=10"], "unknown key 'knn_q' for eval knn; valid keys: device,"),
+        # a key of another evaluation is not read by this one: refused, not ignored
+        (["eval", "zeroshot", *RANDOM, *SMALL, "knn_k=10"], "unknown key 'knn_k' for eval zeroshot"),
+        (["eval", "knn", *RANDOM, *PROBE, "knn_k=ten"], "knn_k='ten' should be of type int"),
+        (["eval", "linear", *RANDOM, *PROBE, "features=cls"], "features='cls' is not valid; choose one of: backbone"),
+        (["eval", "retrieval", *RANDOM, "--dataset", "demo", "batch_size"], "should look like key.path=value"),
+        (["eval", "knn", *RANDOM, *PROBE, "seed=1", "seed=2"], "seed is given twice"),
+        (["eval", "knn", *RANDOM, *PROBE, "--knn-k", "3"], "unrecognized option --knn-k: settings are key=value"),
+    ],
+)
+def test_bad_overrides_are_one_line_exit_2(argv: list[str], message: str, capsys) -> None:
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
