@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from openslip.version import __version__
 
 # Public name -> module; imported on first use so `import openslip` stays light.
 _LAZY = {

@@ -32,7 +32,7 @@ COMMANDS: list[str] = [
 
 
 def _version() -> str:
-    from openslip import __version__
+    from openslip.version import __version__
 
     return __version__
 

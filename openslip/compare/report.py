@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-import openslip
 from openslip import files
 from openslip.compare.experiment import CompareConfig, Variant, run_key
 from openslip.compare.methods import METHODS, RANDOM_ROW
 from openslip.eval.stats import bootstrap_interval, paired_difference, score
+from openslip.version import __version__
 from openslip.weights.atomic import write_bytes, write_json
 
 FORMAT = "openslip-compare/2"  # 2: hparams, prompts, seed-aware intervals
@@ -284,7 +284,7 @@ def _versions() -> dict[str, str]:
     import torch
 
     return {
-        "openslip": openslip.__version__,
+        "openslip": __version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),

@@ -33,13 +33,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from openslip import __version__
 from openslip.errors import CheckpointError
 from openslip.files import DOCUMENT_BYTES, POINTER_BYTES, FileError, open_regular, read_text
 from openslip.models import SLIP, ModelConfig, model_config
 from openslip.models.variants import MODELS
 from openslip.outputs import check_output_dir
 from openslip.registry import UnknownNameError
+from openslip.version import __version__
 from openslip.weights.atomic import move_files_into, staging_dir
 from openslip.weights.clip_layout import CLIP_PREPROCESS, clip_to_openslip, is_clip_layout
 from openslip.weights.safe_load import (
