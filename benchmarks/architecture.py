@@ -46,8 +46,8 @@ from pathlib import Path
 LAYERS = {
     "core": "",  # errors, files, registry, tokenizer, losses, distributed, optim, step, ...: every module not listed
     "models": "models",
-    "data": "data",
     "weights": "weights checkpoint safe_load atomic interop.clip_layout",
+    "data": "data",
     "eval": "eval",
     "interop": "interop",
     "train": "train config recipes paper train_state run_log accumulate perf best data.pipeline",
