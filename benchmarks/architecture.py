@@ -23,7 +23,9 @@ import is an arrow from one room to another.
   and checkpoint, under `sys.setprofile`. Rooms entered: modules whose functions ran. Moves: distinct (caller
   function, callee function) pairs in different modules; a call through torch (`module(x)` reaching `forward`)
   counts from the nearest openslip function, code run by an import does not count. Climbs back up: moves to a
-  higher layer. Most entered: modules by cross-module calls into them (resuming a generator is a call).
+  higher layer. Most entered: modules by cross-module calls into them (resuming a generator is a call). Config
+  rooms: the modules whose functions were handed the typed config or one of its sections as an argument (where
+  the config travels; docs/ARCHITECTURE.md wants it to stay inside train/).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ LAYERS = {
     "api": "__init__",  # openslip/__init__.py: the public API, on top
 }
 LAYER_NAMES = list(LAYERS)
+CONFIG_MODULES = ("openslip.config", "openslip.train.config")  # where the typed config is defined, old and new
 LAYER_OF = {name: n for n, names in enumerate(LAYERS.values()) for name in names.split()}
 # The walk's run: `key=value` settings as `openslip train` takes them (small, so it takes seconds on a CPU).
 WALK_SETTINGS = "model=slip_vit_micro train.steps=1 train.batch_size=16 train.log_every=1 train.progress=false".split()
@@ -196,6 +199,7 @@ def walk(root: Path) -> dict:
     idents: dict = {}  # code object -> (module, function), "import" for a module's own code, None outside openslip
     moves = Counter()  # (caller, callee) -> calls
     entered: set[str] = set()
+    config_rooms: set[str] = set()  # modules whose functions were given a Config or one of its sections
     importing = 0  # openslip modules being imported (their code is not the walk)
 
     def ident(code):
@@ -217,6 +221,10 @@ def walk(root: Path) -> dict:
         if event != "call" or importing or not isinstance(callee, tuple):
             return
         entered.add(callee[0])
+        code = frame.f_code
+        given = (frame.f_locals.get(name) for name in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount])
+        if any(type(value).__module__ in CONFIG_MODULES for value in given):
+            config_rooms.add(callee[0])
         caller, up = None, frame.f_back
         while up is not None and (caller := ident(up.f_code)) is None:
             up = up.f_back
@@ -239,6 +247,7 @@ def walk(root: Path) -> dict:
         "walk_climbs": len(climbs),
         "walk_climbs_list": climbs,
         "walk_most_entered": dict(into.most_common(10)),
+        "config_rooms": sorted(rel(m) for m in config_rooms),
     }
 
 
@@ -265,6 +274,8 @@ def table(f: dict) -> str:
         rows += [("command options: flags, positionals", f"{f['options_total']}, {f['positionals_total']}")]
         rows += [("train(cfg) walk: rooms entered", f["walk_rooms"]), ("train(cfg) walk: moves", f["walk_moves"])]
         rows += [("train(cfg) walk: climbs back up", f["walk_climbs"]), ("train(cfg) walk: most entered", most)]
+        rooms = f["config_rooms"]
+        rows += [("train(cfg) walk: rooms the config is handed to", f"{len(rooms)}: {', '.join(rooms)}")]
     out = ["| figure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
     if "options" in f:
         out += ["", "| command | flags | positionals |", "|---|---|---|"]
