@@ -216,3 +216,16 @@ def key_type(cls: type, key: str) -> Any:
             return None
         cls = hints[part]
     return cls
+
+
+def option_key(option: str, cls: type, renamed: dict[str, str] | None = None) -> str | None:
+    """The dotted key of `cls` an option such as `--steps` or `--train.batch-size` means, when exactly one matches;
+    `renamed` maps the options a command used to have (`--lr`) to the keys that replaced them (`base_lr`)."""
+    name = option.lstrip("-").partition("=")[0].replace("-", "_")
+    if renamed and name in renamed:
+        return renamed[name]
+    keys = field_keys(cls)
+    if name in keys:
+        return name
+    matches = [k for k in keys if k.rpartition(".")[2] == name]
+    return matches[0] if len(matches) == 1 else None

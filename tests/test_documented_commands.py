@@ -30,7 +30,9 @@ from PIL import Image
 from reference_checkout import write_checkout
 
 from openslip.cli import COMMANDS, build_parser, main
+from openslip.eval.finetune import FinetuneConfig
 from openslip.models import MODELS, create_model
+from openslip.overrides import apply_overrides
 from openslip.train.config import parse_overrides
 from openslip.train.recipes import RECIPES, make_config
 
@@ -212,7 +214,7 @@ SHRINK: dict[tuple[str, ...], list[str]] = {
     # a global batch of 64: the smallest for which `--reference-lr-bug 8` (docs/PAPER.md) gives a rate above 0
     ("eval", "linear"): "-n 16 --num-train 32 --epochs 1 --train-batch-size 64".split(),
     ("eval", "knn"): "-n 16 --num-train 32".split(),
-    ("finetune",): "-n 16 --num-train 32 --epochs 1 --warmup-epochs 0 --train-batch-size 16".split(),
+    ("finetune",): "-n 16 --num-train 32 epochs=1 warmup_epochs=0 batch_size=16".split(),
     ("embed",): "--batch-size 16".split(),
     # one loader worker still runs the worker path (and --worker-priority); a small sweep for --memory-sweep
     ("bench", "train"): (
@@ -280,7 +282,7 @@ def shrink(cmd: DocCommand, argv: list[str], inputs: Inputs, cwd: Path) -> list[
     if sub == ("bench", "train"):
         model = argv[argv.index("--model") + 1] if "--model" in argv else "slip_vit_tiny"
         extra += ["--model", _micro_model(model)]
-    if sub in (("train",), ("compare",)):  # the CLI refuses a key given twice: the shrink value replaces the doc's
+    if sub in (("train",), ("compare",), ("finetune",)):  # the CLI refuses a key given twice: the shrink value wins
         shrunk = {e.partition("=")[0] for e in extra if "=" in e and not e.startswith("-")}
         argv = [a for a in argv if a.startswith("-") or a.partition("=")[0] not in shrunk or "=" not in a]
     return argv + extra
@@ -591,6 +593,7 @@ def _subparser(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> argpar
 def test_shrink_settings_are_real_options() -> None:
     """SHRINK entries of sub-commands the docs do not show yet are checked here, so they cannot rot unseen."""
     make_config(parse_overrides(SHRINK[("train",)]))  # known keys, valid values
+    apply_overrides(FinetuneConfig(), [e for e in SHRINK[("finetune",)] if "=" in e])
     parser = build_parser()
     for path, extra in SHRINK.items():
         if path == ("train",):

@@ -16,7 +16,7 @@ import yaml
 
 from openslip import files
 from openslip.errors import ConfigError
-from openslip.overrides import build, check_choice, field_keys
+from openslip.overrides import build, check_choice, field_keys, option_key
 
 # re-exported: recipes, compare and tests build training configs with them
 from openslip.overrides import deep_merge as deep_merge
@@ -294,12 +294,7 @@ def config_keys(cls: type = None, prefix: str = "") -> list[str]:  # type: ignor
 
 def option_as_override(option: str) -> str | None:
     """The dotted key an option such as `--steps` or `--train.batch-size` means, when exactly one matches."""
-    name = option.lstrip("-").partition("=")[0].replace("-", "_")
-    keys = config_keys()
-    if name in keys:
-        return name
-    matches = [k for k in keys if k.rpartition(".")[2] == name]
-    return matches[0] if len(matches) == 1 else None
+    return option_key(option, Config)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
