@@ -127,7 +127,7 @@ def test_bench_times_the_training_step(monkeypatch, tmp_path) -> None:
 
     monkeypatch.setattr(bench_module, "optimise", spy)
     out = tmp_path / "bench.json"
-    argv = ["bench", "train", "--model", "slip_vit_micro", "--batch-size", "4", "--steps", "1", "--warmup", "0",
+    argv = ["bench", "train", "model=slip_vit_micro", "train.batch_size=4", "--steps", "1", "--warmup", "0",
             "--baseline", "--peak-budget", "0.05", "--output", str(out)]  # fmt: skip
     assert main(argv) == 0
     assert sorted(set(calls)) == ["AdamW", "AdamW/fused"]  # the 2021 optimizer and the candidate's
