@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from openslip import files
+from openslip.data.formats.decode import DecodeOptions
 from openslip.errors import ConfigError
 from openslip.overrides import build, check_choice, field_keys, option_key
 
@@ -73,6 +74,17 @@ class DataConfig:
         _positive("data.min_samples_for_skip_check", self.min_samples_for_skip_check, allow_zero=True)
         _positive("data.max_file_bytes", self.max_file_bytes)
         _positive("data.max_pixels", self.max_pixels)
+
+    def decode_options(self, image_size: int) -> DecodeOptions:
+        """How the loader decodes images at the training resolution `image_size` (the model's, or data.image_size)."""
+        return DecodeOptions(
+            max_pixels=self.max_pixels,
+            max_bytes=self.max_file_bytes,
+            # Both views' crops are cut from the decoded image and resized to image_size: a JPEG decoded at >= 2x
+            # that size keeps the full-size crops (scale >= 0.25) from being upsampled, at a fraction of the cost.
+            draft_size=2 * image_size if self.jpeg_draft else None,
+            exif_transpose=self.exif_transpose,
+        )
 
 
 @dataclass(kw_only=True)
