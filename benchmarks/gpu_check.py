@@ -2,9 +2,9 @@
 
 1. `openslip bench train --compare-reference PATH`: the 2021 SLIP code beside openslip, S/16 and B/16 (skipped,
    with the reason, without `--reference PATH`, a checkout of facebookresearch/SLIP);
-2. model-only steps, eager and `--compile`, S/16 and B/16;
+2. model-only steps, eager and compiled (`train.compile=true`), S/16 and B/16;
 3. end to end on JPEG shards the script makes first (photo-like ~500x375 images, quality 90, written by
-   `openslip data make-shards`), with `--augment cpu`, `--augment device` and `--decode device` (where this
+   `openslip data make-shards`), with `data.augment=cpu`, `data.augment=device` and `--decode device` (where this
    version of `openslip bench train` offers it): the end-to-end / model-only ratio, the loader's CPU time per
    sample and the data wait per step;
 4. `openslip train` under torchrun (NCCL) on those shards for about 30 s: samples/s and whether the loss falls.
@@ -62,7 +62,7 @@ def plan(dry_run: bool, workers: int, images: int) -> Plan:
             models=("slip_vit_micro",),
             batch_size=8,
             bench_flags=tuple(
-                "--device cpu --precision fp32 --steps 2 --warmup 1 --peak-budget 0.05 --image-size 32".split()
+                "--device cpu train.precision=fp32 --steps 2 --warmup 1 --peak-budget 0.05 data.image_size=32".split()
             ),
             images=min(images, 64),
             image_wh=(160, 120),
@@ -75,7 +75,7 @@ def plan(dry_run: bool, workers: int, images: int) -> Plan:
         dry_run=False,
         models=("slip_vit_s16", "slip_vit_b16"),
         batch_size=256,
-        bench_flags=tuple("--device cuda --precision bf16 --steps 8 --warmup 3 --peak-budget 0.5".split()),
+        bench_flags=tuple("--device cuda train.precision=bf16 --steps 8 --warmup 3 --peak-budget 0.5".split()),
         images=images,
         image_wh=(500, 375),
         shard_size=128,  # 32 shards for 4,096 images: every one of 14 workers gets some
@@ -260,18 +260,18 @@ def run_shards(case: Case, p: Plan, work: Path, timeout_s: float) -> dict[str, A
 
 
 def bench_argv(case: Case, p: Plan, output: Path, *, reference: str | None, shards: Path | None) -> list[str]:
-    argv = cli("bench", "train", "--model", case.model, "--batch-size", str(p.batch_size), *p.bench_flags,
+    argv = cli("bench", "train", f"model={case.model}", f"train.batch_size={p.batch_size}", *p.bench_flags,
                "--output", str(output))  # fmt: skip
     if case.kind == "reference":
         argv += ["--compare-reference", str(reference)]
     if case.compile:
-        argv.append("--compile")
+        argv.append("train.compile=true")
     if case.kind == "data":
-        argv += ["--with-data", "--data", str(shards), "--num-workers", str(p.workers), "--augment", case.augment]
+        argv += ["--with-data", f"data.train={shards}", f"data.num_workers={p.workers}", f"data.augment={case.augment}"]
         if case.decode:
             argv += ["--decode", case.decode]
     else:
-        argv += ["--num-workers", "0"]
+        argv.append("data.num_workers=0")
     return argv
 
 

@@ -48,21 +48,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _option_hint(args: argparse.Namespace, extra: list[str], argv: list[str]) -> str | None:
-    """`openslip train --steps 100`: settings are key=value overrides; name the one the option meant."""
+    """`openslip train --steps 100`: settings are key=value overrides; name the one the option meant. A command
+    whose overrides are not the training config's names their dataclass (`overrides_of`, a function returning it)
+    and the options it once had under other names (`option_renames`, e.g. finetune's `--lr` -> `base_lr`), or a
+    lookup of its own (`option_key`, option -> key or None: an eval command takes only the keys its task reads)."""
     if not isinstance(getattr(args, "overrides", None), list):
         return None
-    lookup = getattr(args, "option_key", None)  # a command's own keys (`openslip eval knn --knn-k 10`)
-    if lookup is None:
-        from openslip.train.config import option_as_override as lookup
+    from openslip.overrides import key_type, option_key
 
+    lookup = getattr(args, "option_key", None)  # a command's own lookup (`openslip eval knn --knn-k 10`)
+
+    settings = getattr(args, "overrides_of", None)  # a function returning the dataclass (imported when needed)
+    if settings is None:
+        from openslip.train.config import Config
+
+        cls = Config
+    else:
+        cls = settings()
     for item in extra:
-        key = lookup(item) if item.startswith("--") else None
+        if not item.startswith("--"):
+            continue
+        key = lookup(item) if lookup else option_key(item, cls, getattr(args, "option_renames", None))
         if key is None:
             continue
         option, sep, value = item.partition("=")
         if not sep:  # the value follows in argv (argparse filed it under the overrides)
             at = argv.index(item) + 1 if item in argv else len(argv)
-            value = argv[at] if at < len(argv) and not argv[at].startswith("-") else "VALUE"
+            given = at < len(argv) and not argv[at].startswith("-") and "=" not in argv[at]
+            value = argv[at] if given else "true" if key_type(cls, key) is bool else "VALUE"  # --compile: a switch
         return f"unrecognized option {option}: settings are key=value overrides; write `{key}={value}`"
     return None
 

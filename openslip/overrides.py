@@ -50,7 +50,7 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         check_choice(key, value, get_args(tp))
         return value
     if origin in (tuple, list):
-        if isinstance(value, str) and "," in value:  # `eval.zeroshot=a,b`: YAML reads it as one string
+        if isinstance(value, str) and "," in value:  # `eval.sets=a,b`: YAML reads it as one string
             raise ConfigError(f"{key}={value!r} should be a list: write {key}=[{value}]")
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}={value!r} should be a list")
@@ -216,3 +216,16 @@ def key_type(cls: type, key: str) -> Any:
             return None
         cls = hints[part]
     return cls
+
+
+def option_key(option: str, cls: type, renamed: dict[str, str] | None = None) -> str | None:
+    """The dotted key of `cls` an option such as `--steps` or `--train.batch-size` means, when exactly one matches;
+    `renamed` maps the options a command used to have (`--lr`) to the keys that replaced them (`base_lr`)."""
+    name = option.lstrip("-").partition("=")[0].replace("-", "_")
+    if renamed and name in renamed:
+        return renamed[name]
+    keys = field_keys(cls)
+    if name in keys:
+        return name
+    matches = [k for k in keys if k.rpartition(".")[2] == name]
+    return matches[0] if len(matches) == 1 else None

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from openslip.data.formats.decode import clean_captions, decode_image, to_rgb
+from openslip.data.formats.decode import DecodeOptions, clean_captions, decode_image, to_rgb
 from openslip.data.formats.shards import ShardSource
 from openslip.data.loader import build_train_loader
 from openslip.data.skips import BadSample, SkipCounter
@@ -259,7 +259,7 @@ def test_bomb_headers_are_refused_before_decoding():
         decode_image(_png_header_only(30000, 30000))  # Pillow's own DecompressionBombError
     assert err.value.reason == "too_large"
     with pytest.raises(BadSample) as err:
-        decode_image(_png_header_only(5000, 5000), max_pixels=1_000_000)  # our limit, from the header
+        decode_image(_png_header_only(5000, 5000), DecodeOptions(max_pixels=1_000_000))  # our limit, from the header
     assert err.value.reason == "too_large" and "5000x5000" in str(err.value)
     assert time.perf_counter() - start < 1.0
 

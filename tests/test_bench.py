@@ -100,10 +100,8 @@ def test_bench_train_cli_writes_json(tmp_path, capsys) -> None:
     argv = [
         "bench",
         "train",
-        "--model",
-        "slip_vit_micro",
-        "--batch-size",
-        "8",
+        "model=slip_vit_micro",
+        "train.batch_size=8",
         "--steps",
         "2",
         "--warmup",
@@ -111,8 +109,7 @@ def test_bench_train_cli_writes_json(tmp_path, capsys) -> None:
         "--baseline",
         "--peak-budget",
         "0.2",
-        "--threads",
-        "1",
+        "train.threads=1",
         "--output",
         str(out),
     ]
@@ -156,9 +153,8 @@ def test_baseline_runs_in_the_candidates_precision(monkeypatch, tmp_path) -> Non
         return real_step(self, get_inputs)
 
     monkeypatch.setattr(bench.Stepper, "step", spy)
-    cfg = bench.TrainBenchConfig(
-        model="clip_vit_micro", batch_size=4, steps=1, warmup=0, baseline=True, precision="bf16", peak_budget_s=0.05
-    )
+    settings = {"model": "clip_vit_micro", "train": {"batch_size": 4, "precision": "bf16"}}
+    cfg = bench.TrainBenchConfig(settings=settings, steps=1, warmup=0, baseline=True, peak_budget_s=0.05)
     bench.bench_train(cfg)
     by_path = {baseline: precision for baseline, precision in seen}
     assert by_path == {False: "bf16", True: "bf16"}
@@ -170,21 +166,17 @@ def test_bench_train_with_data(tmp_path, capsys, baseline: bool) -> None:
     argv = [
         "bench",
         "train",
-        "--model",
-        "slip_vit_micro",
-        "--batch-size",
-        "4",
+        "model=slip_vit_micro",
+        "train.batch_size=4",
         "--steps",
         "1",
         "--warmup",
         "0",
         "--with-data",
-        "--num-workers",
-        "0",
+        "data.num_workers=0",
         "--peak-budget",
         "0.1",
-        "--threads",
-        "1",
+        "train.threads=1",
         "--output",
         str(out),
         *(["--baseline"] if baseline else []),
@@ -211,8 +203,8 @@ def test_bench_train_rounds_alternate_the_phases(tmp_path, capsys) -> None:
     """--rounds N runs N (model-only, end-to-end) pairs: every step of every round counts in the figures, and the
     ratio is the median of the rounds' own ratios (each pair of phases saw the same machine)."""
     out = tmp_path / "bench.json"
-    argv = ["bench", "train", "--model", "slip_vit_micro", "--batch-size", "4", "--steps", "2", "--warmup", "0"]
-    argv += ["--with-data", "--num-workers", "0", "--rounds", "3", "--peak-budget", "0.1", "--output", str(out)]
+    argv = ["bench", "train", "model=slip_vit_micro", "train.batch_size=4", "--steps", "2", "--warmup", "0"]
+    argv += ["--with-data", "data.num_workers=0", "--rounds", "3", "--peak-budget", "0.1", "--output", str(out)]
     assert main(argv) == 0
     r = json.loads(out.read_text())
     e2e = r["end_to_end"]
@@ -226,8 +218,8 @@ def test_bench_train_device_augment_makes_no_core_sharing_claim(tmp_path, capsys
     """With the views rendered in the training process the loader only decodes: its CPU time is reported, but not as
     the share of the cores that would bound the end-to-end ratio."""
     out = tmp_path / "bench.json"
-    argv = ["bench", "train", "--model", "slip_vit_micro", "--batch-size", "4", "--steps", "1", "--warmup", "0"]
-    argv += ["--with-data", "--augment", "device", "--num-workers", "0", "--peak-budget", "0.1", "--output", str(out)]
+    argv = ["bench", "train", "model=slip_vit_micro", "train.batch_size=4", "--steps", "1", "--warmup", "0"]
+    argv += ["--with-data", "data.augment=device", "data.num_workers=0", "--peak-budget", "0.1", "--output", str(out)]
     assert main(argv) == 0
     e2e = json.loads(out.read_text())["end_to_end"]
     assert e2e["loader_cpu_s_per_batch"] > 0 and "loader_share" not in e2e
@@ -243,7 +235,7 @@ def test_bench_data_cli(tmp_path, capsys) -> None:
 
 
 def test_bench_rejects_bad_arguments(capsys) -> None:
-    assert main(["bench", "train", "--model", "no_such_model", "--steps", "1"]) == 2
+    assert main(["bench", "train", "model=no_such_model", "--steps", "1"]) == 2
     assert "no_such_model" in capsys.readouterr().err
     assert main(["bench", "train", "--steps", "0"]) == 2
     assert main(["bench", "train", "--with-data", "--rounds", "0"]) == 2
@@ -265,10 +257,8 @@ def test_memory_sweep_on_cpu(tmp_path) -> None:
     argv = [
         "bench",
         "train",
-        "--model",
-        "slip_vit_micro",
-        "--batch-size",
-        "4",
+        "model=slip_vit_micro",
+        "train.batch_size=4",
         "--steps",
         "1",
         "--warmup",
@@ -278,8 +268,7 @@ def test_memory_sweep_on_cpu(tmp_path) -> None:
         "2,4",
         "--peak-budget",
         "0.1",
-        "--threads",
-        "1",
+        "train.threads=1",
         "--output",
         str(out),
     ]
@@ -301,3 +290,47 @@ def test_end_to_end_figures_count_the_steps_that_wait_for_data() -> None:
     assert (total["step_s"], total["samples_per_s"], total["breakdown_s"]["data"]) == (1.75, 4 / 1.75, 0.75)
     assert total["achieved_flops_per_s"] == pytest.approx(32.0 / 7.0)
     assert (total["step_s_median"], total["step_s_mean"]) == (1.0, 1.75)
+
+
+def test_bench_train_takes_the_training_settings_as_overrides(tmp_path, monkeypatch) -> None:
+    """The trainer is built from `openslip train`'s keys, on the same recipe; the result records what it ran."""
+    import openslip.bench.training as bench
+
+    built = []
+    real = bench.build_trainer
+    monkeypatch.setattr(bench, "build_trainer", lambda cfg, dist: built.append(cfg) or real(cfg, dist))
+    out = tmp_path / "bench.json"
+    argv = ["bench", "train", "model=clip_vit_micro", "train.batch_size=4", "optim.lr=0.001", "data.image_size=32"]
+    argv += ["--steps", "1", "--warmup", "0", "--peak-budget", "0.05", "train.threads=1", "--output", str(out)]
+    assert main(argv) == 0
+    (cfg,) = built
+    assert (cfg.model, cfg.train.batch_size, cfg.optim.lr, cfg.data.image_size) == ("clip_vit_micro", 4, 1e-3, 32)
+    assert cfg.loss.ssl_scale == 0 and cfg.optim.warmup_steps == 0  # CLIP only; the peak rate from the first step
+    c = json.loads(out.read_text())["config"]
+    assert (c["model"], c["batch_size"], c["image_size"], c["threads"]) == ("clip_vit_micro", 4, 32, 1)
+    assert c["settings"]["optim"] == {"lr": 1e-3}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train.batch_sise=4"], "unknown key 'train.batch_sise'; valid keys: train.steps, train.batch_size"),
+        (["train.batch_size=four"], "train.batch_size='four' should be of type int"),
+        (["train.precision=fp64"], "train.precision=fp64: bench train times fp32, bf16, fp16"),
+        (["train.steps=3"], "train.steps is not a setting of bench train: the benchmark runs --warmup + --steps"),
+        (["out_dir=runs/x"], "out_dir is not a setting of bench train"),
+        (["--batch-size", "16"], "settings are key=value overrides; write `train.batch_size=16`"),
+        (["--model", "slip_vit_s16"], "write `model=slip_vit_s16`"),
+        (["--precision=bf16"], "write `train.precision=bf16`"),
+        (["--data", "/data/train.csv"], "write `data.train=/data/train.csv`"),
+        (["--num-workers", "4"], "write `data.num_workers=4`"),
+        (["--compile", "--baseline"], "write `train.compile=true`"),
+        (["--grad-checkpointing"], "write `train.grad_checkpointing=true`"),
+        (["--threads", "1"], "write `train.threads=1`"),
+        (["--seed", "3"], "write `seed=3`"),
+    ],
+)
+def test_bench_train_bad_settings_fail_in_one_line(argv: list[str], message: str, capsys) -> None:
+    assert main(["bench", "train", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("openslip bench: error: ") and message in err[0], err

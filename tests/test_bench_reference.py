@@ -26,7 +26,7 @@ def _checkout(tmp_path: Path, models: str = STAND_IN_MODELS) -> Path:
 
 
 def _bench(*extra: str) -> list[str]:
-    return ["bench", "train", "--model", "slip_vit_micro", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+    return ["bench", "train", "model=slip_vit_micro", "train.batch_size=4", "--steps", "2", "--warmup", "1",
             "--peak-budget", "0.05", *extra]  # fmt: skip
 
 

@@ -65,7 +65,7 @@ MISTAKES = [
     ("plot {tmp}/emptydir", "is not a run directory"),
     ("convert {tmp}/nothing.pt {tmp}/out", "no such file or directory"),
     ("export slip_vit_micro {tmp}/exp --format keras", "invalid choice: 'keras'"),
-    ("bench train --model slip_vit_huge", "is not a registered model"),
+    ("bench train model=slip_vit_huge", "is not a registered model"),
     ("compare --methods clip,slap", "unknown method 'slap'"),
     ("data inspect {tmp}/nothing.csv", "no such file or directory"),
 ]

@@ -21,7 +21,7 @@ from train_utils import overrides, read_metrics
 
 import openslip.data.formats.records as records_module
 from openslip.cli import main
-from openslip.data.formats.decode import DEFAULT_MAX_BYTES, decode_image, read_bytes
+from openslip.data.formats.decode import DEFAULT_MAX_BYTES, DecodeOptions, decode_image, read_bytes
 from openslip.data.formats.manifest import ManifestSource
 from openslip.data.skips import BadSample
 
@@ -181,31 +181,31 @@ def test_memory_error_while_decoding_is_a_counted_skip(tmp_path: Path, monkeypat
 
 
 def test_decode_options_reach_the_decoder(tmp_path: Path, monkeypatch):
-    """data.jpeg_draft (draft at 2x the image size), data.exif_transpose and data.max_file_bytes are wired."""
-    seen: list[dict] = []
+    """data.jpeg_draft (draft at 2x the image size), data.exif_transpose, data.max_file_bytes and data.max_pixels
+    reach the decoder as one DecodeOptions, unchanged."""
+    seen: list[DecodeOptions] = []
     real = records_module.decode_image
 
-    def spy(src, **kwargs):
-        seen.append(kwargs)
-        return real(src, **kwargs)
+    def spy(src, options, **kwargs):
+        seen.append(options)
+        return real(src, options, **kwargs)
 
     monkeypatch.setattr(records_module, "decode_image", spy)
     manifest = _manifest(tmp_path, [], good=16)
     assert main(["train", *overrides(tmp_path / "a", f"data.train={manifest}", "train.steps=1")]) == 0
-    assert seen[-1]["draft_size"] == 64 and seen[-1]["exif_transpose"] is True  # the micro model's 32 px x 2
-    assert seen[-1]["max_bytes"] == DEFAULT_MAX_BYTES
+    # the micro model's 32 px x 2
+    assert seen[-1] == DecodeOptions(max_pixels=100_000_000, max_bytes=DEFAULT_MAX_BYTES, draft_size=64)
     seen.clear()
-    off = ["data.jpeg_draft=false", "data.exif_transpose=false", "data.max_file_bytes=1000000"]
+    off = ["data.jpeg_draft=false", "data.exif_transpose=false", "data.max_file_bytes=1000000", "data.max_pixels=9000"]
     assert main(["train", *overrides(tmp_path / "b", f"data.train={manifest}", "train.steps=1", *off)]) == 0
-    assert "draft_size" not in seen[-1] and seen[-1]["exif_transpose"] is False
-    assert seen[-1]["max_bytes"] == 1_000_000
+    assert seen[-1] == DecodeOptions(max_pixels=9000, max_bytes=1_000_000, draft_size=None, exif_transpose=False)
 
 
 def test_draft_decodes_large_jpegs_at_reduced_size():
     data = _jpeg((800, 600))
     assert decode_image(data).size == (800, 600)
-    assert decode_image(data, draft_size=64).size == (100, 75)  # 1/8 scale keeps both sides >= 64
-    assert decode_image(data, draft_size=200).size == (400, 300)
+    assert decode_image(data, DecodeOptions(draft_size=64)).size == (100, 75)  # 1/8 scale keeps both sides >= 64
+    assert decode_image(data, DecodeOptions(draft_size=200)).size == (400, 300)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ def test_exif_orientation_is_applied_unless_turned_off():
     exif[0x0112] = 6  # stored sideways: turn 90 degrees clockwise to view
     data = _jpeg((48, 24), exif=exif.tobytes())
     assert decode_image(data).size == (24, 48)
-    assert decode_image(data, exif_transpose=False).size == (48, 24)
+    assert decode_image(data, DecodeOptions(exif_transpose=False)).size == (48, 24)
     assert decode_image(_jpeg((48, 24))).size == (48, 24)  # no tag: unchanged
 
 

@@ -30,7 +30,9 @@ from PIL import Image
 from reference_checkout import write_checkout
 
 from openslip.cli import COMMANDS, build_parser, main
+from openslip.eval.finetune import FinetuneConfig
 from openslip.models import MODELS, create_model
+from openslip.overrides import apply_overrides
 from openslip.train.config import parse_overrides
 from openslip.train.recipes import RECIPES, make_config
 
@@ -166,13 +168,11 @@ COMMANDS_IN_DOCS = extract_commands()
 # ("skip", why it cannot run here) or ("slow", why it takes minutes; it runs with `pytest -m slow`, the
 # project's marker for long tests). Keep this short: everything that can run in seconds on a CPU runs, shrunk.
 LEFT_OUT: dict[str, tuple[str, str]] = {
-    "openslip bench train --model NAME --batch-size B '[--image-size' 'S]' '[--precision' 'fp32|bf16|fp16]'": (
-        "skip",
-        "a usage synopsis (metavariables NAME, B, S; alternatives fp32|bf16|fp16), not a command",
-    ),
+    "openslip bench train '[key.path=value' '...]'": ("skip", "a usage synopsis, not a command"),
     "openslip bench data '[--n' '64]' '[--image-size' '224]' '[--rounds' '5]' '[--device' 'cpu|cuda]' "
     "'[--output' 'FILE.json]'": ("skip", "a usage synopsis (alternatives cpu|cuda), not a command"),
-    "openslip bench train --model slip_vit_b16 --batch-size 256 --precision bf16 --compile --steps 20 --warmup 5": (
+    "openslip bench train model=slip_vit_b16 train.batch_size=256 train.precision=bf16 train.compile=true --steps 20 "
+    "--warmup 5": (
         "slow",
         "torch.compile generates and builds C++ kernels on a CPU: about 3 min even for the micro model at one "
         "step, and no flag shrinks compilation",
@@ -212,11 +212,12 @@ SHRINK: dict[tuple[str, ...], list[str]] = {
     # a global batch of 64: the smallest for which `--reference-lr-bug 8` (docs/PAPER.md) gives a rate above 0
     ("eval", "linear"): "-n 16 --num-train 32 --epochs 1 --train-batch-size 64".split(),
     ("eval", "knn"): "-n 16 --num-train 32".split(),
-    ("finetune",): "-n 16 --num-train 32 --epochs 1 --warmup-epochs 0 --train-batch-size 16".split(),
+    ("finetune",): "-n 16 --num-train 32 epochs=1 warmup_epochs=0 batch_size=16".split(),
     ("embed",): "--batch-size 16".split(),
     # one loader worker still runs the worker path (and --worker-priority); a small sweep for --memory-sweep
     ("bench", "train"): (
-        "--batch-size 8 --steps 1 --warmup 1 --peak-budget 0.05 --threads 1 --num-workers 1 --sweep-batches 4,8"
+        "train.batch_size=8 --steps 1 --warmup 1 --peak-budget 0.05 train.threads=1 data.num_workers=1 "
+        "--sweep-batches 4,8"
     ).split(),
     ("bench", "data"): "--n 8 --rounds 1".split(),
     ("data", "make-shards"): [],
@@ -278,9 +279,9 @@ def shrink(cmd: DocCommand, argv: list[str], inputs: Inputs, cwd: Path) -> list[
     if sub == ("compare",) and "--eval-sets" not in argv:
         extra += ["--eval-sets", "demo_colours,demo"]  # one labelled and one retrieval set of the default three
     if sub == ("bench", "train"):
-        model = argv[argv.index("--model") + 1] if "--model" in argv else "slip_vit_tiny"
-        extra += ["--model", _micro_model(model)]
-    if sub in (("train",), ("compare",)):  # the CLI refuses a key given twice: the shrink value replaces the doc's
+        extra.append(f"model={_micro_model(_train_model(argv))}")
+    # the CLI refuses a key given twice: the shrink value replaces the doc's
+    if sub in (("train",), ("compare",), ("finetune",), ("bench", "train")):
         shrunk = {e.partition("=")[0] for e in extra if "=" in e and not e.startswith("-")}
         argv = [a for a in argv if a.startswith("-") or a.partition("=")[0] not in shrunk or "=" not in a]
     return argv + extra
@@ -592,6 +593,8 @@ def _subparser(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> argpar
 def test_shrink_settings_are_real_options() -> None:
     """SHRINK entries of sub-commands the docs do not show yet are checked here, so they cannot rot unseen."""
     make_config(parse_overrides(SHRINK[("train",)]))  # known keys, valid values
+    apply_overrides(FinetuneConfig(), [e for e in SHRINK[("finetune",)] if "=" in e])
+    make_config(parse_overrides([e for e in SHRINK[("bench", "train")] if "=" in e and not e.startswith("-")]))
     parser = build_parser()
     for path, extra in SHRINK.items():
         if path == ("train",):

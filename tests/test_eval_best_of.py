@@ -19,6 +19,7 @@ from openslip.eval.linear import SGDProbeConfig
 
 RANDOM = ["--model", "slip_vit_micro", "--pretrained", "none"]
 DEMO = ["--dataset", "demo_shapes", "-n", "32", "--num-train", "64", "--train-batch-size", "32"]
+FINETUNE_DEMO = ["--dataset", "demo_shapes", "-n", "32", "--num-train", "64", "batch_size=32"]
 
 
 def _m(score: float) -> dict[str, float]:
@@ -61,7 +62,7 @@ def test_sgd_probe_cli_reports_best_and_final(tmp_path: Path, capsys) -> None:
 
 
 def test_finetune_cli_reports_best_and_final(tmp_path: Path, capsys) -> None:
-    argv = ["finetune", *RANDOM, *DEMO, "--epochs", "2", "--eval-every", "1", "--report", "final"]
+    argv = ["finetune", *RANDOM, *FINETUNE_DEMO, "epochs=2", "--eval-every", "1", "--report", "final"]
     m = _json(argv, tmp_path / "ft.json", capsys)
     assert m["report"] == "final" and m["final_epoch"] == 2 and m["score"] == m["final_score"]
     assert m["best_score"] >= m["final_score"] and m["best_epoch"] in (1, 2)
@@ -71,11 +72,11 @@ def test_bad_eval_every_and_report_fail_in_one_line(capsys) -> None:
     code = main(["eval", "linear", *RANDOM, *DEMO, "--protocol", "sgd", "--eval-every", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "eval_every must be positive" in err[0]
-    code = main(["finetune", *RANDOM, *DEMO, "--eval-every", "-1"])
+    code = main(["finetune", *RANDOM, *FINETUNE_DEMO, "--eval-every", "-1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "eval_every must be >= 0" in err[0]
     with pytest.raises(SystemExit):  # argparse: usage and one error line naming the choices
-        main(["finetune", *RANDOM, *DEMO, "--report", "max"])
+        main(["finetune", *RANDOM, *FINETUNE_DEMO, "--report", "max"])
     assert "invalid choice: 'max'" in capsys.readouterr().err
 
 

@@ -127,8 +127,8 @@ def test_embed_images_and_texts(tmp_path: Path, capsys) -> None:
 
 def test_finetune_demo_runs(tmp_path: Path, capsys) -> None:
     out, weights = tmp_path / "ft.json", tmp_path / "ft.safetensors"
-    argv = ["finetune", *RANDOM, "--dataset", "demo_shapes", "-n", "32", "--num-train", "64", "--epochs", "1"]
-    code, stdout, _ = _run([*argv, "--train-batch-size", "32", "--output", str(out), "--save", str(weights)], capsys)
+    argv = ["finetune", *RANDOM, "--dataset", "demo_shapes", "-n", "32", "--num-train", "64", "epochs=1"]
+    code, stdout, _ = _run([*argv, "batch_size=32", "--output", str(out), "--save", str(weights)], capsys)
     assert code == 0 and "finetune epoch 1/1" in stdout
     m = json.loads(out.read_text())
     assert m["num_samples"] == 32 and 0 <= m["top1"] <= 100

@@ -308,15 +308,15 @@ def test_cli_out_dir_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -
 
     out = tmp_path / "ft.json"
     argv = ["finetune", "--model", "slip_vit_micro", "--pretrained", "none", "--dataset", "demo_shapes", "-n", "8"]
-    argv += ["--num-train", "16", "--epochs", "1", "--train-batch-size", "8", "--randaug", "rand-m9-mstd0.5-inc1"]
-    argv += ["--reprob", "0.5", "--out-dir", str(tmp_path / "run"), "--output", str(out)]
-    assert main(argv) == 0
+    argv += ["--num-train", "16", "epochs=1", "batch_size=8", "reprob=0.5"]
+    argv += ["--out-dir", str(tmp_path / "run"), "--output", str(out)]
+    assert main([*argv, "randaug=rand-m9-mstd0.5-inc1"]) == 0
     first = json.loads(out.read_text())
-    assert main(argv) == 0  # the second run finds the finished state and only scores
+    assert main([*argv, "randaug=rand-m9-mstd0.5-inc1"]) == 0  # the second run finds the finished state, scores
     stdout = capsys.readouterr().out
     assert "resumed from" in stdout and json.loads(out.read_text()) == first
-    assert main([*argv, "--no-resume", "--randaug", "none"]) == 0  # starts over with other settings
-    assert main([*argv, "--randaug", "rand-m9-inc1"]) == 2  # refused: the saved run had RandAugment off
+    assert main([*argv, "--no-resume", "randaug=none"]) == 0  # starts over with other settings
+    assert main([*argv, "randaug=rand-m9-inc1"]) == 2  # refused: the saved run had RandAugment off
     assert "different finetuning run" in capsys.readouterr().err
 
 

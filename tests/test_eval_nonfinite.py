@@ -13,7 +13,7 @@ from openslip.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 RANDOM = ["--model", "slip_vit_micro", "--pretrained", "none", "--dataset", "demo_colours", "-n", "16",
-          "--num-train", "32", "--train-batch-size", "16"]  # fmt: skip
+          "--num-train", "32"]  # fmt: skip
 
 
 def _nan_from_call(real, after: int):
@@ -29,7 +29,7 @@ def _nan_from_call(real, after: int):
 
 def test_finetune_stops_on_a_non_finite_loss(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(finetune_module, "soft_cross_entropy", _nan_from_call(finetune_module.soft_cross_entropy, 3))
-    argv = ["finetune", *RANDOM, "--epochs", "3", "--warmup-epochs", "0", "--out-dir", str(tmp_path / "ft")]
+    argv = ["finetune", *RANDOM, "batch_size=16", "epochs=3", "warmup_epochs=0", "--out-dir", str(tmp_path / "ft")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert not any(line.startswith("Traceback") for line in err)
@@ -39,7 +39,19 @@ def test_finetune_stops_on_a_non_finite_loss(tmp_path: Path, monkeypatch, capsys
 
 def test_sgd_probe_stops_on_a_non_finite_loss(monkeypatch, capsys) -> None:
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", _nan_from_call(torch.nn.functional.cross_entropy, 1))
-    argv = ["eval", "linear", "--protocol", "sgd", *RANDOM, "--epochs", "2", "--eval-every", "1"]
+    argv = [
+        "eval",
+        "linear",
+        "--protocol",
+        "sgd",
+        *RANDOM,
+        "--train-batch-size",
+        "16",
+        "--epochs",
+        "2",
+        "--eval-every",
+        "1",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "SGD linear probe: non-finite loss nan at step 1" in err

@@ -75,7 +75,7 @@ def _folder(root: Path) -> Path:
         (["eval", "zeroshot"], "zeroshot"),
         (["eval", "knn", "--train", "{root}"], "knn"),
         (["eval", "linear", "--train", "{root}"], "linear"),
-        (["finetune", "--train", "{root}", "--preset", "demo", "--epochs", "1"], "finetune"),
+        (["finetune", "--train", "{root}", "--preset", "demo", "epochs=1"], "finetune"),
     ],
 )
 @pytest.mark.parametrize("crop", [None, 0.5])

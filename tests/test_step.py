@@ -103,14 +103,14 @@ def test_training_logs_the_gradient_norm(tmp_path: Path, monkeypatch) -> None:
 @pytest.mark.parametrize(
     "argv, optimizer",
     [
-        (["finetune", "--epochs", "1", "--warmup-epochs", "0"], "AdamW"),
-        (["eval", "linear", "--protocol", "sgd", "--epochs", "1"], "SGD"),
+        (["finetune", "epochs=1", "warmup_epochs=0", "batch_size=16"], "AdamW"),
+        (["eval", "linear", "--protocol", "sgd", "--epochs", "1", "--train-batch-size", "16"], "SGD"),
     ],
 )
 def test_evaluation_loops_use_the_shared_step(argv: list[str], optimizer: str, monkeypatch) -> None:
     seen = _count_updates(monkeypatch)
     common = ["--model", "slip_vit_micro", "--pretrained", "none", "--dataset", "demo_colours", "-n", "16",
-              "--num-train", "32", "--train-batch-size", "16"]  # fmt: skip
+              "--num-train", "32"]  # fmt: skip
     assert main([*argv, *common]) == 0
     assert seen and set(seen) == {optimizer}
 
@@ -127,7 +127,7 @@ def test_bench_times_the_training_step(monkeypatch, tmp_path) -> None:
 
     monkeypatch.setattr(bench_module, "optimise", spy)
     out = tmp_path / "bench.json"
-    argv = ["bench", "train", "--model", "slip_vit_micro", "--batch-size", "4", "--steps", "1", "--warmup", "0",
+    argv = ["bench", "train", "model=slip_vit_micro", "train.batch_size=4", "--steps", "1", "--warmup", "0",
             "--baseline", "--peak-budget", "0.05", "--output", str(out)]  # fmt: skip
     assert main(argv) == 0
     assert sorted(set(calls)) == ["AdamW", "AdamW/fused"]  # the 2021 optimizer and the candidate's

@@ -3,7 +3,9 @@
 What is measured and why: docs/DESIGN.md, 'Measuring performance'.
 
 `bench_train(TrainBenchConfig(...))` builds the trainer exactly as `openslip train` does
-(`openslip.train.loop.build_trainer`) and times its step split into data / forward / backward / optimizer:
+(`openslip.train.loop.build_trainer`), from the same settings (`TrainBenchConfig.settings`: the model, the batch,
+the precision, the data and its loader are `openslip train`'s keys), and times its step split into data /
+forward / backward / optimizer:
 
 - **model-only**: synthetic inputs already on the device (no data cost);
 - **end-to-end** (`with_data`): batches from the real three-view pipeline (demo world or a data spec),
@@ -44,11 +46,12 @@ from openslip.bench.reference import ReferenceStepper, checkout_info
 from openslip.data.loader import build_train_loader
 from openslip.distributed import DistInfo
 from openslip.errors import ConfigError
-from openslip.models import MODELS
 from openslip.models.flops import slip_sample_flops
 from openslip.models.slip import trimmed_text_length
+from openslip.overrides import deep_merge
 from openslip.step import AMP_DTYPES, PRECISION_DTYPES, timed_step
 from openslip.tokenizer import get_tokenizer
+from openslip.train.config import Config
 from openslip.train.data import open_train_source
 from openslip.train.loop import build_trainer, optimise
 from openslip.train.perf import fast_bf16_available, tune_cpu_runtime
@@ -59,42 +62,37 @@ DTYPES = {name: PRECISION_DTYPES[name] for name in ("fp32", *AMP_DTYPES)}  # fp6
 EOT, SOT = 49407, 49406
 
 
+# The training settings the benchmark sets itself: it runs in a temporary directory, for as many steps as it times.
+PINNED = {
+    "out_dir": "the benchmark trains in a temporary directory",
+    "train.steps": "the benchmark runs --warmup + --steps steps (give those)",
+    "train.progress": "the benchmark prints no progress bar",
+}
+
+
 @dataclass(kw_only=True)
 class TrainBenchConfig:
-    model: str = "slip_vit_tiny"  # registered model name
-    batch_size: int = 64  # samples per step (one process)
-    image_size: int | None = None  # None: the model's
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, as `train.precision`)
+    # the training settings, as `openslip train` takes them (parse_overrides: {"train": {"batch_size": 16}}) on its
+    # recipe (demo: slip_vit_tiny, batch 64, fp32, two loader workers); `model`, `seed`, `train.batch_size` (per
+    # step, one process), `train.precision`, `train.compile`, `train.threads`, `data.*` (with `with_data`) ...
+    settings: dict[str, Any] = field(default_factory=dict)
     steps: int = 5  # measured steps per path
     rounds: int = 1  # with `with_data`: the model-only and end-to-end phases, alternated this many times
     warmup: int = 2  # untimed steps first (allocator, autotuning, compilation)
-    with_data: bool = False  # also time end-to-end steps with the real data pipeline
-    data: str = "demo"  # data spec for `with_data`
-    num_workers: int = 2  # loader workers for `with_data`
-    worker_priority: str = "auto"  # loader workers' CPU priority (data.worker_priority)
-    augment: str = "cpu"  # "cpu": views in the workers; "device": batched on the device
+    with_data: bool = False  # also time end-to-end steps with the real data pipeline (`data.train`, the demo world)
     baseline: bool = False  # also time the 2021 implementation on the same weights
     compare_reference: str | None = None  # a checkout of the original SLIP code: time it too (reference.py)
     reference_model: str | None = None  # its constructor name; None: from `model` (slip_vit_s16 -> SLIP_VITS16)
-    compile: bool = False  # torch.compile the model
-    grad_checkpointing: bool = False  # activation checkpointing
-    patch_dropout: float = 0.0  # FLIP's patch dropout in the timed steps (`train.patch_dropout`)
     text_len: int | None = None  # tokens per synthetic caption (SOT..EOT); None: the full context
     device: str = "auto"  # auto | cpu | cuda[:N]
     memory_sweep: bool = False  # peak memory at `sweep_batches`, with and without checkpointing
     sweep_batches: tuple[int, ...] = (64, 128, 256)
     profile: int = 0  # > 0: profile one extra candidate step and report its top ops by self time
     peak_budget_s: float = 2.0  # seconds spent measuring the matmul peak (twice: before and after the steps)
-    threads: int | None = None  # torch intra-op threads; None: torch's default (capped at the usable cores)
     tune: bool = True  # apply `openslip.train.perf.tune_cpu_runtime` (False: measure without it)
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.precision not in DTYPES:
-            raise ConfigError(f"--precision {self.precision!r}; choose one of: {', '.join(DTYPES)}")
-        if self.augment not in ("cpu", "device"):
-            raise ConfigError(f"--augment {self.augment!r}; choose cpu or device")
-        for key in ("batch_size", "steps", "rounds"):
+        for key in ("steps", "rounds"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"--{key.replace('_', '-')} must be >= 1")
         if self.warmup < 0:
@@ -104,6 +102,7 @@ class TrainBenchConfig:
                 "--rounds alternates the model-only and end-to-end phases, so it needs --with-data (the model-only "
                 "paths are already interleaved step by step)"
             )
+        train_config(self, "bench")  # a mistake in the settings fails here, in one line
 
 
 # --- measuring ------------------------------------------------------------------------------------------
@@ -293,38 +292,27 @@ class Stepper:
 # --- the benchmark ------------------------------------------------------------------------------------
 
 
-def _train_config(bc: TrainBenchConfig, out_dir: str, device: torch.device) -> Any:
-    if bc.model not in MODELS:
-        raise ConfigError(f"--model {bc.model!r} is not a registered model; choose one of: {', '.join(MODELS)}")
-    parts = MODELS.get(bc.model)
-    values: dict[str, Any] = {
-        "model": bc.model,
-        "out_dir": out_dir,
-        "seed": bc.seed,
-        "train": {
-            "batch_size": bc.batch_size,
-            "precision": bc.precision,
-            "compile": bc.compile,
-            "grad_checkpointing": bc.grad_checkpointing,
-            "patch_dropout": bc.patch_dropout,
-            "steps": 10**9,
-            "progress": False,
-        },
-        "data": {
-            "train": bc.data,
-            "num_workers": bc.num_workers,
-            "augment": bc.augment,
-            "worker_priority": bc.worker_priority,
-        },
-        "loss": {
-            "clip_scale": 1.0 if parts.text is not None else 0.0,
-            "ssl_scale": 1.0 if parts.ssl_head is not None else 0.0,
-        },
-        "optim": {"warmup_steps": 0},
-    }
-    if bc.image_size:
-        values["data"]["image_size"] = bc.image_size
-    return make_config(values)
+def train_config(bc: TrainBenchConfig, out_dir: str) -> Config:
+    """The training config of the benchmarked trainer: `bc.settings` on their recipe, as `openslip train` builds it,
+    with the steps, progress and run directory the benchmark needs (a setting of those is refused: PINNED)."""
+    given = set(_given_keys(bc.settings))
+    for key, why in PINNED.items():
+        if key in given:
+            raise ConfigError(f"{key} is not a setting of bench train: {why}")
+    fixed = {"out_dir": out_dir, "train": {"steps": 10**9, "progress": False}}
+    # the learning rate at its peak from the first step (a warm-up's tiny rates would time the same kernels anyway)
+    cfg = make_config(deep_merge(deep_merge({"optim": {"warmup_steps": 0}}, bc.settings), fixed))
+    if cfg.train.precision not in DTYPES:
+        raise ConfigError(f"train.precision={cfg.train.precision}: bench train times {', '.join(DTYPES)}")
+    return cfg
+
+
+def _given_keys(values: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys of a settings tree: {"train": {"steps": 5}} -> ["train.steps"]."""
+    out = []
+    for key, value in values.items():
+        out += _given_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [prefix + key]
+    return out
 
 
 # CPU features that decide which matmul kernels exist (bf16 is emulated, and slow, without avx512_bf16 or AMX).
@@ -385,8 +373,9 @@ def _measure_rounds(
         e2e = e2e or [PathStats() for _ in data_round]
         for total, part in zip(e2e, data_round, strict=True):
             total.extend(part)
-        e2e_rate = data_round[0].summary(bc.batch_size, 0.0, stalls_count=True)["samples_per_s"]
-        ratios.append(e2e_rate / this_round[0].summary(bc.batch_size, 0.0)["samples_per_s"])
+        batch = trainer.cfg.train.batch_size
+        e2e_rate = data_round[0].summary(batch, 0.0, stalls_count=True)["samples_per_s"]
+        ratios.append(e2e_rate / this_round[0].summary(batch, 0.0)["samples_per_s"])
     return model_only, e2e, ratios
 
 
@@ -417,7 +406,7 @@ def _captions_of_data(trainer: Any, bc: TrainBenchConfig, image_size: int) -> to
         source,
         _no_views,
         get_tokenizer(),
-        batch_size=bc.batch_size,
+        batch_size=cfg.train.batch_size,
         num_workers=0,
         seed=cfg.seed + 1,
         max_skip_rate=cfg.data.max_skip_rate,
@@ -440,8 +429,8 @@ def _baseline_loader(trainer: Any, bc: TrainBenchConfig, image_size: int) -> Any
         source,
         PILSLIPTransform(image_size),
         get_tokenizer(),
-        batch_size=bc.batch_size,
-        num_workers=bc.num_workers,
+        batch_size=cfg.train.batch_size,
+        num_workers=cfg.data.num_workers,
         seed=cfg.seed,
         max_skip_rate=cfg.data.max_skip_rate,
     )
@@ -488,7 +477,7 @@ def memory_sweep(trainer: Any, bc: TrainBenchConfig, image_size: int) -> list[di
                 if stepper.device.type == "cuda":
                     torch.cuda.empty_cache()
             rows.append(row)
-    model.set_grad_checkpointing(bc.grad_checkpointing)
+    model.set_grad_checkpointing(trainer.cfg.train.grad_checkpointing)
     return rows
 
 
@@ -546,6 +535,7 @@ def loader_share(result: dict[str, Any]) -> dict[str, float]:
 def _add_comparisons(
     result: dict[str, Any],
     bc: TrainBenchConfig,
+    cfg: Config,
     by_label: dict[str, PathStats],
     e2e: list[PathStats],
     ratios: list[float],
@@ -554,18 +544,19 @@ def _add_comparisons(
 ) -> None:
     """The end-to-end figures and those of the other paths (baseline, reference checkout), each with its ratio to
     openslip's."""
+    batch = cfg.train.batch_size
     if bc.with_data:
-        result["end_to_end"] = e2e[0].summary(bc.batch_size, peak, stalls_count=True)
+        result["end_to_end"] = e2e[0].summary(batch, peak, stalls_count=True)
         result["end_to_end"]["ratio_by_round"] = ratios
         result["end_to_end"]["ratio_to_model_only"] = statistics.median(ratios)
-        if result["machine"]["device"] == "cpu" and bc.augment == "cpu":  # (device: the views are made in the step)
+        if result["machine"]["device"] == "cpu" and cfg.data.augment == "cpu":  # (device: views made in the step)
             result["end_to_end"]["loader_share"] = loader_share(result)
     if bc.compare_reference:
         result["reference"] = {
             "checkout": bc.compare_reference,
             **checkout_info(bc.compare_reference),
             "model": reference_name,
-            "model_only": by_label["reference"].summary(bc.batch_size, peak),
+            "model_only": by_label["reference"].summary(batch, peak),
         }
         result["speedup_vs_reference"] = {
             "model_only": result["model_only"]["samples_per_s"] / result["reference"]["model_only"]["samples_per_s"]
@@ -574,7 +565,7 @@ def _add_comparisons(
             result["model_only"], result["reference"]["model_only"], peak
         )
     if bc.baseline:
-        result["baseline"] = {"model_only": by_label["baseline"].summary(bc.batch_size, peak)}
+        result["baseline"] = {"model_only": by_label["baseline"].summary(batch, peak)}
         result["speedup_vs_baseline"] = {
             "model_only": result["model_only"]["samples_per_s"] / result["baseline"]["model_only"]["samples_per_s"]
         }
@@ -582,7 +573,7 @@ def _add_comparisons(
             result["model_only"], result["baseline"]["model_only"], peak
         )
         if bc.with_data:
-            result["baseline"]["end_to_end"] = e2e[1].summary(bc.batch_size, peak, stalls_count=True)
+            result["baseline"]["end_to_end"] = e2e[1].summary(batch, peak, stalls_count=True)
             result["speedup_vs_baseline"]["end_to_end"] = (
                 result["end_to_end"]["samples_per_s"] / result["baseline"]["end_to_end"]["samples_per_s"]
             )
@@ -598,19 +589,20 @@ def speedup_ceiling(own: dict[str, Any], other: dict[str, Any], peak: float) -> 
 
 def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
     device = resolve_device(bc.device)
-    tuning = tune_cpu_runtime(threads=bc.threads).as_dict() if bc.tune else {"skipped": "--no-tune"}
-    if bc.threads and not bc.tune:
-        torch.set_num_threads(bc.threads)
-    if not bc.tune:
-        os.environ["OPENSLIP_NO_TUNE"] = "1"  # so that a trainer calling tune_cpu_runtime() skips it too
-    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="openslip-bench-") as out_dir:
-        cfg = _train_config(bc, out_dir, device)
-        torch.manual_seed(bc.seed)
+        cfg = train_config(bc, out_dir)
+        threads, precision = cfg.train.threads or None, cfg.train.precision  # 0 / None: torch's default
+        tuning = tune_cpu_runtime(threads=threads).as_dict() if bc.tune else {"skipped": "--no-tune"}
+        if threads and not bc.tune:
+            torch.set_num_threads(threads)
+        if not bc.tune:
+            os.environ["OPENSLIP_NO_TUNE"] = "1"  # so that a trainer calling tune_cpu_runtime() skips it too
+        load_before = os.getloadavg()
+        torch.manual_seed(cfg.seed)
         trainer = build_trainer(cfg, DistInfo(0, 1, 0, device, True))
         image_size = trainer.model.cfg.vision.image_size
-        B = bc.batch_size
-        peak0 = measure_matmul_peak(device, bc.precision, budget_s=bc.peak_budget_s)
+        B = cfg.train.batch_size
+        peak0 = measure_matmul_peak(device, precision, budget_s=bc.peak_budget_s)
         candidate = Stepper(trainer, baseline=False, batch_size=B, image_size=image_size)
         steppers = [candidate]
         if bc.baseline:
@@ -628,7 +620,7 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
         model_only, e2e, ratios = _measure_rounds(trainer, steppers, synth, bc, image_size)
         by_label = dict(zip([s.label for s in steppers], model_only, strict=True))
         profile_rows = profile_step(candidate, lambda: synth, bc.profile) if bc.profile > 0 else None
-        peak1 = measure_matmul_peak(device, bc.precision, budget_s=bc.peak_budget_s)
+        peak1 = measure_matmul_peak(device, precision, budget_s=bc.peak_budget_s)
         peak = max(peak0["flops_per_s"], peak1["flops_per_s"])
         if bc.memory_sweep:
             del steppers[1:]  # the baseline's optimizer state would count in the candidate's memory
@@ -639,7 +631,7 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
     text_len = trimmed_text_length(synth["text"]) if "text" in synth else None
     flops = slip_sample_flops(trainer.model.cfg, batch_size=B, image_size=image_size, text_len=text_len)
     result: dict[str, Any] = {
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(bc).items()},
+        "config": _config_record(bc, cfg),
         "machine": _machine(device),
         "load_avg": {"before": list(load_before), "after": list(os.getloadavg())},
         "runtime_tuning": tuning,
@@ -650,7 +642,7 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
         "flops_per_sample": flops.as_dict(),
         "model_only": model_only[0].summary(B, peak),
     }
-    _add_comparisons(result, bc, by_label, e2e, ratios, peak, reference_name)
+    _add_comparisons(result, bc, cfg, by_label, e2e, ratios, peak, reference_name)
     if sweep is not None:
         result["memory_sweep"] = sweep
     if profile_rows is not None:
@@ -658,3 +650,26 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
     result["samples_per_s"] = result["model_only"]["samples_per_s"]
     result["mfu"] = result["model_only"]["mfu"]
     return result
+
+
+def _config_record(bc: TrainBenchConfig, cfg: Config) -> dict[str, Any]:
+    """The result's `config`: the benchmark's own settings, the training settings given, and the resolved values
+    the table and the comparisons read (model, batch, precision, the data path's settings)."""
+    own = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(bc).items()}
+    t, d = cfg.train, cfg.data
+    resolved = {
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "batch_size": t.batch_size,
+        "precision": t.precision,
+        "compile": t.compile,
+        "grad_checkpointing": t.grad_checkpointing,
+        "patch_dropout": t.patch_dropout,
+        "threads": t.threads,
+        "image_size": d.image_size,
+        "data": d.train,
+        "num_workers": d.num_workers,
+        "worker_priority": d.worker_priority,
+        "augment": d.augment,
+    }
+    return {**resolved, **own}

@@ -2,9 +2,15 @@
 
 What is measured and why: docs/DESIGN.md, 'Measuring performance'.
 
-openslip bench train --model slip_vit_s16 --batch-size 16 --precision bf16 --steps 3 --baseline
-openslip bench train --model slip_vit_tiny --batch-size 64 --with-data --output tiny.json
+openslip bench train model=slip_vit_s16 train.batch_size=16 train.precision=bf16 --steps 3 --baseline
+openslip bench train model=slip_vit_tiny train.batch_size=64 --with-data --output tiny.json
 openslip bench data --n 64 --image-size 224
+
+`bench train` builds its trainer from `openslip train`'s settings, given the same way (`key.path=value` on the
+recipe: model, seed, train.batch_size, train.precision, train.compile, train.grad_checkpointing,
+train.patch_dropout, train.threads, data.train, data.image_size, data.num_workers, data.worker_priority,
+data.augment ...); its options are what the benchmark itself does (steps timed, paths compared, output). An
+option it once had for a training setting (`--batch-size 16`) is refused in one line naming the key.
 """
 
 from __future__ import annotations
@@ -22,10 +28,6 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
 
     t = sub.add_parser("train", help="samples/s, step breakdown, peak memory, FLOPs and MFU of training steps")
-    t.add_argument("--model", default="slip_vit_tiny", help="registered model name (default slip_vit_tiny)")
-    t.add_argument("--batch-size", type=int, default=64, help="samples per step (default 64)")
-    t.add_argument("--image-size", type=int, default=None, help="input size (default: the model's)")
-    t.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     t.add_argument("--steps", type=int, default=5, help="measured steps per path (default 5)")
     t.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     t.add_argument(
@@ -34,13 +36,9 @@ def register(subparsers: Any) -> None:
         default=1,
         help="with --with-data: alternate model-only and end-to-end N times (default 1)",
     )
-    t.add_argument("--with-data", action="store_true", help="also time end-to-end steps with the data pipeline")
-    t.add_argument("--data", default="demo", help="data spec for --with-data (default: the demo world)")
-    t.add_argument("--num-workers", type=int, default=2, help="loader workers for --with-data (default 2)")
     t.add_argument(
-        "--worker-priority", default="auto", choices=("auto", "idle", "normal"), help="loader workers' CPU priority"
+        "--with-data", action="store_true", help="also time end-to-end steps with the data pipeline (data.train)"
     )
-    t.add_argument("--augment", default="cpu", choices=("cpu", "device"), help="where the views are rendered")
     t.add_argument("--baseline", action="store_true", help="also time the 2021 implementation, same weights")
     t.add_argument(
         "--compare-reference",
@@ -48,23 +46,25 @@ def register(subparsers: Any) -> None:
         metavar="PATH",
         help="a checkout of the original SLIP code: time its own step too (model-only, same process)",
     )
-    t.add_argument("--reference-model", default=None, help="its model name (default: from --model, e.g. SLIP_VITS16)")
-    t.add_argument("--compile", action="store_true", help="torch.compile the model")
-    t.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing")
-    t.add_argument(
-        "--patch-dropout", type=float, default=0.0, metavar="P", help="FLIP patch dropout, as train.patch_dropout"
-    )
+    t.add_argument("--reference-model", default=None, help="its model name (default: from model=, e.g. SLIP_VITS16)")
     t.add_argument("--text-len", type=int, default=None, help="tokens per synthetic caption (default 77)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     t.add_argument("--memory-sweep", action="store_true", help="peak memory at --sweep-batches, +/- checkpointing")
     t.add_argument("--sweep-batches", default="64,128,256", help="batch sizes of --memory-sweep (default 64,128,256)")
     t.add_argument("--profile", type=int, default=0, metavar="N", help="profile one more step, show its top N ops")
     t.add_argument("--peak-budget", type=float, default=2.0, help="seconds per matmul-peak measurement (default 2)")
-    t.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     t.add_argument("--no-tune", action="store_true", help="skip openslip.train.perf.tune_cpu_runtime (to measure it)")
-    t.add_argument("--seed", type=int, default=0)
     t.add_argument("--output", default=None, metavar="FILE.json", help="write the result as JSON")
-    t.set_defaults(func=run_train)
+    t.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="training settings as `openslip train` takes them (default: the demo recipe's), e.g. "
+        "model=slip_vit_s16 train.batch_size=16 train.precision=bf16 data.num_workers=4",
+    )
+    # the options it had before they became the training settings' keys: `--data` was data.train (the others match
+    # their key by name: `--batch-size` -> train.batch_size)
+    t.set_defaults(func=run_train, option_renames={"data": "data.train"})
 
     d = sub.add_parser("data", help="three-view augmentation: ms per sample per core, CPU / batched / PIL paths")
     d.add_argument("-n", "--num-images", "--n", dest="n", type=int, default=64, help="images per round (default 64)")
@@ -95,6 +95,7 @@ def _write(path: str | None, result: dict) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from openslip.bench.training import TrainBenchConfig, bench_train
+    from openslip.overrides import parse_overrides
 
     _check_output(args.output)
     try:
@@ -102,33 +103,21 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--sweep-batches {args.sweep_batches!r} should be integers separated by commas") from None
     bc = TrainBenchConfig(
-        model=args.model,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        precision=args.precision,
+        settings=parse_overrides(args.overrides),
         steps=args.steps,
         warmup=args.warmup,
         rounds=args.rounds,
         with_data=args.with_data,
-        data=args.data,
-        num_workers=args.num_workers,
-        worker_priority=args.worker_priority,
-        augment=args.augment,
         baseline=args.baseline,
         compare_reference=args.compare_reference,
         reference_model=args.reference_model,
-        compile=args.compile,
-        grad_checkpointing=args.grad_checkpointing,
-        patch_dropout=args.patch_dropout,
         text_len=args.text_len,
         device=args.device,
         memory_sweep=args.memory_sweep,
         sweep_batches=batches,
         profile=args.profile,
         peak_budget_s=args.peak_budget,
-        threads=args.threads,
         tune=not args.no_tune,
-        seed=args.seed,
     )
     result = bench_train(bc)
     print(format_train_table(result), flush=True)

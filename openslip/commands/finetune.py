@@ -1,19 +1,40 @@
-"""`openslip finetune --model MODEL --dataset TEST [--train TRAIN] [--preset vit_b16|...|demo] [--output FILE.json]`.
+"""`openslip finetune --model MODEL --dataset TEST [--train TRAIN] [--preset vit_b16|...|demo] [key=value ...]`.
 
 BEiT-style end-to-end finetuning of the image tower (see ``openslip.eval.finetune``): layer-wise lr decay,
-drop-path, Mixup / CutMix, label smoothing, RandAugment (``--randaug rand-m9-mstd0.5-inc1``, ``none`` turns
-it off) and random erasing (``--reprob 0.25``). On a demo task the task's train split trains and its test
+drop-path, Mixup / CutMix, label smoothing, RandAugment (``randaug=rand-m9-mstd0.5-inc1``, ``none`` turns
+it off) and random erasing (``reprob=0.25``). On a demo task the task's train split trains and its test
 split scores: `openslip finetune --model runs/demo --dataset demo_shapes` runs on a laptop CPU in minutes.
+
+The hyper-parameters are `key=value` overrides of the preset's ``FinetuneConfig`` fields, as `openslip train`
+takes its settings (`epochs=3 base_lr=1e-2 batch_size=256`); the options are what is not a hyper-parameter:
+the model, the data, where results go. An option the command once had for a field (`--epochs 3`) is refused
+in one line that names the override (`epochs=3`).
 
 `--out-dir DIR` saves the state after every epoch; the same command run again continues from the last
 complete epoch (`--no-resume` starts over) and ends with the weights of an uninterrupted run.
-`--precision bf16|fp16` trains under autocast. Multi-process: `torchrun --nproc-per-node N -m openslip.cli
+`precision=bf16|fp16` trains under autocast. Multi-process: `torchrun --nproc-per-node N -m openslip.cli
 finetune ...`.
 """
 
 from __future__ import annotations
 
 import argparse
+
+# The options the command had before its settings became overrides, whose names differ from the fields they set:
+# `--lr 1e-2` is refused with "write `base_lr=1e-2`" (the others, `--epochs` ..., match their field by name).
+OPTION_RENAMES = {
+    "train_batch_size": "batch_size",
+    "lr": "base_lr",
+    "mixup": "mixup_alpha",
+    "cutmix": "cutmix_alpha",
+}
+
+
+def _settings() -> type:
+    """The dataclass the overrides set (imported when needed: `openslip --help` does not load torch)."""
+    from openslip.eval.finetune import FinetuneConfig
+
+    return FinetuneConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,21 +55,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--num-samples", type=int, help="demo: test images")
     p.add_argument("--num-train", type=int, help="demo: train images (default 4096)")
     p.add_argument("--preset", help="vit_s16, vit_b16, vit_l16 or demo (default: from the model's size)")
-    p.add_argument("--epochs", type=int, help="override the preset's epochs")
-    p.add_argument("--warmup-epochs", type=float, help="override the preset's warm-up epochs")
-    p.add_argument("--train-batch-size", type=int, help="override the preset's global batch size")
-    p.add_argument("--lr", type=float, help="override the base lr (per 1024 images)")
-    p.add_argument("--layer-decay", type=float, help="override the layer-wise lr decay")
-    p.add_argument("--drop-path", type=float, help="override the drop-path rate")
-    p.add_argument("--weight-decay", type=float, help="override the weight decay")
-    p.add_argument("--mixup", type=float, help="mixup alpha (0: off)")
-    p.add_argument("--cutmix", type=float, help="cutmix alpha (0: off)")
-    p.add_argument("--label-smoothing", type=float, help="label smoothing")
-    p.add_argument(
-        "--randaug", metavar="POLICY", help="RandAugment policy, e.g. rand-m9-mstd0.5-inc1 (BEiT's); none: off"
-    )
-    p.add_argument("--reprob", type=float, help="random-erasing probability (0: off)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast precision (default fp32)")
     p.add_argument("--out-dir", metavar="DIR", help="save the training state here after every epoch")
     p.add_argument(
         "--resume",
@@ -64,39 +70,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_report_arg(p)
     p.add_argument("--save", metavar="FILE.safetensors", help="write the finetuned classifier's weights")
     p.add_argument("--output", metavar="FILE.json", help="write the metrics as JSON")
-    p.add_argument("--seed", type=int, default=0, help="seeds the head, data order, mixing, demo world")
-    p.set_defaults(func=run, cache_dir=None, features="backbone")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="the preset's settings to change: epochs, warmup_epochs, batch_size (global), base_lr (per 1024 images), "
+        "min_lr, weight_decay, betas, layer_decay, drop_path, mixup_alpha, cutmix_alpha, label_smoothing, crop_scale, "
+        "flip, randaug (none: off), reprob, precision (fp32|bf16|fp16), seed (also the demo world's)",
+    )
+    p.set_defaults(func=run, cache_dir=None, features="backbone", overrides_of=_settings, option_renames=OPTION_RENAMES)
 
 
 def run(args: argparse.Namespace) -> int:
     from openslip import distributed
     from openslip.commands._common import finish, setup, train_test
     from openslip.data.augment.classify import FinetuneTransform
-    from openslip.eval.finetune import config_from_preset, finetune, preset_for
+    from openslip.eval.finetune import FinetuneConfig, config_from_preset, finetune, preset_for
+    from openslip.overrides import apply_overrides
 
     if args.out_dir:  # it holds finetune_state.pt only, beside anything else, but never in a run or checkpoint
         from openslip.outputs import check_output_dir
 
         check_output_dir(args.out_dir, option="--out-dir", own=None, sources=[args.model, args.dataset, args.train])
+    # a mistake in the settings fails before the model loads (on the preset given, else the paper's default)
+    apply_overrides(config_from_preset(args.preset) if args.preset else FinetuneConfig(), args.overrides)
     model, device = setup(args)  # checks --save and --output
+    cfg = apply_overrides(config_from_preset(args.preset or preset_for(model.cfg.vision)), args.overrides)
+    args.seed = cfg.seed  # the demo world's images too, as before the settings were overrides
     train, test = train_test(args)
-    cfg = config_from_preset(
-        args.preset or preset_for(model.cfg.vision),
-        epochs=args.epochs,
-        warmup_epochs=args.warmup_epochs,
-        batch_size=args.train_batch_size,
-        base_lr=args.lr,
-        layer_decay=args.layer_decay,
-        drop_path=args.drop_path,
-        weight_decay=args.weight_decay,
-        mixup_alpha=args.mixup,
-        cutmix_alpha=args.cutmix,
-        label_smoothing=args.label_smoothing,
-        randaug=args.randaug,
-        reprob=args.reprob,
-        precision=args.precision,
-        seed=args.seed,
-    )
     train.with_transform(FinetuneTransform.from_config(args.image_size, cfg))
     metrics, classifier = finetune(
         model,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from openslip.data.formats.decode import DEFAULT_MAX_BYTES
+from openslip.data.formats.decode import DEFAULT_DECODE, DecodeOptions
 from openslip.data.formats.shards import ShardSource
 from openslip.data.skips import BadSample, SkipCounter
 from openslip.errors import DataError
@@ -100,24 +100,12 @@ class BatchSettings:
     """Number of ranks."""
     batch_size: int
     """Samples per batch on each rank."""
-    max_pixels: int
-    """Images with more pixels are skipped as too_large."""
     max_attempts: int
     """Replacements tried for one bad sample before giving up with DataError."""
-    draft_size: int | None = None
-    """JPEG draft decoding: reduced-scale decode keeping both sides >= this (None: full size)."""
-    max_bytes: int = DEFAULT_MAX_BYTES
-    """Image files and tar members larger than this are skipped as too_large_file without being read."""
-    exif_transpose: bool = True
-    """Turn decoded images upright by their EXIF orientation tag."""
+    decode: DecodeOptions = DEFAULT_DECODE
+    """How images are decoded (size guards, JPEG draft size, EXIF orientation), handed to every ``load_image``."""
     captions: bool = True
     """False: captions are never read (a SimCLR-only run): a sample needs none and batches carry none."""
-
-    def decode_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"max_bytes": self.max_bytes, "exif_transpose": self.exif_transpose}
-        if self.draft_size is not None:
-            options["draft_size"] = self.draft_size
-        return options
 
 
 def render_views(transform: Transform, image: Any) -> Any:
@@ -204,7 +192,7 @@ class MapPlan:
             try:
                 record = self.source.record(index)
                 captions = record.clean_captions() if c.captions else [""]
-                image = record.load_image(max_pixels=c.max_pixels, counter=counter, **c.decode_options())
+                image = record.load_image(c.decode, counter=counter)
             except BadSample as bad:
                 counter.skip(bad.reason)
                 continue
@@ -304,7 +292,7 @@ class ShardPlan:
                     counter.add_seen()
                     try:
                         captions = sample.clean_captions() if c.captions else [""]
-                        image = sample.load_image(max_pixels=c.max_pixels, counter=counter, **c.decode_options())
+                        image = sample.load_image(c.decode, counter=counter)
                     except BadSample as bad:
                         counter.skip(bad.reason)
                         recent.add_seen()
@@ -330,7 +318,7 @@ class ShardPlan:
             full_cycle = li == 0 and skip == 0
             while li < len(shards):
                 for sample in self.source.iter_shard(
-                    shards[li], skip=skip, on_error=lambda r, d: errors.append(r), max_bytes=self.c.max_bytes
+                    shards[li], skip=skip, on_error=lambda r, d: errors.append(r), max_bytes=self.c.decode.max_bytes
                 ):
                     good_in_cycle = True
                     yield cycle, li, sample

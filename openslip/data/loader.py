@@ -59,7 +59,7 @@ from openslip.data.epoch_plan import (
     mix_seed,
     round_robin,
 )
-from openslip.data.formats.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from openslip.data.formats.decode import DEFAULT_DECODE, DecodeOptions
 from openslip.data.formats.shards import ShardSource
 from openslip.data.skips import SkipCounter
 from openslip.data.workers import start_worker, stop_signals_held, stop_workers
@@ -158,11 +158,8 @@ class TrainLoader:
         drop_last: bool = True,
         max_skip_rate: float | None = 0.1,
         min_samples_for_check: int = 100,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
         max_attempts: int = 100,
-        draft_size: int | None = None,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        exif_transpose: bool = True,
+        decode: DecodeOptions = DEFAULT_DECODE,
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
         multiprocessing_context: Any = None,
@@ -195,11 +192,8 @@ class TrainLoader:
             rank=rank,
             world_size=world_size,
             batch_size=batch_size,
-            max_pixels=max_pixels,
             max_attempts=max_attempts,
-            draft_size=draft_size,
-            max_bytes=max_bytes,
-            exif_transpose=exif_transpose,
+            decode=decode,
             captions=captions,
         )
         if isinstance(source, ShardSource):
@@ -421,12 +415,11 @@ def build_train_loader(
         seed, rank, world_size: the data order is a function of these and the epoch only.
         drop_last: map-style only; shards always drop the incomplete last batch.
         **kwargs: ``max_skip_rate`` (default 0.1; None disables; see ``SkipCounter.check``),
-            ``min_samples_for_check`` (default 100), ``max_pixels``, ``max_attempts`` (replacements tried for one
-            bad sample, and consecutive failures allowed in a shard stream, default 100), ``draft_size`` (let
-            JPEGs decode at a reduced scale that keeps both sides >= this; None: full size), ``max_bytes``
-            (files and tar members over this are skipped unread), ``exif_transpose`` (default True),
-            ``pin_memory``, ``prefetch_factor``, ``multiprocessing_context``, ``idle_workers`` (run the
-            workers at idle CPU priority; for CPU training, where they share the cores with the model),
+            ``min_samples_for_check`` (default 100), ``max_attempts`` (replacements tried for one bad sample, and
+            consecutive failures allowed in a shard stream, default 100), ``decode`` (a ``DecodeOptions``: size
+            guards, JPEG draft size, EXIF orientation; default its defaults), ``pin_memory``,
+            ``prefetch_factor``, ``multiprocessing_context``, ``idle_workers`` (run the workers at idle CPU
+            priority; for CPU training, where they share the cores with the model),
             ``captions`` (False: never read captions, for SimCLR-only training; batches have no text).
     """
     return TrainLoader(

@@ -156,7 +156,7 @@ class FileImageSet(ImageSet):
     def load(self, i: int) -> Any:
         record = self.source.record(i)
         try:
-            return record.load_image(max_pixels=self.source.max_pixels)
+            return record.load_image(self.source.decode)
         except BadSample as err:  # skipping would change the metric; say which file is broken
             raise DataError(f"{record.image}: unreadable image ({err}); fix or remove it") from None
 

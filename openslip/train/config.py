@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any
 
 import yaml
 
 from openslip import files
+from openslip.data.formats.decode import DecodeOptions
 from openslip.errors import ConfigError
+from openslip.overrides import build, check_choice, field_keys, option_key
+
+# re-exported: recipes, compare and tests build training configs with them
+from openslip.overrides import deep_merge as deep_merge
+from openslip.overrides import parse_overrides as parse_overrides
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
 GATHERS = ("grad", "reference")
@@ -29,9 +32,7 @@ WORKER_PRIORITIES = ("auto", "idle", "normal")
 BEST_MODES = ("max", "min")  # the evaluations' scores are % where higher is better; "min" for a metric that falls
 
 
-def _choice(key: str, value: object, choices: tuple) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+_choice = check_choice
 
 
 def _positive(key: str, value: float | int | None, *, allow_zero: bool = False) -> None:
@@ -74,6 +75,17 @@ class DataConfig:
         _positive("data.min_samples_for_skip_check", self.min_samples_for_skip_check, allow_zero=True)
         _positive("data.max_file_bytes", self.max_file_bytes)
         _positive("data.max_pixels", self.max_pixels)
+
+    def decode_options(self, image_size: int) -> DecodeOptions:
+        """How the loader decodes images at the training resolution `image_size` (the model's, or data.image_size)."""
+        return DecodeOptions(
+            max_pixels=self.max_pixels,
+            max_bytes=self.max_file_bytes,
+            # Both views' crops are cut from the decoded image and resized to image_size: a JPEG decoded at >= 2x
+            # that size keeps the full-size crops (scale >= 0.25) from being upsampled, at a fraction of the cost.
+            draft_size=2 * image_size if self.jpeg_draft else None,
+            exif_transpose=self.exif_transpose,
+        )
 
 
 @dataclass(kw_only=True)
@@ -274,163 +286,17 @@ class Config:
         return d
 
 
-# --- building configs from dicts, YAML and overrides ------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check `value` against the annotation `tp`, converting where it is lossless (int -> float, list -> tuple)."""
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(key, value, arg)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{key}: cannot be None")
-    if origin is Literal:
-        _choice(key, value, get_args(tp))
-        return value
-    if origin in (tuple, list):
-        if isinstance(value, str) and "," in value:  # `eval.sets=a,b`: YAML reads it as one string
-            raise ConfigError(f"{key}={value!r} should be a list: write {key}=[{value}]")
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}={value!r} should be a list")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{key}={value!r} should have {len(args)} items")
-            return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args, strict=True)))
-        item = args[0] if args else Any
-        return origin(_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is float:
-        number = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is not None:
-            if not math.isfinite(number):  # no setting means anything with nan or inf (torch would raise later)
-                raise ConfigError(f"{key}={value!r} should be a finite number")
-            return number
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-    elif dataclasses.is_dataclass(tp):
-        if isinstance(value, dict):
-            return _build(tp, value, prefix=f"{key}.")
-    raise ConfigError(f"{key}={value!r} should be of type {_type_name(tp)}")
-
-
-def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    if cls is EvalConfig and any(k in values for k in REPLACED_EVAL_KEYS):
-        raise ConfigError(_replaced_eval_keys(values))
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        if key not in hints:
-            raise ConfigError(f"unknown key '{prefix}{key}'; valid keys: {', '.join(prefix + n for n in names)}")
-        kwargs[key] = _coerce(prefix + key, value, hints[key])
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {err}") from None
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """["train.steps=10", "optim.lr=1e-3"] -> {"train": {"steps": 10}, "optim": {"lr": 0.001}} (YAML scalars)."""
-    tree: dict[str, Any] = {}
-    seen: dict[str, str] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} should look like key.path=value")
-        if key.strip() in seen:  # the later value would silently win: most often a pattern the shell expanded
-            raise ConfigError(_repeated_key(key.strip(), seen[key.strip()], item))
-        seen[key.strip()] = item
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            if raw.lstrip().startswith("["):  # meant as a list: as a plain string it would be a baffling path
-                raise ConfigError(
-                    f"override {item!r} is not a valid YAML list: quote the items that hold {{ }} , ? or :, "
-                    f"e.g. {key.strip()}=['/data/shard-{{000..009}}.tar',/data/photos]"
-                ) from None
-            value = raw
-        node = tree
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with an earlier value for {part!r}")
-        node[parts[-1]] = value
-    return tree
-
-
-def _repeated_key(key: str, first: str, second: str) -> str:
-    line = f"{key} is given twice ({first!r}, {second!r}): give each key once"
-    if "/" in first + second or key.startswith("data."):  # paths: most often a brace pattern the shell expanded
-        line += (
-            f"; quote a brace pattern, or the shell expands it into one override per file: "
-            f"'{key}=/data/shard-{{000000..000099}}.tar'"
-        )
-    return line
+# --- building configs from dicts, YAML and overrides (the generic part: openslip.overrides) -------------
 
 
 def config_keys(cls: type = None, prefix: str = "") -> list[str]:  # type: ignore[assignment]
     """Every dotted key of the config (`train.steps`, `model`, ...)."""
-    out = []
-    for f in dataclasses.fields(cls or Config):
-        tp = typing.get_type_hints(cls or Config)[f.name]
-        if dataclasses.is_dataclass(tp):
-            out += config_keys(tp, f"{prefix}{f.name}.")
-        else:
-            out.append(prefix + f.name)
-    return out
+    return field_keys(cls or Config, prefix)
 
 
 def option_as_override(option: str) -> str | None:
     """The dotted key an option such as `--steps` or `--train.batch-size` means, when exactly one matches."""
-    name = option.lstrip("-").partition("=")[0].replace("-", "_")
-    keys = config_keys()
-    if name in keys:
-        return name
-    matches = [k for k in keys if k.rpartition(".")[2] == name]
-    return matches[0] if len(matches) == 1 else None
+    return option_key(option, Config)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -452,7 +318,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a saved (resolved) config exactly, without applying a recipe."""
-    return _build(Config, values)
+    section = values.get("eval")
+    if isinstance(section, dict) and any(k in section for k in REPLACED_EVAL_KEYS):
+        raise ConfigError(_replaced_eval_keys(section))
+    return build(Config, values)
 
 
 def save_yaml(cfg: Config, path: str | Path) -> None:

@@ -110,12 +110,7 @@ def build_train_data(
         world_size=world_size,
         max_skip_rate=cfg.data.max_skip_rate,
         min_samples_for_check=cfg.data.min_samples_for_skip_check,
-        max_pixels=cfg.data.max_pixels,
-        max_bytes=cfg.data.max_file_bytes,
-        exif_transpose=cfg.data.exif_transpose,
-        # Both views' crops are cut from the decoded image and resized to image_size: a JPEG decoded at >= 2x
-        # that size keeps the full-size crops (scale >= 0.25) from being upsampled, at a fraction of the cost.
-        draft_size=2 * image_size if cfg.data.jpeg_draft else None,
+        decode=cfg.data.decode_options(image_size),
         pin_memory=device.type == "cuda",
         idle_workers=cfg.data.worker_priority == "idle"
         or (cfg.data.worker_priority == "auto" and device.type == "cpu"),

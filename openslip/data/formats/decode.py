@@ -6,7 +6,8 @@ file crash or block a loader worker. A path is ``stat``-ed before it is opened: 
 ``max_bytes`` is ``too_large_file``, unread. The image size is read from the header and checked against
 ``max_pixels`` *before* any pixel is decoded, so a decompression bomb costs a header read; a ``MemoryError``
 while decoding is ``out_of_memory``. The EXIF orientation tag is applied (``exif_transpose=False`` keeps the
-stored pixel order).
+stored pixel order). These settings travel together as one ``DecodeOptions``: the training config builds it
+(``DataConfig.decode_options``) and the loader hands it unchanged to every worker's ``decode_image``.
 
 Pixel formats that are not 8-bit RGB are converted, not skipped (and counted as ``converted/<mode>``):
 
@@ -29,6 +30,7 @@ import io
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,6 +48,26 @@ DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # The EXIF tag of the camera's orientation (1: upright; 2-8: mirrored and/or rotated).
 _EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeOptions:
+    """How an image file becomes pixels: the guards that keep one bad file from stalling or exhausting a loader
+    worker, and the choices that change the decoded image. Frozen: built once, then shared by every worker."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """width x height above which the image is refused as ``too_large`` (checked on the header)."""
+    max_bytes: int = DEFAULT_MAX_BYTES
+    """a file or tar member larger than this is refused as ``too_large_file`` before it is read."""
+    draft_size: int | None = None
+    """JPEGs only: let the decoder downscale by a power of two while both sides stay >= this (much faster on
+    large photos); None decodes at full size."""
+    exif_transpose: bool = True
+    """rotate / mirror the image as its EXIF orientation tag says (phone photos are stored sideways with the tag
+    telling viewers to turn them); False keeps the stored pixel order."""
+
+
+DEFAULT_DECODE = DecodeOptions()
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | Callable[[], Any]
 
@@ -96,24 +118,16 @@ def bad_sample(err: files.FileError) -> BadSample:
 
 def decode_image(
     src: ImageInput,
+    options: DecodeOptions = DEFAULT_DECODE,
     *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),
-    draft_size: int | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    exif_transpose: bool = True,
     counter: SkipCounter | None = None,
 ) -> Image.Image:
     """Decode a file path, encoded bytes, a PIL image or a zero-argument callable into an 8-bit RGB image.
 
     Args:
-        max_pixels: width x height above which the image is refused as ``too_large`` (checked on the header).
+        options: the size limits, JPEG draft size and EXIF handling (``DecodeOptions``).
         background: RGB colour that transparent pixels are composited over.
-        draft_size: for JPEGs, let the decoder downscale by a power of two while both sides stay
-            >= ``draft_size`` (much faster on large photos; None decodes at full size).
-        max_bytes: a file larger than this is refused as ``too_large_file`` before it is read.
-        exif_transpose: rotate / mirror the image as its EXIF orientation tag says (phone photos are stored
-            sideways with the tag telling viewers to turn them); False keeps the stored pixel order.
         counter: receives ``convert(<mode>)`` for every image that was not already RGB.
 
     Raises:
@@ -129,6 +143,7 @@ def decode_image(
             raise BadSample("missing_file", str(err)) from None
         except OSError as err:
             raise BadSample("unreadable_file", str(err)) from None
+    max_pixels, exif_transpose = options.max_pixels, options.exif_transpose
     if isinstance(src, Image.Image):
         _check_size(src.size, max_pixels)
         try:
@@ -140,7 +155,7 @@ def decode_image(
         return to_rgb(_oriented(src, exif_transpose), background=background, counter=counter)
     if isinstance(src, (str, os.PathLike)):
         name = str(src)
-        data = read_bytes(src, max_bytes=max_bytes)
+        data = read_bytes(src, max_bytes=options.max_bytes)
     elif isinstance(src, (bytes, bytearray, memoryview)):
         name, data = "<bytes>", bytes(src)
     else:
@@ -149,8 +164,8 @@ def decode_image(
         raise BadSample("empty_file", name)
 
     img = _open(data, name, max_pixels)
-    if draft_size is not None and img.format == "JPEG":
-        img.draft("RGB", (draft_size, draft_size))
+    if options.draft_size is not None and img.format == "JPEG":
+        img.draft("RGB", (options.draft_size, options.draft_size))
     try:
         img.load()
     except MemoryError:  # a worker must survive an image its memory cannot hold: skip it, counted

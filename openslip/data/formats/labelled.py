@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from openslip import files
-from openslip.data.formats.decode import DEFAULT_MAX_PIXELS
+from openslip.data.formats.decode import DEFAULT_DECODE
 from openslip.data.formats.records import IMAGE_EXTENSIONS, BaseMapSource, Record, StringTable
 from openslip.data.skips import BadSample, SkipCounter
 from openslip.errors import DataError
@@ -34,7 +34,7 @@ class LabelledSource(BaseMapSource):
         self.labels = list(labels)
         self.classes = classes
         self.transform: Callable[[Any], Any] | None = None
-        self.max_pixels = DEFAULT_MAX_PIXELS
+        self.decode = DEFAULT_DECODE
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -50,7 +50,7 @@ class LabelledSource(BaseMapSource):
 
     def __getitem__(self, i: int) -> tuple[Any, int]:  # type: ignore[override]
         record = super().__getitem__(i)
-        image = record.load_image(max_pixels=self.max_pixels)
+        image = record.load_image(self.decode)
         return (self.transform(image) if self.transform is not None else image), int(record.label)
 
     def check(self) -> tuple[SkipCounter, list[tuple[str, str]]]:
@@ -59,7 +59,7 @@ class LabelledSource(BaseMapSource):
         for i in range(len(self)):
             counter.add_seen()
             try:
-                self.record(i).load_image(max_pixels=self.max_pixels, counter=counter)
+                self.record(i).load_image(self.decode, counter=counter)
             except BadSample as err:
                 counter.skip(err.reason)
                 bad.append((self.paths[i], err.reason))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from openslip.data.formats.decode import DEFAULT_MAX_PIXELS, ImageInput, clean_captions, decode_image
+from openslip.data.formats.decode import DEFAULT_DECODE, DecodeOptions, ImageInput, clean_captions, decode_image
 from openslip.data.skips import SkipCounter
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -36,11 +36,9 @@ class Record:
     captions: Any = field(default_factory=list)
     label: int | None = None
 
-    def load_image(
-        self, *, max_pixels: int = DEFAULT_MAX_PIXELS, counter: SkipCounter | None = None, **kwargs: Any
-    ) -> Image.Image:
+    def load_image(self, options: DecodeOptions = DEFAULT_DECODE, *, counter: SkipCounter | None = None) -> Image.Image:
         """8-bit RGB image, or ``BadSample`` (see ``decode_image``)."""
-        return decode_image(self.image, max_pixels=max_pixels, counter=counter, **kwargs)
+        return decode_image(self.image, options, counter=counter)
 
     def clean_captions(self) -> list[str]:
         """Usable captions, or ``BadSample`` (see ``decode.clean_captions``)."""

@@ -35,7 +35,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from openslip.data.formats.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, clean_captions, decode_image, read_bytes
+from openslip.data.formats.decode import (
+    DEFAULT_DECODE,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DecodeOptions,
+    clean_captions,
+    decode_image,
+    read_bytes,
+)
 from openslip.data.skips import BadSample, SkipCounter
 from openslip.errors import DataError
 from openslip.files import DOCUMENT_BYTES, FileError, check_regular, is_regular, open_regular, read_text
@@ -222,8 +230,8 @@ class ShardSample:
                     return meta[key]
         return None
 
-    def load_image(self, *, max_pixels: int = DEFAULT_MAX_PIXELS, counter: SkipCounter | None = None, **kw: Any):
-        return decode_image(self.image_bytes(), max_pixels=max_pixels, counter=counter, **kw)
+    def load_image(self, options: DecodeOptions = DEFAULT_DECODE, *, counter: SkipCounter | None = None) -> Any:
+        return decode_image(self.image_bytes(), options, counter=counter)
 
     def clean_captions(self) -> list[str]:
         return clean_captions(self.raw_captions())
@@ -410,7 +418,7 @@ def _encode_image(record: Any, image_size: int | None, max_pixels: int, counter:
         if isinstance(raw, (str, os.PathLike)):
             raw = read_bytes(raw)
     local = SkipCounter()
-    img = decode_image(raw, max_pixels=max_pixels, counter=local)
+    img = decode_image(raw, DecodeOptions(max_pixels=max_pixels), counter=local)
     counter.update({f"converted/{k}": v for k, v in local.converted.items()})
     fmt = img.format if not local.converted else None
     if image_size is None and isinstance(raw, (bytes, bytearray)) and fmt in ("JPEG", "PNG", "WEBP"):
