@@ -3,7 +3,8 @@
 `openslip train` builds its `Config` from them (`openslip.train.config`); `openslip finetune` and
 `openslip bench train` take them the same way. Values are YAML scalars or lists (`1e-3`, `true`, `null`,
 `[a, b]`), checked against the field's annotation; a mistake is one `ConfigError` line naming the key and,
-for an unknown key, the valid ones.
+for an unknown key, the valid ones. `setting_changes` walks two settings trees to the values that differ (a
+resumed run's, a finetuning state's and a compare experiment's identity checks).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Iterator
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
@@ -229,3 +231,21 @@ def option_key(option: str, cls: type, renamed: dict[str, str] | None = None) ->
         return name
     matches = [k for k in keys if k.rpartition(".")[2] == name]
     return matches[0] if len(matches) == 1 else None
+
+
+MISSING: Any = object()  # `setting_changes`: the side that lacks a key
+
+
+def setting_changes(
+    saved: Any, current: Any, missing: Any = MISSING, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], Any, Any]]:
+    """(key path, saved value, current value) for each setting that differs between two JSON-like trees, in the
+    current tree's key order, then the keys only the saved one has. Sections that are dicts on both sides are walked;
+    a key one side lacks has the value `missing` there; tuples compare as the lists JSON reads back."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in [*current, *(k for k in saved if k not in current)]:
+            yield from setting_changes(saved.get(key, missing), current.get(key, missing), missing, (*path, key))
+        return
+    saved, current = (list(v) if isinstance(v, tuple) else v for v in (saved, current))
+    if saved != current:
+        yield path, saved, current

@@ -41,6 +41,7 @@ from openslip.models import model_config
 from openslip.models.config import VisionConfig
 from openslip.models.vision import VisionTransformer
 from openslip.optim import param_groups, warmup_cosine
+from openslip.overrides import setting_changes
 from openslip.step import AMP_DTYPES, OptimStep, check_finite
 from openslip.weights.safe_load import fsync_dir, torch_load_data
 
@@ -270,17 +271,18 @@ def _run_identity(cfg: FinetuneConfig, model: Any, train_set: Any, num_classes: 
 
 
 def _identity_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`key saved -> now` for each setting of this run's identity that differs from the saved one's (a key only the
+    saved state has is not compared; the backbone by its checksum, to float rounding)."""
     diffs = []
-    for key in now:
-        a, b = saved.get(key), now[key]
-        if key == "config":
-            a = a or {}
-            diffs += [f"{k} {a.get(k)!r} -> {b[k]!r}" for k in b if a.get(k) != b[k]]
-        elif key == "backbone_checksum":
+    for path, a, b in setting_changes(saved, now, missing=None):
+        if b is None and path[0] not in now:
+            continue
+        if path[0] == "backbone_checksum":
             if not isinstance(a, float) or not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9):
                 diffs.append("a different pre-trained backbone")
-        elif a != b:
-            diffs.append(f"{key} {a!r} -> {b!r}")
+            continue
+        key = ".".join(map(str, path[1:] if path[0] == "config" and len(path) > 1 else path))
+        diffs.append(f"{key} {a!r} -> {b!r}")
     return diffs
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from openslip.distributed import DistInfo, broadcast_object
 from openslip.errors import CheckpointError, ConfigError, TrainingError, UserError
+from openslip.overrides import MISSING, setting_changes
 from openslip.train.config import Config, save_yaml
 from openslip.weights import checkpoint as ckpt
 
@@ -183,23 +184,6 @@ RESUMABLE_CHANGES = (
     "ckpt.",
     "eval.",
 )
-
-MISSING: Any = object()  # `setting_changes`: the side that lacks a key
-
-
-def setting_changes(
-    saved: Any, current: Any, missing: Any = MISSING, path: tuple[str, ...] = ()
-) -> Iterator[tuple[tuple[str, ...], Any, Any]]:
-    """(key path, saved value, current value) for each setting that differs between two JSON-like trees, in the
-    current tree's key order, then the keys only the saved one has. Sections that are dicts on both sides are walked;
-    a key one side lacks has the value `missing` there; tuples compare as the lists JSON reads back."""
-    if isinstance(saved, dict) and isinstance(current, dict):
-        for key in [*current, *(k for k in saved if k not in current)]:
-            yield from setting_changes(saved.get(key, missing), current.get(key, missing), missing, (*path, key))
-        return
-    saved, current = (list(v) if isinstance(v, tuple) else v for v in (saved, current))
-    if saved != current:
-        yield path, saved, current
 
 
 def changed_settings(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
