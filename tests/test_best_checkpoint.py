@@ -196,8 +196,8 @@ def test_a_broken_best_pointer_is_one_line(tmp_path: Path, capsys) -> None:
 
 
 def _train_twice(info, out_dir: str) -> dict:
+    from openslip.overrides import parse_overrides
     from openslip.train import train
-    from openslip.train.config import parse_overrides
     from openslip.train.recipes import make_config
 
     settings = overrides(out_dir, "ckpt.every_steps=100", "train.batch_size=8", *BEST)

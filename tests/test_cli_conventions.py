@@ -77,7 +77,7 @@ def test_slurm_example_is_valid_bash_and_its_train_arguments_parse() -> None:
     import shlex
     import subprocess
 
-    from openslip.train.config import parse_overrides
+    from openslip.overrides import parse_overrides
     from openslip.train.recipes import RECIPES, make_config
 
     script = Path(__file__).resolve().parents[1] / "examples" / "slurm" / "train.sbatch"

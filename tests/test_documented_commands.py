@@ -32,8 +32,7 @@ from reference_checkout import write_checkout
 from openslip.cli import COMMANDS, build_parser, main
 from openslip.eval.finetune import FinetuneConfig
 from openslip.models import MODELS, create_model
-from openslip.overrides import apply_overrides
-from openslip.train.config import parse_overrides
+from openslip.overrides import apply_overrides, parse_overrides
 from openslip.train.recipes import RECIPES, make_config
 
 # The paper recipes train in bf16, which this kind of CPU emulates slowly: the warning is expected here.

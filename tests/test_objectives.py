@@ -13,8 +13,8 @@ from train_utils import assert_weights_close, final_weights, overrides, read_met
 
 from openslip.cli import main
 from openslip.models import SLIP
+from openslip.overrides import parse_overrides
 from openslip.train import train
-from openslip.train.config import parse_overrides
 from openslip.train.recipes import make_config
 
 # objective -> (overrides, views the model must receive, loss terms it must log)

@@ -13,8 +13,8 @@ import pytest
 import torch
 from train_utils import final_weights, overrides
 
+from openslip.overrides import parse_overrides
 from openslip.train import train
-from openslip.train.config import parse_overrides
 from openslip.train.recipes import make_config
 
 STEPS = 8

@@ -12,9 +12,9 @@ import openslip
 from openslip.cli import main
 from openslip.losses import SLIPLoss
 from openslip.models import create_model
+from openslip.overrides import parse_overrides
 from openslip.train import train
 from openslip.train.accumulate import accumulated_backward
-from openslip.train.config import parse_overrides
 from openslip.train.recipes import make_config
 
 GOLDEN = Path(__file__).parent / "assets" / "golden_demo_losses.json"

@@ -4,8 +4,8 @@ import pytest
 from dist_utils import run_distributed
 from train_utils import assert_weights_close, final_weights, overrides, read_metrics
 
+from openslip.overrides import parse_overrides
 from openslip.train import train
-from openslip.train.config import parse_overrides
 from openslip.train.recipes import make_config
 
 STEPS = 5

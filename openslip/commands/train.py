@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from openslip.train.config import parse_overrides
+    from openslip.overrides import parse_overrides
     from openslip.train.recipes import make_config
 
     if args.list_recipes:

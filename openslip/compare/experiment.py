@@ -23,7 +23,8 @@ from typing import Any
 from openslip.compare.methods import DEFAULT_METHODS, METHODS, Method
 from openslip.errors import ConfigError
 from openslip.models import MODELS, model_without
-from openslip.train.config import Config, deep_merge, parse_overrides
+from openslip.overrides import deep_merge, parse_overrides
+from openslip.train.config import Config
 from openslip.train.recipes import make_config
 
 DEFAULT_EVAL_SETS = ("demo_shapes", "demo_colours", "demo")

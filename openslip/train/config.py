@@ -20,10 +20,6 @@ from openslip.data.formats.decode import DecodeOptions
 from openslip.errors import ConfigError
 from openslip.overrides import build, check_choice, field_keys, option_key
 
-# re-exported: recipes, compare and tests build training configs with them
-from openslip.overrides import deep_merge as deep_merge
-from openslip.overrides import parse_overrides as parse_overrides
-
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
 GATHERS = ("grad", "reference")
 AUGMENT_PATHS = ("cpu", "device")

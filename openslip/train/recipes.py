@@ -21,6 +21,7 @@ from typing import Any
 
 from openslip.data.sources import parse_spec
 from openslip.errors import ConfigError
+from openslip.overrides import deep_merge
 from openslip.registry import Registry
 from openslip.train.checks import check_config
 from openslip.train.config import (
@@ -32,7 +33,6 @@ from openslip.train.config import (
     OptimConfig,
     TrainConfig,
     config_from_dict,
-    deep_merge,
     load_yaml,
 )
 from openslip.train.paper import published
