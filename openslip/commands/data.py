@@ -77,7 +77,7 @@ def run_make_shards(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a folder")
-    own = re.compile(rf"\.?shard-\d{{6}}\.tar(\.tmp)?|\.?{re.escape(INDEX_NAME)}(\.tmp)?")
+    own = re.compile(rf"\.?shard-\d{{6}}\.tar(\.tmp\d*)?|\.?{re.escape(INDEX_NAME)}(\.tmp\d*)?")
     check_output_dir(out, option="OUT", own=own.fullmatch, sources=_source_paths(args.src), force_flag="--overwrite")
     shards = [p for p in out.glob("shard-*.tar") if own.fullmatch(p.name)] if out.is_dir() else []
     if (shards or (out / INDEX_NAME).exists()) and not args.overwrite:

@@ -21,7 +21,7 @@ from openslip.compare.experiment import CompareConfig, Variant, run_key
 from openslip.compare.methods import METHODS, RANDOM_ROW
 from openslip.eval.stats import bootstrap_interval, paired_difference, score
 from openslip.version import __version__
-from openslip.weights.atomic import write_bytes, write_json
+from openslip.weights.atomic import atomic_file, write_bytes, write_json
 
 FORMAT = "openslip-compare/2"  # 2: hparams, prompts, seed-aware intervals
 # SLIP against each baseline it is compared with in the paper (and CLIP with SimCLR augmentation).
@@ -327,7 +327,6 @@ def _plot(results: dict, path: Path) -> None:
     curves.set_ylabel("training loss (each method's own objective)")
     curves.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)

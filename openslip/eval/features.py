@@ -30,6 +30,7 @@ from openslip import distributed
 from openslip.errors import CheckpointError, ConfigError
 from openslip.models import MODELS, create_model
 from openslip.tokenizer import get_tokenizer
+from openslip.weights.atomic import atomic_path
 from openslip.weights.checkpoint import load_model
 
 FEATURE_KINDS = ("embed", "backbone")
@@ -241,12 +242,9 @@ def cached_features(
         return data["features"], data["labels"]
     feats, labels = compute()
     if distributed.is_main():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file(
-            {"features": feats.contiguous(), "labels": labels.contiguous()}, str(tmp), {"key": "\n".join(key_parts)}
-        )
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # safetensors opens the file by name
+            tensors = {"features": feats.contiguous(), "labels": labels.contiguous()}
+            save_file(tensors, str(tmp), {"key": "\n".join(key_parts)})
     distributed.barrier()
     return feats, labels
 

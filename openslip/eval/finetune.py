@@ -43,7 +43,8 @@ from openslip.models.vision import VisionTransformer
 from openslip.optim import param_groups, warmup_cosine
 from openslip.overrides import setting_changes
 from openslip.step import AMP_DTYPES, OptimStep, check_finite
-from openslip.weights.safe_load import fsync_dir, torch_load_data
+from openslip.weights.atomic import atomic_file
+from openslip.weights.safe_load import torch_load_data
 
 PRECISIONS = ("fp32", *AMP_DTYPES)
 STATE_FILE = "finetune_state.pt"
@@ -288,14 +289,8 @@ def _identity_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[st
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to a temporary file and rename it over ``path``: a crash leaves the previous epoch's."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from typing import Any
 from openslip.errors import ConfigError
 from openslip.weights.atomic import write_json
 from openslip.weights.checkpoint import BEST_FILE, checkpoint_dir_name, checkpoint_problem, write_pointer
-from openslip.weights.safe_load import fsync_dir
 
 BEST_JSON = "best.json"
 
@@ -80,8 +79,7 @@ def from_state(state: Any, metric: str, mode: str) -> tuple[Best | None, str | N
 def write_best(root: Path, best: Best) -> None:
     """`root/best.json`, then the `root/best` pointer (each written whole: a temporary file and a rename). The pointer
     last: a kill between the two leaves the pointer on the previous best, and resume writes both again."""
-    write_json(root / BEST_JSON, best.to_json())
-    fsync_dir(root)
+    write_json(root / BEST_JSON, best.to_json())  # its rename is durable before the pointer's
     write_pointer(root, checkpoint_dir_name(best.step), BEST_FILE)
 
 

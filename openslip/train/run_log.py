@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from openslip import files
+from openslip.weights.atomic import atomic_file
 
 
 def _jsonable(value: Any) -> Any:
@@ -86,12 +86,11 @@ class RunLogger:
         if self._file is not None:
             self._file.close()
         if self.metrics_path.exists():  # streamed: a long run's log is never held whole; a FIFO is refused
-            tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
-            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as out:
+            # atomic: a crash here leaves the old file or the new one
+            with atomic_file(self.metrics_path, "w", encoding="utf-8", errors="surrogateescape") as out:
                 for line in files.read_lines(self.metrics_path, errors="surrogateescape"):
                     if _step_of(line) <= step:
                         out.write(line.rstrip("\r\n") + "\n")
-            os.replace(tmp, self.metrics_path)  # atomic: a crash here leaves the old file or the new one
         self._file = open(self.metrics_path, "a")  # noqa: SIM115 - closed in close()
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:

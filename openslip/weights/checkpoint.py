@@ -40,14 +40,13 @@ from openslip.models.variants import MODELS
 from openslip.outputs import check_output_dir
 from openslip.registry import UnknownNameError
 from openslip.version import __version__
-from openslip.weights.atomic import move_files_into, staging_dir
+from openslip.weights.atomic import fsync_dir, fsync_file, move_files_into, staging_dir, write_bytes
 from openslip.weights.clip_layout import CLIP_PREPROCESS, clip_to_openslip, is_clip_layout
 from openslip.weights.safe_load import (
     CONFIG_METADATA_KEY,
     check_plain_data,
     config_from_metadata,
     describe_file,
-    fsync_dir,
     key_summary,
     load_safetensors,
     read_config_document,
@@ -136,11 +135,6 @@ def _config_document(cfg: ModelConfig, extra: dict[str, Any] | None) -> dict[str
     return doc
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def _os_error(err: Exception, path: Path) -> OSError:
     """The OSError behind a writer's own exception: safetensors' SafetensorError quotes the errno ("(os error 28)")
     but is no OSError; one that does not is reported as an I/O error with its message."""
@@ -165,7 +159,7 @@ def _write_weights(path: Path, tensors: dict[str, torch.Tensor], doc: dict[str, 
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
-    _fsync_file(path)
+    fsync_file(path)
 
 
 def _write_config(path: Path, doc: dict[str, Any]) -> None:
@@ -275,18 +269,9 @@ def _move_into_place(staged: Path, final: Path) -> None:
 
 
 def write_pointer(root: Path, name: str, pointer: str = LATEST_FILE) -> None:
-    """Point `root/pointer` (`latest` or `best`) at the checkpoint directory `name`, atomically."""
-    tmp = root / f".{pointer}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(name + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, root / pointer)
-    except BaseException:
-        _remove(tmp)  # the pointer keeps naming the previous checkpoint
-        raise
-    fsync_dir(root)
+    """Point `root/pointer` (`latest` or `best`) at the checkpoint directory `name`, atomically: a failed write
+    leaves the pointer naming the previous checkpoint."""
+    write_bytes(root / pointer, (name + "\n").encode("utf-8"))
 
 
 def save_checkpoint(
@@ -378,11 +363,6 @@ def list_checkpoints(run_dir: PathLike, *, valid_only: bool = True, verify: bool
     return [p for _, p in found if not valid_only or checkpoint_problem(p, verify=verify) is None]
 
 
-def _latest_pointer(root: Path, verify: bool = False) -> tuple[Path | None, str | None]:
-    """(checkpoint named by `root/latest` if complete, else the reason it cannot be used)."""
-    return read_pointer(root / LATEST_FILE, verify)
-
-
 def read_pointer(pointer: Path, verify: bool = False) -> tuple[Path | None, str | None]:
     """(checkpoint named by the pointer file `pointer` (`latest`, `best`) if complete, else why it cannot be used)."""
     root = pointer.parent
@@ -423,7 +403,7 @@ def find_latest_checkpoint(run_dir: PathLike, *, verify: bool = False) -> Path |
     root = _checkpoints_root(Path(run_dir))
     if not root.is_dir():
         return None
-    found, reason = _latest_pointer(root, verify)
+    found, reason = read_pointer(root / LATEST_FILE, verify)
     if found is not None:
         return found
     candidates = list_checkpoints(root, verify=verify)

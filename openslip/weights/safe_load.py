@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import struct
 import warnings
@@ -276,17 +275,3 @@ def check_plain_data(obj: Any, where: str = "train_state") -> None:
         f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}; checkpoints hold only tensors and plain "
         "python values (convert numpy arrays with torch.from_numpy, numpy scalars with .item())"
     )
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

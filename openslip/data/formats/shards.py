@@ -19,6 +19,7 @@ import contextlib
 import functools
 import glob
 import io
+import itertools
 import json
 import os
 import re
@@ -47,6 +48,7 @@ from openslip.data.formats.decode import (
 from openslip.data.skips import BadSample, SkipCounter
 from openslip.errors import DataError
 from openslip.files import DOCUMENT_BYTES, FileError, check_regular, is_regular, open_regular, read_text
+from openslip.weights.atomic import atomic_file, write_bytes
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "openslip-shards/1"
@@ -469,46 +471,41 @@ def make_shards(
         order = np.random.default_rng(seed).permutation(total) if shuffle else np.arange(total)
         records = (source.record(int(i)) for i in order)
 
-    shards: list[dict[str, Any]] = []
-    tar: tarfile.TarFile | None = None
-    tmp_path = final_path = None
-    written = 0
     done = 0
 
-    def close_shard() -> None:
-        nonlocal tar
-        if tar is not None:
-            tar.close()
-            os.replace(tmp_path, final_path)
-            tar = None
+    def usable() -> Iterator[tuple[Any, list[str], bytes, str]]:
+        """(record, captions, image bytes, suffix) of each sample that decodes; the others are counted."""
+        nonlocal done
+        for record in records:
+            done += 1
+            counter.add_seen()
+            try:
+                captions = record.clean_captions()
+                data, suffix = _encode_image(record, image_size, max_pixels, counter)
+            except BadSample as bad:
+                counter.skip(bad.reason)
+                continue
+            yield record, captions, data, suffix
 
-    for record in records:
-        done += 1
-        counter.add_seen()
-        try:
-            captions = record.clean_captions()
-            data, suffix = _encode_image(record, image_size, max_pixels, counter)
-        except BadSample as bad:
-            counter.skip(bad.reason)
-            continue
-        if written % shard_size == 0:
-            close_shard()
-            name = f"shard-{len(shards):06d}.tar"
-            final_path = out / name
-            tmp_path = out / f".{name}.tmp"
-            tar = tarfile.open(tmp_path, "w", format=tarfile.PAX_FORMAT)
-            shards.append({"name": name, "samples": 0})
-        key = f"{written:09d}"
-        record_id = record.key if isinstance(record, ShardSample) else record.id
-        meta = {"key": key, "id": str(record_id), "caption": captions[0], "captions": captions}
-        _add_member(tar, f"{key}.{suffix}", data)
-        _add_member(tar, f"{key}.txt", captions[0].encode("utf-8"))
-        _add_member(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
-        shards[-1]["samples"] += 1
-        written += 1
-        if progress is not None:
-            progress(done, total)
-    close_shard()
+    samples = usable()
+    shards: list[dict[str, Any]] = []
+    written = 0
+    while (first := next(samples, None)) is not None:
+        name = f"shard-{len(shards):06d}.tar"
+        shards.append({"name": name, "samples": 0})
+        # written whole or not at all: a failure or a kill never leaves a partial shard under its name
+        with atomic_file(out / name) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for record, captions, data, suffix in itertools.chain([first], itertools.islice(samples, shard_size - 1)):
+                key = f"{written:09d}"
+                record_id = record.key if isinstance(record, ShardSample) else record.id
+                meta = {"key": key, "id": str(record_id), "caption": captions[0], "captions": captions}
+                _add_member(tar, f"{key}.{suffix}", data)
+                _add_member(tar, f"{key}.txt", captions[0].encode("utf-8"))
+                _add_member(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+                shards[-1]["samples"] += 1
+                written += 1
+                if progress is not None:
+                    progress(done, total)
     if not shards:
         raise DataError(f"no usable samples to write ({counter.summary()})")
 
@@ -520,9 +517,5 @@ def make_shards(
         "image_size": image_size,
         "skipped": counter.state_dict(),
     }
-    tmp_index = out / f".{INDEX_NAME}.tmp"
-    with open(tmp_index, "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp_index, out / INDEX_NAME)
+    write_bytes(out / INDEX_NAME, (json.dumps(index, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
     return index
