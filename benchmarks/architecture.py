@@ -53,7 +53,7 @@ LAYERS = {
     "eval": "eval",
     "interop": "interop",
     "train": "train config recipes paper train_state run_log accumulate perf best data.pipeline",
-    "compare/bench": "compare bench",
+    "compare/bench": "compare bench plot",
     "commands": "commands cli",
     "api": "__init__",  # openslip/__init__.py: the public API, on top
 }

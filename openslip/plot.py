@@ -20,6 +20,7 @@ from typing import Any
 from openslip import files
 from openslip.errors import UserError
 from openslip.outputs import check_output_dir
+from openslip.weights.atomic import atomic_file
 
 SKIP = {"step", "time", "epoch"}
 ORDER = ("loss", "clip_loss", "ssl_loss", "clip_acc", "ssl_acc", "ssl_rank", "zeroshot/", "knn/", "linear/", "lr",
@@ -189,7 +190,7 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> 
         single, sax = plt.subplots(figsize=(6, 4))
         _panel(sax, key, runs, f"{label}: {key}")
         path = out / (key.replace("/", "_") + ".png")
-        single.savefig(path, dpi=100, bbox_inches="tight")
+        _save(single, path, bbox_inches="tight")
         plt.close(single)
         written.append(path)
     for ax in list(axes.flat)[len(keys) :]:
@@ -197,7 +198,7 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> 
     fig.suptitle(label)
     fig.tight_layout()
     curves = out / "curves.png"
-    fig.savefig(curves, dpi=100)
+    _save(fig, curves)
     plt.close(fig)
     return [curves, *written]
 
@@ -228,8 +229,13 @@ def plot_confusion(path: str | Path, matrix: Any, classnames: list[str], title: 
                         color="white" if norm[i, j] > 60 else "black")  # fmt: skip
     ax.set_title(title or f"confusion matrix ({c} classes, {int(counts.sum())} images)")
     out = Path(path).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    _save(fig, out)
     plt.close(fig)
     return out
+
+
+def _save(fig: Any, path: Path, **options: Any) -> None:
+    """A PNG written whole: a plot of a run being trained is redrawn while someone may be looking at it."""
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=100, **options)

@@ -22,6 +22,7 @@ LAYERS = {
     "train": 6,
     "compare": 7,
     "bench": 7,
+    "plot": 7,
     "commands": 8,
     "cli": 8,
 }
