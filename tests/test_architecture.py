@@ -97,7 +97,7 @@ def _arrows() -> list[tuple[str, str]]:
 
 def test_every_arrow_points_down() -> None:
     up = [f"{m} -> {t}" for m, t in _arrows() if LAYERS[_part(t)] >= LAYERS[_part(m)]]
-    assert not up, f"imports that point up or sideways (docs/ARCHITECTURE.md, 'Parts'): {up}"
+    assert not up, f"imports that point up or sideways (docs/ARCHITECTURE.md, 'The parts'): {up}"
 
 
 @pytest.mark.parametrize(("source", "prefix"), sorted(NEVER))

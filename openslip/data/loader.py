@@ -62,7 +62,7 @@ from openslip.data.epoch_plan import (
 from openslip.data.formats.decode import DEFAULT_DECODE, DecodeOptions
 from openslip.data.formats.shards import ShardSource
 from openslip.data.skips import SkipCounter
-from openslip.data.workers import start_worker, stop_signals_held, stop_workers
+from openslip.data.workers import named_deaths, start_worker, stop_signals_held, stop_workers
 from openslip.errors import DataError
 
 
@@ -302,7 +302,7 @@ class TrainLoader:
 
     def _consume(self, batches: Iterator[dict[str, Any]], epoch: int) -> Iterator[dict[str, Any]]:
         """The batches of one epoch from the workers, checked to arrive in order, with the loader's state kept."""
-        for batch in batches:
+        for batch in named_deaths(batches):
             meta = batch.pop("_meta")
             if "error" in meta:
                 raise DataError(meta["error"])

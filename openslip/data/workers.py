@@ -108,6 +108,25 @@ def describe_worker_death(err: BaseException) -> str | None:
     return f"{who} exited unexpectedly"
 
 
+def named_deaths(batches: Iterator[Any]) -> Iterator[Any]:
+    """The batches of a DataLoader iterator; a worker's death it reports without a cause ("exited unexpectedly",
+    when torch's wait for a batch notices it before its SIGCHLD handler does) is restated with the signal that
+    killed it, read from the worker's exit status, so the same kill gives the same message whichever check wins."""
+    try:
+        yield from batches
+    except RuntimeError as err:
+        found = _DEATH.search(str(err))
+        if found is None or found["signal"] or found["code"]:
+            raise
+        codes = {w.pid: w.exitcode for w in getattr(batches, "_workers", ())}
+        pids = [int(p) for p in found["pids"].replace(",", " ").split()]
+        killed = [(pid, -codes[pid]) for pid in pids if isinstance(codes.get(pid), int) and codes[pid] < 0]
+        if not killed:
+            raise
+        pid, number = killed[0]
+        raise RuntimeError(f"DataLoader worker (pid {pid}) is killed by signal: {signal.strsignal(number)}.") from err
+
+
 def _signal_name(description: str) -> str:
     """SIGKILL for "Killed" (torch reports a signal by its ``strsignal`` text)."""
     for s in signal.Signals:
