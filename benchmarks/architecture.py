@@ -21,8 +21,9 @@ import is an arrow from one room to another.
 - lines of commands/: lines of openslip/commands/*.py, and those neither blank nor a `#` comment.
 - train(cfg) walk: one step of the micro model on the built-in demo world, with its final zero-shot evaluation
   and checkpoint, under `sys.setprofile`. Rooms entered: modules whose functions ran. Moves: distinct (caller
-  function, callee function) pairs in different modules; a call through torch (`module(x)` reaching `forward`)
-  counts from the nearest openslip function, code run by an import does not count. Climbs back up: moves to a
+  function, callee function) pairs in different modules; module pairs: the distinct (caller, callee) modules of
+  those. A call through torch (`module(x)` reaching `forward`) counts from the nearest openslip function; code run
+  by an import does not count. Climbs back up: moves to a
   higher layer. Most entered: modules by cross-module calls into them (resuming a generator is a call). Config
   rooms: the modules whose functions were handed the typed config or one of its sections as an argument (where
   the config travels; docs/ARCHITECTURE.md wants it to stay inside train/).
@@ -193,7 +194,7 @@ def find(name: str, *modules: str):
 def walk(root: Path) -> dict:
     """Trace one tiny train(cfg) (in the child, openslip importable); see the docstring's last item."""
     package = (root / "openslip").resolve()
-    parse_overrides = find("parse_overrides", "openslip.config", "openslip.train.config")
+    parse_overrides = find("parse_overrides", "openslip.config", "openslip.overrides")
     make_config = find("make_config", "openslip.recipes", "openslip.train.recipes", "openslip.train.config")
     train = find("train", "openslip.train", "openslip.train.loop")
     idents: dict = {}  # code object -> (module, function), "import" for a module's own code, None outside openslip
@@ -244,6 +245,7 @@ def walk(root: Path) -> dict:
     return {
         "walk_rooms": len(entered),
         "walk_moves": len(moves),
+        "walk_module_moves": len({(a[0], b[0]) for a, b in moves}),
         "walk_climbs": len(climbs),
         "walk_climbs_list": climbs,
         "walk_most_entered": dict(into.most_common(10)),
@@ -273,6 +275,7 @@ def table(f: dict) -> str:
         most = ", ".join(f"{m} {n}" for m, n in f["walk_most_entered"].items())
         rows += [("command options: flags, positionals", f"{f['options_total']}, {f['positionals_total']}")]
         rows += [("train(cfg) walk: rooms entered", f["walk_rooms"]), ("train(cfg) walk: moves", f["walk_moves"])]
+        rows += [("train(cfg) walk: module pairs of its moves", f["walk_module_moves"])]
         rows += [("train(cfg) walk: climbs back up", f["walk_climbs"]), ("train(cfg) walk: most entered", most)]
         rooms = f["config_rooms"]
         rows += [("train(cfg) walk: rooms the config is handed to", f"{len(rooms)}: {', '.join(rooms)}")]
