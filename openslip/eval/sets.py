@@ -1,7 +1,7 @@
 """What `openslip eval TASK` hands to ``EVALS[TASK].run(model, eval_set, options)``: the set, opened from
 ``--dataset`` / ``--train`` / ``--val`` as each task reads them, and the typed `EvalOptions`, built from the
-command's flags and its ``key=value`` overrides (each key once, and only the keys the task reads: a setting
-nothing reads would be a silent no-op).
+command's common flags (``--batch-size``, ``--seed`` ...) and its ``key=value`` overrides (each key once, and
+only the keys the task reads: a setting nothing reads would be a silent no-op).
 
 A labelled test set is opened as the command names it: a demo task renders ``-n`` images, a file set is
 read whole (`openslip compare`'s ``open_eval_set`` subsamples file sets instead, the same for every model).
@@ -64,9 +64,28 @@ class SetRequest:
     caption_keys: str | None = None  # retrieval: manifest caption columns
 
 
+# The options the commands had before these settings became keys only, whose names differ from the keys: `openslip
+# eval knn --k 10` is refused with "write `knn_k=10`". A renamed key the task does not read is no hint (`eval knn
+# --epochs 3` gets argparse's own message): the per-task keys hold here too.
+OPTION_RENAMES = {
+    "k": "knn_k",
+    "temperature": "knn_temperature",
+    "protocol": "linear_protocol",
+    "epochs": "linear_epochs",
+    "lr": "linear_lr",
+    "train_batch_size": "linear_batch_size",
+    "eval_every": "linear_eval_every",
+    "report": "linear_report",
+    "reference_lr_bug": "linear_reference_lr_bug",
+}
+# What such an option meant when given without a value: `--reference-lr-bug` alone was this run's process count.
+OPTION_BARE_VALUES = {"linear_reference_lr_bug": "0"}
+
+
 def option_key(task: str, option: str) -> str | None:
-    """The key an unknown option such as `--knn-k` means for `task`, when it is one."""
+    """The key an unknown option such as `--knn-k` or `--k` means for `task`, when it is one."""
     name = option.lstrip("-").partition("=")[0].replace("-", "_")
+    name = OPTION_RENAMES.get(name, name)
     return name if name in TASK_KEYS[task] else None
 
 
