@@ -51,7 +51,8 @@ def _option_hint(args: argparse.Namespace, extra: list[str], argv: list[str]) ->
     """`openslip train --steps 100`: settings are key=value overrides; name the one the option meant. A command
     whose overrides are not the training config's names their dataclass (`overrides_of`, a function returning it)
     and the options it once had under other names (`option_renames`, e.g. finetune's `--lr` -> `base_lr`), or a
-    lookup of its own (`option_key`, option -> key or None: an eval command takes only the keys its task reads)."""
+    lookup of its own (`option_key`, option -> key or None: an eval command takes only the keys its task reads);
+    `option_bare_values` gives what an option once meant without a value (eval's `--reference-lr-bug`: `=0`)."""
     if not isinstance(getattr(args, "overrides", None), list):
         return None
     from openslip.overrides import key_type, option_key
@@ -75,7 +76,8 @@ def _option_hint(args: argparse.Namespace, extra: list[str], argv: list[str]) ->
         if not sep:  # the value follows in argv (argparse filed it under the overrides)
             at = argv.index(item) + 1 if item in argv else len(argv)
             given = at < len(argv) and not argv[at].startswith("-") and "=" not in argv[at]
-            value = argv[at] if given else "true" if key_type(cls, key) is bool else "VALUE"  # --compile: a switch
+            bare = getattr(args, "option_bare_values", {}).get(key, "VALUE")
+            value = argv[at] if given else "true" if key_type(cls, key) is bool else bare  # --compile: a switch
         return f"unrecognized option {option}: settings are key=value overrides; write `{key}={value}`"
     return None
 
@@ -85,25 +87,26 @@ def main(argv: list[str] | None = None) -> int:
     # key=value overrides may follow options (`openslip compare a=1 --seeds 0,1 b=2`), which a positional list
     # alone does not accept once an option has interrupted it.
     args, extra = parser.parse_known_args(argv)
+    name = getattr(args, "command_name", args.command)  # a sub-command's own (`eval knn`), as argparse names it
     if extra:
         if isinstance(getattr(args, "overrides", None), list) and all("=" in e and e[0] != "-" for e in extra):
             args.overrides += extra
         else:
             hint = _option_hint(args, extra, sys.argv[1:] if argv is None else list(argv))
             if hint:
-                print(f"openslip {args.command}: error: {hint}", file=sys.stderr)
+                print(f"openslip {name}: error: {hint}", file=sys.stderr)
                 return 2
             parser.parse_args(argv)  # argparse's own message for what it does not know, and exit 2
     try:
         result = args.func(args)
     except UserError as err:
-        print(f"openslip {args.command}: error: {err}", file=sys.stderr)
+        print(f"openslip {name}: error: {err}", file=sys.stderr)
         return 2
     except RunStopped as stop:  # a clean stop on SIGTERM / SIGINT, with a checkpoint to resume from
-        print(f"openslip {args.command}: {stop}", file=sys.stderr)
+        print(f"openslip {name}: {stop}", file=sys.stderr)
         return stop.exit_code
     except KeyboardInterrupt as stop:  # Ctrl-C, or a second SIGTERM / SIGINT during a run (it says which)
-        print(f"openslip {args.command}: {stop or 'interrupted'}", file=sys.stderr)
+        print(f"openslip {name}: {stop or 'interrupted'}", file=sys.stderr)
         return getattr(stop, "exit_code", 130)
     except BrokenPipeError:  # `openslip ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

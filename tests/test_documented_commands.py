@@ -31,6 +31,7 @@ from reference_checkout import write_checkout
 
 from openslip.cli import COMMANDS, build_parser, main
 from openslip.eval.finetune import FinetuneConfig
+from openslip.eval.sets import task_options
 from openslip.models import MODELS, create_model
 from openslip.overrides import apply_overrides, parse_overrides
 from openslip.train.recipes import RECIPES, make_config
@@ -208,8 +209,8 @@ SHRINK: dict[tuple[str, ...], list[str]] = {
     ).split(),
     ("eval", "zeroshot"): "-n 16".split(),
     ("eval", "retrieval"): "-n 16".split(),
-    # a global batch of 64: the smallest for which `--reference-lr-bug 8` (docs/PAPER.md) gives a rate above 0
-    ("eval", "linear"): "-n 16 --num-train 32 --epochs 1 --train-batch-size 64".split(),
+    # a global batch of 64: the smallest for which `linear_reference_lr_bug=8` (docs/PAPER.md) gives a rate above 0
+    ("eval", "linear"): "-n 16 --num-train 32 linear_epochs=1 linear_batch_size=64".split(),
     ("eval", "knn"): "-n 16 --num-train 32".split(),
     ("finetune",): "-n 16 --num-train 32 epochs=1 warmup_epochs=0 batch_size=16".split(),
     ("embed",): "--batch-size 16".split(),
@@ -280,7 +281,7 @@ def shrink(cmd: DocCommand, argv: list[str], inputs: Inputs, cwd: Path) -> list[
     if sub == ("bench", "train"):
         extra.append(f"model={_micro_model(_train_model(argv))}")
     # the CLI refuses a key given twice: the shrink value replaces the doc's
-    if sub in (("train",), ("compare",), ("finetune",), ("bench", "train")):
+    if sub in (("train",), ("compare",), ("finetune",), ("bench", "train")) or sub[0] == "eval":
         shrunk = {e.partition("=")[0] for e in extra if "=" in e and not e.startswith("-")}
         argv = [a for a in argv if a.startswith("-") or a.partition("=")[0] not in shrunk or "=" not in a]
     return argv + extra
@@ -562,7 +563,7 @@ def test_extractor_handles_continuations_comments_chains_and_output() -> None:
             "```bash",
             "openslip train a=1 \\",
             "    b='x y'   # a comment",
-            "pip install -e . && openslip eval knn --k 3",
+            "pip install -e . && openslip eval knn knn_k=3",
             "torchrun --nproc-per-node 2 -m openslip.cli train c=2",
             "openslip train d=0",
             "openslip train: error: d is wrong",
@@ -575,7 +576,7 @@ def test_extractor_handles_continuations_comments_chains_and_output() -> None:
     got = [(c.line, c.argv, c.torchrun, c.expected_error) for c in _commands_in(doc, "X.md")]
     assert got == [
         (2, ("train", "a=1", "b=x y"), False, None),
-        (4, ("eval", "knn", "--k", "3"), False, None),
+        (4, ("eval", "knn", "knn_k=3"), False, None),
         (5, ("train", "c=2"), True, None),
         (6, ("train", "d=0"), False, "openslip train: error: d is wrong"),
     ]
@@ -594,6 +595,8 @@ def test_shrink_settings_are_real_options() -> None:
     make_config(parse_overrides(SHRINK[("train",)]))  # known keys, valid values
     apply_overrides(FinetuneConfig(), [e for e in SHRINK[("finetune",)] if "=" in e])
     make_config(parse_overrides([e for e in SHRINK[("bench", "train")] if "=" in e and not e.startswith("-")]))
+    for task in ("zeroshot", "retrieval", "linear", "knn"):  # keys the task reads, valid values
+        task_options(task, {}, [e for e in SHRINK[("eval", task)] if "=" in e and not e.startswith("-")])
     parser = build_parser()
     for path, extra in SHRINK.items():
         if path == ("train",):

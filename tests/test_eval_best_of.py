@@ -1,5 +1,5 @@
 """The SGD probe and finetuning report the best of their evaluations (the reference's best_acc1, BEiT's
-max_accuracy) or, with --report final, the last epoch's; both carry best and final."""
+max_accuracy) or, with linear_report=final (finetune: --report final), the last epoch's; both carry best and final."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from openslip.eval.best_of import best_and_final
 from openslip.eval.linear import SGDProbeConfig
 
 RANDOM = ["--model", "slip_vit_micro", "--pretrained", "none"]
-DEMO = ["--dataset", "demo_shapes", "-n", "32", "--num-train", "64", "--train-batch-size", "32"]
+DEMO = ["--dataset", "demo_shapes", "-n", "32", "--num-train", "64", "linear_batch_size=32"]
 FINETUNE_DEMO = ["--dataset", "demo_shapes", "-n", "32", "--num-train", "64", "batch_size=32"]
 
 
@@ -52,11 +52,11 @@ def _json(argv: list[str], out: Path, capsys: pytest.CaptureFixture) -> dict:
 
 
 def test_sgd_probe_cli_reports_best_and_final(tmp_path: Path, capsys) -> None:
-    argv = ["eval", "linear", *RANDOM, *DEMO, "--protocol", "sgd", "--epochs", "3", "--eval-every", "1"]
+    argv = ["eval", "linear", *RANDOM, *DEMO, "linear_protocol=sgd", "linear_epochs=3", "linear_eval_every=1"]
     best = _json(argv, tmp_path / "best.json", capsys)
     assert best["report"] == "best" and best["final_epoch"] == 3 and best["best_epoch"] in (1, 2, 3)
     assert best["score"] == best["best_score"] >= best["final_score"]
-    final = _json([*argv, "--report", "final"], tmp_path / "final.json", capsys)
+    final = _json([*argv, "linear_report=final"], tmp_path / "final.json", capsys)
     assert final["score"] == final["final_score"] == best["final_score"]  # same seed, same run
     assert final["best_score"] == best["best_score"]
 
@@ -69,7 +69,7 @@ def test_finetune_cli_reports_best_and_final(tmp_path: Path, capsys) -> None:
 
 
 def test_bad_eval_every_and_report_fail_in_one_line(capsys) -> None:
-    code = main(["eval", "linear", *RANDOM, *DEMO, "--protocol", "sgd", "--eval-every", "0"])
+    code = main(["eval", "linear", *RANDOM, *DEMO, "linear_protocol=sgd", "linear_eval_every=0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "eval_every must be positive" in err[0]
     code = main(["finetune", *RANDOM, *FINETUNE_DEMO, "--eval-every", "-1"])

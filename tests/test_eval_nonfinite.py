@@ -42,15 +42,11 @@ def test_sgd_probe_stops_on_a_non_finite_loss(monkeypatch, capsys) -> None:
     argv = [
         "eval",
         "linear",
-        "--protocol",
-        "sgd",
         *RANDOM,
-        "--train-batch-size",
-        "16",
-        "--epochs",
-        "2",
-        "--eval-every",
-        "1",
+        "linear_protocol=sgd",
+        "linear_batch_size=16",
+        "linear_epochs=2",
+        "linear_eval_every=1",
     ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]

@@ -169,7 +169,7 @@ def test_a_fifo_as_weights_or_config_is_one_line(tmp_path: Path, capsys):
     fifo = tmp_path / "model.safetensors"
     os.mkfifo(fifo)
     assert main(["eval", "zeroshot", "--model", str(fifo), "--dataset", "demo_shapes"]) == 2
-    assert _error(capsys, "eval").endswith(f"{fifo}: a FIFO, not a regular file")
+    assert _error(capsys, "eval zeroshot").endswith(f"{fifo}: a FIFO, not a regular file")
     assert main(["export", str(fifo), str(tmp_path / "out"), "--format", "hf"]) == 2
     assert "a FIFO, not a regular file" in _error(capsys, "export")
     assert main(["train", *overrides(tmp_path / "a", "data.train=demo", f"init_from={fifo}")]) == 2

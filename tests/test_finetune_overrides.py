@@ -70,6 +70,8 @@ def test_bad_settings_fail_in_one_line_before_the_model_loads(settings: list[str
         (["--randaug", "none"], "randaug=none"),
         (["--precision", "bf16"], "precision=bf16"),
         (["--seed", "1"], "seed=1"),
+        # its --batch-size (eval's images per forward pass) was read by nothing: the one batch is the settings'
+        (["--batch-size", "64"], "batch_size=64"),
     ],
 )
 def test_options_that_became_overrides_name_them(options: list[str], override: str, capsys) -> None:

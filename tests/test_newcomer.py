@@ -133,9 +133,9 @@ def test_knn_k_larger_than_the_train_set_is_clamped_and_said(tmp_path: Path, cap
     train = _image_tree(tmp_path / "train", ["cat", "dog"])
     test = _image_tree(tmp_path / "test", ["cat", "dog"])
     argv = ["eval", "knn", "--model", "slip_vit_micro", "--pretrained", "none", "--dataset", str(test)]
-    assert main([*argv, "--train", str(train), "--k", "50", "--output", str(tmp_path / "m.json")]) == 0
+    assert main([*argv, "--train", str(train), "knn_k=50", "--output", str(tmp_path / "m.json")]) == 0
     captured = capsys.readouterr()
-    assert "--k 50 is more than the 6 train images: using k=6" in captured.err
+    assert "openslip eval knn: note: knn_k=50 is more than the 6 train images: using k=6" in captured.err
     assert "kNN (k=6" in captured.out
     assert json.loads((tmp_path / "m.json").read_text())["k"] == 6
 

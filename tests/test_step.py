@@ -104,7 +104,7 @@ def test_training_logs_the_gradient_norm(tmp_path: Path, monkeypatch) -> None:
     "argv, optimizer",
     [
         (["finetune", "epochs=1", "warmup_epochs=0", "batch_size=16"], "AdamW"),
-        (["eval", "linear", "--protocol", "sgd", "--epochs", "1", "--train-batch-size", "16"], "SGD"),
+        (["eval", "linear", "linear_protocol=sgd", "linear_epochs=1", "linear_batch_size=16"], "SGD"),
     ],
 )
 def test_evaluation_loops_use_the_shared_step(argv: list[str], optimizer: str, monkeypatch) -> None:

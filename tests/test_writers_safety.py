@@ -58,7 +58,8 @@ def refused(args: list[str], world: dict[str, Path], capsys, match: str = "") ->
     before = tree(world["root"])
     assert main(args) == 2, args
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"openslip {args[0]}: error: ") and "Traceback" not in err, err
+    name = " ".join(args[:2]) if args[0] == "eval" else args[0]  # `openslip eval knn: error: ...`, as argparse's
+    assert err.count("\n") == 1 and err.startswith(f"openslip {name}: error: ") and "Traceback" not in err, err
     assert match in err, err
     assert tree(world["root"]) == before, f"{args} changed files"
     return err

@@ -1,6 +1,6 @@
 """What the evaluation commands share (`openslip eval`, `finetune`, `embed`): the model options, loading the model on
-every rank, opening labelled sets as the command's protocol does, and printing / writing the result. Argument
-plumbing only; the evaluations themselves are library calls in `openslip.eval`."""
+every rank, and printing / writing the result. Argument plumbing only: the sets are opened by `openslip.eval.sets`
+and the evaluations themselves are library calls in `openslip.eval`."""
 
 from __future__ import annotations
 
@@ -10,20 +10,9 @@ from typing import Any
 from openslip.errors import ConfigError
 
 
-def add_report_arg(
-    p: argparse.ArgumentParser, prefix: str = "", *, dest: str = "report", default: Any = "best"
-) -> None:
-    p.add_argument(
-        "--report",
-        dest=dest,
-        choices=("best", "final"),
-        default=default,
-        help=f"{prefix}the score reported: the best of the evaluations, as the reference (default), or the last "
-        "epoch's; the result gives both",
-    )
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, *, forward_batch: bool = True) -> None:
+    """The model and how it is run. ``forward_batch=False``: no --batch-size, for a command whose own settings size
+    every pass (`openslip finetune`: its ``batch_size=`` is the training batch, and scoring uses its share)."""
     p.add_argument("--model", required=False, help="run dir, checkpoint, .safetensors, SLIP .pt, or a model name")
     p.add_argument(
         "--pretrained",
@@ -40,7 +29,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "(default: the protocol's, as the reference: 1.0 for zero-shot, retrieval and embed; 0.875 for probes and "
         "finetuning)",
     )
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass per process")
+    if forward_batch:
+        p.add_argument("--batch-size", type=int, default=256, help="images per forward pass per process")
     p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes per rank")
 
 
@@ -79,7 +69,7 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any]:
             f"--image-size {args.image_size} is not a multiple of {model.cfg.name}'s patch size {patch} "
             f"(try {max(patch, round(args.image_size / patch) * patch)})"
         )
-    if args.batch_size < 1 or args.num_workers < 0:
+    if getattr(args, "batch_size", 1) < 1 or args.num_workers < 0:
         raise ConfigError("--batch-size must be >= 1 and --num-workers >= 0")
     return model, device
 
@@ -118,42 +108,3 @@ def format_table(title: str, metrics: dict[str, Any], keys: list[str] | None = N
             text = str(v)
         lines.append(f"{k:<{width}}  {text:>10}{mark}")
     return "\n".join(lines)
-
-
-def classification_set(args: argparse.Namespace, spec: str, split: str, n: int | None, **extra: Any) -> Any:
-    from openslip.eval.datasets import open_classification
-
-    protocol = getattr(args, "task", None) or args.command  # eval's zeroshot / linear / knn, or finetune
-    return open_classification(
-        spec,
-        split=split,
-        image_size=args.image_size,
-        n=n,
-        seed=args.seed,
-        protocol=protocol,
-        crop_fraction=args.crop_fraction,
-        inputs=args.inputs,
-        **extra,
-    )
-
-
-def train_test(args: argparse.Namespace) -> tuple[Any, Any]:
-    from openslip.data.demo.tasks import demo_task_names
-
-    if not args.dataset:
-        raise ConfigError("--dataset is required (a demo task name, or a test image folder / CSV with --train)")
-    if args.dataset in demo_task_names():
-        train_spec = args.train or args.dataset
-    elif args.train:
-        train_spec = args.train
-    else:
-        raise ConfigError(f"--train is required with a folder or CSV test set ({args.dataset})")
-    test = classification_set(args, args.dataset, args.split, args.num_samples)
-    train = classification_set(args, train_spec, "train", args.num_train)
-    if train.classnames != test.classnames:
-        diff = next((f"{a!r} vs {b!r}" for a, b in zip(train.classnames, test.classnames, strict=False) if a != b), "")
-        raise ConfigError(
-            f"train and test sets have different classes ({train.num_classes} vs {test.num_classes}"
-            f"{'; first difference: ' + diff if diff else ''})"
-        )
-    return train, test

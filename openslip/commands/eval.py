@@ -2,8 +2,10 @@
 
 MODEL is a run directory, checkpoint, `.safetensors` file or original SLIP `.pt`, or a model name with
 `--pretrained none` (random weights) / `--pretrained FILE`. The settings of the evaluation are the fields of
-`openslip.eval.suite.EvalOptions`, given as options (`--batch-size 64`) or `key=value` (`batch_size=64`), and
-each task runs through the same door as `openslip compare`: ``EVALS[task].run(model, eval_set, options)``.
+`openslip.eval.suite.EvalOptions`, given as `key=value` (`knn_k=10`, `linear_protocol=sgd`); the few that every
+command shares keep their options too (`--batch-size 64` or `batch_size=64`). The options the probes once had for
+their own settings (`--k 10`, `--protocol sgd`, `--lr`, ...) are refused in one line that names the key. Each task
+runs through the same door as `openslip compare`: ``EVALS[task].run(model, eval_set, options)``.
 Every evaluation runs data-parallel under `torchrun` (each rank encodes its shard; nothing is counted twice)
 and rank 0 prints a table and writes the JSON, whose keys are metric names plus, for classification,
 `metric` (the dataset's reported one) and `score` (its value). Argument parsing and printing only: the sets
@@ -18,9 +20,9 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from openslip.commands._common import add_model_args, add_report_arg, finish, setup
+from openslip.commands._common import add_model_args, finish, setup
 from openslip.errors import ConfigError
-from openslip.eval.sets import TASK_KEYS, option_key
+from openslip.eval.sets import OPTION_BARE_VALUES, TASK_KEYS, option_key
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,8 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "`openslip eval zeroshot --model slip_base_25ep.pt --dataset /data/food101/test --catalog food101`; "
         "`openslip eval retrieval --model runs/demo --dataset demo`; "
         "`openslip eval linear --model runs/demo --dataset demo_shapes`; "
-        "`openslip eval knn --model runs/demo --dataset demo_shapes knn_k=10`. Settings are options or key=value "
-        "overrides of the evaluation's options (each key once; a bad key lists the valid ones). "
+        "`openslip eval knn --model runs/demo --dataset demo_shapes knn_k=10`; "
+        "`openslip eval linear --model M --dataset TEST --train TRAIN linear_protocol=sgd linear_epochs=90`. "
+        "Settings are key=value overrides of the evaluation's options (each key once; a bad key lists the valid "
+        "ones); --device, --batch-size, --num-workers, --cache-dir, --seed, --image-size, --crop-fraction and "
+        "--features write the same fields. "
         "Multi-process: `torchrun --nproc-per-node N -m openslip.cli eval ...`.",
     )
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
@@ -74,78 +79,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--image-root", metavar="DIR", help="folder image paths are relative to (Karpathy JSON, COCO)")
     r.add_argument("--caption-keys", metavar="COLS", help="manifest caption columns, comma-separated (e.g. c1,c2,c3)")
 
-    lin = tasks.add_parser("linear", help="linear probe: logistic regression on features, or the reference SGD")
+    lin = tasks.add_parser(
+        "linear",
+        help="linear probe: logistic regression on features, or the reference SGD",
+        description=_keys_text(
+            "Linear probe: CLIP's logistic regression on frozen features, or the SLIP reference's SGD probe.",
+            {
+                "linear_protocol": "logistic or sgd",
+                "linear_epochs": "sgd: epochs (reference: 90)",
+                "linear_lr": "sgd: base lr per 256 images (reference: 0.1)",
+                "linear_batch_size": "sgd: global batch (reference: 128 per GPU x 8 = 1024)",
+                "linear_eval_every": "sgd: score the test set every N epochs (reference: 10)",
+                "linear_report": "sgd: the score reported, best of the evaluations (reference) or final; the result "
+                "gives both",
+                "linear_reference_lr_bug": "sgd: divide the lr by the world size twice, as the 2021 reference did, "
+                "for a reference run on N processes whatever this run's (the paper's: 8, i.e. lr 0.1 x int(1024 / 8 "
+                "/ 8) / 256 = 0.00625); 0: this run's process count",
+            },
+        ),
+    )
     _common(lin, "linear")
     _train_args(lin)
-    lin.add_argument(
-        "--protocol",
-        dest="linear_protocol",
-        choices=("logistic", "sgd"),
-        help=_default("probe protocol", "linear_protocol"),
-    )
     lin.add_argument("--val", metavar="DATASET", help="validation set choosing C (default: 20%% of the train set)")
-    lin.add_argument(
-        "--epochs",
-        dest="linear_epochs",
-        metavar="EPOCHS",
-        type=int,
-        help=_default("sgd: epochs (reference: 90)", "linear_epochs"),
-    )
-    lin.add_argument(
-        "--lr",
-        dest="linear_lr",
-        metavar="LR",
-        type=float,
-        help=_default("sgd: base lr per 256 images (reference: 0.1)", "linear_lr"),
-    )
-    lin.add_argument(
-        "--train-batch-size",
-        dest="linear_batch_size",
-        metavar="TRAIN_BATCH_SIZE",
-        type=int,
-        help=_default("sgd: global batch (reference: 128 per GPU x 8 = 1024)", "linear_batch_size"),
-    )
-    lin.add_argument(
-        "--eval-every",
-        dest="linear_eval_every",
-        metavar="EVAL_EVERY",
-        type=int,
-        help=_default("sgd: score the test set every N epochs (reference: 10)", "linear_eval_every"),
-    )
-    add_report_arg(lin, "sgd: ", dest="linear_report", default=None)
-    lin.add_argument(
-        "--reference-lr-bug",
-        dest="linear_reference_lr_bug",
-        nargs="?",
-        type=_positive_int,
-        const=0,
-        metavar="N",
-        help="sgd: divide the lr by the world size twice, as the 2021 reference did, for a reference run on N "
-        "processes whatever this run's (the paper's: 8, i.e. lr 0.1 x int(1024 / 8 / 8) / 256 = 0.00625); without N, "
-        "this run's process count",
-    )
 
-    k = tasks.add_parser("knn", help="weighted kNN on frozen features (k=20, T=0.07)")
+    k = tasks.add_parser(
+        "knn",
+        help="weighted kNN on frozen features (k=20, T=0.07)",
+        description=_keys_text(
+            "Weighted kNN on frozen features (DINO's protocol).",
+            {"knn_k": "neighbours", "knn_temperature": "vote weight exp(sim / T)"},
+        ),
+    )
     _common(k, "knn")
     _train_args(k)
-    k.add_argument("--k", dest="knn_k", metavar="K", type=int, help=_default("neighbours", "knn_k"))
-    k.add_argument(
-        "--temperature",
-        dest="knn_temperature",
-        metavar="TEMPERATURE",
-        type=float,
-        help=_default("vote weight exp(sim / T)", "knn_temperature"),
-    )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
-    return value
+def _settings() -> type:
+    """The dataclass the overrides set (imported when needed: `openslip --help` does not load torch)."""
+    from openslip.eval.suite import EvalOptions
+
+    return EvalOptions
 
 
 def _metric_names() -> tuple[str, ...]:
@@ -161,10 +134,31 @@ def _default(text: str, key: str) -> str:
     return f"{text} (default {getattr(EvalOptions(), key)}; key={key})"
 
 
+def _keys_text(intro: str, keys: dict[str, str]) -> str:
+    """A task's description: what it does, then its own key=value settings with their defaults (stated once, in
+    EvalOptions)."""
+    from openslip.eval.suite import EvalOptions
+
+    defaults = EvalOptions()
+    shown = [
+        f"{key}={value}: {text}" if (value := getattr(defaults, key)) is not None else f"{key} (default off): {text}"
+        for key, text in keys.items()
+    ]
+    return f"{intro} Its own settings, as key=value with their defaults: " + "; ".join(shown) + "."
+
+
 def _common(p: argparse.ArgumentParser, task: str) -> None:
     add_model_args(p)
     # --batch-size / --num-workers write EvalOptions fields: None here means "not given" (the field's default)
-    p.set_defaults(batch_size=None, num_workers=None, func=run, option_key=partial(option_key, task))
+    p.set_defaults(
+        batch_size=None,
+        num_workers=None,
+        func=run,
+        command_name=f"eval {task}",  # its errors, as argparse's own: `openslip eval knn: error: ...`
+        overrides_of=_settings,
+        option_key=partial(option_key, task),
+        option_bare_values=OPTION_BARE_VALUES,
+    )
     p.add_argument("--dataset", help="demo task name, demo, image folder, CSV, manifest, Karpathy JSON")
     p.add_argument("--split", default="test", help="demo split / Karpathy split (default: test)")
     p.add_argument("-n", "--num-samples", type=int, help="demo: number of images (default per split)")
@@ -199,15 +193,6 @@ FLAGS = {
     "crop_fraction": "--crop-fraction",
     "image_size": "--image-size",
     "features": "--features",
-    "knn_k": "--k",
-    "knn_temperature": "--temperature",
-    "linear_protocol": "--protocol",
-    "linear_epochs": "--epochs",
-    "linear_lr": "--lr",
-    "linear_batch_size": "--train-batch-size",
-    "linear_eval_every": "--eval-every",
-    "linear_report": "--report",
-    "linear_reference_lr_bug": "--reference-lr-bug",
 }
 SET_FIELDS = ("dataset", "split", "num_samples", "train", "num_train", "val", "catalog", "classnames", "templates",
               "metric", "prompts", "image_root", "caption_keys")  # fmt: skip
@@ -235,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     es = open_task_set(task, request, options, inputs=args.inputs)
     if task == "knn" and options.knn_k > len(es.train):  # every train image votes: say so
         print(
-            f"openslip eval: note: --k {options.knn_k} is more than the {len(es.train)} train images: "
+            f"openslip eval knn: note: knn_k={options.knn_k} is more than the {len(es.train)} train images: "
             f"using k={len(es.train)}",
             file=sys.stderr,
             flush=True,

@@ -38,7 +38,7 @@ def _settings() -> type:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from openslip.commands._common import add_model_args, add_report_arg
+    from openslip.commands._common import add_model_args
 
     p = sub.add_parser(
         "finetune",
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "20 warm-up, layer decay 0.65, drop-path 0 / 0.1), vit_l16 (50, 5, 0.75, 0.1), demo (CPU-sized); "
         "lr 4e-3 at batch 1024, scaled linearly.",
     )
-    add_model_args(p)
+    add_model_args(p, forward_batch=False)  # the test set is scored batch_size / processes images at a time
     p.add_argument("--dataset", required=True, help="test set: a demo task name, an image folder or a CSV")
     p.add_argument("--train", metavar="DATASET", help="train set (default for demo tasks: the task's train split)")
     p.add_argument("--split", default="test", help="demo split to score on (default: test)")
@@ -67,25 +67,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="score the test set every N epochs and after the last (default 1, as BEiT; 0: the last only)",
     )
-    add_report_arg(p)
+    p.add_argument(
+        "--report",
+        choices=("best", "final"),
+        default="best",
+        help="the score reported: the best of the evaluations, as BEiT's max_accuracy (default), or the last "
+        "epoch's; the result gives both",
+    )
     p.add_argument("--save", metavar="FILE.safetensors", help="write the finetuned classifier's weights")
     p.add_argument("--output", metavar="FILE.json", help="write the metrics as JSON")
     p.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
-        help="the preset's settings to change: epochs, warmup_epochs, batch_size (global), base_lr (per 1024 images), "
+        help="the preset's settings to change: epochs, warmup_epochs, batch_size (global, training; scoring passes "
+        "its share per process), base_lr (per 1024 images), "
         "min_lr, weight_decay, betas, layer_decay, drop_path, mixup_alpha, cutmix_alpha, label_smoothing, crop_scale, "
         "flip, randaug (none: off), reprob, precision (fp32|bf16|fp16), seed (also the demo world's)",
     )
-    p.set_defaults(func=run, cache_dir=None, features="backbone", overrides_of=_settings, option_renames=OPTION_RENAMES)
+    p.set_defaults(func=run, overrides_of=_settings, option_renames=OPTION_RENAMES)
 
 
 def run(args: argparse.Namespace) -> int:
     from openslip import distributed
-    from openslip.commands._common import finish, setup, train_test
+    from openslip.commands._common import finish, setup
     from openslip.data.augment.classify import FinetuneTransform
     from openslip.eval.finetune import FinetuneConfig, config_from_preset, finetune, preset_for
+    from openslip.eval.sets import SetRequest, classification_opener, open_train_test
     from openslip.overrides import apply_overrides
 
     if args.out_dir:  # it holds finetune_state.pt only, beside anything else, but never in a run or checkpoint
@@ -96,8 +104,12 @@ def run(args: argparse.Namespace) -> int:
     apply_overrides(config_from_preset(args.preset) if args.preset else FinetuneConfig(), args.overrides)
     model, device = setup(args)  # checks --save and --output
     cfg = apply_overrides(config_from_preset(args.preset or preset_for(model.cfg.vision)), args.overrides)
-    args.seed = cfg.seed  # the demo world's images too, as before the settings were overrides
-    train, test = train_test(args)
+    request = SetRequest(**{k: getattr(args, k) for k in ("dataset", "train", "split", "num_samples", "num_train")})
+    # the sets as the probes open them; the seed is the settings' (the demo world's images too)
+    opener = classification_opener(
+        "finetune", image_size=args.image_size, seed=cfg.seed, crop_fraction=args.crop_fraction, inputs=args.inputs
+    )
+    train, test = open_train_test(request, opener)
     train.with_transform(FinetuneTransform.from_config(args.image_size, cfg))
     metrics, classifier = finetune(
         model,

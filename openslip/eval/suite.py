@@ -56,7 +56,7 @@ class EvalOptions:
     finetune_epochs: int | None = None  # override the preset's epochs
     finetune_dir: str | None = None  # resumable finetuning state (one directory per model and set)
     crop_fraction: float | None = None  # image files: None, each protocol's own (``openslip.eval.preprocess``)
-    # `openslip eval` (key=value there; its flags write the same fields):
+    # `openslip eval` (key=value there; --image-size and --features write the same fields):
     image_size: int | None = None  # input size the sets are opened at; None: the model's
     features: Literal["backbone", "embed"] = "backbone"  # probes: the ViT's CLS feature or the CLIP embedding
     linear_protocol: Literal["logistic", "sgd"] = "logistic"  # CLIP's logistic probe, or the reference's SGD one
@@ -65,8 +65,8 @@ class EvalOptions:
     linear_batch_size: int = 1024  # sgd: global batch (reference: 128 per GPU x 8)
     linear_eval_every: int = 10  # sgd: score the test set every N epochs (reference's --eval-freq: 10)
     linear_report: Literal["best", "final"] = "best"  # sgd: the best evaluation's score (reference), or the last's
-    # sgd: the reference's lr divided by the world size twice, for a reference run on N processes (the paper's: 8);
-    # 0: this run's process count; None: the correct rate
+    # sgd: the reference's lr divided by the world size twice, as on a reference run of N processes (the paper's: 8);
+    # 0: as on this run's process count (what the option `--reference-lr-bug` without N meant); None: the correct rate
     linear_reference_lr_bug: int | None = None
 
 
@@ -369,7 +369,7 @@ def run_sgd_probe(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
     """The SLIP reference's linear probe (main_linear.py): a linear head trained by SGD on augmented images
     through the frozen backbone. Metrics only: the best epoch's score is not one classifier's outcomes."""
     if opt.features != "backbone":
-        raise ConfigError("--protocol sgd trains on the backbone features (drop --features embed)")
+        raise ConfigError("linear_protocol=sgd trains on the backbone features (drop --features embed)")
     bug = opt.linear_reference_lr_bug
     if bug is not None and bug < 0:
         raise ConfigError(f"linear_reference_lr_bug={bug} should be a process count (>= 1), or 0 for this run's")
