@@ -320,7 +320,7 @@ def test_bench_train_takes_the_training_settings_as_overrides(tmp_path, monkeypa
         (["train.steps=3"], "train.steps is not a setting of bench train: the benchmark runs --warmup + --steps"),
         (["out_dir=runs/x"], "out_dir is not a setting of bench train"),
         (["--batch-size", "16"], "settings are key=value overrides; write `train.batch_size=16`"),
-        (["--model", "slip_vit_s16"], "write `model=slip_vit_s16`"),
+        (["--model", "slip_vit_s16", "model=clip_vit_s16"], "the model is given twice"),
         (["--precision=bf16"], "write `train.precision=bf16`"),
         (["--data", "/data/train.csv"], "write `data.train=/data/train.csv`"),
         (["--num-workers", "4"], "write `data.num_workers=4`"),

@@ -118,6 +118,6 @@ def test_baselines_on_two_processes_match_one(tmp_path, objective):
 
 @pytest.mark.parametrize("model", ["slip_vit_micro", "clip_vit_micro", "simclr_vit_micro"])
 def test_bench_train_accepts_every_model(tmp_path, model):
-    argv = ["bench", "train", "--model", model, "--batch-size", "4", "--steps", "1", "--warmup", "0"]
-    argv += ["--with-data", "--num-workers", "0", "--peak-budget", "0.1", "--threads", "1"]
+    argv = ["bench", "train", "--model", model, "train.batch_size=4", "--steps", "1", "--warmup", "0"]
+    argv += ["--with-data", "data.num_workers=0", "--peak-budget", "0.1", "train.threads=1"]
     assert main([*argv, "--output", str(tmp_path / "b.json")]) == 0

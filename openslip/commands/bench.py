@@ -28,6 +28,7 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
 
     t = sub.add_parser("train", help="samples/s, step breakdown, peak memory, FLOPs and MFU of training steps")
+    t.add_argument("--model", default=None, help="registered model name, as every command takes it (= model=NAME)")
     t.add_argument("--steps", type=int, default=5, help="measured steps per path (default 5)")
     t.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     t.add_argument(
@@ -102,8 +103,15 @@ def run_train(args: argparse.Namespace) -> int:
         batches = tuple(int(b) for b in args.sweep_batches.split(","))
     except ValueError:
         raise ConfigError(f"--sweep-batches {args.sweep_batches!r} should be integers separated by commas") from None
+    settings = parse_overrides(args.overrides)
+    if args.model is not None:
+        if "model" in settings:
+            raise ConfigError(
+                f"the model is given twice (--model {args.model}, model={settings['model']}): give it once"
+            )
+        settings["model"] = args.model
     bc = TrainBenchConfig(
-        settings=parse_overrides(args.overrides),
+        settings=settings,
         steps=args.steps,
         warmup=args.warmup,
         rounds=args.rounds,
