@@ -146,3 +146,20 @@ def test_no_import_cycles() -> None:
         if module not in state:
             visit(module, [module])
     assert not cycles, f"import cycles: {[' -> '.join(c) for c in cycles]}"
+
+
+def test_imports_inside_functions_only_where_they_keep_a_start_light() -> None:
+    """`openslip --help` loads no library code (commands/ and cli.py import it when they run); everywhere else an
+    import stands at the top of its module, so the arrows above are the ones a reader sees first."""
+    inside = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel.startswith("commands/") or rel == "cli.py":
+            continue
+        for func in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                for node in ast.walk(func):
+                    names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                    names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                    inside += [f"{rel}:{node.lineno} {n}" for n in names if n.startswith("openslip")]
+    assert not inside, inside

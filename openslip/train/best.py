@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from openslip.errors import ConfigError
+from openslip.eval.catalog import get_entry
 from openslip.weights.atomic import write_json
 from openslip.weights.checkpoint import BEST_FILE, checkpoint_dir_name, checkpoint_problem, write_pointer
 
@@ -115,8 +116,6 @@ def check_best_metric(metric: str, names: list[str], has_text: bool) -> None:
 
 def _set_hint(kind: str, name: str) -> str:
     """What to add to evaluate `kind/name`: `eval.sets=[zeroshot:imagenet:/PATH/imagenet/val]` for a catalog set."""
-    from openslip.eval.catalog import get_entry
-
     if kind == "zeroshot":
         try:
             entry = get_entry(name)

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from openslip import files
+from openslip.data.demo.tasks import demo_task_names
 from openslip.data.formats.decode import DecodeOptions
 from openslip.errors import ConfigError
 from openslip.overrides import build, check_choice, field_keys, option_key
@@ -226,8 +227,6 @@ REPLACED_EVAL_KEYS = ("zeroshot", "knn", "linear", "classnames", "templates", "c
 
 def _replaced_eval_keys(values: dict[str, Any]) -> str:
     """The one line refusing the replaced keys of an `eval` section, with the eval.sets to write instead."""
-    from openslip.data.demo.tasks import demo_task_names
-
     old = [k for k in REPLACED_EVAL_KEYS if k in values]
     catalog = values.get("catalog") if isinstance(values.get("catalog"), str) else None
     sets, catalog_used = [], False

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from openslip.data.demo.tasks import demo_task_names
 from openslip.errors import ConfigError, UserError
 from openslip.eval.catalog import check_prompt_set, get_entry
 from openslip.eval.datasets import DEMO_RETRIEVAL_NAMES
@@ -107,8 +108,6 @@ def _catalog_typo(spec: str) -> str | None:
 
 
 def _is_demo(spec: str) -> bool:
-    from openslip.data.demo.tasks import demo_task_names
-
     return spec in demo_task_names() or spec.removeprefix(RETRIEVAL_PREFIX) in DEMO_RETRIEVAL_NAMES
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from openslip.data.sources import parse_spec
 from openslip.errors import ConfigError
+from openslip.models.variants import MODELS
 from openslip.overrides import deep_merge
 from openslip.registry import Registry
 from openslip.train.checks import check_config
@@ -218,8 +219,6 @@ def make_config(overrides: dict[str, Any] | None = None, *, yaml_path: str | Pat
 def _model_loss_weights(model: Any) -> dict[str, float]:
     """The loss terms a model kind cannot train: `model=clip_vit_tiny` alone means CLIP only (loss.ssl_scale=0),
     `model=simclr_vit_tiny` SimCLR only (loss.clip_scale=0)."""
-    from openslip.models.variants import MODELS
-
     if not isinstance(model, str) or model not in MODELS:
         return {}  # check_config names the valid models
     parts = MODELS.get(model)
