@@ -28,12 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from openslip import distributed
-from openslip.models.config import CONTRASTIVES
 
 __all__ = ["CONTRASTIVES", "GATHER_MODES", "SLIPLoss", "clip_loss", "sigmoid_loss", "simclr_loss"]
 
 Gather = Literal["grad", "reference"]
 GATHER_MODES: tuple[str, ...] = ("grad", "reference")
+# The image-text term: CLIP's softmax (InfoNCE) or SigLIP's pairwise sigmoid (Zhai et al., ICCV 2023), which reads a
+# learned bias as well (docs/OBJECTIVES.md); a model's config names the one it is trained with
+CONTRASTIVES: tuple[str, ...] = ("softmax", "sigmoid")
 
 # Added to a sample's similarity with itself in SimCLR's same-view logits so that it is never a
 # candidate; finite (as the reference's 1e9) so that no inf - inf can appear.

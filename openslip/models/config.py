@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from openslip.losses import CONTRASTIVES
+
 HEAD_NORMS = ("bn", "ln", "none")
 # MLP activations: "gelu" (timm, SLIP, open_clip's default configs) or "quick_gelu" (OpenAI CLIP, x * sigmoid(1.702 x))
 ACTIVATIONS = ("gelu", "quick_gelu")
-# The image-text objective a model is trained with: CLIP's softmax (InfoNCE) or SigLIP's pairwise sigmoid (Zhai et
-# al., ICCV 2023), which adds a learned bias to the logits (docs/OBJECTIVES.md)
-CONTRASTIVES = ("softmax", "sigmoid")
 
 
 def _check_act(where: str, act: str) -> None:

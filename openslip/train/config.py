@@ -19,7 +19,7 @@ from openslip import files
 from openslip.data.demo.tasks import demo_task_names
 from openslip.data.formats.decode import DecodeOptions
 from openslip.errors import ConfigError
-from openslip.models.config import CONTRASTIVES
+from openslip.losses import CONTRASTIVES
 from openslip.overrides import build, check_choice, field_keys, option_key
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
