@@ -2,7 +2,8 @@
 
 Model -> dict -> loss -> dict: :class:`SLIPLoss` reads the model's output dict (``image_embed``,
 ``text_embed``, ``logit_scale``, ``view1_embed``, ``view2_embed``) and returns a dict whose ``loss`` is
-the only entry to backpropagate; the other entries are detached metrics.
+the only entry to backpropagate; the other entries are detached metrics. The image-text term is CLIP's softmax
+or, with ``contrastive="sigmoid"``, SigLIP's pairwise sigmoid, which also reads ``logit_bias`` (docs/OBJECTIVES.md).
 
 Both losses are contrastive over the **global** batch. Each rank scores its B local samples (the rows)
 against all W*B samples of the job (the columns) and averages over its local rows, so the
@@ -28,16 +29,20 @@ from torch import nn
 
 from openslip import distributed
 
-__all__ = ["GATHER_MODES", "SLIPLoss", "clip_loss", "simclr_loss"]
+__all__ = ["CONTRASTIVES", "GATHER_MODES", "SLIPLoss", "clip_loss", "sigmoid_loss", "simclr_loss"]
 
 Gather = Literal["grad", "reference"]
 GATHER_MODES: tuple[str, ...] = ("grad", "reference")
+# The image-text term: CLIP's softmax (InfoNCE) or SigLIP's pairwise sigmoid (Zhai et al., ICCV 2023), which reads a
+# learned bias as well (docs/OBJECTIVES.md); a model's config names the one it is trained with
+CONTRASTIVES: tuple[str, ...] = ("softmax", "sigmoid")
 
 # Added to a sample's similarity with itself in SimCLR's same-view logits so that it is never a
 # candidate; finite (as the reference's 1e9) so that no inf - inf can appear.
 _SELF_MASK = 1e9
 
 CLIP_KEYS = ("image_embed", "text_embed", "logit_scale")
+SIGMOID_KEYS = (*CLIP_KEYS, "logit_bias")
 SSL_KEYS = ("view1_embed", "view2_embed")
 
 
@@ -110,6 +115,47 @@ def clip_loss(
         logits_t2i = scale * txt @ img_all.t()  # [B, W*B]
         loss = (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels)) / 2
         acc = _percent_correct(logits_i2t, labels)
+    return {"clip_loss": loss, "clip_acc": acc}
+
+
+def sigmoid_loss(
+    image_embed: torch.Tensor,
+    text_embed: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    logit_bias: torch.Tensor | float,
+) -> dict[str, torch.Tensor]:
+    """SigLIP's pairwise sigmoid image-text loss over the global batch (Zhai et al., ICCV 2023, §3.1).
+
+    With L2-normalised embeddings of the N = W*B pairs of the job, ``logits = t * img @ txt.T + b`` [N, N] and
+    ``z = +1`` on the diagonal, -1 elsewhere: ``loss = -(1/N) * sum_ij log sigmoid(z_ij * logits_ij)`` (the paper
+    normalises by the batch size N, not by the N^2 pairs). Each rank scores its B image rows against the N gathered
+    texts and divides by B, so the mean over ranks is the loss above; the texts are gathered with gradient, which
+    makes value and gradients equal to one process holding the whole batch (module docstring). Every pair (i, j) is
+    a row of exactly one rank, so no image needs gathering.
+
+    Args:
+        image_embed: [B, D] unnormalised image embeddings of this rank's samples.
+        text_embed: [B, D] unnormalised text embeddings of the same samples (pair i is positive).
+        logit_scale: t, already exponentiated (the model output).
+        logit_bias: b, the learned bias (the model output).
+
+    Returns:
+        ``clip_loss``: the loss above (the image-text term keeps CLIP's key, so logs, plots and compare read either
+        objective); ``clip_acc``: image->text top-1 accuracy of the local rows in percent (detached).
+    """
+    _check_pair(image_embed, text_embed, "image_embed and text_embed")
+    dtype = _compute_dtype(image_embed, text_embed)
+    with torch.autocast(device_type=image_embed.device.type, enabled=False):
+        img = F.normalize(image_embed.to(dtype), dim=-1)  # [B, D]
+        txt = F.normalize(text_embed.to(dtype), dim=-1)  # [B, D]
+        scale = torch.as_tensor(logit_scale, device=img.device).to(dtype)
+        bias = torch.as_tensor(logit_bias, device=img.device).to(dtype)
+        txt_all = distributed.gather_with_grad(txt)  # [N, D], rank-major
+        labels = _local_labels(img.shape[0], img.device)
+        logits = scale * img @ txt_all.t() + bias  # [B, N]
+        signs = 2 * F.one_hot(labels, txt_all.shape[0]).to(dtype) - 1  # [B, N]: +1 at the positive, -1 elsewhere
+        loss = -F.logsigmoid(signs * logits).sum() / img.shape[0]
+        acc = _percent_correct(logits, labels)
     return {"clip_loss": loss, "clip_acc": acc}
 
 
@@ -198,6 +244,7 @@ class SLIPLoss(nn.Module):
         *,
         clip_scale: float = 1.0,
         gather: Gather = "grad",
+        contrastive: str = "softmax",
         track_rank: bool = False,
     ) -> None:
         super().__init__()
@@ -206,6 +253,12 @@ class SLIPLoss(nn.Module):
         if not ssl_temperature > 0:
             raise ValueError(f"ssl_temperature must be > 0, got {ssl_temperature}")
         _check_gather(gather)
+        if contrastive not in CONTRASTIVES:
+            raise ValueError(f"contrastive must be one of {CONTRASTIVES}, got {contrastive!r}")
+        if contrastive == "sigmoid" and gather != "grad":
+            # gather="reference" reproduces the 2021 SLIP code's CLIP loss; that code had no sigmoid loss
+            raise ValueError("the sigmoid loss gathers with gradient only (gather='reference' is the 2021 CLIP loss)")
+        self.contrastive = contrastive
         self.ssl_scale = float(ssl_scale)
         self.ssl_temperature = float(ssl_temperature)
         self.clip_scale = float(clip_scale)
@@ -216,9 +269,10 @@ class SLIPLoss(nn.Module):
 
     @classmethod
     def for_model(cls, model: Any, **kwargs: Any) -> SLIPLoss:
-        """The loss of the objectives a model has: CLIP when it has a text tower, SimCLR when it has the head
-        (weights 1, or as given)."""
+        """The loss of the objectives a model has: CLIP when it has a text tower (softmax or sigmoid, as the model
+        was made for), SimCLR when it has the head (weights 1, or as given)."""
         cfg = getattr(model, "cfg", model)
+        kwargs.setdefault("contrastive", cfg.contrastive)
         kwargs.setdefault("clip_scale", 1.0 if cfg.text is not None else 0.0)
         kwargs.setdefault("ssl_scale", 1.0 if cfg.ssl_head is not None else 0.0)
         return cls(**kwargs)
@@ -226,7 +280,7 @@ class SLIPLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"clip_scale={self.clip_scale}, ssl_scale={self.ssl_scale}, "
-            f"ssl_temperature={self.ssl_temperature}, gather={self.gather!r}"
+            f"ssl_temperature={self.ssl_temperature}, gather={self.gather!r}, contrastive={self.contrastive!r}"
         )
 
     def forward(self, outputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -238,7 +292,7 @@ class SLIPLoss(nn.Module):
                 return
             missing = [k for k in keys if outputs.get(k) is None]
             if missing:
-                scale = "clip_scale" if keys == CLIP_KEYS else "ssl_scale"
+                scale = "ssl_scale" if keys == SSL_KEYS else "clip_scale"
                 raise ValueError(
                     f"SLIPLoss: {scale}={weight} but the model output has no {', '.join(missing)}; give the model "
                     f"those inputs, or set {scale}=0 for a model without that objective"
@@ -248,13 +302,22 @@ class SLIPLoss(nn.Module):
             terms.append((weight, result[name]))
             metrics.update({k: v.detach() for k, v in result.items()})
 
-        add(
-            self.clip_scale,
-            CLIP_KEYS,
-            lambda: clip_loss(
-                outputs["image_embed"], outputs["text_embed"], outputs["logit_scale"], gather=self.gather
-            ),
-        )
+        if self.contrastive == "sigmoid":
+            add(
+                self.clip_scale,
+                SIGMOID_KEYS,
+                lambda: sigmoid_loss(
+                    outputs["image_embed"], outputs["text_embed"], outputs["logit_scale"], outputs["logit_bias"]
+                ),
+            )
+        else:
+            add(
+                self.clip_scale,
+                CLIP_KEYS,
+                lambda: clip_loss(
+                    outputs["image_embed"], outputs["text_embed"], outputs["logit_scale"], gather=self.gather
+                ),
+            )
         add(
             self.ssl_scale,
             SSL_KEYS,
@@ -266,9 +329,10 @@ class SLIPLoss(nn.Module):
             metrics["ssl_rank"] = effective_rank(outputs["view1_embed"])
         if not terms:
             present = sorted(k for k, v in outputs.items() if v is not None)
+            image_text = SIGMOID_KEYS if self.contrastive == "sigmoid" else CLIP_KEYS
             raise ValueError(
-                "SLIPLoss has no term to compute: CLIP needs clip_scale > 0 and keys "
-                f"{list(CLIP_KEYS)}, SimCLR needs ssl_scale > 0 and keys {list(SSL_KEYS)}; "
+                f"SLIPLoss has no term to compute: CLIP needs clip_scale > 0 and keys {list(image_text)}, SimCLR "
+                f"needs ssl_scale > 0 and keys {list(SSL_KEYS)}; "
                 f"got clip_scale={self.clip_scale}, ssl_scale={self.ssl_scale}, keys {present}"
             )
         loss = terms[0][0] * terms[0][1]

@@ -57,7 +57,12 @@ MAX_LOGIT_SCALE = math.log(100.0)  # CLIP: the temperature multiplier is clamped
 
 @torch.no_grad()
 def clamp_logit_scale(model: nn.Module) -> None:
-    """Clamp the learned log temperature to [0, ln 100] after every optimizer step (CLIP / SLIP)."""
+    """Clamp the learned log temperature to [0, ln 100] after every optimizer step (CLIP / SLIP).
+
+    Not for a model trained with the sigmoid loss: SigLIP (Zhai et al., ICCV 2023) learns t = exp(t') without a
+    clamp, and its bias, not the temperature, balances the many negatives; we follow the paper."""
+    if getattr(model, "has_logit_bias", False):
+        return
     scale = getattr(model, "logit_scale", None)
     if scale is not None:
         scale.clamp_(0, MAX_LOGIT_SCALE)

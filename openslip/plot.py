@@ -24,7 +24,7 @@ from openslip.weights.atomic import atomic_file
 
 SKIP = {"step", "time", "epoch"}
 ORDER = ("loss", "clip_loss", "ssl_loss", "clip_acc", "ssl_acc", "ssl_rank", "zeroshot/", "knn/", "linear/", "lr",
-         "grad_norm", "logit_scale", "samples_per_s")  # fmt: skip
+         "grad_norm", "logit_scale", "logit_bias", "samples_per_s")  # fmt: skip
 # metric (or prefix ending in "/") -> y-axis label
 UNITS = {
     "loss": "loss (nats)",
@@ -39,6 +39,7 @@ UNITS = {
     "lr": "learning rate",
     "grad_norm": "global gradient norm (before clipping)",
     "logit_scale": "logit scale (1 / temperature)",
+    "logit_bias": "logit bias (sigmoid loss)",
     "samples_per_s": "samples / s",
     "data_wait_frac": "fraction of step time",
     "data_cpu_ms_per_sample": "loader CPU ms per sample",

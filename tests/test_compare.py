@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from train_utils import merged
 
@@ -407,3 +408,14 @@ def test_one_colour_per_method_in_both_panels(default_run, monkeypatch):
     methods = ["CLIP", "CLIP + SimCLR aug.", "SimCLR", "SLIP"]
     assert all(len(colours[m]) == 1 for m in methods), colours
     assert len({next(iter(colours[m])) for m in [*methods, "random init"]}) == 5
+
+
+def test_the_sigmoid_methods_train_with_the_sigmoid_loss(tmp_path):
+    """siglip and slip_sigmoid (docs/OBJECTIVES.md): loss.contrastive=sigmoid over the clip / slip methods."""
+    out = tmp_path / "exp"
+    assert _compare(out, "--methods", "siglip,slip_sigmoid", "--eval-sets", "demo_colours") == 0
+    r = json.loads((out / "results.json").read_text())
+    assert [row["key"] for row in r["rows"]] == ["random", "siglip", "slip_sigmoid"]
+    for method in ("siglip", "slip_sigmoid"):
+        cfg = yaml.safe_load((out / "runs" / f"{method}_seed0" / "config.yaml").read_text())
+        assert cfg["loss"]["contrastive"] == "sigmoid"

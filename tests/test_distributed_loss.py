@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from dist_utils import run_distributed
 
 from openslip import distributed
-from openslip.losses import clip_loss, simclr_loss
+from openslip.losses import clip_loss, sigmoid_loss, simclr_loss
 
 WORLD, B, D_IN, D = 2, 3, 4, 5
 N = WORLD * B
@@ -29,6 +29,8 @@ def _global_data() -> dict[str, torch.Tensor]:
     data["P"] = torch.randn(D_IN, D, generator=g, dtype=torch.float64)
     data["Q"] = torch.randn(D_IN, D, generator=g, dtype=torch.float64)
     data["log_scale"] = torch.tensor(2.0, dtype=torch.float64)
+    # the sigmoid loss's bias: not SigLIP's -10, at which a 6-pair batch's negatives would give almost no gradient
+    data["bias"] = torch.tensor(-1.5, dtype=torch.float64)
     return data
 
 
@@ -41,6 +43,7 @@ def _leaves(data: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tenso
         "P": data["P"].clone().requires_grad_(),
         "Q": data["Q"].clone().requires_grad_(),
         "log_scale": data["log_scale"].clone().requires_grad_(),
+        "bias": data["bias"].clone().requires_grad_(),
     }
 
 
@@ -49,6 +52,9 @@ def _run_case(lv: dict[str, torch.Tensor], kind: str, gather: str) -> dict[str, 
     if kind == "clip":
         out = clip_loss(lv["x_img"] @ lv["P"], lv["txt"], lv["log_scale"].exp(), gather=gather)
         loss, acc, names = out["clip_loss"], out["clip_acc"], ("P", "txt", "log_scale")
+    elif kind == "sigmoid":
+        out = sigmoid_loss(lv["x_img"] @ lv["P"], lv["txt"], lv["log_scale"].exp(), lv["bias"])
+        loss, acc, names = out["clip_loss"], out["clip_acc"], ("P", "txt", "log_scale", "bias")
     else:
         out = simclr_loss(lv["x_v1"] @ lv["Q"], lv["v2"], temperature=TAU, gather=gather)
         loss, acc, names = out["ssl_loss"], out["ssl_acc"], ("Q", "v2")
@@ -56,7 +62,7 @@ def _run_case(lv: dict[str, torch.Tensor], kind: str, gather: str) -> dict[str, 
     return {"loss": loss.detach(), "acc": acc, **{f"grad_{n}": g for n, g in zip(names, grads, strict=True)}}
 
 
-CASES = [("clip", "grad"), ("clip", "reference"), ("simclr", "grad"), ("simclr", "reference")]
+CASES = [("clip", "grad"), ("clip", "reference"), ("simclr", "grad"), ("simclr", "reference"), ("sigmoid", "grad")]
 
 
 def _body(info: distributed.DistInfo) -> dict:
@@ -100,6 +106,13 @@ def _rowwise_clip(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, det
     return (ce_i2t + ce_t2i) / 2
 
 
+def _rowwise_sigmoid(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Per image row i: -sum_j log sigmoid(z_ij * (scale * <img_i, txt_j> + bias)), z = +1 at j = i, else -1."""
+    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    signs = 2 * torch.eye(img.shape[0], dtype=img.dtype) - 1
+    return -F.logsigmoid(signs * (scale * img @ txt.t() + bias)).sum(dim=1)
+
+
 def _rowwise_simclr(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     a, b = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
     eye = torch.eye(a.shape[0], dtype=torch.bool)
@@ -119,6 +132,9 @@ def _one_process(kind: str, detach_cols: bool) -> dict[str, torch.Tensor]:
     if kind == "clip":
         rows = _rowwise_clip(lv["x_img"] @ lv["P"], lv["txt"], lv["log_scale"].exp(), detach_cols)
         names = ("P", "txt", "log_scale")
+    elif kind == "sigmoid":  # L_r = mean of rank r's rows = (1 / B) sum over its N * B pairs, so L = (1 / N) sum_ij
+        rows = _rowwise_sigmoid(lv["x_img"] @ lv["P"], lv["txt"], lv["log_scale"].exp(), lv["bias"])
+        names = ("P", "txt", "log_scale", "bias")
     else:
         rows = _rowwise_simclr(lv["x_v1"] @ lv["Q"], lv["v2"])
         names = ("Q", "v2")
@@ -156,11 +172,11 @@ def test_helpers_on_two_ranks(results):
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("kind", ["clip", "simclr"])
+@pytest.mark.parametrize("kind", ["clip", "simclr", "sigmoid"])
 def test_gather_with_grad_equals_one_process_on_the_whole_batch(results, kind):
     ref = _one_process(kind, detach_cols=False)
     per_rank = [res[f"{kind}/grad"] for res in results]
-    shared, local = ("P", "txt") if kind == "clip" else ("Q", "v2")
+    shared, local = ("Q", "v2") if kind == "simclr" else ("P", "txt")
     for r, out in enumerate(per_rank):
         close(out["loss"], ref["chunks"][r])  # rank r: mean over its own rows, against the global batch
         close(out["loss_mean"], ref["total"])  # mean over ranks = one-process loss
@@ -168,8 +184,10 @@ def test_gather_with_grad_equals_one_process_on_the_whole_batch(results, kind):
         close(out[f"grad_{local}"] / WORLD, ref[local][r * B : (r + 1) * B])
     # ... so DDP's average over ranks gives shared parameters the one-process gradient
     close(torch.stack([o[f"grad_{shared}"] for o in per_rank]).mean(0), ref[shared])
-    if kind == "clip":
+    if kind != "simclr":
         close(torch.stack([o["grad_log_scale"] for o in per_rank]).mean(0), ref["log_scale"])
+    if kind == "sigmoid":
+        close(torch.stack([o["grad_bias"] for o in per_rank]).mean(0), ref["bias"])
 
 
 @pytest.mark.multiprocess

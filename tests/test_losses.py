@@ -1,4 +1,5 @@
-"""clip_loss, simclr_loss and SLIPLoss on one process against per-sample loops written from the definitions."""
+"""clip_loss, sigmoid_loss, simclr_loss and SLIPLoss on one process against per-sample loops written from the
+definitions."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import pytest
 import torch
 
-from openslip.losses import SLIPLoss, clip_loss, simclr_loss
+from openslip.losses import SLIPLoss, clip_loss, sigmoid_loss, simclr_loss
 
 N, D = 6, 5
 
@@ -33,6 +34,24 @@ def naive_clip(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> tup
         total = total - torch.log(i2t[i] / sum(i2t)) - torch.log(t2i[i] / sum(t2i))
         correct += int(max(range(n), key=lambda j: float(i2t[j].detach())) == i)
     return total / (2 * n), 100.0 * correct / n
+
+
+def naive_sigmoid(
+    img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """SigLIP: -(1/N) sum over every (i, j) of log sigmoid(z_ij * (t <u_i, v_j> + b)), z = +1 iff i == j."""
+    n = img.shape[0]
+    u = [_unit(img[i]) for i in range(n)]
+    v = [_unit(txt[i]) for i in range(n)]
+    total = img.new_zeros(())
+    correct = 0
+    for i in range(n):
+        logits = [scale * _dot(u[i], v[j]) + bias for j in range(n)]
+        for j in range(n):
+            z = 1.0 if i == j else -1.0
+            total = total - torch.log(1 / (1 + torch.exp(-z * logits[j])))
+        correct += int(max(range(n), key=lambda j: float(logits[j].detach())) == i)
+    return total / n, 100.0 * correct / n
 
 
 def naive_simclr(z1: torch.Tensor, z2: torch.Tensor, t: float) -> tuple[torch.Tensor, float]:
@@ -73,6 +92,40 @@ def test_clip_loss_matches_per_sample_loop_value_and_gradient():
     assert not out["clip_acc"].requires_grad
     for got, want in zip(_grads(out["clip_loss"], [img, txt, scale]), _grads(ref, [img, txt, scale]), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [-10.0, -1.0, 2.0])
+def test_sigmoid_loss_matches_double_loop_value_and_gradient(bias):
+    img, txt = _inputs(3)
+    scale = torch.tensor(10.0, dtype=torch.float64, requires_grad=True)  # SigLIP's initial t
+    b = torch.tensor(bias, dtype=torch.float64, requires_grad=True)
+    out = sigmoid_loss(img, txt, scale, b)
+    ref, ref_acc = naive_sigmoid(img, txt, scale, b)
+    assert out["clip_loss"].dtype == torch.float64
+    torch.testing.assert_close(out["clip_loss"], ref, rtol=1e-10, atol=1e-12)
+    assert out["clip_acc"].item() == pytest.approx(ref_acc)
+    assert not out["clip_acc"].requires_grad
+    leaves = [img, txt, scale, b]
+    for got, want in zip(_grads(out["clip_loss"], leaves), _grads(ref, leaves), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_sigmoid_loss_in_slip_loss_needs_the_bias():
+    out = _model_out()
+    out["logit_bias"] = torch.tensor(-10.0, dtype=torch.float64, requires_grad=True)
+    res = SLIPLoss(contrastive="sigmoid")(out)
+    assert set(res) == {"loss", "clip_loss", "clip_acc", "ssl_loss", "ssl_acc"}  # the image-text term's keys stay
+    want = sigmoid_loss(out["image_embed"], out["text_embed"], out["logit_scale"], out["logit_bias"])["clip_loss"]
+    torch.testing.assert_close(res["clip_loss"], want.detach())
+    res["loss"].backward()
+    assert out["logit_bias"].grad is not None
+    with pytest.raises(ValueError, match="clip_scale=1.0 but the model output has no logit_bias"):
+        SLIPLoss(contrastive="sigmoid")({k: v for k, v in out.items() if k != "logit_bias"})
+    with pytest.raises(ValueError, match="contrastive must be one of"):
+        SLIPLoss(contrastive="hinge")
+    with pytest.raises(ValueError, match="gathers with gradient only"):
+        SLIPLoss(contrastive="sigmoid", gather="reference")
+    assert "contrastive='sigmoid'" in repr(SLIPLoss(contrastive="sigmoid"))
 
 
 def test_clip_loss_accepts_python_float_scale_and_is_symmetric():

@@ -1,10 +1,13 @@
 """Every registered model: builds, runs forward and backward, every parameter gets a gradient."""
 
+import math
+
 import pytest
 import torch
 
 import openslip
-from openslip.models import create_model, list_models, model_config
+from openslip.models import ModelConfig, create_model, list_models, model_config
+from openslip.optim import clamp_logit_scale
 from openslip.registry import UnknownNameError
 
 # Reference totals (SLIP paper code, counted with its timm ViT and CLIP text tower), in millions.
@@ -199,3 +202,25 @@ def test_attention_runs_fp32_kernels_in_a_bf16_cpu_step(causal: bool, one_thread
     expected = F.scaled_dot_product_attention(qb.float(), kb.float(), vb.float(), is_causal=causal).bfloat16()
     assert torch.equal(out, expected)
     torch.testing.assert_close(out.float(), explicit, rtol=2e-2, atol=2e-2)  # bf16 inputs and output
+
+
+def test_sigmoid_models_have_siglips_scale_and_bias_and_softmax_models_are_unchanged():
+    """loss.contrastive=sigmoid (docs/OBJECTIVES.md): t starts at 10 and b at -10, as in SigLIP; no clamp on t."""
+    softmax = create_model("clip_vit_micro")
+    assert [k for k in softmax.state_dict() if k.startswith("logit")] == ["logit_scale"]
+    sigmoid = create_model("clip_vit_micro", contrastive="sigmoid")
+    assert set(sigmoid.state_dict()) - set(softmax.state_dict()) == {"logit_bias"}
+    assert sigmoid.logit_scale.exp().item() == pytest.approx(10.0) and sigmoid.logit_bias.item() == -10.0
+    size = sigmoid.cfg.vision.image_size
+    out = sigmoid(image=torch.randn(2, 3, size, size), text=openslip.get_tokenizer()(["a", "b"]))
+    assert out["logit_bias"] is sigmoid.logit_bias and "logit_bias" not in softmax.forward_heads({})
+    assert ModelConfig.from_dict(sigmoid.cfg.to_dict()) == sigmoid.cfg
+    for model, clamped in ((softmax, True), (sigmoid, False)):
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(200.0))
+        clamp_logit_scale(model)
+        assert (model.logit_scale.exp().item() == pytest.approx(100.0)) == clamped
+    with pytest.raises(ValueError, match="needs a text tower"):
+        create_model("simclr_vit_micro", contrastive="sigmoid")
+    with pytest.raises(ValueError, match="choose one of: softmax, sigmoid"):
+        create_model("clip_vit_micro", contrastive="hinge")

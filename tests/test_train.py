@@ -77,12 +77,21 @@ def _batch(n=32, seed=0, size=32):
     return {"image": img(), "view1": img(), "view2": img(), "text": text}
 
 
-@pytest.mark.parametrize("name,ssl_scale", [("clip_vit_micro", 0.0), ("slip_vit_micro", 1.0)])
-def test_exact_accumulation_matches_one_batch(name, ssl_scale):
+@pytest.mark.parametrize(
+    "name,ssl_scale,contrastive",
+    [
+        ("clip_vit_micro", 0.0, "softmax"),
+        ("slip_vit_micro", 1.0, "softmax"),
+        # SigLIP: the loss reads only the cached features and the model's scale and bias, so the mechanism is exact
+        ("clip_vit_micro", 0.0, "sigmoid"),
+        ("slip_vit_micro", 1.0, "sigmoid"),
+    ],
+)
+def test_exact_accumulation_matches_one_batch(name, ssl_scale, contrastive):
     """4 micro-batches of 8 give the gradients of one batch of 32 (the contrastive batch is kept)."""
     torch.manual_seed(0)
-    model = create_model(name).double()
-    loss_fn = SLIPLoss(ssl_scale=ssl_scale)
+    model = create_model(name, contrastive=contrastive).double()
+    loss_fn = SLIPLoss(ssl_scale=ssl_scale, contrastive=contrastive)
     inputs = _batch()
     if not model.has_ssl_head:
         inputs = {k: inputs[k] for k in ("image", "text")}
@@ -123,6 +132,9 @@ def test_accumulated_training_run_matches_plain_run(tmp_path):
         (["optim.eps=-1"], "optim.eps=-1.0 must be > 0"),
         (["data.image_size=7"], "not a multiple of slip_vit_tiny's patch size 16"),
         (["data.image_size=0"], "data.image_size=0 must be > 0"),
+        (["loss.contrastive=hinge"], "loss.contrastive='hinge' is not valid; choose one of: softmax, sigmoid"),
+        (["model=simclr_vit_micro", "loss.contrastive=sigmoid"], "loss.contrastive=sigmoid scores image-text pairs"),
+        (["loss.contrastive=sigmoid", "loss.gather=reference"], "use loss.gather=grad with loss.contrastive=sigmoid"),
     ],
 )
 def test_config_errors_are_one_line(tmp_path, capsys, args, needle):

@@ -34,7 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "every evaluation that applies. Writes OUT_DIR/results.{json,md,png}. Rerun the same command to continue.",
     )
     p.add_argument("--out-dir", default="runs/compare", help="experiment directory (default: runs/compare)")
-    p.add_argument("--methods", type=_csv, default=None, help="comma-separated: clip, clip_aug, simclr, slip (all)")
+    p.add_argument(
+        "--methods",
+        type=_csv,
+        default=None,
+        help="comma-separated: clip, clip_aug, simclr, slip (default: these four), siglip, slip_sigmoid",
+    )
     p.add_argument("--seeds", type=_ints, default=(0,), help="comma-separated pre-training seeds (default: 0)")
     p.add_argument(
         "--eval-sets",

@@ -1,5 +1,6 @@
 """The pre-training methods `openslip compare` sets side by side (SLIP §4): SLIP, its two baselines, and CLIP
-trained on SimCLR-augmented views.
+trained on SimCLR-augmented views; on request also SigLIP's sigmoid image-text loss in place of CLIP's softmax, alone
+or with SimCLR (docs/OBJECTIVES.md).
 
 A method is the SLIP model of the experiment less a part, its loss weights, and (with `--hparams paper`) the
 paper's learning rate and weight decay for its objective (the values the recipes use,
@@ -43,6 +44,10 @@ for _m in (
     Method("clip_aug", "CLIP + SimCLR aug.", "clip", drop="ssl_head", overrides={"data": {"image_view": "simclr"}}),
     Method("simclr", "SimCLR", "simclr", drop="text"),
     Method("slip", "SLIP", "slip", drop=None),
+    # SigLIP's pairwise sigmoid loss (Zhai et al., ICCV 2023) in place of the softmax; not in the default set, which
+    # is the SLIP paper's comparison. The paper lr / wd stay those of the objective it replaces.
+    Method("siglip", "SigLIP", "clip", drop="ssl_head", overrides={"loss": {"contrastive": "sigmoid"}}),
+    Method("slip_sigmoid", "SLIP (sigmoid)", "slip", drop=None, overrides={"loss": {"contrastive": "sigmoid"}}),
 ):
     METHODS.register(_m.name, _m)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from openslip.losses import CONTRASTIVES
+
 HEAD_NORMS = ("bn", "ln", "none")
 # MLP activations: "gelu" (timm, SLIP, open_clip's default configs) or "quick_gelu" (OpenAI CLIP, x * sigmoid(1.702 x))
 ACTIVATIONS = ("gelu", "quick_gelu")
@@ -80,10 +82,16 @@ class ModelConfig:
     text: TextConfig | None = field(default_factory=TextConfig)  # None: no text tower (SimCLR)
     embed_dim: int = 512  # joint image-text embedding width
     ssl_head: HeadConfig | None = field(default_factory=HeadConfig)  # None: no SimCLR head (CLIP)
+    # "sigmoid": SigLIP's initial temperature (10) and a learned `logit_bias` (-10); "softmax": CLIP's (1 / 0.07)
+    contrastive: str = "softmax"
 
     def __post_init__(self) -> None:
         if self.text is None and self.ssl_head is None:
             raise ValueError("a model needs a text tower (CLIP), an ssl head (SimCLR) or both (SLIP)")
+        if self.contrastive not in CONTRASTIVES:
+            raise ValueError(f"contrastive {self.contrastive!r}; choose one of: {', '.join(CONTRASTIVES)}")
+        if self.contrastive == "sigmoid" and self.text is None:
+            raise ValueError(f"{self.name}: the sigmoid image-text loss needs a text tower")
 
     @property
     def image_views(self) -> tuple[str, ...]:

@@ -43,7 +43,14 @@ class SLIP(nn.Module):
             self.ln_final = nn.LayerNorm(t.width)
             self.image_projection = nn.Parameter(torch.empty(vision_width, cfg.embed_dim))
             self.text_projection = nn.Parameter(torch.empty(t.width, cfg.embed_dim))
-            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
+            if cfg.contrastive == "sigmoid":
+                # SigLIP (Zhai et al., ICCV 2023, §3.2): t = exp(t') with t' = log 10, and a bias b = -10 so that the
+                # N^2 - N negatives do not dominate the first steps; the bias exists only in sigmoid models, so a
+                # softmax model's state dict is CLIP's / SLIP's
+                self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+                self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+            else:
+                self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
             nn.init.normal_(self.token_embedding.weight, std=0.02)
             nn.init.normal_(self.positional_embedding, std=0.01)
             nn.init.normal_(self.image_projection, std=vision_width**-0.5)
@@ -54,6 +61,11 @@ class SLIP(nn.Module):
     @property
     def has_text(self) -> bool:
         return self.cfg.text is not None
+
+    @property
+    def has_logit_bias(self) -> bool:
+        """Whether the model is trained with SigLIP's sigmoid loss (it then has a learned `logit_bias`)."""
+        return self.cfg.text is not None and self.cfg.contrastive == "sigmoid"
 
     @property
     def has_ssl_head(self) -> bool:
@@ -94,7 +106,8 @@ class SLIP(nn.Module):
         view1: torch.Tensor | None = None,
         view2: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Embeds whatever is given; keys: image_embed, text_embed, logit_scale, view1_embed, view2_embed."""
+        """Embeds whatever is given; keys: image_embed, text_embed, logit_scale (logit_bias for a sigmoid model),
+        view1_embed, view2_embed."""
         return self.forward_heads(self.forward_features(image=image, text=text, view1=view1, view2=view2))
 
     def forward_features(
@@ -133,6 +146,8 @@ class SLIP(nn.Module):
             out["text_embed"] = feats["text_embed"]
         if self.has_text:
             out["logit_scale"] = self.logit_scale.exp()
+        if self.has_logit_bias:
+            out["logit_bias"] = self.logit_bias
         return out
 
     def _visual_many(self, images: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -14,6 +14,8 @@ def check_config(cfg: Config) -> None:
     if cfg.model not in MODELS:
         raise ConfigError(f"model={cfg.model!r} is not a registered model; choose one of: {', '.join(MODELS)}")
     parts = MODELS.get(cfg.model)
+    if parts.text is None and cfg.loss.contrastive == "sigmoid":
+        raise ConfigError(f"loss.contrastive=sigmoid scores image-text pairs, but model={cfg.model} has no text tower")
     if parts.text is None and cfg.loss.clip_scale > 0:
         raise ConfigError(f"model={cfg.model} has no text tower: set loss.clip_scale=0 (SimCLR only)")
     if parts.ssl_head is None and cfg.loss.ssl_scale > 0:

@@ -19,6 +19,7 @@ from openslip import files
 from openslip.data.demo.tasks import demo_task_names
 from openslip.data.formats.decode import DecodeOptions
 from openslip.errors import ConfigError
+from openslip.losses import CONTRASTIVES
 from openslip.overrides import build, check_choice, field_keys, option_key
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
@@ -156,9 +157,17 @@ class LossConfig:
     clip_scale: float = 1.0  # weight of the CLIP term (0: SimCLR only)
     ssl_temperature: float = 0.1  # NT-Xent temperature
     gather: str = "grad"  # "grad": exact global-batch gradients; "reference": the 2021 code's no-grad gather
+    # the image-text term: "softmax" (CLIP's InfoNCE) or "sigmoid" (SigLIP's pairwise sigmoid; docs/OBJECTIVES.md)
+    contrastive: str = "softmax"
 
     def __post_init__(self) -> None:
         _choice("loss.gather", self.gather, GATHERS)
+        _choice("loss.contrastive", self.contrastive, CONTRASTIVES)
+        if self.contrastive == "sigmoid" and self.gather != "grad":
+            raise ConfigError(
+                "loss.gather=reference reproduces the 2021 code's CLIP loss, which had no sigmoid variant: "
+                "use loss.gather=grad with loss.contrastive=sigmoid"
+            )
         _positive("loss.ssl_scale", self.ssl_scale, allow_zero=True)
         _positive("loss.clip_scale", self.clip_scale, allow_zero=True)
         _positive("loss.ssl_temperature", self.ssl_temperature)

@@ -172,6 +172,8 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
     if cfg.data.image_size:
         overrides["image_size"] = cfg.data.image_size
     dtype = param_dtype(cfg.train.precision)  # float64 for fp64 (numerics checks), else float32
+    if cfg.loss.contrastive != "softmax":  # a softmax model's config stays as registered (and its checkpoints)
+        overrides["contrastive"] = cfg.loss.contrastive
     mcfg = model_config(cfg.model, **overrides)
     if layout is not None:
         mcfg = adopt_layout(mcfg, layout)
@@ -194,6 +196,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         clip_scale=cfg.loss.clip_scale,
         ssl_temperature=cfg.loss.ssl_temperature,
         gather=cfg.loss.gather,
+        contrastive=cfg.loss.contrastive,
         track_rank=True,  # ssl_rank in metrics.jsonl: a collapse signal (RankMe)
     )
     data = build_train_data(
@@ -542,6 +545,8 @@ def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dic
             metrics["lr"] = t.opt.lr
             if t.model.has_text:
                 metrics["logit_scale"] = t.model.logit_scale.exp().item()
+            if t.model.has_logit_bias:
+                metrics["logit_bias"] = t.model.logit_bias.item()
             elapsed = now - tick
             # the steps since the last record: fewer than log_every after an unaligned resume or at the end
             metrics["samples_per_s"] = (step - tick_step) * cfg.train.batch_size / max(elapsed, 1e-9)
