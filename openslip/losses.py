@@ -77,6 +77,14 @@ def _percent_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
         return 100.0 * (logits.argmax(dim=-1) == labels).to(logits.dtype).mean()
 
 
+def _unit_pair(image_embed: torch.Tensor, text_embed: torch.Tensor, logit_scale: Any) -> tuple[torch.Tensor, ...]:
+    """Both embeddings L2-normalised in the loss's compute dtype, and the scale in that dtype (call with autocast
+    off): the start of every image-text loss."""
+    dtype = _compute_dtype(image_embed, text_embed)
+    scale = torch.as_tensor(logit_scale, device=image_embed.device).to(dtype)
+    return F.normalize(image_embed.to(dtype), dim=-1), F.normalize(text_embed.to(dtype), dim=-1), scale
+
+
 def clip_loss(
     image_embed: torch.Tensor,
     text_embed: torch.Tensor,
@@ -101,11 +109,8 @@ def clip_loss(
     """
     _check_gather(gather)
     _check_pair(image_embed, text_embed, "image_embed and text_embed")
-    dtype = _compute_dtype(image_embed, text_embed)
     with torch.autocast(device_type=image_embed.device.type, enabled=False):
-        img = F.normalize(image_embed.to(dtype), dim=-1)  # [B, D]
-        txt = F.normalize(text_embed.to(dtype), dim=-1)  # [B, D]
-        scale = torch.as_tensor(logit_scale, device=img.device).to(dtype)
+        img, txt, scale = _unit_pair(image_embed, text_embed, logit_scale)  # [B, D], [B, D], scalar
         gather_fn = distributed.gather_with_grad if gather == "grad" else distributed.gather_no_grad
         img_all, txt_all = gather_fn(img), gather_fn(txt)  # [W*B, D], rank-major
         labels = _local_labels(img.shape[0], img.device)
@@ -144,11 +149,9 @@ def sigmoid_loss(
         objective); ``clip_acc``: image->text top-1 accuracy of the local rows in percent (detached).
     """
     _check_pair(image_embed, text_embed, "image_embed and text_embed")
-    dtype = _compute_dtype(image_embed, text_embed)
     with torch.autocast(device_type=image_embed.device.type, enabled=False):
-        img = F.normalize(image_embed.to(dtype), dim=-1)  # [B, D]
-        txt = F.normalize(text_embed.to(dtype), dim=-1)  # [B, D]
-        scale = torch.as_tensor(logit_scale, device=img.device).to(dtype)
+        img, txt, scale = _unit_pair(image_embed, text_embed, logit_scale)  # [B, D], [B, D], scalar
+        dtype = img.dtype
         bias = torch.as_tensor(logit_bias, device=img.device).to(dtype)
         txt_all = distributed.gather_with_grad(txt)  # [N, D], rank-major
         labels = _local_labels(img.shape[0], img.device)
