@@ -32,7 +32,7 @@ MISTAKES = [
     ("train loss.ssl_scale=0", "use model=clip_vit_tiny"),
     ("train eval.sets=[zeroshot:{tmp}/nothing]", "neither a demo task"),
     ("train eval.sets=[zeroshot:imagenett:{tmp}/emptydir]", "did you mean imagenet?"),
-    ("train eval.zeroshot=[demo_shapes]", "eval.zeroshot was replaced by eval.sets"),
+    ("train eval.classnames={tmp}/names.txt", "eval.classnames was replaced by eval.sets"),
     ("train resume={tmp}/nothing", "cannot resume"),
     ("train init_from={tmp}/nothing", "init_from="),
     ("train train.patch_dropout=1.5", "train.patch_dropout must be in [0, 1)"),

@@ -5,6 +5,7 @@ level; bad sets, names and the keys eval.sets replaced fail before training in o
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 from PIL import Image
 
 from openslip.cli import main
+from openslip.overrides import parse_overrides
+from openslip.train.recipes import make_config
 from openslip.train.rundir import changed_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -95,32 +98,47 @@ def test_simclr_skips_zero_shot_sets_in_one_line(tmp_path: Path, capsys) -> None
 
 
 @pytest.mark.parametrize(
-    ("settings", "message"),
+    ("settings", "message", "sets"),
     [
         (["eval.zeroshot=[demo_shapes]"], "eval.zeroshot was replaced by eval.sets, a list of EVALNAME:SET: write "
-         "eval.sets=[zeroshot:demo_shapes]"),
+         "eval.sets=[zeroshot:demo_shapes]", ["zeroshot:demo_shapes"]),
         (["eval.knn=[demo_shapes]", "eval.linear=[/d/val@/d/train]"], "eval.knn, eval.linear were replaced by "
-         "eval.sets, a list of EVALNAME:SET: remove them and write eval.sets=[knn:demo_shapes,linear:/d/val@/d/train]"),
-        (["eval.zeroshot=[/d/val]", "eval.catalog=imagenet"], "write eval.sets=[zeroshot:imagenet:/d/val]"),
-        (["eval.classnames=/d/names.txt"], "class names and templates come with a set: TEST#PROMPTS.json"),
+         "eval.sets, a list of EVALNAME:SET: remove them and write eval.sets=[knn:demo_shapes,linear:/d/val@/d/train]",
+         ["knn:demo_shapes", "linear:/d/val@/d/train"]),
+        (["eval.zeroshot=[/d/val]", "eval.catalog=imagenet"], "write eval.sets=[zeroshot:imagenet:/d/val]",
+         ["zeroshot:imagenet:/d/val"]),
+        (["eval.zeroshot=[]"], "write eval.sets=[]", []),
     ],
 )  # fmt: skip
-def test_replaced_keys_name_eval_sets_in_one_line(settings, message, tmp_path: Path, capsys) -> None:
+def test_replaced_keys_are_read_as_eval_sets_with_a_warning_naming_it(settings, message, sets) -> None:
+    with pytest.warns(FutureWarning, match=re.escape(message)):
+        cfg = make_config(parse_overrides(["model=slip_vit_micro", *settings]))
+    assert cfg.eval.sets == sets
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["eval.classnames=/d/names.txt"], "class names and templates come with a set: TEST#PROMPTS.json"),
+        (["eval.catalog=imagenet"], "a catalog entry goes before its set: eval.sets=[zeroshot:imagenet:PATH]"),
+        (["eval.zeroshot=[demo_shapes]", "eval.sets=[knn:demo_shapes]"], "write eval.sets=[zeroshot:demo_shapes]"),
+    ],
+)  # fmt: skip
+def test_replaced_keys_no_eval_sets_means_are_refused_in_one_line(settings, message, tmp_path: Path, capsys) -> None:
     assert main(["train", "model=slip_vit_micro", *SMALL, *settings, f"out_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
 
 
-def test_an_older_runs_config_yaml_names_eval_sets(tmp_path: Path, capsys) -> None:
+def test_an_older_runs_config_yaml_is_read_as_eval_sets(tmp_path: Path) -> None:
     old = tmp_path / "config.yaml"  # the eval section an older run saved: every replaced key, most at their defaults
     old.write_text(
         "eval:\n  zeroshot: [demo_shapes, demo_colours]\n  knn: []\n  linear: []\n  classnames: null\n"
         "  templates: null\n  catalog: null\n  prompts: reference\n  every_steps: 200\n"
     )
-    assert main(["train", "--config", str(old), f"out_dir={tmp_path / 'run'}"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "remove them and write eval.sets=[zeroshot:demo_shapes,zeroshot:demo_colours]" in err
+    with pytest.warns(FutureWarning, match=re.escape("eval.sets=[zeroshot:demo_shapes,zeroshot:demo_colours]")):
+        cfg = make_config(yaml_path=old)
+    assert cfg.eval.sets == ["zeroshot:demo_shapes", "zeroshot:demo_colours"]
 
 
 def test_an_older_run_resumes_without_its_replaced_keys() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,15 +228,18 @@ class EvalConfig:
             )
 
 
-# Keys of `eval` that eval.sets replaced. A config that names one (on the command line or in a YAML file, such as an
-# older run's config.yaml given as --config) is refused in one line that writes the eval.sets value meaning the same.
-# Resuming an older run needs no translation: resume compares the checkpoint's saved settings with the eval keys left
-# free (loop.RESUMABLE_CHANGES), so `openslip train out_dir=OLD_RUN` continues it with the new keys.
+# Keys of `eval` that eval.sets replaced. Where the old keys say exactly what an eval.sets value says (the lists of
+# eval.zeroshot / knn / linear, eval.catalog applied to eval.zeroshot's file sets), a config naming them (on the
+# command line, in a YAML file, in an older run's config.yaml) is read as that eval.sets with a one-line warning that
+# writes it, so scripts written for the old keys keep running; class names and template files, which now come with
+# their set, are refused in one line. Resuming an older run needs no translation: resume leaves the eval keys free.
 REPLACED_EVAL_KEYS = ("zeroshot", "knn", "linear", "classnames", "templates", "catalog")
 
 
-def _replaced_eval_keys(values: dict[str, Any]) -> str:
-    """The one line refusing the replaced keys of an `eval` section, with the eval.sets to write instead."""
+def _replaced_eval_keys(values: dict[str, Any]) -> tuple[dict[str, Any], str, bool]:
+    """(the `eval` section with the replaced keys read as eval.sets, the line saying so, whether that reading is
+    exact). Not exact: class names or templates given, a catalog with no file set to apply to, or eval.sets given
+    beside the old keys."""
     old = [k for k in REPLACED_EVAL_KEYS if k in values]
     catalog = values.get("catalog") if isinstance(values.get("catalog"), str) else None
     sets, catalog_used = [], False
@@ -251,13 +255,16 @@ def _replaced_eval_keys(values: dict[str, Any]) -> str:
         hints.append(f"{'write' if len(old) == 1 else 'remove them and write'} eval.sets=[{','.join(sets)}]")
     if catalog and not catalog_used:
         hints.append(f"a catalog entry goes before its set: eval.sets=[zeroshot:{catalog}:PATH]")
-    if any(values.get(k) is not None for k in ("classnames", "templates")):
+    files = any(values.get(k) is not None for k in ("classnames", "templates"))
+    if files:
         hints.append(
             'class names and templates come with a set: TEST#PROMPTS.json ({"classnames": [...], "templates": [...]})'
         )
     line = f"{keys} {'was' if len(old) == 1 else 'were'} replaced by eval.sets, a list of EVALNAME:SET"
     line += (": " + "; ".join(hints)) if hints else " (docs/TRAINING.md)"
-    return line
+    exact = not files and (catalog is None or catalog_used) and "sets" not in values
+    translated = {k: v for k, v in values.items() if k not in REPLACED_EVAL_KEYS} | {"sets": sets}
+    return translated, line, exact
 
 
 @dataclass(kw_only=True)
@@ -324,8 +331,21 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a saved (resolved) config exactly, without applying a recipe."""
     section = values.get("eval")
     if isinstance(section, dict) and any(k in section for k in REPLACED_EVAL_KEYS):
-        raise ConfigError(_replaced_eval_keys(section))
+        raise ConfigError(_replaced_eval_keys(section)[1])
     return build(Config, values)
+
+
+def read_replaced_eval_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """The settings a user gave (command line and YAML, before the recipe's), with the replaced `eval` keys read as
+    the eval.sets they mean, with a one-line warning; refused in one line where no eval.sets means the same."""
+    section = values.get("eval")
+    if not isinstance(section, dict) or not any(k in section for k in REPLACED_EVAL_KEYS):
+        return values
+    translated, line, exact = _replaced_eval_keys(section)
+    if not exact:
+        raise ConfigError(line)
+    warnings.warn(f"{line} (read so for this run)", FutureWarning, stacklevel=2)
+    return {**values, "eval": translated}
 
 
 def save_yaml(cfg: Config, path: str | Path) -> None:

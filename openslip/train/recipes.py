@@ -35,6 +35,7 @@ from openslip.train.config import (
     TrainConfig,
     config_from_dict,
     load_yaml,
+    read_replaced_eval_keys,
 )
 from openslip.train.paper import published
 
@@ -197,7 +198,7 @@ _register_paper_recipes()
 def make_config(overrides: dict[str, Any] | None = None, *, yaml_path: str | Path | None = None) -> Config:
     """Recipe defaults, then the YAML file, then `overrides` (CLI); the recipe is named by either of them."""
     file_values = load_yaml(yaml_path) if yaml_path else {}
-    values = deep_merge(file_values, overrides or {})
+    values = read_replaced_eval_keys(deep_merge(file_values, overrides or {}))
     data = values.get("data")
     train_data = data.get("train", "demo") if isinstance(data, dict) else "demo"
     # Unnamed, the recipe follows the data: the demo recipe's zero-shot tasks are the demo world's, so a run on
