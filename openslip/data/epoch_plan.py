@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from openslip.data.batch_decode import pack
 from openslip.data.formats.decode import DEFAULT_DECODE, DecodeOptions
 from openslip.data.formats.shards import ShardSource
 from openslip.data.skips import BadSample, SkipCounter
@@ -27,6 +28,7 @@ from openslip.errors import DataError
 Transform = Callable[[Any], Any]
 Tokenize = Callable[[list[str]], torch.Tensor]
 
+PACKED_KEY = "image_data"  # a transform output packed into one buffer (see finish_batch)
 _MASK64 = (1 << 64) - 1
 # Stream tags so that the hashes for different purposes never coincide.
 _TAG_PERM, _TAG_REPLACE, _TAG_CAPTION, _TAG_AUGMENT, _TAG_SHARDS = 1, 2, 3, 4, 5
@@ -122,9 +124,16 @@ def render_views(transform: Transform, image: Any) -> Any:
 def finish_batch(
     common: BatchSettings, views: list[Any], texts: list[str], ids: list[int], counter: SkipCounter
 ) -> dict[str, Any]:
-    """Stack the transformed samples, tokenize the captions, attach ids and this batch's skip counts."""
+    """Stack the transformed samples, tokenize the captions, attach ids and this batch's skip counts. A transform's
+    ``image_data`` (data.decode=device: JPEG bytes or pixels of any size) is packed, not stacked
+    (``batch_decode.pack``: ``image_data`` uint8 [N] and ``image_index`` long [B, 4])."""
     if isinstance(views[0], dict):
-        batch: dict[str, Any] = {k: torch.stack([torch.as_tensor(v[k]) for v in views]) for k in views[0]}
+        batch: dict[str, Any] = {}
+        for k in views[0]:
+            if k == PACKED_KEY:
+                batch[PACKED_KEY], batch[PACKED_KEY.replace("data", "index")] = pack([v[k] for v in views])
+            else:
+                batch[k] = torch.stack([torch.as_tensor(v[k]) for v in views])
     else:
         batch = {"image": torch.stack([torch.as_tensor(v) for v in views])}
     if common.captions and common.tokenize is not None:

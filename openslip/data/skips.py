@@ -40,6 +40,7 @@ SKIP_CHECK_Z = 3.0
 _SEEN = "seen"
 _SKIP = "skip/"
 _CONVERTED = "converted/"
+_FALLBACK = "fallback/"
 
 
 class BadSample(Exception):
@@ -56,13 +57,15 @@ class SkipCounter:
 
     ``seen`` counts every sample the loader tried, including the skipped ones, so
     ``rate() = skipped / seen``. Conversions (CMYK, 16-bit, palette, alpha, ...) are information only:
-    a converted image is used, not skipped.
+    a converted image is used, not skipped. So are fall-backs: with ``data.decode=device``, the images decoded on
+    the CPU instead of by the batch decoder, by why (``png``, ``jpeg_cmyk``, ...; ``decode.device_decodable``).
     """
 
     def __init__(self) -> None:
         self.seen = 0
         self.skipped: dict[str, int] = {}
         self.converted: dict[str, int] = {}
+        self.fallback: dict[str, int] = {}
 
     # -- counting -----------------------------------------------------------------------------------------------
     def add_seen(self, n: int = 1) -> None:
@@ -73,6 +76,13 @@ class SkipCounter:
 
     def convert(self, kind: str, n: int = 1) -> None:
         self.converted[kind] = self.converted.get(kind, 0) + n
+
+    def fall_back(self, why: str, n: int = 1) -> None:
+        self.fallback[why] = self.fallback.get(why, 0) + n
+
+    @property
+    def total_fallback(self) -> int:
+        return sum(self.fallback.values())
 
     @property
     def total_skipped(self) -> int:
@@ -87,10 +97,11 @@ class SkipCounter:
         state = {_SEEN: self.seen}
         state.update({_SKIP + k: v for k, v in sorted(self.skipped.items())})
         state.update({_CONVERTED + k: v for k, v in sorted(self.converted.items())})
+        state.update({_FALLBACK + k: v for k, v in sorted(self.fallback.items())})
         return state
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
-        self.seen, self.skipped, self.converted = 0, {}, {}
+        self.seen, self.skipped, self.converted, self.fallback = 0, {}, {}, {}
         self.update(state)
 
     def update(self, other: SkipCounter | Mapping[str, int]) -> SkipCounter:
@@ -104,6 +115,8 @@ class SkipCounter:
                 self.skip(key[len(_SKIP) :], value)
             elif key.startswith(_CONVERTED):
                 self.convert(key[len(_CONVERTED) :], value)
+            elif key.startswith(_FALLBACK):
+                self.fall_back(key[len(_FALLBACK) :], value)
             else:
                 raise ValueError(f"unknown skip-counter key {key!r}")
         return self
@@ -135,7 +148,14 @@ class SkipCounter:
         if self.converted:
             conv = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.converted.items()))
             text += f"; converted to RGB ({conv})"
+        if self.fallback:
+            text += f"; {self.fallback_summary()}"
         return text
+
+    def fallback_summary(self) -> str:
+        """``12 images decoded on the CPU, not by the batch decoder (png: 10, jpeg_cmyk: 2)``."""
+        parts = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.fallback.items(), key=lambda kv: (-kv[1], kv[0])))
+        return f"{self.total_fallback:,} images decoded on the CPU, not by the batch decoder ({parts})"
 
     def rate_lower_bound(self, z: float = SKIP_CHECK_Z) -> float:
         """Wilson score lower bound of the true skip rate, ``z`` standard deviations below (0 with no samples).

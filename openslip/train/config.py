@@ -26,6 +26,7 @@ from openslip.overrides import build, check_choice, field_keys, option_key
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
 GATHERS = ("grad", "reference")
 AUGMENT_PATHS = ("cpu", "device")
+DECODE_PATHS = ("cpu", "device")
 IMAGE_VIEWS = ("clip", "simclr")
 WORKER_PRIORITIES = ("auto", "idle", "normal")
 BEST_MODES = ("max", "min")  # the evaluations' scores are % where higher is better; "min" for a metric that falls
@@ -47,6 +48,9 @@ class DataConfig:
     image_size: int | None = None  # training resolution; None: the model's
     num_workers: int = 2  # loader worker processes per rank (0: load in the training process)
     augment: str = "cpu"  # "cpu": augment in loader workers; "device": batched on the training device
+    # "cpu": workers decode; "device": workers hand over JPEG bytes and the batch is decoded on the training device
+    # (nvJPEG via torchvision on CUDA); needs data.augment=device; other files are decoded in the workers, counted
+    decode: str = "cpu"
     image_view: str = "clip"  # CLIP view's augmentation: "clip" (crop 0.5-1) or "simclr" (the SimCLR views' recipe)
     worker_priority: str = "auto"  # loader workers' CPU priority: "idle" (SCHED_IDLE), "normal"; auto: idle on CPU
     max_skip_rate: float = 0.1  # stop the run when the skipped fraction is significantly above this (TRAINING.md)
@@ -65,6 +69,12 @@ class DataConfig:
             if repeated is not None:  # without per-source weights a repeat would silently double that source
                 raise ConfigError(f"data.train lists {repeated!r} twice: each source is read once per epoch")
         _choice("data.augment", self.augment, AUGMENT_PATHS)
+        _choice("data.decode", self.decode, DECODE_PATHS)
+        if self.decode == "device" and self.augment != "device":
+            # the views are rendered from the decoded batch where it is: the workers no longer have the pixels
+            raise ConfigError(
+                "data.decode=device needs data.augment=device (the views are made from the decoded batch)"
+            )
         _choice("data.image_view", self.image_view, IMAGE_VIEWS)
         _positive("data.image_size", self.image_size)
         _positive("data.num_workers", self.num_workers, allow_zero=True)
@@ -84,6 +94,7 @@ class DataConfig:
             # that size keeps the full-size crops (scale >= 0.25) from being upsampled, at a fraction of the cost.
             draft_size=2 * image_size if self.jpeg_draft else None,
             exif_transpose=self.exif_transpose,
+            keep_jpeg=self.decode == "device",
         )
 
 

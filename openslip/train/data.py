@@ -5,21 +5,29 @@ Two augmentation paths with the same distributions (docs/DESIGN.md, 'Two paths, 
 - ``data.augment=device``: workers only decode (and shrink very large images); `BatchedSLIPAugment`
   renders the views of the whole batch on the training device, its randomness drawn from
   (seed, step) so a resumed run draws the same parameters.
+- ``data.decode=device`` (with ``data.augment=device``): workers only check the files and hand over the JPEG bytes;
+  the batch is decoded on the training device (`openslip.data.batch_decode`), then augmented as above. The
+  decoded images equal the CPU decode's, so the views and their (seed, step) draws are those of the line above.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from openslip.data.augment.batched import BatchedSLIPAugment
 from openslip.data.augment.params import CLIP_VIEW, SIMCLR_VIEW, AugmentConfig
 from openslip.data.augment.views import SLIPTransform, to_rgb_uint8
+from openslip.data.batch_decode import BatchDecoder, shrink_pil
+from openslip.data.formats.decode import EncodedJpeg
 from openslip.data.loader import TrainLoader, build_train_loader, mix_seed
 from openslip.data.sources import open_sources
 from openslip.errors import ConfigError
+from openslip.step import NO_CLOCK
 from openslip.tokenizer import get_tokenizer
 from openslip.train.config import Config
 
@@ -34,13 +42,25 @@ class DecodeOnly:
         self.max_side = max_side
 
     def __call__(self, image: Image.Image) -> dict[str, torch.Tensor]:
-        if max(image.size) > self.max_side:
-            image = image.copy()
-            image.thumbnail((self.max_side, self.max_side), Image.Resampling.BILINEAR)
+        image = shrink_pil(image, self.max_side)
         arr = torch.tensor(to_rgb_uint8(image)).permute(2, 0, 1)  # [3, h, w]; a copy (the array may be read-only)
         out = torch.zeros(3, self.max_side, self.max_side, dtype=torch.uint8)
         out[:, : arr.shape[1], : arr.shape[2]] = arr
         return {"raw": out, "raw_hw": torch.tensor(arr.shape[1:])}
+
+
+class BytesOrPixels:
+    """Worker transform of data.decode=device: a JPEG's bytes as they are (1-D uint8), or the pixels [h, w, 3] of
+    an image the worker had to decode (not a JPEG, ...: counted), the longer side at most `max_side`. Collation
+    packs them into one buffer (`batch_decode.pack`)."""
+
+    def __init__(self, max_side: int) -> None:
+        self.max_side = max_side
+
+    def __call__(self, image: Image.Image | EncodedJpeg) -> dict[str, np.ndarray]:
+        if isinstance(image, EncodedJpeg):
+            return {"image_data": np.frombuffer(image.data, dtype=np.uint8)}
+        return {"image_data": to_rgb_uint8(shrink_pil(image, self.max_side))}
 
 
 @dataclass
@@ -49,18 +69,30 @@ class TrainData:
     device_augment: BatchedSLIPAugment | None  # None: the views come ready from the workers
     seed: int
     dtype: torch.dtype = torch.float32  # of the views handed to the model (float64 for train.precision=fp64)
+    decoder: BatchDecoder | None = None  # data.decode=device: decodes the batch's JPEG bytes on the device
 
-    def views(self, batch: dict, step: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """Model inputs of a batch on `device`: the views it carries or renders (float) and text (long)."""
+    def views(self, batch: dict, step: int, device: torch.device, clock: Any = NO_CLOCK) -> dict[str, torch.Tensor]:
+        """Model inputs of a batch on `device`: the views it carries or renders (float) and text (long). `clock`
+        (benchmarks) laps "copy" after the host-to-device copies and "decode_augment" after the rest."""
         inputs = {
             k: v.to(device, non_blocking=True) for k, v in batch.items() if k in ("image", "view1", "view2", "text")
         }
-        if self.device_augment is not None:
+        if self.decoder is not None:
+            items = self.decoder.copy(batch["image_data"], batch["image_index"])
+            clock.lap("copy")
+            images = self.decoder.decode(items)
+        elif self.device_augment is not None:
             raw = batch["raw"].to(device, non_blocking=True)
+            clock.lap("copy")
             images = [raw[i, :, :h, :w] for i, (h, w) in enumerate(batch["raw_hw"].tolist())]
+        else:
+            clock.lap("copy")
+        if self.device_augment is not None:
             gen = torch.Generator().manual_seed(mix_seed(self.seed, step, _TAG_DEVICE_AUGMENT))
             inputs.update(self.device_augment(images, generator=gen))
-        return {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+        out = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+        clock.lap("decode_augment")
+        return out
 
 
 def open_train_source(cfg: Config, image_size: int):
@@ -98,7 +130,12 @@ def build_train_data(
         image_size=image_size, clip_view=SIMCLR_VIEW if cfg.data.image_view == "simclr" else CLIP_VIEW
     )
     device_path = cfg.data.augment == "device"
-    transform = DecodeOnly(2 * image_size) if device_path else SLIPTransform(config=augment, views=views)
+    max_side = 2 * image_size  # the largest crop of a view is resized to image_size: 2x keeps it from upsampling
+    if cfg.data.decode == "device":
+        transform: Any = BytesOrPixels(max_side)
+    else:
+        transform = DecodeOnly(max_side) if device_path else SLIPTransform(config=augment, views=views)
+    decode = cfg.data.decode_options(image_size)
     loader = build_train_loader(
         source,
         transform,
@@ -110,11 +147,14 @@ def build_train_data(
         world_size=world_size,
         max_skip_rate=cfg.data.max_skip_rate,
         min_samples_for_check=cfg.data.min_samples_for_skip_check,
-        decode=cfg.data.decode_options(image_size),
+        decode=decode,
         pin_memory=device.type == "cuda",
         idle_workers=cfg.data.worker_priority == "idle"
         or (cfg.data.worker_priority == "auto" and device.type == "cpu"),
         captions=with_text,
     )
     batched = BatchedSLIPAugment(config=augment, views=views) if device_path else None
-    return TrainData(loader=loader, device_augment=batched, seed=cfg.seed, dtype=dtype)
+    decoder = None
+    if cfg.data.decode == "device":
+        decoder = BatchDecoder(device, max_side, decode.draft_size, loader.skips)
+    return TrainData(loader=loader, device_augment=batched, seed=cfg.seed, dtype=dtype, decoder=decoder)

@@ -530,6 +530,7 @@ def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dic
     start_step, start_time = t.step, time.perf_counter()
     data_wait, samples, loader_cpu, tick_step = 0.0, 0, t.data.loader.cpu_s, t.step
     reported_skips = t.data.loader.skips.total_skipped
+    reported_fallback = False
     tick = time.perf_counter()
     shown: dict[str, Any] = {}  # the metrics of the last logged step, shown by the progress line
     while t.step < cfg.train.steps:
@@ -559,6 +560,9 @@ def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dic
             if skips.total_skipped > reported_skips:  # bad input is never silent (docs/DESIGN.md, 'Bad input')
                 reported_skips = skips.total_skipped
                 log.message(f"step {step}: {skips.summary()}")
+            elif skips.total_fallback and not reported_fallback:  # data.decode=device: said once, counted in metrics
+                log.message(f"step {step}: {skips.fallback_summary()} (data/fallback/* in metrics.jsonl)")
+            reported_fallback = reported_fallback or skips.total_fallback > 0
             tick, data_wait, samples, loader_cpu, tick_step = now, 0.0, 0, t.data.loader.cpu_s, step
             t.history.update(metrics)
             log.log(step, metrics)

@@ -65,6 +65,19 @@ class DecodeOptions:
     exif_transpose: bool = True
     """rotate / mirror the image as its EXIF orientation tag says (phone photos are stored sideways with the tag
     telling viewers to turn them); False keeps the stored pixel order."""
+    keep_jpeg: bool = False
+    """``data.decode=device``: a JPEG that passes the checks above and that a batch decoder reads as it is (see
+    ``device_decodable``) comes back undecoded, as an ``EncodedJpeg``; anything else is decoded here as usual and
+    counted in ``SkipCounter.fallback`` by why."""
+
+
+@dataclass(frozen=True)
+class EncodedJpeg:
+    """The file bytes of a JPEG that passed the size and pixel checks (read from its header), left for a batch
+    decoder on the training device (``openslip.data.batch_decode``)."""
+
+    data: bytes
+    size: tuple[int, int]  # (width, height) from the header
 
 
 DEFAULT_DECODE = DecodeOptions()
@@ -122,8 +135,9 @@ def decode_image(
     *,
     background: tuple[int, int, int] = (255, 255, 255),
     counter: SkipCounter | None = None,
-) -> Image.Image:
-    """Decode a file path, encoded bytes, a PIL image or a zero-argument callable into an 8-bit RGB image.
+) -> Image.Image | EncodedJpeg:
+    """Decode a file path, encoded bytes, a PIL image or a zero-argument callable into an 8-bit RGB image (with
+    ``options.keep_jpeg``: a JPEG the batch decoder can read stays encoded, an ``EncodedJpeg``).
 
     Args:
         options: the size limits, JPEG draft size and EXIF handling (``DecodeOptions``).
@@ -146,6 +160,8 @@ def decode_image(
     max_pixels, exif_transpose = options.max_pixels, options.exif_transpose
     if isinstance(src, Image.Image):
         _check_size(src.size, max_pixels)
+        if options.keep_jpeg and counter is not None:
+            counter.fall_back("in_memory")  # a custom source's decoded image: no bytes to hand over
         try:
             src.load()  # no-op for an image in memory; decodes a lazily opened one
         except MemoryError:
@@ -164,6 +180,14 @@ def decode_image(
         raise BadSample("empty_file", name)
 
     img = _open(data, name, max_pixels)
+    if options.keep_jpeg:
+        why = device_decodable(img, data, exif_transpose)
+        if why is None:
+            if img.mode == "L" and counter is not None:
+                counter.convert("l")  # the batch decoder makes it RGB, as to_rgb would have
+            return EncodedJpeg(data, img.size)
+        if counter is not None:
+            counter.fall_back(why)
     if options.draft_size is not None and img.format == "JPEG":
         img.draft("RGB", (options.draft_size, options.draft_size))
     try:
@@ -176,6 +200,30 @@ def decode_image(
     except Exception as err:  # noqa: BLE001 -- Pillow plugins raise ValueError, SyntaxError, struct.error, ...
         raise BadSample("corrupt", f"{name}: {type(err).__name__}: {err}") from None
     return to_rgb(_oriented(img, exif_transpose), background=background, counter=counter)
+
+
+def device_decodable(img: Image.Image, data: bytes, exif_transpose: bool) -> str | None:
+    """None when a batch decoder (nvJPEG through torchvision, or PIL on a CPU) reads the JPEG whose header is
+    ``img`` as the CPU path would; else why it is decoded on the CPU instead (the ``fallback`` count's key).
+
+    Read from the header only: the format (PNG, GIF, WebP... are not JPEG), the colour mode (a CMYK JPEG needs
+    Pillow's un-inversion), the EXIF orientation (the CPU path turns the image upright), and the end-of-image
+    marker: a file cut short (a partial download) lacks it, and the CPU decode in the worker then skips it as
+    ``truncated`` like any other bad sample, where a batch decoder could not replace it."""
+    if img.format != "JPEG":
+        return (img.format or "unknown").lower()
+    if img.mode not in ("RGB", "L"):
+        return f"jpeg_{img.mode.lower()}"
+    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return "jpeg_no_end_marker"
+    if exif_transpose:
+        try:
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+        except Exception:  # noqa: BLE001 -- a malformed EXIF block: the CPU path keeps the stored pixel order too
+            orientation = 1
+        if orientation not in (1, None):
+            return "jpeg_exif_orientation"
+    return None
 
 
 def _oriented(img: Image.Image, exif_transpose: bool) -> Image.Image:

@@ -1,0 +1,148 @@
+"""``data.decode=device``: loader workers hand over JPEG bytes, and the whole batch is decoded where it trains.
+
+Why: on a GPU machine the JPEG decode is most of a loader worker's CPU time (issue 27: 6.6 ms per 500 x 375 photo
+with the views on the device), and a node has no more cores per GPU than one GPU needs. nvJPEG (through
+``torchvision.io.decode_jpeg`` on a list, ``device="cuda"``) decodes the batch on the GPU instead.
+
+The hand-off: each worker sample is a 1-D uint8 array (the JPEG file's bytes) or, for an image decoded in the
+worker (a PNG, a CMYK JPEG...; counted in ``SkipCounter.fallback``), its pixels ``[h, w, 3]``. ``pack`` puts a
+batch's samples into one uint8 buffer with an index ``[B, 4]`` (start, end, height, width; height 0 marks JPEG
+bytes): one shared-memory segment and one pinned copy per batch instead of B. ``BatchDecoder`` splits the buffer
+back into the list of per-image uint8 tensors (views, no copy) and returns the images ``[3, h, w]`` uint8 on the
+device, the longer side at most ``max_side`` like the CPU path's ``DecodeOnly``.
+
+On a CPU device the decoder is PIL, with the same DCT draft scaling and shrink as the workers' CPU decode, so the
+images (and the views drawn from them) are those of ``data.augment=device`` with ``data.decode=cpu``: the tests
+check the whole hand-off on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from openslip.data.skips import SkipCounter
+from openslip.errors import ConfigError
+
+# The fallback keys of the images the training process decodes itself (``SkipCounter.fallback``).
+REFUSED = "refused_by_batch_decoder"  # nvJPEG would not read it (an unusual JPEG): PIL decoded it instead
+UNDECODABLE = "undecodable_jpeg"  # no decoder read it: a grey image of its size took its place in the batch
+_GREY = 128
+
+
+def pack(items: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(buffer uint8 [sum of sizes], index long [B, 4]: start, end, height, width) of the samples' arrays: 1-D
+    JPEG bytes (height = width = 0) or pixels [h, w, 3]."""
+    index = torch.zeros(len(items), 4, dtype=torch.long)
+    start = 0
+    for i, item in enumerate(items):
+        h, w = (item.shape[0], item.shape[1]) if item.ndim == 3 else (0, 0)
+        index[i] = torch.tensor([start, start + item.size, h, w])
+        start += item.size
+    buffer = torch.from_numpy(np.concatenate([item.reshape(-1) for item in items])) if items else torch.zeros(0)
+    return buffer.to(torch.uint8), index
+
+
+def shrink_pil(image: Image.Image, max_side: int) -> Image.Image:
+    """The image with its longer side at most ``max_side`` (PIL's bilinear thumbnail; unchanged when smaller)."""
+    if max(image.size) > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return image
+
+
+def torchvision_decode_jpeg() -> Callable[..., list[torch.Tensor]]:
+    """``torchvision.io.decode_jpeg`` reading as RGB, or a one-line ConfigError: torchvision is an optional
+    dependency of this path only (GPU installs have it)."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        raise ConfigError(
+            "data.decode=device on CUDA decodes with torchvision (nvJPEG), which is not installed: "
+            "pip install torchvision, or use data.decode=cpu"
+        ) from None
+
+    def decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+    return decode
+
+
+class BatchDecoder:
+    """A packed batch (``pack``) -> images [3, h, w] uint8 on ``device``; see the module docstring."""
+
+    def __init__(self, device: torch.device, max_side: int, draft_size: int | None, counter: SkipCounter) -> None:
+        self.device = device
+        self.max_side = max_side
+        self.draft_size = draft_size
+        self.counter = counter  # the loader's: fall-backs decided here count with the workers' (checkpointed)
+        self._nvjpeg = torchvision_decode_jpeg() if device.type == "cuda" else None
+
+    def copy(self, buffer: torch.Tensor, index: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
+        """The per-image tensors of a packed batch: (JPEG bytes on the host, True) or (pixels [3, h, w] on the
+        device, False). The pixels of the worker-decoded images travel in one copy of the buffer."""
+        rows = index.tolist()
+        on_device = buffer
+        if any(h for _, _, h, _ in rows):
+            on_device = buffer.to(self.device, non_blocking=True)
+        out = []
+        for start, end, h, w in rows:
+            if h:
+                out.append((on_device[start:end].view(h, w, 3).permute(2, 0, 1), False))
+            else:
+                out.append((buffer[start:end], True))
+        return out
+
+    def decode(self, items: list[tuple[torch.Tensor, bool]]) -> list[torch.Tensor]:
+        """Decode the JPEGs of ``copy``'s list on the device; every image [3, h, w] uint8, longer side <= max_side."""
+        jpegs = [data for data, is_jpeg in items if is_jpeg]
+        decoded = iter(self._decode_jpegs(jpegs) if jpegs else [])
+        images = [next(decoded) if is_jpeg else data for data, is_jpeg in items]
+        return [self._shrink(image) for image in images]
+
+    def __call__(self, buffer: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
+        return self.decode(self.copy(buffer, index))
+
+    def _decode_jpegs(self, jpegs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self._nvjpeg is None:
+            return [self._decode_pil(data) for data in jpegs]
+        try:
+            return self._nvjpeg(jpegs, self.device)
+        except RuntimeError:  # one file nvJPEG refuses fails the whole batch call: retry one by one
+            return [self._decode_one(data) for data in jpegs]
+
+    def _decode_one(self, data: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._nvjpeg([data], self.device)[0]
+        except RuntimeError:
+            self.counter.fall_back(REFUSED)
+            return self._decode_pil(data).to(self.device)
+
+    def _decode_pil(self, data: torch.Tensor) -> torch.Tensor:
+        """PIL's decode, as a worker's ``decode_image`` + ``DecodeOnly`` do it: DCT draft scaling to ``draft_size``,
+        RGB, the shrink to ``max_side``. A file it cannot read becomes a grey image, counted (``UNDECODABLE``):
+        the batch is built, its sample cannot be replaced here."""
+        try:
+            image = Image.open(io.BytesIO(data.numpy().tobytes()))
+            if self.draft_size is not None:
+                image.draft("RGB", (self.draft_size, self.draft_size))
+            image = shrink_pil(image.convert("RGB"), self.max_side)
+            return torch.from_numpy(np.array(image)).permute(2, 0, 1)  # [3, h, w], a writable copy
+        except Exception:  # noqa: BLE001 -- a corrupt scan that passed the header checks: Pillow raises many kinds
+            self.counter.fall_back(UNDECODABLE)
+            return torch.full((3, 8, 8), _GREY, dtype=torch.uint8)
+
+    def _shrink(self, image: torch.Tensor) -> torch.Tensor:
+        """The longer side at most ``max_side`` (nvJPEG decodes at full size): antialiased bilinear, rounded."""
+        h, w = image.shape[1:]
+        if max(h, w) <= self.max_side:
+            return image
+        scale = self.max_side / max(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        out = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+        return out[0].round_().clamp_(0, 255).to(torch.uint8)

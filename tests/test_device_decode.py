@@ -1,0 +1,178 @@
+"""data.decode=device: workers hand over JPEG bytes, the batch is decoded where it trains (here: the CPU, with PIL).
+
+The views must be those of data.augment=device with the workers' CPU decode (same seed, same step), the files the
+batch decoder does not take (a PNG, a CMYK JPEG, a cut-off JPEG) are decoded in the workers and counted, and a
+run goes through `openslip train` like any other."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from openslip.cli import main
+from openslip.data.augment.params import IMAGENET_STD
+from openslip.data.batch_decode import UNDECODABLE, BatchDecoder, pack
+from openslip.data.formats.decode import DecodeOptions, EncodedJpeg, decode_image
+from openslip.data.skips import BadSample, SkipCounter
+from openslip.errors import ConfigError
+from openslip.train.data import build_train_data
+from openslip.train.recipes import make_config
+from tests.train_utils import overrides, read_metrics
+
+N_IMAGES, SHARD_SIZE, BATCH = 12, 4, 4
+GREY_LEVEL = 1.0 / (255.0 * min(IMAGENET_STD))  # one uint8 step after normalisation, the largest over the channels
+
+
+def _photo(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """Smooth colour fields plus noise (flat colours would test little of the decoder). [h, w, 3] uint8."""
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = rng.uniform(40, 200, 3) + 50 * np.sin(x[..., None] / rng.uniform(5, 15) + rng.uniform(0, 6, 3))
+    return np.clip(base + rng.normal(0, 12, (h, w, 3)) + 0 * y[..., None], 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 captioned images (80 x 60, larger than the micro model's 2 x 32 px, so the shrink runs), one of them a PNG,
+    written as 3 shards by `openslip data make-shards` (clean JPEG / PNG files are stored byte for byte)."""
+    root = tmp_path_factory.mktemp("decode")
+    folder = root / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(N_IMAGES):
+        pixels = Image.fromarray(_photo(rng, (80, 60)))
+        if i == 5:
+            pixels.save(folder / f"{i:02d}.png")
+        else:
+            pixels.save(folder / f"{i:02d}.jpg", quality=90)
+        (folder / f"{i:02d}.txt").write_text(f"a photo number {i}")
+    out = root / "shards"
+    assert main(["data", "make-shards", str(folder), str(out), "--shard-size", str(SHARD_SIZE)]) == 0
+    return out
+
+
+def _data(shards: Path, decode: str):
+    cfg = make_config(
+        {
+            "model": "slip_vit_micro",
+            "data": {"train": str(shards), "augment": "device", "decode": decode, "num_workers": 0},
+            "train": {"batch_size": BATCH},
+        }
+    )
+    return build_train_data(cfg, 32, ("image", "view1", "view2"), True, 0, 1, torch.device("cpu"))
+
+
+def test_device_decode_views_equal_the_cpu_decode_views(shards: Path) -> None:
+    """One epoch (every sample, the PNG too) through both paths: the same batches, views within one grey level (the
+    same PIL decode, draft scaling and shrink on both sides: in fact equal), and the PNG counted as a fall-back."""
+    cpu, device = _data(shards, "cpu"), _data(shards, "device")
+    batches = N_IMAGES // BATCH
+    for step, (a, b) in enumerate(zip(cpu.loader, device.loader, strict=True)):
+        assert torch.equal(a["id"], b["id"]) and torch.equal(a["text"], b["text"])
+        assert b["image_data"].dtype == torch.uint8 and b["image_index"].shape == (BATCH, 4)
+        va, vb = cpu.views(a, step, torch.device("cpu")), device.views(b, step, torch.device("cpu"))
+        assert va.keys() == vb.keys() == {"image", "view1", "view2", "text"}
+        for key in ("image", "view1", "view2"):
+            assert va[key].shape == vb[key].shape
+            assert (va[key] - vb[key]).abs().max().item() <= GREY_LEVEL + 1e-6, key
+    assert step == batches - 1
+    assert device.loader.skips.fallback == {"png": 1} and cpu.loader.skips.fallback == {}
+    assert device.loader.skips.total_skipped == 0
+    # the JPEGs travelled as their file bytes: the packed buffer of a batch is its files, not its pixels
+    assert "1 images decoded on the CPU, not by the batch decoder (png: 1)" in device.loader.skips.summary()
+
+
+def test_train_with_device_decode_through_the_cli(shards: Path, tmp_path: Path, capsys) -> None:
+    """Two steps of `openslip train` with data.decode=device and loader workers (the packed bytes cross processes);
+    the fall-back count is in metrics.jsonl and the run log says it once."""
+    run = tmp_path / "run"
+    extra = ("data.augment=device", "data.decode=device", "data.num_workers=2", f"train.batch_size={BATCH}")
+    assert main(["train", *overrides(run, f"data.train={shards}", *extra), "train.steps=2"]) == 0
+    records = [r for r in read_metrics(run) if "loss" in r]
+    assert len(records) == 2 and all(np.isfinite(r["loss"]) for r in records)
+    if records[-1].get("data/fallback/png"):  # the PNG's shard may not be among the two steps' batches
+        captured = capsys.readouterr()
+        assert "decoded on the CPU, not by the batch decoder (png: 1)" in captured.out + captured.err
+
+
+def test_device_decode_needs_device_augment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = overrides(tmp_path / "run", "data.decode=device")
+    assert main(["train", *argv, "train.steps=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "data.decode=device needs data.augment=device" in err
+    assert main(["train", *overrides(tmp_path / "run2", "data.decode=gpu"), "train.steps=1"]) == 2
+    assert "data.decode" in capsys.readouterr().err
+
+
+def test_cuda_decode_without_torchvision_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nvJPEG path imports torchvision when the decoder is built (the run's start), before touching CUDA: a
+    CUDA request on a machine without torchvision (faked here by hiding the module) fails in one line."""
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setitem(sys.modules, "torchvision.io", None)
+    with pytest.raises(ConfigError) as err:
+        BatchDecoder(torch.device("cuda"), 64, 64, SkipCounter())
+    assert "pip install torchvision" in str(err.value) and "data.decode=cpu" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def _encoded(image: Image.Image, **save: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, **save)
+    return out.getvalue()
+
+
+def test_workers_keep_only_the_jpegs_the_batch_decoder_reads() -> None:
+    keep = DecodeOptions(keep_jpeg=True)
+    rgb = Image.fromarray(_photo(np.random.default_rng(1), (40, 30)))
+    counter = SkipCounter()
+    jpeg = _encoded(rgb, format="JPEG", quality=90)
+    kept = decode_image(jpeg, keep, counter=counter)
+    assert isinstance(kept, EncodedJpeg) and kept.data == jpeg and kept.size == (40, 30)
+    grey = decode_image(_encoded(rgb.convert("L"), format="JPEG"), keep, counter=counter)
+    assert isinstance(grey, EncodedJpeg) and counter.converted == {"l": 1}
+    cmyk = decode_image(_encoded(rgb.convert("CMYK"), format="JPEG"), keep, counter=counter)
+    assert isinstance(cmyk, Image.Image) and cmyk.mode == "RGB"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: the CPU path turns it upright
+    turned = decode_image(_encoded(rgb, format="JPEG", exif=exif), keep, counter=counter)
+    assert isinstance(turned, Image.Image) and turned.size == (30, 40)
+    assert counter.fallback == {"jpeg_cmyk": 1, "jpeg_exif_orientation": 1}
+    with pytest.raises(BadSample) as bad:  # cut short: no end marker, decoded in the worker, skipped as usual
+        decode_image(jpeg[:-40], keep, counter=counter)
+    assert bad.value.reason == "truncated" and counter.fallback["jpeg_no_end_marker"] == 1
+
+
+def test_batch_decoder_shrinks_and_stands_in_for_an_unreadable_jpeg() -> None:
+    """The list hand-off: pixels and bytes in one buffer; a JPEG no decoder reads (its scan broken after header
+    checks) becomes a grey image, counted, so the batch keeps its size; the shrink keeps the aspect ratio."""
+    rng = np.random.default_rng(2)
+    good = _encoded(Image.fromarray(_photo(rng, (100, 50))), format="JPEG", quality=90)
+    broken = good[:200] + bytes(len(good) - 202) + b"\xff\xd9"
+    pixels = _photo(rng, (20, 10))
+    buffer, index = pack([np.frombuffer(good, np.uint8), pixels, np.frombuffer(broken, np.uint8)])
+    assert index.tolist()[1] == [len(good), len(good) + pixels.size, 10, 20]
+    counter = SkipCounter()
+    images = BatchDecoder(torch.device("cpu"), 64, None, counter)(buffer, index)
+    assert [tuple(im.shape) for im in images[:2]] == [(3, 32, 64), (3, 10, 20)]
+    assert torch.equal(images[1], torch.from_numpy(pixels).permute(2, 0, 1))
+    assert all(im.dtype == torch.uint8 for im in images)
+    assert counter.fallback.get(UNDECODABLE, 0) in (0, 1)  # Pillow may read a zeroed scan as grey pixels
+    assert images[2].shape[0] == 3
+
+
+def test_device_decode_in_the_run_record(shards: Path, tmp_path: Path) -> None:
+    """The resolved data.decode is in the run's config (so a resume reads the same path)."""
+    run = tmp_path / "run"
+    argv = overrides(
+        run, f"data.train={shards}", "data.augment=device", "data.decode=device", f"train.batch_size={BATCH}"
+    )
+    assert main(["train", *argv, "train.steps=1"]) == 0
+    text = next(run.glob("config.*")).read_text()
+    assert "decode: device" in text or json.dumps("device") in text
