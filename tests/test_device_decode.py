@@ -176,3 +176,25 @@ def test_device_decode_in_the_run_record(shards: Path, tmp_path: Path) -> None:
     assert main(["train", *argv, "train.steps=1"]) == 0
     text = next(run.glob("config.*")).read_text()
     assert "decode: device" in text or json.dumps("device") in text
+
+
+@pytest.mark.parametrize("decode", ["cpu", "device"])
+def test_bench_splits_the_data_wait(shards: Path, tmp_path: Path, decode: str, capsys) -> None:
+    """`bench train --with-data` gives the data phase in parts (ms per step), each present and >= 0, and with
+    data.decode=device the batch decoder's CPU time and the fall-back count (no speed asserted)."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "train", "model=slip_vit_micro", f"train.batch_size={BATCH}", "--steps", "2", "--warmup", "0"]
+    argv += ["--with-data", f"data.train={shards}", "data.augment=device", f"data.decode={decode}"]
+    argv += ["data.num_workers=1", "--peak-budget", "0.1", "--output", str(out)]
+    assert main(argv) == 0
+    e2e = json.loads(out.read_text())["end_to_end"]
+    parts = e2e["data_parts_ms_per_step"]
+    assert list(parts) == ["workers", "handoff", "copy", "decode_augment"]
+    assert all(v >= 0 for v in parts.values()) and e2e["collate_cpu_s_per_batch"] >= 0
+    text = capsys.readouterr().out
+    assert "data phase, ms per step: waiting for workers" in text and "host-to-device copy" in text
+    if decode == "device":
+        assert e2e["batch_decode_cpu_s_per_batch"] > 0 and "batch decode (data.decode=device)" in text
+        assert set(e2e["fallback"]) <= {"png"}
+    else:
+        assert "batch_decode_cpu_s_per_batch" not in e2e

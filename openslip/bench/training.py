@@ -49,7 +49,7 @@ from openslip.errors import ConfigError
 from openslip.models.flops import slip_sample_flops
 from openslip.models.slip import trimmed_text_length
 from openslip.overrides import deep_merge
-from openslip.step import AMP_DTYPES, PRECISION_DTYPES, timed_step
+from openslip.step import AMP_DTYPES, PRECISION_DTYPES, PhaseClock, timed_step
 from openslip.tokenizer import get_tokenizer
 from openslip.train.config import Config
 from openslip.train.data import open_train_source
@@ -58,6 +58,10 @@ from openslip.train.perf import fast_bf16_available, tune_cpu_runtime
 from openslip.train.recipes import make_config
 
 PHASES = ("data", "forward", "backward", "optimizer")
+# The end-to-end data phase in its parts (ms per step): waiting for the loader workers to finish the batch, its
+# hand-off to the training process (queue, unpickling, pinning, bookkeeping), the host-to-device copy, and the
+# decode (data.decode=device) and augmentation (data.augment=device) where the step runs.
+DATA_PARTS = ("workers", "handoff", "copy", "decode_augment")
 DTYPES = {name: PRECISION_DTYPES[name] for name in ("fp32", *AMP_DTYPES)}  # fp64 is a numerics mode, not timed
 EOT, SOT = 49407, 49406
 
@@ -185,6 +189,12 @@ class PathStats:
     faults: list[float] = field(default_factory=list)  # minor page faults of each step (whole process)
     sys_s: list[float] = field(default_factory=list)  # kernel CPU time of each step (page faults show here)
     loader_cpu_s: list[float] = field(default_factory=list)  # end to end: CPU time the loader spent on each batch
+    # end to end: seconds of each DATA_PARTS per step; the CPU seconds of each batch's collation (in the workers) and
+    # of its decode in the training process (data.decode=device)
+    data_parts: dict[str, list[float]] = field(default_factory=dict)
+    collate_cpu_s: list[float] = field(default_factory=list)
+    decode_cpu_s: list[float] = field(default_factory=list)
+    fallback: dict[str, int] = field(default_factory=dict)  # data.decode=device: images the workers decoded, by why
     peak_mb: float = 0.0
 
     def add(self, times: dict[str, float], flops: float) -> None:
@@ -199,8 +209,11 @@ class PathStats:
         """Append the steps of another phase of the same path (a later round)."""
         for p in PHASES:
             self.phases[p] += other.phases[p]
-        for name in ("steps", "flops", "faults", "sys_s", "loader_cpu_s"):
+        for name in ("steps", "flops", "faults", "sys_s", "loader_cpu_s", "collate_cpu_s", "decode_cpu_s"):
             getattr(self, name).extend(getattr(other, name))
+        for part, values in other.data_parts.items():
+            self.data_parts.setdefault(part, []).extend(values)
+        self.fallback = dict(other.fallback) or self.fallback  # a running count: the latest phase's
         self.peak_mb = max(self.peak_mb, other.peak_mb)
 
     def summary(self, batch_size: int, peak_flops: float, *, stalls_count: bool = False) -> dict[str, Any]:
@@ -228,7 +241,21 @@ class PathStats:
             "minor_page_faults_per_step": statistics.median(self.faults),
             "sys_cpu_s_per_step": statistics.median(self.sys_s),
             **({"loader_cpu_s_per_batch": statistics.fmean(self.loader_cpu_s)} if self.loader_cpu_s else {}),
+            **self._data_summary(),
         }
+
+    def _data_summary(self) -> dict[str, Any]:
+        """The end-to-end data phase's parts, means over the steps (a stall is what they are for)."""
+        if not self.data_parts:
+            return {}
+        out: dict[str, Any] = {
+            "data_parts_ms_per_step": {p: 1e3 * statistics.fmean(self.data_parts[p]) for p in DATA_PARTS}
+        }
+        out["collate_cpu_s_per_batch"] = statistics.fmean(self.collate_cpu_s)
+        if self.decode_cpu_s:
+            out["batch_decode_cpu_s_per_batch"] = statistics.fmean(self.decode_cpu_s)
+            out["fallback"] = dict(self.fallback)
+        return out
 
 
 def synthetic_inputs(model: Any, batch_size: int, image_size: int, device: torch.device, text_len: int | None):
@@ -379,20 +406,32 @@ def _measure_rounds(
     return model_only, e2e, ratios
 
 
-def _data_inputs(loader: Any, transform_views: Callable) -> Callable[[], dict]:
-    """Model inputs of the loader's next batch on each call; `get.cpu_s` lists the loader CPU time of each batch."""
+def _data_inputs(
+    loader: Any, transform_views: Callable, device: torch.device, decoder: Any = None
+) -> Callable[[], dict]:
+    """Model inputs of the loader's next batch on each call; `get.record` holds, per batch, the loader's CPU time, its
+    collation's, the batch decoder's and the data phase's parts (DATA_PARTS, the device synchronised at each)."""
     batches = iter(loader.forever())
     counter = {"step": 0}
-    cpu_s: list[float] = []
+    record: dict[str, list[float]] = {"cpu_s": [], "collate_s": [], "decode_s": [], **{p: [] for p in DATA_PARTS}}
 
     def get() -> dict:
-        before = loader.cpu_s
+        before = (loader.cpu_s, loader.collate_s, loader.wait_s, loader.handoff_s)
+        decode_before = decoder.cpu_s if decoder is not None else 0.0
         batch = next(batches)
-        cpu_s.append(loader.cpu_s - before)
+        clock = PhaseClock(device)  # laps "copy" and "decode_augment" in the views
         counter["step"] += 1
-        return transform_views(batch, counter["step"])
+        inputs = transform_views(batch, counter["step"], clock)
+        after = (loader.cpu_s, loader.collate_s, loader.wait_s, loader.handoff_s)
+        for key, a, b in zip(("cpu_s", "collate_s", "workers", "handoff"), after, before, strict=True):
+            record[key].append(a - b)
+        for part in ("copy", "decode_augment"):
+            record[part].append(clock.times.get(part, 0.0))
+        if decoder is not None:
+            record["decode_s"].append(decoder.cpu_s - decode_before)
+        return inputs
 
-    get.cpu_s = cpu_s  # type: ignore[attr-defined]
+    get.record = record  # type: ignore[attr-defined]
     get.close = lambda: getattr(batches, "close", lambda: None)()  # type: ignore[attr-defined]
     return get
 
@@ -507,17 +546,25 @@ def _end_to_end_phase(trainer: Any, steppers: list, bc: TrainBenchConfig, image_
         if s.baseline:
             loader = _baseline_loader(trainer, bc, image_size)
 
-            def views(batch: dict, step: int) -> dict:
-                return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in BASELINE_INPUTS}
+            def views(batch: dict, step: int, clock: PhaseClock) -> dict:
+                out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in BASELINE_INPUTS}
+                clock.lap("copy")
+                return out
         else:
             loader = data.loader
 
-            def views(batch: dict, step: int) -> dict:
-                return data.views(batch, step, device)
+            def views(batch: dict, step: int, clock: PhaseClock) -> dict:
+                return data.views(batch, step, device, clock)
 
-        get = _data_inputs(loader, views)
+        decoder = None if s.baseline else data.decoder
+        get = _data_inputs(loader, views, device, decoder)
         stats += _run_phase([s], [get], bc)
-        stats[-1].loader_cpu_s = get.cpu_s[bc.warmup :]  # type: ignore[attr-defined]
+        record = {k: v[bc.warmup :] for k, v in get.record.items()}  # type: ignore[attr-defined]
+        st = stats[-1]
+        st.loader_cpu_s, st.collate_cpu_s = record["cpu_s"], record["collate_s"]
+        st.data_parts = {p: record[p] for p in DATA_PARTS}
+        if decoder is not None:
+            st.decode_cpu_s, st.fallback = record["decode_s"], dict(loader.skips.fallback)
         get.close()  # type: ignore[attr-defined]
     return stats
 
@@ -671,5 +718,6 @@ def _config_record(bc: TrainBenchConfig, cfg: Config) -> dict[str, Any]:
         "num_workers": d.num_workers,
         "worker_priority": d.worker_priority,
         "augment": d.augment,
+        "decode": d.decode,
     }
     return {**resolved, **own}

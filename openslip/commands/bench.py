@@ -218,6 +218,7 @@ def format_train_table(r: dict[str, Any]) -> str:
                     f"~{ls['expected_ratio']:.2f} x model-only"
                 )
             lines.append(line)
+        lines += data_parts_lines(e2e, c)
     for k, v in r.get("speedup_vs_baseline", {}).items():
         lines.append(f"speed-up vs 2021 baseline, both {c['precision']} ({k.replace('_', '-')}): {v:.2f}x")
     if "speedup_ceiling_vs_baseline" in r:
@@ -243,3 +244,29 @@ def format_train_table(r: dict[str, Any]) -> str:
     if m.get("fast_bf16") is False and c["precision"] == "bf16":
         lines.append("note: this CPU has no native bf16 matmul (no AVX512-BF16 / AMX): bf16 runs emulated kernels")
     return "\n".join(lines)
+
+
+DATA_PART_LABELS = {
+    "workers": "waiting for workers",
+    "handoff": "hand-off",
+    "copy": "host-to-device copy",
+    "decode_augment": "decode + augment on device",
+}
+
+
+def data_parts_lines(e2e: dict[str, Any], c: dict[str, Any]) -> list[str]:
+    """The end-to-end data phase split into its parts, and the CPU the batch decoder spent (data.decode=device)."""
+    if "data_parts_ms_per_step" not in e2e:
+        return []
+    parts = e2e["data_parts_ms_per_step"]
+    lines = ["data phase, ms per step: " + ", ".join(f"{DATA_PART_LABELS[k]} {v:.1f}" for k, v in parts.items())]
+    lines.append(f"collation in the workers: {1e3 * e2e['collate_cpu_s_per_batch']:.1f} ms of CPU per batch")
+    if "batch_decode_cpu_s_per_batch" in e2e:
+        cpu = e2e["batch_decode_cpu_s_per_batch"]
+        fallback = sum(e2e.get("fallback", {}).values())
+        lines.append(
+            f"batch decode (data.decode={c.get('decode', 'device')}) in the training process: {1e3 * cpu:.0f} ms "
+            f"of CPU per batch ({1e3 * cpu / c['batch_size']:.2f} ms per sample); {fallback} images decoded in "
+            "the workers instead (not JPEG, ...)"
+        )
+    return lines

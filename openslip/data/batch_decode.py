@@ -19,6 +19,7 @@ check the whole hand-off on machines without a GPU.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -82,6 +83,7 @@ class BatchDecoder:
         self.draft_size = draft_size
         self.counter = counter  # the loader's: fall-backs decided here count with the workers' (checkpointed)
         self._nvjpeg = torchvision_decode_jpeg() if device.type == "cuda" else None
+        self.cpu_s = 0.0  # this process's CPU seconds in ``decode`` so far (the whole decode with the PIL decoder)
 
     def copy(self, buffer: torch.Tensor, index: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
         """The per-image tensors of a packed batch: (JPEG bytes on the host, True) or (pixels [3, h, w] on the
@@ -100,10 +102,12 @@ class BatchDecoder:
 
     def decode(self, items: list[tuple[torch.Tensor, bool]]) -> list[torch.Tensor]:
         """Decode the JPEGs of ``copy``'s list on the device; every image [3, h, w] uint8, longer side <= max_side."""
+        start = time.thread_time()
         jpegs = [data for data, is_jpeg in items if is_jpeg]
         decoded = iter(self._decode_jpegs(jpegs) if jpegs else [])
-        images = [next(decoded) if is_jpeg else data for data, is_jpeg in items]
-        return [self._shrink(image) for image in images]
+        images = [self._shrink(next(decoded) if is_jpeg else data) for data, is_jpeg in items]
+        self.cpu_s += time.thread_time() - start
+        return images
 
     def __call__(self, buffer: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
         return self.decode(self.copy(buffer, index))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -126,7 +127,9 @@ def finish_batch(
 ) -> dict[str, Any]:
     """Stack the transformed samples, tokenize the captions, attach ids and this batch's skip counts. A transform's
     ``image_data`` (data.decode=device: JPEG bytes or pixels of any size) is packed, not stacked
-    (``batch_decode.pack``: ``image_data`` uint8 [N] and ``image_index`` long [B, 4])."""
+    (``batch_decode.pack``: ``image_data`` uint8 [N] and ``image_index`` long [B, 4]). Its CPU time goes in the
+    batch's ``_meta`` as ``collate_s`` (``openslip bench train`` reports it)."""
+    start = time.thread_time()
     if isinstance(views[0], dict):
         batch: dict[str, Any] = {}
         for k in views[0]:
@@ -141,7 +144,7 @@ def finish_batch(
     elif common.captions:
         batch["caption"] = texts
     batch["id"] = torch.tensor(ids, dtype=torch.long)
-    batch["_meta"] = {"skips": counter.state_dict()}
+    batch["_meta"] = {"skips": counter.state_dict(), "collate_s": time.thread_time() - start}
     return batch
 
 

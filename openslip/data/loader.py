@@ -133,6 +133,9 @@ def _timed_next(batches: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
     batch = next(batches, None)
     if batch is not None:
         batch["_meta"]["cpu_s"] = time.thread_time() - start
+        # when the batch left its builder: the main process splits its wait there (TrainLoader.wait_s / handoff_s);
+        # CLOCK_MONOTONIC is one clock for every process of the machine
+        batch["_meta"]["sent"] = time.monotonic()
     return batch
 
 
@@ -206,6 +209,12 @@ class TrainLoader:
             raise TypeError(f"not a data source (needs __len__ + record(i), or a ShardSource): {type(source).__name__}")
         self.skips = SkipCounter()
         self.cpu_s = 0.0  # CPU seconds spent building the batches handed out so far (the loader's cost)
+        # Seconds the consumer waited for the batches handed out so far, split where each batch left its builder:
+        # before, the workers were still building it (reading, decoding, views, collation); after, the hand-off
+        # (the queue from the worker, unpickling its shared memory, pinning, this loader's bookkeeping).
+        self.wait_s = 0.0
+        self.handoff_s = 0.0
+        self.collate_s = 0.0  # of cpu_s: the CPU seconds of collation (stacking or packing, tokenizing)
         self._epoch = 0
         self._position = 0
         self._streams: list[tuple[int, int, int]] = [(0, 0, 0)] * self._num_streams
@@ -302,7 +311,12 @@ class TrainLoader:
 
     def _consume(self, batches: Iterator[dict[str, Any]], epoch: int) -> Iterator[dict[str, Any]]:
         """The batches of one epoch from the workers, checked to arrive in order, with the loader's state kept."""
-        for batch in named_deaths(batches):
+        arriving = named_deaths(batches)
+        while True:
+            asked = time.monotonic()
+            batch = next(arriving, None)
+            if batch is None:
+                break
             meta = batch.pop("_meta")
             if "error" in meta:
                 raise DataError(meta["error"])
@@ -313,8 +327,12 @@ class TrainLoader:
                 raise RuntimeError(f"batch {meta.get('batch')} arrived at position {self._position}")
             self.skips.update(meta["skips"])
             self.cpu_s += meta.get("cpu_s", 0.0)
+            self.collate_s += meta.get("collate_s", 0.0)
             self._position += 1
             self.skips.check(self.max_skip_rate, min_samples=self.min_samples_for_check)
+            ready = min(max(meta.get("sent", asked), asked), time.monotonic())
+            self.wait_s += ready - asked
+            self.handoff_s += time.monotonic() - ready
             yield batch
         if self._epoch == epoch and self._position >= self._plan.batches_per_epoch(epoch):
             self.set_epoch(epoch + 1)
