@@ -4,8 +4,8 @@
    with the reason, without `--reference PATH`, a checkout of facebookresearch/SLIP);
 2. model-only steps, eager and compiled (`train.compile=true`), S/16 and B/16;
 3. end to end on JPEG shards the script makes first (photo-like ~500x375 images, quality 90, written by
-   `openslip data make-shards`), with `data.augment=cpu`, `data.augment=device` and `--decode device` (where this
-   version of `openslip bench train` offers it): the end-to-end / model-only ratio, the loader's CPU time per
+   `openslip data make-shards`), with `data.augment=cpu`, `data.augment=device` and `data.decode=device` (where
+   this version of openslip has that setting): the end-to-end / model-only ratio, the loader's CPU time per
    sample and the data wait per step;
 4. `openslip train` under torchrun (NCCL) on those shards for about 30 s: samples/s and whether the loss falls.
 
@@ -93,7 +93,7 @@ class Case:
     model: str = ""
     compile: bool = False
     augment: str = ""  # data: cpu | device
-    decode: str = ""  # data: device (only where `openslip bench train` offers --decode)
+    decode: str = ""  # data: device (only where openslip has the setting data.decode)
     timeout_s: float = 120.0
     expect_s: float = 30.0  # not started with less budget left than this
 
@@ -168,9 +168,11 @@ def failure(rc: int | None, out: str, err: str, timeout_s: float) -> str:
 
 
 def decode_flag_available() -> bool:
-    """Whether this version's `openslip bench train` has --decode (the data path that decodes on the device)."""
-    rc, out, _ = run_process(cli("bench", "train", "--help"), 120)
-    return rc == 0 and "--decode" in out
+    """Whether this version of openslip has the setting data.decode (the data path that decodes on the device)."""
+    probe = "import dataclasses as d, openslip.train.config as c; "
+    probe += "print('decode' in [f.name for f in d.fields(c.DataConfig)])"
+    rc, out, _ = run_process([sys.executable, "-c", probe], 120)
+    return rc == 0 and out.strip() == "True"
 
 
 # --- photo-like JPEG shards -----------------------------------------------------------------------------------
@@ -269,7 +271,7 @@ def bench_argv(case: Case, p: Plan, output: Path, *, reference: str | None, shar
     if case.kind == "data":
         argv += ["--with-data", f"data.train={shards}", f"data.num_workers={p.workers}", f"data.augment={case.augment}"]
         if case.decode:
-            argv += ["--decode", case.decode]
+            argv.append(f"data.decode={case.decode}")
     else:
         argv.append("data.num_workers=0")
     return argv
@@ -443,7 +445,7 @@ def why_not(
     if case.kind == "reference" and not Path(reference).expanduser().is_dir():
         return f"--reference {reference}: no such folder"
     if case.decode and not decode:
-        return "--decode is not available in this version of openslip bench train"
+        return "data.decode is not a setting of this version of openslip"
     if left_s < case.expect_s:
         return f"time budget spent ({max(left_s, 0):.0f} s left, needs ~{case.expect_s:.0f})"
     if case.kind in ("data", "train") and shards is None:

@@ -12,6 +12,7 @@ Two augmentation paths with the same distributions (docs/DESIGN.md, 'Two paths, 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,10 +71,39 @@ class TrainData:
     seed: int
     dtype: torch.dtype = torch.float32  # of the views handed to the model (float64 for train.precision=fp64)
     decoder: BatchDecoder | None = None  # data.decode=device: decodes the batch's JPEG bytes on the device
+    # the loader's state before the batch prepared ahead was taken (openslip.train.ahead); None: none is held
+    held_state: dict | None = None
+    _ready: tuple | None = None  # (batch, step, inputs, side stream or None) from `prepare`
+
+    def loader_state(self) -> dict:
+        """The loader state a checkpoint saves: before the batch prepared ahead, when one is held."""
+        return self.held_state if self.held_state is not None else self.loader.state_dict()
+
+    def prepare(self, batch: dict, step: int, device: torch.device, stream: Any = None) -> None:
+        """Make `views(batch, step, device)` now, on the CUDA `stream` when given; `views` then returns them."""
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            inputs = self.views(batch, step, device)
+        self._ready = (batch, step, inputs, stream)
+
+    def _take_ready(self, batch: dict, step: int, device: torch.device) -> dict[str, torch.Tensor] | None:
+        if self._ready is None or self._ready[0] is not batch or self._ready[1] != step:
+            return None
+        _, _, inputs, stream = self._ready
+        self._ready = None
+        if stream is not None:  # the step's stream waits for the side stream, whose memory it now uses
+            current = torch.cuda.current_stream(device)
+            current.wait_stream(stream)
+            for value in inputs.values():
+                value.record_stream(current)
+        return inputs
 
     def views(self, batch: dict, step: int, device: torch.device, clock: Any = NO_CLOCK) -> dict[str, torch.Tensor]:
         """Model inputs of a batch on `device`: the views it carries or renders (float) and text (long). `clock`
-        (benchmarks) laps "copy" after the host-to-device copies and "decode_augment" after the rest."""
+        (benchmarks) laps "copy" after the host-to-device copies and "decode_augment" after the rest. The inputs
+        `prepare` made for this batch and step are returned as they are."""
+        ready = self._take_ready(batch, step, device)
+        if ready is not None:
+            return ready
         inputs = {
             k: v.to(device, non_blocking=True) for k, v in batch.items() if k in ("image", "view1", "view2", "text")
         }

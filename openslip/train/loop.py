@@ -41,6 +41,7 @@ from openslip.optim import clamp_logit_scale
 from openslip.step import NO_CLOCK, OptimStep, check_finite, check_finite_weights, param_dtype
 from openslip.train import best as best_ckpt
 from openslip.train.accumulate import accumulated_backward
+from openslip.train.ahead import prepared_ahead
 from openslip.train.checks import check_config
 from openslip.train.config import Config
 from openslip.train.data import TrainData, build_train_data
@@ -240,7 +241,7 @@ def save(t: Trainer) -> Path:
             "step": t.step,
             **t.opt.state_dict(),  # "optimizer" and "scaler"
             "rng": rng_state(),
-            "loader": t.data.loader.state_dict(),
+            "loader": t.data.loader_state(),  # before a batch prepared ahead (openslip.train.ahead)
             "best": best_ckpt.to_state(t.best, t.cfg.eval.best_mode),  # a resumed run keeps choosing as before
         }
         try:
@@ -519,9 +520,12 @@ def start_warnings(cfg: Config, dist: DistInfo, load: Callable[[], float] | None
 
 def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
     batches = t.data.loader.forever()
+    # on CUDA the next batch is copied, decoded and augmented on a side stream while the step runs
+    feed = prepared_ahead(batches, t.data, t.dist.device, t.step, t.cfg.train.steps)
     try:
-        return _steps(t, log, batches)
+        return _steps(t, log, feed)
     finally:
+        feed.close()
         batches.close()  # ends the loader's workers now (they ignore SIGTERM / SIGINT): no leftover processes
 
 

@@ -1,0 +1,47 @@
+"""The next step's batch prepared while the current step runs (CUDA only): copy, decode and views on a side stream.
+
+Without it the GPU idles at the start of every step while the batch is copied (pinned memory, ``non_blocking``),
+decoded (``data.decode=device``) and augmented (``data.augment=device``) on the step's own stream. With it, step
+``s``'s batch is prepared on a side CUDA stream before step ``s - 1`` is launched, so the two run side by side, and
+step ``s``'s stream waits for the side stream only when it reads its inputs (``TrainData.views``).
+
+Exact resumption: preparing batch ``s + 1`` takes it from the loader before step ``s``'s checkpoint is written. The
+loader's state from before it was taken is held (``TrainData.held_state``), and that is what the checkpoint saves, so
+a resumed run starts at batch ``s + 1`` again. The views draw from (seed, step) whichever step prepares them.
+
+On a CPU there is no second stream to run on, and nothing is prepared ahead (the path is the plain one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from openslip.train.data import TrainData
+
+AHEAD_DEVICES = ("cuda",)  # device types that prepare ahead (tests add "cpu" to check the bookkeeping)
+
+
+def prepared_ahead(
+    batches: Iterator[dict[str, Any]], data: TrainData, device: torch.device, step: int, last_step: int
+) -> Iterator[dict[str, Any]]:
+    """The loader's batches for steps ``step``, ``step + 1``, ... < ``last_step``; each is yielded after the next
+    one was taken and its inputs prepared (``TrainData.prepare``), and no batch beyond ``last_step`` is taken."""
+    if device.type not in AHEAD_DEVICES:
+        yield from batches
+        return
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    batch = next(batches)
+    while True:
+        upcoming = None
+        data.held_state = None
+        if step + 1 < last_step:
+            data.held_state = data.loader.state_dict()  # before the upcoming batch is taken: what a checkpoint saves
+            upcoming = next(batches)
+            data.prepare(upcoming, step + 1, device, stream)
+        yield batch
+        if upcoming is None:
+            return
+        batch, step = upcoming, step + 1

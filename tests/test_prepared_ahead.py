@@ -1,0 +1,65 @@
+"""The next batch prepared while the step runs (openslip.train.ahead; CUDA only, on a side stream). Its bookkeeping
+is device-independent, so it is checked here on the CPU by letting the CPU prepare ahead too: the batch taken
+early must not move a checkpoint's loader state, and the views must be those of (seed, step)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from train_utils import final_weights, overrides
+
+import openslip.train.ahead as ahead
+from openslip.cli import main
+
+EXTRA = ("data.augment=device", "ckpt.every_steps=2", "ckpt.keep_last=5")
+
+
+def _assert_identical(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def test_prepared_ahead_then_resumed_is_bit_exact(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = tmp_path / "plain"
+    assert main(["train", *overrides(plain, *EXTRA, "train.steps=4")]) == 0
+    monkeypatch.setattr(ahead, "AHEAD_DEVICES", ("cuda", "cpu"))
+    straight = tmp_path / "straight"
+    assert main(["train", *overrides(straight, *EXTRA, "train.steps=4")]) == 0
+    _assert_identical(final_weights(plain), final_weights(straight))
+    # the step-2 checkpoint was written with batch 3 already taken and prepared: it holds the loader state from
+    # before it, so a run resumed there (the later checkpoint removed, as if killed) reads batch 3 again
+    checkpoints = straight / "checkpoints"
+    shutil.rmtree(checkpoints / "step_0000004")
+    (checkpoints / "latest").write_text("step_0000002\n")
+    assert main(["train", *overrides(straight, *EXTRA, "train.steps=4", "resume=auto")]) == 0
+    _assert_identical(final_weights(plain), final_weights(straight))
+
+
+def test_no_batch_is_taken_beyond_the_last_step() -> None:
+    taken = []
+
+    def batches():
+        for i in range(10):
+            taken.append(i)
+            yield {"id": torch.tensor([i])}
+
+    class Data:
+        held_state = None
+        loader = type("L", (), {"state_dict": lambda self: {"taken": len(taken)}})()
+        prepared: list[int] = []
+
+        def prepare(self, batch, step, device, stream):
+            self.prepared.append(step)
+
+    data = Data()
+    saved = ahead.AHEAD_DEVICES
+    ahead.AHEAD_DEVICES = ("cpu",)
+    try:
+        out = list(ahead.prepared_ahead(batches(), data, torch.device("cpu"), 5, 8))
+    finally:
+        ahead.AHEAD_DEVICES = saved
+    assert [int(b["id"]) for b in out] == [0, 1, 2] and taken == [0, 1, 2]
+    assert data.prepared == [6, 7] and data.held_state is None
