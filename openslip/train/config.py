@@ -106,7 +106,8 @@ class TrainConfig:
     precision: str = "fp32"  # "fp32", "bf16" (autocast), "fp16" (autocast + loss scaling), "fp64" (numerics checks)
     grad_clip: float | None = None  # clip the global gradient norm to this value; None: no clipping
     grad_checkpointing: bool = False  # recompute activations in the backward pass to save memory
-    compile: bool = False  # torch.compile the model
+    # torch.compile the model: true, false, or "auto" (on for CUDA, off for CPU); kernels cached (docs/PERFORMANCE.md)
+    compile: bool | str = False
     # FLIP's patch dropout (Li et al. 2023): drop this fraction of each training image's patch tokens. It changes the
     # method (a speed/accuracy trade-off, FLIP uses 0.5), so it is off by default; evaluation always sees every patch.
     patch_dropout: float = 0.0
@@ -122,6 +123,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _choice("train.precision", self.precision, PRECISIONS)
+        if isinstance(self.compile, str) and self.compile != "auto":
+            raise ConfigError(f"train.compile={self.compile!r} is not valid; choose one of: true, false, auto")
         for key in ("steps", "batch_size", "accum_steps", "log_every", "collective_timeout_s"):
             _positive(f"train.{key}", getattr(self, key))
         _positive("train.grad_clip", self.grad_clip)

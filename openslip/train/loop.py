@@ -43,6 +43,7 @@ from openslip.train import best as best_ckpt
 from openslip.train.accumulate import accumulated_backward
 from openslip.train.ahead import prepared_ahead
 from openslip.train.checks import check_config
+from openslip.train.compiling import keep_compiled_kernels, use_compile
 from openslip.train.config import Config
 from openslip.train.data import TrainData, build_train_data
 from openslip.train.evals import TrainingEvals, build_evals, check_eval_sets, skip_lines
@@ -190,7 +191,8 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
     if dist.world_size > 1:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if cfg.train.compile:
+    if use_compile(cfg.train.compile, dist.device):
+        keep_compiled_kernels()  # a restart reuses the compiled kernels instead of compiling for minutes
         wrapped = torch.compile(wrapped)
     loss_fn = SLIPLoss(
         ssl_scale=cfg.loss.ssl_scale,

@@ -181,6 +181,7 @@ RESUMABLE_CHANGES = (
     "train.collective_timeout_s",
     "data.num_workers",
     "data.worker_priority",
+    "data.decode",  # where the JPEGs are decoded: the same images (equal on a CPU; tests/test_device_decode.py)
     "ckpt.",
     "eval.",
 )
