@@ -316,6 +316,20 @@ def _caption_shards(root: Path) -> str:
     return str(root / "shards" / "shard-{000000..000001}.tar")
 
 
+def _jpeg_caption_shards(root: Path) -> str:
+    """JPEG training shards (data.decode=device hands their bytes over), 16 captioned images of 64 x 48 and one PNG
+    (decoded in the worker, counted) in 2 shards: their pattern."""
+    src = root / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(9)
+    for i in range(16):
+        pixels = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+        pixels.save(src / f"{i:03d}.png") if i == 3 else pixels.save(src / f"{i:03d}.jpg", quality=90)
+        (src / f"{i:03d}.txt").write_text(f"a photo of noise number {i}")
+    assert main(["data", "make-shards", str(src), str(root / "shards"), "--shard-size", "8"]) == 0
+    return str(root / "shards" / "shard-{000000..000001}.tar")
+
+
 def _labelled_shards(folder: Path, num_shards: int, num_classes: int) -> None:
     """clip-benchmark's layout: KEY.png + KEY.cls (the class index), uncompressed tars shard-K.tar."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -472,6 +486,8 @@ PLACEHOLDERS: dict[str, Builder] = {
     "/shared/yfcc/shard-{000000..001499}.tar": _shared("yfcc", _caption_shards),
     "/shared/yfcc15m/shard-{000000..001499}.tar": _shared("yfcc", _caption_shards),
     "/data/yfcc15m/shard-{000000..000999}.tar": _shared("yfcc", _caption_shards),  # the paper recipes' default
+    # photo-like JPEG shards (docs/PERFORMANCE.md, 'Decoding on the device')
+    "/data/jpeg_shards/shard-{000000..000007}.tar": _shared("jpeg_shards", _jpeg_caption_shards),
     # own data (docs/TRAINING.md, docs/COMPARE.md)
     "/data/train.csv": _shared("own_csv", _csv_in),
     # a manifest with its own column names (the `,title` after it stays in the command)
