@@ -12,6 +12,7 @@ import importlib
 import os
 import signal
 import sys
+import typing
 
 from openslip.errors import RunStopped, UserError
 
@@ -77,7 +78,9 @@ def _option_hint(args: argparse.Namespace, extra: list[str], argv: list[str]) ->
             at = argv.index(item) + 1 if item in argv else len(argv)
             given = at < len(argv) and not argv[at].startswith("-") and "=" not in argv[at]
             bare = getattr(args, "option_bare_values", {}).get(key, "VALUE")
-            value = argv[at] if given else "true" if key_type(cls, key) is bool else bare  # --compile: a switch
+            tp = key_type(cls, key)
+            switch = tp is bool or bool in typing.get_args(tp)  # --compile (train.compile: bool | "auto"): a switch
+            value = argv[at] if given else "true" if switch else bare
         return f"unrecognized option {option}: settings are key=value overrides; write `{key}={value}`"
     return None
 
