@@ -214,3 +214,26 @@ def test_bench_splits_the_data_wait(shards: Path, tmp_path: Path, decode: str, c
         assert set(e2e["fallback"]) <= {"png"}
     else:
         assert "batch_decode_cpu_s_per_batch" not in e2e
+
+
+def test_a_jpeg_the_batch_decoder_refuses_is_decoded_by_pil_and_counted() -> None:
+    """The nvJPEG branch's bookkeeping, with a stand-in for nvJPEG (no GPU here): one file it refuses fails the whole
+    batch call; the batch is retried one by one, the refused file goes to PIL and is counted, and the images it
+    decoded at full size are shrunk on the device."""
+    from openslip.data.batch_decode import REFUSED
+
+    rng = np.random.default_rng(4)
+    files = [_encoded(Image.fromarray(_photo(rng, (120, 90))), format="JPEG", quality=90) for _ in range(3)]
+    refused = files[1]
+
+    def fake_nvjpeg(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        if any(d.numpy().tobytes() == refused for d in data):
+            raise RuntimeError("nvjpeg: unsupported")
+        return [torch.from_numpy(np.array(Image.open(io.BytesIO(d.numpy().tobytes())))).permute(2, 0, 1) for d in data]
+
+    counter = SkipCounter()
+    decoder = BatchDecoder(torch.device("cpu"), 64, None, counter)
+    decoder._nvjpeg = fake_nvjpeg
+    images = decoder(*pack([np.frombuffer(f, np.uint8) for f in files]))
+    assert [tuple(im.shape) for im in images] == [(3, 48, 64)] * 3
+    assert counter.fallback == {REFUSED: 1}
