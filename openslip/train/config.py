@@ -20,7 +20,7 @@ from openslip import files
 from openslip.data.demo.tasks import demo_task_names
 from openslip.data.formats.decode import DecodeOptions
 from openslip.errors import ConfigError
-from openslip.losses import CONTRASTIVES
+from openslip.losses import CONTRASTIVES, SSL_BRANCHES
 from openslip.overrides import build, check_choice, field_keys, option_key
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
@@ -160,10 +160,32 @@ class LossConfig:
     gather: str = "grad"  # "grad": exact global-batch gradients; "reference": the 2021 code's no-grad gather
     # the image-text term: "softmax" (CLIP's InfoNCE) or "sigmoid" (SigLIP's pairwise sigmoid; docs/OBJECTIVES.md)
     contrastive: str = "softmax"
+    # the self-supervised term: "simclr" (SLIP), "distill" (self-distillation from an EMA teacher, DINO's loss as SILC
+    # and SigLIP 2 use it; docs/OBJECTIVES.md) or "none" (no SSL term: loss.ssl_scale is then 0)
+    ssl: str = "simclr"
+    local_crops: int = 8  # loss.ssl=distill: local crops per image beside the 2 global views (DINO's default 8)
+    teacher_momentum: float = 0.996  # loss.ssl=distill: EMA momentum at step 0, raised to 1 on a cosine (DINO)
+    teacher_temperature: float = 0.04  # loss.ssl=distill: the teacher's sharpening temperature (DINO)
+    distill_temperature: float = 0.1  # loss.ssl=distill: the student's temperature (DINO)
+    center_momentum: float = 0.9  # loss.ssl=distill: EMA momentum of the centre of the teacher's outputs (DINO)
 
     def __post_init__(self) -> None:
         _choice("loss.gather", self.gather, GATHERS)
         _choice("loss.contrastive", self.contrastive, CONTRASTIVES)
+        _choice("loss.ssl", self.ssl, SSL_BRANCHES)
+        if self.ssl == "none":
+            self.ssl_scale = 0.0
+        for key in ("teacher_momentum", "center_momentum"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"loss.{key}={getattr(self, key)} must be in [0, 1] (DINO: 0.996 and 0.9)")
+        _positive("loss.teacher_temperature", self.teacher_temperature)
+        _positive("loss.distill_temperature", self.distill_temperature)
+        _positive("loss.local_crops", self.local_crops, allow_zero=True)
+        if self.ssl == "distill" and self.local_crops < 1:
+            raise ConfigError(
+                "loss.ssl=distill learns local-to-global correspondences and needs local crops: set loss.local_crops "
+                ">= 1 (DINO uses 8 beside the 2 global views)"
+            )
         if self.contrastive == "sigmoid" and self.gather != "grad":
             raise ConfigError(
                 "loss.gather=reference reproduces the 2021 code's CLIP loss, which had no sigmoid variant: "

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from openslip.data.augment.batched import BatchedSLIPAugment
-from openslip.data.augment.params import CLIP_VIEW, SIMCLR_VIEW, AugmentConfig
+from openslip.data.augment.params import CLIP_VIEW, LOCAL, SIMCLR_VIEW, AugmentConfig
 from openslip.data.augment.views import SLIPTransform, to_rgb_uint8
 from openslip.data.loader import TrainLoader, build_train_loader, mix_seed
 from openslip.data.sources import open_sources
@@ -53,7 +53,9 @@ class TrainData:
     def views(self, batch: dict, step: int, device: torch.device) -> dict[str, torch.Tensor]:
         """Model inputs of a batch on `device`: the views it carries or renders (float) and text (long)."""
         inputs = {
-            k: v.to(device, non_blocking=True) for k, v in batch.items() if k in ("image", "view1", "view2", "text")
+            k: v.to(device, non_blocking=True)
+            for k, v in batch.items()
+            if k in ("image", "view1", "view2", "local", "text")
         }
         if self.device_augment is not None:
             raw = batch["raw"].to(device, non_blocking=True)
@@ -82,20 +84,24 @@ def build_train_data(
     world_size: int,
     device: torch.device,
     dtype: torch.dtype = torch.float32,
+    local_size: int = 0,
 ) -> TrainData:
     """The training loader of `cfg.data` for this rank; batch size per rank = global / (world x accum).
 
     Only what the model's objectives read is produced (docs/DESIGN.md, 'Work follows the objective'): `views` are
     the image views it takes (`ModelConfig.image_views`), `with_text` whether it has a text tower. CLIP-only gets
     the CLIP view and tokens, SimCLR-only the two SimCLR views and no caption at all, SLIP all three views and
-    tokens."""
+    tokens; self-distillation (`local` among the views) also `loss.local_crops` crops of side `local_size` each."""
     source = open_train_source(cfg, image_size)
     per_rank = cfg.train.batch_size // world_size
     if per_rank * world_size != cfg.train.batch_size:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world_size} processes")
     # data.image_view=simclr: the CLIP view drawn with the SimCLR recipe (the strong-augmentation CLIP baseline)
     augment = AugmentConfig(
-        image_size=image_size, clip_view=SIMCLR_VIEW if cfg.data.image_view == "simclr" else CLIP_VIEW
+        image_size=image_size,
+        clip_view=SIMCLR_VIEW if cfg.data.image_view == "simclr" else CLIP_VIEW,
+        local_crops=cfg.loss.local_crops if LOCAL in views else 0,
+        local_size=local_size or image_size,
     )
     device_path = cfg.data.augment == "device"
     transform = DecodeOnly(2 * image_size) if device_path else SLIPTransform(config=augment, views=views)
