@@ -91,22 +91,28 @@ def collapse_warnings(metrics: dict[str, float], model_cfg: ModelConfig, batch_s
     log_k = math.log(head.out_dim)
     entropy, spread = metrics["teacher_entropy"], metrics.get("teacher_batch_entropy", log_k)
     if entropy >= UNIFORM_FRACTION * log_k:
-        out.append((
-            "uniform",
-            f"warning: the teacher's outputs are near uniform (entropy {entropy:.2f} of at most log K = {log_k:.2f} "
-            "nats): the self-distillation branch is collapsing; lower loss.teacher_temperature (sharper targets)",
-        ))
+        out.append(
+            (
+                "uniform",
+                f"warning: the teacher's outputs are near uniform (entropy {entropy:.2f} of at most log K = {log_k:.2f} "
+                "nats): the self-distillation branch is collapsing; lower loss.teacher_temperature (sharper targets)",
+            )
+        )
     if spread <= ONE_PROTOTYPE_NATS:
-        out.append((
-            "one_prototype",
-            f"warning: one prototype takes the whole batch (entropy of the mean teacher output {spread:.2f} nats): the "
-            "self-distillation branch is collapsing; raise loss.center_momentum toward 1 or lower the learning rate",
-        ))
+        out.append(
+            (
+                "one_prototype",
+                f"warning: one prototype takes the whole batch (entropy of the mean teacher output {spread:.2f} nats): the "
+                "self-distillation branch is collapsing; raise loss.center_momentum toward 1 or lower the learning rate",
+            )
+        )
     rank = metrics.get("ssl_rank")
     if rank is not None and rank == rank and rank < MIN_RANK and batch_size > MIN_RANK:  # rank == rank: not NaN
-        out.append((
-            "rank",
-            f"warning: the student's embeddings span about {rank:.1f} direction(s) (RankMe): dimensional collapse "
-            "of the self-distillation branch",
-        ))
+        out.append(
+            (
+                "rank",
+                f"warning: the student's embeddings span about {rank:.1f} direction(s) (RankMe): dimensional collapse "
+                "of the self-distillation branch",
+            )
+        )
     return out

@@ -125,7 +125,9 @@ class AugmentConfig:
         if not 0.0 < self.eval_crop_fraction <= 1.0:
             raise ConfigError(f"eval_crop_fraction must be in (0, 1], got {self.eval_crop_fraction}")
         if self.local_crops < 0 or self.local_size < 1:
-            raise ConfigError(f"local_crops must be >= 0 and local_size >= 1, got {self.local_crops}, {self.local_size}")
+            raise ConfigError(
+                f"local_crops must be >= 0 and local_size >= 1, got {self.local_crops}, {self.local_size}"
+            )
 
     def recipe(self, view: str) -> ViewRecipe:
         """The recipe of a view name in :data:`VIEW_NAMES`."""

@@ -183,7 +183,9 @@ class SLIPTransform:
         src = _source_tensor(image)
         params = self.sample_params(src.shape[2], src.shape[3], generator)
         size = self.config.image_size
-        out = {name: render_view(src, params[name], size, self._mean, self._std) for name in self.views if name != LOCAL}
+        out = {
+            name: render_view(src, params[name], size, self._mean, self._std) for name in self.views if name != LOCAL
+        }
         if LOCAL in self.views:
             # drawn after the three views, so the views of a sample are those of a run without local crops
             out[LOCAL] = self.render_locals(src, generator)
