@@ -6,7 +6,8 @@ average of the student's image tower and head, sees the two global views only. E
 (minus an EMA of the teacher's outputs over the global batch) and sharpened (a low temperature); the loss is the
 cross-entropy from each teacher global view to every student crop of another view (DINO §3.1, Algorithm 1):
 
-    P_t(g) = softmax((t_g - c) / tau_t),   loss = mean over pairs (g, v != g) of  -sum_k P_t(g)_k log softmax(s_v / tau_s)_k
+    P_t(g) = softmax((t_g - c) / tau_t)
+    loss = mean over the pairs (g, v != g) of  -sum_k P_t(g)_k log softmax(s_v / tau_s)_k
 
 Everything here works per sample, so the loss averaged over the local rows and then over ranks (DDP) is exactly the
 one-process loss of the whole batch; the centre is the only thing that reads the batch, and it is all-reduced, so

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from openslip.data.augment.params import local_crop_size
 from openslip.data.workers import describe_worker_death
 from openslip.distributed import (
     CollectiveError,
@@ -36,7 +37,6 @@ from openslip.distributed_batchnorm import convert_global_batchnorm
 from openslip.errors import CheckpointError, RunStopped, TrainingError
 from openslip.interop.init_from import adopt_layout, init_weights_from, resume_or_source
 from openslip.losses import SLIPLoss
-from openslip.data.augment.params import local_crop_size
 from openslip.models import SLIP, create_model, model_config, with_distill_head
 from openslip.optim import clamp_logit_scale
 from openslip.step import NO_CLOCK, OptimStep, check_finite, check_finite_weights, param_dtype

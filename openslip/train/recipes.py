@@ -126,10 +126,10 @@ class LaterObjective:
     source: str  # one line: the paper's values, or the named default
 
 
-# SigLIP (Zhai et al., ICCV 2023, §4): lr 1e-3, decoupled weight decay 1e-4 and Adam beta2 = 0.95 for stability; big_vision
-# decays by wd x the schedule, which torch's AdamW (lr x wd) matches at wd = 1e-4 / 1e-3 = 0.1. The distillation
-# branch (SILC, SigLIP 2) publishes no run at SLIP's scale: its defaults are DINO's (LossConfig) on SLIP's lr and wd,
-# the objective whose SimCLR term it replaces.
+# SigLIP (Zhai et al., ICCV 2023, §4): lr 1e-3, decoupled weight decay 1e-4 and Adam beta2 = 0.95 for stability;
+# big_vision decays by wd x the schedule, which torch's AdamW (lr x wd) matches at wd = 1e-4 / 1e-3 = 0.1. The
+# distillation branch (SILC, SigLIP 2) publishes no run at SLIP's scale: its defaults are DINO's (LossConfig) on
+# SLIP's lr and wd, the objective whose SimCLR term it replaces.
 _SIGLIP_OPTIM = {"lr": 1e-3, "wd": 0.1, "betas": [0.9, 0.95]}
 _SIGLIP_SOURCE = "SigLIP §4: lr 1e-3, decoupled wd 1e-4 (AdamW 0.1 at that lr), beta2 0.95"
 _DISTILL_SOURCE = "named default: SLIP's lr and wd, DINO's distillation settings (no paper trains this at this scale)"

@@ -79,6 +79,7 @@ class EMATeacher(nn.Module):
 # distribution falls to 0); dimensional collapse shows as the student's embeddings spanning few directions (RankMe).
 UNIFORM_FRACTION = 0.95  # teacher entropy above this fraction of log K: near uniform
 ONE_PROTOTYPE_NATS = 0.5  # mean distribution's entropy below this: about one or two prototypes for the whole batch
+_COLLAPSING = "the self-distillation branch is collapsing"
 MIN_RANK = 2.0  # RankMe of the student's embeddings below this: the batch lies near one direction
 
 
@@ -91,21 +92,12 @@ def collapse_warnings(metrics: dict[str, float], model_cfg: ModelConfig, batch_s
     log_k = math.log(head.out_dim)
     entropy, spread = metrics["teacher_entropy"], metrics.get("teacher_batch_entropy", log_k)
     if entropy >= UNIFORM_FRACTION * log_k:
-        out.append(
-            (
-                "uniform",
-                f"warning: the teacher's outputs are near uniform (entropy {entropy:.2f} of at most log K = {log_k:.2f} "
-                "nats): the self-distillation branch is collapsing; lower loss.teacher_temperature (sharper targets)",
-            )
-        )
+        line = f"the teacher's outputs are near uniform (entropy {entropy:.2f} of at most log K = {log_k:.2f} nats)"
+        out.append(("uniform", f"warning: {line}: {_COLLAPSING}; lower loss.teacher_temperature (sharper targets)"))
     if spread <= ONE_PROTOTYPE_NATS:
-        out.append(
-            (
-                "one_prototype",
-                f"warning: one prototype takes the whole batch (entropy of the mean teacher output {spread:.2f} nats): the "
-                "self-distillation branch is collapsing; raise loss.center_momentum toward 1 or lower the learning rate",
-            )
-        )
+        line = f"one prototype takes the whole batch (entropy of the mean teacher output {spread:.2f} nats)"
+        fix = "raise loss.center_momentum toward 1 or lower the learning rate"
+        out.append(("one_prototype", f"warning: {line}: {_COLLAPSING}; {fix}"))
     rank = metrics.get("ssl_rank")
     if rank is not None and rank == rank and rank < MIN_RANK and batch_size > MIN_RANK:  # rank == rank: not NaN
         out.append(
