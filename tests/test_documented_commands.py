@@ -276,6 +276,8 @@ def shrink(cmd: DocCommand, argv: list[str], inputs: Inputs, cwd: Path) -> list[
     if sub == ("train",) and cmd.expected_error is None:
         # a command documented to fail keeps its model, so that the message is the documented one
         extra.append(f"model={_micro_model(_train_model(argv))}")
+    if sub == ("train",) and any(a.startswith("data.image_batch_size=") for a in argv):
+        extra.append("data.image_batch_size=4")  # the unpaired images of the small inputs are a dozen
     if sub == ("compare",) and "--eval-sets" not in argv:
         extra += ["--eval-sets", "demo_colours,demo"]  # one labelled and one retrieval set of the default three
     if sub == ("bench", "train"):

@@ -27,6 +27,11 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(
             "loss.ssl=distill needs local crops, which only the loader workers render: use data.augment=cpu"
         )
+    if cfg.data.train_images is not None and cfg.loss.ssl_scale == 0:
+        raise ConfigError(
+            "data.train_images gives unpaired images to the self-supervised term, which this run does not train "
+            f"(model={cfg.model}, loss.ssl_scale=0): use a SLIP model, or leave data.train_images unset"
+        )
     if parts.text is None and cfg.loss.clip_scale > 0:
         raise ConfigError(f"model={cfg.model} has no text tower: set loss.clip_scale=0 (SimCLR only)")
     if parts.ssl_head is None and cfg.loss.ssl_scale > 0:

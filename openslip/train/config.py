@@ -56,6 +56,11 @@ class DataConfig:
     jpeg_draft: bool = True  # decode large JPEGs at a reduced scale keeping both sides >= 2x image_size
     exif_transpose: bool = True  # turn images upright by their EXIF orientation tag (phone photos)
     demo_size: int = 100_000  # demo world: samples per epoch of the training split
+    # unpaired images (folders, manifests, shards, or a list; captions unread) that only the SSL term reads, beside
+    # the pairs of data.train (docs/TRAINING.md, 'Unpaired images'); None: none
+    train_images: str | list[str] | None = None
+    # unpaired images per step (global, like train.batch_size); None: train.batch_size, a 1:1 mix with the pairs
+    image_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.train, list):
@@ -67,6 +72,11 @@ class DataConfig:
         _choice("data.augment", self.augment, AUGMENT_PATHS)
         _choice("data.image_view", self.image_view, IMAGE_VIEWS)
         _positive("data.image_size", self.image_size)
+        _positive("data.image_batch_size", self.image_batch_size)
+        if isinstance(self.train_images, list) and not self.train_images:
+            raise ConfigError("data.train_images=[] names no images: give a path, a list of paths, or leave it unset")
+        if self.image_batch_size is not None and self.train_images is None:
+            raise ConfigError("data.image_batch_size sizes the unpaired images of data.train_images, which is unset")
         _positive("data.num_workers", self.num_workers, allow_zero=True)
         _choice("data.worker_priority", self.worker_priority, WORKER_PRIORITIES)
         if not 0.0 <= self.max_skip_rate <= 1.0:

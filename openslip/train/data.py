@@ -9,6 +9,7 @@ Two augmentation paths with the same distributions (docs/DESIGN.md, 'Two paths, 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -19,11 +20,13 @@ from openslip.data.augment.params import CLIP_VIEW, LOCAL, SIMCLR_VIEW, AugmentC
 from openslip.data.augment.views import SLIPTransform, to_rgb_uint8
 from openslip.data.loader import TrainLoader, build_train_loader, mix_seed
 from openslip.data.sources import open_sources
-from openslip.errors import ConfigError
+from openslip.errors import ConfigError, DataError
 from openslip.tokenizer import get_tokenizer
 from openslip.train.config import Config
 
 _TAG_DEVICE_AUGMENT = 11
+_TAG_IMAGES_AUGMENT = 12  # the unpaired images' views (data.train_images): a stream of their own
+SSL_VIEWS = ("view1", "view2", "local")  # what the self-supervised term reads, and all unpaired images give it
 
 
 class DecodeOnly:
@@ -49,9 +52,27 @@ class TrainData:
     device_augment: BatchedSLIPAugment | None  # None: the views come ready from the workers
     seed: int
     dtype: torch.dtype = torch.float32  # of the views handed to the model (float64 for train.precision=fp64)
+    # data.train_images: unpaired images whose SSL views follow each batch's (their own loader, read by this one)
+    images: TrainData | None = None
+    tag: int = _TAG_DEVICE_AUGMENT  # the stream of the device augmentation's draws
+    _batches: Iterator[dict] | None = None
+
+    def next_batch(self) -> dict:
+        """The next batch of this loader across epochs (for the unpaired images, which follow the paired batches)."""
+        if self._batches is None:
+            self._batches = self.loader.forever()
+        return next(self._batches)
+
+    def close(self) -> None:
+        """End the workers of the unpaired images' loader (the paired loader's belong to the training loop)."""
+        if self.images is not None and self.images._batches is not None:
+            self.images._batches.close()
+            self.images._batches = None
 
     def views(self, batch: dict, step: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """Model inputs of a batch on `device`: the views it carries or renders (float) and text (long)."""
+        """Model inputs of a batch on `device`: the views it carries or renders (float) and text (long). With
+        unpaired images, their SSL views follow the batch's own in view1 / view2 / local ([B + U, ...]): the
+        image-text term reads the B pairs, the SSL term all B + U images."""
         inputs = {
             k: v.to(device, non_blocking=True)
             for k, v in batch.items()
@@ -60,19 +81,22 @@ class TrainData:
         if self.device_augment is not None:
             raw = batch["raw"].to(device, non_blocking=True)
             images = [raw[i, :, :h, :w] for i, (h, w) in enumerate(batch["raw_hw"].tolist())]
-            gen = torch.Generator().manual_seed(mix_seed(self.seed, step, _TAG_DEVICE_AUGMENT))
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, step, self.tag))
             inputs.update(self.device_augment(images, generator=gen))
+        if self.images is not None:
+            extra = self.images.views(self.images.next_batch(), step, device)
+            inputs.update({k: torch.cat([inputs[k], v]) for k, v in extra.items() if k in SSL_VIEWS})
         return {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in inputs.items()}
 
 
-def open_train_source(cfg: Config, image_size: int):
-    """The source of `data.train`: one spec, or a list opened as one source (`open_sources`); the demo world is
-    rendered at `image_size` with `data.demo_size` samples."""
+def open_train_source(cfg: Config, image_size: int, key: str = "train"):
+    """The source of `data.train` (or of `data.<key>`): one spec, or a list opened as one source (`open_sources`);
+    the demo world is rendered at `image_size` with `data.demo_size` samples."""
 
     def options(spec: str) -> dict:
         return {"size": cfg.data.demo_size, "image_size": image_size} if spec == "demo" else {}
 
-    return open_sources(cfg.data.train, format=cfg.data.format, options_for=options, what="data.train")
+    return open_sources(getattr(cfg.data, key), format=cfg.data.format, options_for=options, what=f"data.{key}")
 
 
 def build_train_data(
@@ -91,11 +115,9 @@ def build_train_data(
     Only what the model's objectives read is produced (docs/DESIGN.md, 'Work follows the objective'): `views` are
     the image views it takes (`ModelConfig.image_views`), `with_text` whether it has a text tower. CLIP-only gets
     the CLIP view and tokens, SimCLR-only the two SimCLR views and no caption at all, SLIP all three views and
-    tokens; self-distillation (`local` among the views) also `loss.local_crops` crops of side `local_size` each."""
-    source = open_train_source(cfg, image_size)
-    per_rank = cfg.train.batch_size // world_size
-    if per_rank * world_size != cfg.train.batch_size:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world_size} processes")
+    tokens; self-distillation (`local` among the views) also `loss.local_crops` crops of side `local_size` each.
+    With `data.train_images`, a second loader gives `data.image_batch_size` unpaired images per step, of which only
+    the SSL views are made (docs/TRAINING.md, 'Unpaired images')."""
     # data.image_view=simclr: the CLIP view drawn with the SimCLR recipe (the strong-augmentation CLIP baseline)
     augment = AugmentConfig(
         image_size=image_size,
@@ -103,24 +125,45 @@ def build_train_data(
         local_crops=cfg.loss.local_crops if LOCAL in views else 0,
         local_size=local_size or image_size,
     )
-    device_path = cfg.data.augment == "device"
-    transform = DecodeOnly(2 * image_size) if device_path else SLIPTransform(config=augment, views=views)
-    loader = build_train_loader(
-        source,
-        transform,
-        get_tokenizer() if with_text else None,
-        batch_size=per_rank,
-        num_workers=cfg.data.num_workers,
-        seed=cfg.seed,
-        rank=rank,
-        world_size=world_size,
-        max_skip_rate=cfg.data.max_skip_rate,
-        min_samples_for_check=cfg.data.min_samples_for_skip_check,
-        decode=cfg.data.decode_options(image_size),
-        pin_memory=device.type == "cuda",
-        idle_workers=cfg.data.worker_priority == "idle"
-        or (cfg.data.worker_priority == "auto" and device.type == "cpu"),
-        captions=with_text,
+
+    def data(source, views: tuple[str, ...], with_text: bool, batch_size: int, what: str, seed: int) -> TrainData:
+        per_rank = batch_size // world_size
+        if per_rank * world_size != batch_size:
+            raise ConfigError(f"{what}={batch_size} is not divisible by the {world_size} processes")
+        device_path = cfg.data.augment == "device"
+        transform = DecodeOnly(2 * image_size) if device_path else SLIPTransform(config=augment, views=views)
+        loader = build_train_loader(
+            source,
+            transform,
+            get_tokenizer() if with_text else None,
+            batch_size=per_rank,
+            num_workers=cfg.data.num_workers,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            max_skip_rate=cfg.data.max_skip_rate,
+            min_samples_for_check=cfg.data.min_samples_for_skip_check,
+            decode=cfg.data.decode_options(image_size),
+            pin_memory=device.type == "cuda",
+            idle_workers=cfg.data.worker_priority == "idle"
+            or (cfg.data.worker_priority == "auto" and device.type == "cpu"),
+            captions=with_text,
+        )
+        batched = BatchedSLIPAugment(config=augment, views=views) if device_path else None
+        return TrainData(loader=loader, device_augment=batched, seed=cfg.seed, dtype=dtype)
+
+    paired = data(
+        open_train_source(cfg, image_size), views, with_text, cfg.train.batch_size, "train.batch_size", cfg.seed
     )
-    batched = BatchedSLIPAugment(config=augment, views=views) if device_path else None
-    return TrainData(loader=loader, device_augment=batched, seed=cfg.seed, dtype=dtype)
+    if cfg.data.train_images is not None:
+        ssl_views = tuple(v for v in views if v in SSL_VIEWS)
+        try:
+            source = open_train_source(cfg, image_size, "train_images")
+        except DataError as err:  # a list names its item already; one spec is named here
+            raise DataError(str(err) if str(err).startswith("data.train_images") else f"data.train_images: {err}")
+        batch = cfg.data.image_batch_size or cfg.train.batch_size
+        # an order and views of their own, even when the same files are also paired data
+        seed = mix_seed(cfg.seed, _TAG_IMAGES_AUGMENT)
+        paired.images = data(source, ssl_views, False, batch, "data.image_batch_size", seed)
+        paired.images.tag = _TAG_IMAGES_AUGMENT
+    return paired

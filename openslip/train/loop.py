@@ -266,6 +266,8 @@ def save(t: Trainer) -> Path:
         }
         if t.teacher is not None:  # its weights and centre: a resumed run's targets are those of an unbroken one
             state["teacher"] = t.teacher.state_dict()
+        if t.data.images is not None:  # data.train_images: where the unpaired images' loader stands
+            state["images_loader"] = t.data.images.loader.state_dict()
         try:
             ckpt.save_checkpoint(
                 path, t.model, config_extra={"train_config": t.cfg.to_dict(), "step": t.step}, train_state=state
@@ -339,6 +341,8 @@ def resume(t: Trainer, log: RunLogger) -> None:
     state = ckpt.load_train_state(path, map_location=t.dist.device, verify=False)
     t.opt.load_state_dict(state)
     t.data.loader.load_state_dict(state["loader"])
+    if t.data.images is not None and "images_loader" in state:  # absent: images added on a forced resume
+        t.data.images.loader.load_state_dict(state["images_loader"])
     if t.teacher is not None:
         if "teacher" not in state:
             raise CheckpointError(f"{path} has no EMA teacher (it was not trained with loss.ssl=distill)")
@@ -550,6 +554,7 @@ def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
         return _steps(t, log, batches)
     finally:
         batches.close()  # ends the loader's workers now (they ignore SIGTERM / SIGINT): no leftover processes
+        t.data.close()  # and those of the unpaired images' loader
 
 
 def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
@@ -583,6 +588,9 @@ def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dic
             metrics["epoch"] = t.data.loader.epoch
             skips = t.data.loader.skips
             metrics.update({f"data/{k}": v for k, v in skips.state_dict().items() if v})
+            if t.data.images is not None:  # the unpaired images' reads and skips, counted apart from the pairs'
+                images = t.data.images.loader.skips.state_dict().items()
+                metrics.update({f"data/images/{k}": v for k, v in images if v})
             if skips.total_skipped > reported_skips:  # bad input is never silent (docs/DESIGN.md, 'Bad input')
                 reported_skips = skips.total_skipped
                 log.message(f"step {step}: {skips.summary()}")
