@@ -48,7 +48,7 @@ class FewShotConfig:
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
             raise ConfigError(f"fewshot_seeds={self.seeds!r} should be a positive integer (draws averaged)")
         if not self.l2 > 0:
-            raise ConfigError(f"fewshot_l2={self.l2!r} should be > 0 (the ridge penalty)")
+            raise ConfigError(f"fewshot_l2={self.l2:g} should be > 0 (the ridge penalty)")
 
     @property
     def headline(self) -> int:
