@@ -117,7 +117,7 @@ def run_suite(args: argparse.Namespace) -> int:
         where = str(found.path or found.folder)
         if found.problem is not None:
             skipped[found.name] = f"{where}: {found.problem}"
-            _say(f"skipped {found.name} ({where}): {found.problem}")
+            _say(f"skipped {found.name}: {skipped[found.name]}")
             continue
         try:
             request = SetRequest(dataset=where, catalog=found.name, prompts=args.prompts)
@@ -125,8 +125,9 @@ def run_suite(args: argparse.Namespace) -> int:
             es.prompts_from = f"catalog {found.name} ({args.prompts} prompts)"
             result = zeroshot.run(model, es, options)
         except UserError as err:  # a malformed set: say which and why, and score the others
-            skipped[found.name] = f"{where}: {err}"
-            _say(f"skipped {found.name} ({where}): {err}")
+            why = str(err) if where in str(err) else f"{where}: {err}"  # the path once
+            skipped[found.name] = why
+            _say(f"skipped {found.name}: {why}")
             continue
         m = result.metrics
         results[found.name] = {
