@@ -24,7 +24,7 @@ from pathlib import Path
 from openslip.errors import ConfigError
 from openslip.eval.catalog import catalog_names, get_entry
 
-SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+SPLIT_NAMES = ("train", "val", "valid", "validation", "dev", "test")  # a folder of splits, not classes
 
 
 @dataclass(frozen=True)
