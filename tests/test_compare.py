@@ -239,6 +239,19 @@ def test_finetuning_is_opt_in_and_reported(tmp_path):
     assert r["table"]["random"]["finetune/demo_colours"]["applies"]  # finetuning from scratch: the floor
 
 
+def test_fewshot_is_opt_in_and_reported(tmp_path):
+    """`--fewshot`: the registered few-shot probe gets its column, its score given back by its saved outcomes."""
+    out = tmp_path / "exp"
+    argv = ["--methods", "slip", "--eval-sets", "demo_colours", "--fewshot", "--num-train", "200"]  # 25 per class
+    assert _compare(out, *argv) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert [c["evaluation"] for c in r["columns"]] == ["zeroshot", "linear", "knn", "fewshot"]
+    cell = r["table"]["slip"]["fewshot/demo_colours"]
+    record = next(x for x in r["evaluations"] if x["row"] == "slip" and x["evaluation"] == "fewshot")
+    assert cell["applies"] and cell["value"] == pytest.approx(record["score"])
+    assert record["metrics"]["shots"] == 25 and len(record["metrics"]["25shot_seeds"]) == 3
+
+
 # --- optimiser settings, prompts, subsamples, column titles (issue: a fair and seed-aware compare) ---------------
 
 TWO = ["--methods", "clip,slip", "--eval-sets", "demo_colours"]

@@ -74,12 +74,20 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any]:
     return model, device
 
 
-def finish(args: argparse.Namespace, title: str, metrics: dict[str, Any], *, keys: list[str] | None = None) -> int:
-    """Rank 0: print the table and write --output; everyone leaves the process group."""
+def finish(
+    args: argparse.Namespace,
+    title: str,
+    metrics: dict[str, Any],
+    *,
+    keys: list[str] | None = None,
+    table: str | None = None,
+) -> int:
+    """Rank 0: print the table (``table``: a command's own, already formatted) and write --output; everyone leaves
+    the process group."""
     from openslip import distributed
 
     if distributed.is_main():
-        print(format_table(title, metrics, keys))
+        print(table if table is not None else format_table(title, metrics, keys))
         if args.output:
             from openslip.weights.atomic import write_json
 

@@ -220,11 +220,12 @@ class CheckpointConfig:
 
 @dataclass(kw_only=True)
 class EvalConfig:
-    # what to evaluate, each `EVALNAME:SET`: an evaluation of `openslip eval` (zeroshot, knn, linear, retrieval) on a
-    # set written as `openslip compare --eval-sets` takes it: a demo task (it brings its train split), a labelled
-    # folder / CSV / shards `TEST[@TRAIN]` (a probe needs TRAIN), `CATALOG:PATH` for a catalog dataset's class names,
-    # templates and metric (`zeroshot:imagenet:/data/imagenet/val`), `TEST#PROMPTS.json` for the set's own. Opened
-    # and checked when the run starts (openslip.train.evals); results are `EVALNAME/NAME` (`zeroshot/demo_shapes`)
+    # what to evaluate, each `EVALNAME:SET`: an evaluation of `openslip eval` (zeroshot, knn, linear, fewshot,
+    # retrieval) on a set written as `openslip compare --eval-sets` takes it: a demo task (it brings its train split),
+    # a labelled folder / CSV / shards `TEST[@TRAIN]` (a probe needs TRAIN), `CATALOG:PATH` for a catalog dataset's
+    # class names, templates and metric (`zeroshot:imagenet:/data/imagenet/val`), `TEST#PROMPTS.json` for the set's
+    # own. Opened and checked when the run starts (openslip.train.evals); results are `EVALNAME/NAME`
+    # (`zeroshot/demo_shapes`)
     sets: list[str] = field(default_factory=lambda: ["zeroshot:demo_shapes", "zeroshot:demo_colours"])
     train_samples: int = 2000  # images of a probe's train split (a demo task renders them; a larger file set: a sample)
     every_steps: int = 200  # evaluate every N steps (and at the end); 0: only at the end
