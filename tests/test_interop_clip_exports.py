@@ -35,6 +35,7 @@ from openslip.models import SLIP, model_config
 from openslip.models.config import HeadConfig, ModelConfig, TextConfig, VisionConfig
 
 TOL = 1e-12  # float64, see the module docstring
+OPEN_CLIP = "open_clip_model.safetensors"
 
 
 def _save(cfg: ModelConfig, path: Path, *, patch_bias_noise: bool = True) -> SLIP:
@@ -255,3 +256,13 @@ def test_clip_exports_refuse_what_they_cannot_hold(tmp_path, capsys, fmt):
         assert "open_clip cannot hold slip_vit_micro faithfully" in err and "quick_gelu flag" in err
     else:
         assert "cannot hold this model faithfully" in err and "pre_layrnorm" in err
+
+
+def test_open_clip_export_keeps_a_sigmoid_models_logit_bias(tmp_path, capsys):
+    cfg = model_config("clip_vit_micro", contrastive="sigmoid")
+    model = _save(dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, act="gelu")), tmp_path / "src")
+    _export(tmp_path / "src", tmp_path / "oc", "open_clip", capsys)
+    doc = json.loads((tmp_path / "oc" / "open_clip_config.json").read_text())
+    assert doc["model_cfg"]["init_logit_bias"] == -10.0  # SigLIP's initial bias: open_clip then holds a logit_bias
+    back_cfg, back_sd = openslip_from_open_clip(doc["model_cfg"], load_file(str(tmp_path / "oc" / OPEN_CLIP)))
+    assert back_cfg.contrastive == "sigmoid" and torch.equal(back_sd["logit_bias"], model.logit_bias.detach())

@@ -138,7 +138,10 @@ def openslip_from_open_clip(
         act=text_act,
     )
     if "timm_model_name" in vc:
-        (patch, width, layers), heads = next((k, h) for k, (n, h) in _PLAIN.items() if n == vc["timm_model_name"])
+        plain = [(k, h) for k, (n, h) in _PLAIN.items() if n == vc["timm_model_name"]]
+        if not plain:  # the export writes timm's plain ViT names only (SLIP's layout)
+            raise ValueError(f"{name}: timm tower {vc['timm_model_name']!r} is not one openslip exports")
+        (patch, width, layers), heads = plain[0]
         vision = VisionConfig(image_size=224, patch_size=patch, width=width, layers=layers, heads=heads)
         out = {k: t for k, t in sd.items() if not k.startswith("visual.")}
         for k, t in sd.items():
