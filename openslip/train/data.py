@@ -160,7 +160,9 @@ def build_train_data(
         try:
             source = open_train_source(cfg, image_size, "train_images")
         except DataError as err:  # a list names its item already; one spec is named here
-            raise DataError(str(err) if str(err).startswith("data.train_images") else f"data.train_images: {err}")
+            raise DataError(
+                str(err) if str(err).startswith("data.train_images") else f"data.train_images: {err}"
+            ) from None
         batch = cfg.data.image_batch_size or cfg.train.batch_size
         # an order and views of their own, even when the same files are also paired data
         seed = mix_seed(cfg.seed, _TAG_IMAGES_AUGMENT)
