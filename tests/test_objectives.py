@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 from dist_utils import run_distributed
-from train_utils import assert_weights_close, final_weights, overrides, read_metrics
+from train_utils import assert_weights_close, final_weights, overrides, read_metrics, rewind
 
 from openslip.cli import main
 from openslip.models import SLIP
@@ -105,11 +105,7 @@ def test_every_objective_resumes_bit_exactly(tmp_path, objective):
     run = tmp_path / "run"
     assert main(["train", *overrides(run, *args)]) == 0
     uninterrupted = final_weights(run)
-    ckpts = run / "checkpoints"
-    for p in (ckpts / "step_0000004").iterdir():
-        p.unlink()
-    (ckpts / "step_0000004").rmdir()
-    (ckpts / "latest").write_text("step_0000002\n")
+    rewind(run, "step_0000004", "step_0000002")
     assert main(["train", *overrides(run, *args)]) == 0
     resumed = final_weights(run)
     assert set(resumed) == set(uninterrupted)

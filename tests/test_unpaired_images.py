@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from train_utils import final_weights, overrides, read_metrics
+from train_utils import final_weights, overrides, read_metrics, rewind
 
 from openslip.cli import main
 from openslip.models import SLIP
@@ -61,11 +61,7 @@ def test_resume_continues_the_unpaired_images_exactly(tmp_path, images):
     uninterrupted = final_weights(run)
     state = ckpt.load_train_state(run / "checkpoints" / "step_0000004")
     assert state["images_loader"]["position"] == 1  # 12 images, 4 per step: one batch into the second epoch
-    ckpts = run / "checkpoints"
-    for p in (ckpts / "step_0000004").iterdir():
-        p.unlink()
-    (ckpts / "step_0000004").rmdir()
-    (ckpts / "latest").write_text("step_0000002\n")
+    rewind(run, "step_0000004", "step_0000002")
     assert main(["train", *overrides(run, *args)]) == 0
     resumed = final_weights(run)
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)

@@ -74,6 +74,22 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any]:
     return model, device
 
 
+# EvalOptions fields an `openslip eval` option also writes: the option's value (None: not given) sits under the field's
+# name (commands/eval.py; the suite takes those that apply to it).
+EVAL_FLAGS = {
+    "device": "--device",
+    "batch_size": "--batch-size",
+    "num_workers": "--num-workers",
+    "cache_dir": "--cache-dir",
+    "seed": "--seed",
+    "crop_fraction": "--crop-fraction",
+    "image_size": "--image-size",
+    "features": "--features",
+    "fewshot_shots": "--shots",
+    "fewshot_seeds": "--seeds",
+}
+
+
 def finish(
     args: argparse.Namespace,
     title: str,

@@ -20,7 +20,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from openslip.commands._common import add_model_args, finish, setup
+from openslip.commands._common import EVAL_FLAGS, add_model_args, finish, setup
 from openslip.errors import ConfigError
 from openslip.eval.sets import OPTION_BARE_VALUES, TASK_KEYS, option_key
 
@@ -211,19 +211,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-# EvalOptions fields an option also writes: the option's value (None: not given) sits under the field's name.
-FLAGS = {
-    "device": "--device",
-    "batch_size": "--batch-size",
-    "num_workers": "--num-workers",
-    "cache_dir": "--cache-dir",
-    "seed": "--seed",
-    "crop_fraction": "--crop-fraction",
-    "image_size": "--image-size",
-    "features": "--features",
-    "fewshot_shots": "--shots",
-    "fewshot_seeds": "--seeds",
-}
+FLAGS = EVAL_FLAGS
 SET_FIELDS = ("dataset", "split", "num_samples", "train", "num_train", "val", "catalog", "classnames", "templates",
               "metric", "prompts", "image_root", "caption_keys")  # fmt: skip
 

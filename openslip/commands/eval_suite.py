@@ -15,7 +15,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from openslip.commands._common import add_model_args, setup
+from openslip.commands._common import EVAL_FLAGS, add_model_args, finish, setup
 from openslip.errors import ConfigError, UserError
 
 NAME = "eval suite"
@@ -62,15 +62,8 @@ def add_suite_parser(tasks: argparse._SubParsersAction, settings: Any, option_ke
     )
 
 
-FLAGS = {
-    "device": "--device",
-    "batch_size": "--batch-size",
-    "num_workers": "--num-workers",
-    "cache_dir": "--cache-dir",
-    "seed": "--seed",
-    "crop_fraction": "--crop-fraction",
-    "image_size": "--image-size",
-}
+# the EvalOptions fields the suite's options write (the other eval commands' flags, less the probes')
+FLAGS = {k: v for k, v in EVAL_FLAGS.items() if k not in ("features", "fewshot_shots", "fewshot_seeds")}
 
 
 def _say(line: str) -> None:
@@ -81,7 +74,6 @@ def _say(line: str) -> None:
 
 
 def run_suite(args: argparse.Namespace) -> int:
-    from openslip import distributed
     from openslip.eval.catalog_tree import find_catalog_sets
     from openslip.eval.preprocess import PROTOCOL_PREPROCESS
     from openslip.eval.sets import SetRequest, open_task_set, task_options
@@ -151,16 +143,7 @@ def run_suite(args: argparse.Namespace) -> int:
         "sets": results,
         "skipped": skipped,
     }
-    if distributed.is_main():
-        print(format_suite(doc))
-        if args.output:
-            from openslip.weights.atomic import write_json
-
-            write_json(args.output, doc)
-            print(f"wrote {args.output}")
-    distributed.barrier()
-    distributed.destroy_distributed()
-    return 0
+    return finish(args, "", doc, table=format_suite(doc))
 
 
 def format_suite(doc: dict[str, Any]) -> str:
