@@ -28,14 +28,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from openslip import distributed
+from openslip.distill import distill_loss
 
-__all__ = ["CONTRASTIVES", "GATHER_MODES", "SLIPLoss", "clip_loss", "sigmoid_loss", "simclr_loss"]
+__all__ = ["CONTRASTIVES", "GATHER_MODES", "SSL_BRANCHES", "SLIPLoss", "clip_loss", "sigmoid_loss", "simclr_loss"]
 
 Gather = Literal["grad", "reference"]
 GATHER_MODES: tuple[str, ...] = ("grad", "reference")
 # The image-text term: CLIP's softmax (InfoNCE) or SigLIP's pairwise sigmoid (Zhai et al., ICCV 2023), which reads a
 # learned bias as well (docs/OBJECTIVES.md); a model's config names the one it is trained with
 CONTRASTIVES: tuple[str, ...] = ("softmax", "sigmoid")
+# The self-supervised term on the image tower: SLIP's SimCLR, self-distillation from an EMA teacher (DINO's loss, as
+# SILC and SigLIP 2 add it; openslip.distill), or none (an image-text loss alone)
+SSL_BRANCHES: tuple[str, ...] = ("simclr", "distill", "none")
 
 # Added to a sample's similarity with itself in SimCLR's same-view logits so that it is never a
 # candidate; finite (as the reference's 1e9) so that no inf - inf can appear.
@@ -44,6 +48,7 @@ _SELF_MASK = 1e9
 CLIP_KEYS = ("image_embed", "text_embed", "logit_scale")
 SIGMOID_KEYS = (*CLIP_KEYS, "logit_bias")
 SSL_KEYS = ("view1_embed", "view2_embed")
+DISTILL_KEYS = ("global_logits", "teacher_probs")  # and local_logits when the data has local crops
 
 
 def _check_gather(gather: str) -> None:
@@ -248,6 +253,8 @@ class SLIPLoss(nn.Module):
         clip_scale: float = 1.0,
         gather: Gather = "grad",
         contrastive: str = "softmax",
+        ssl: str = "simclr",
+        distill_temperature: float = 0.1,
         track_rank: bool = False,
     ) -> None:
         super().__init__()
@@ -261,8 +268,14 @@ class SLIPLoss(nn.Module):
         if contrastive == "sigmoid" and gather != "grad":
             # gather="reference" reproduces the 2021 SLIP code's CLIP loss; that code had no sigmoid loss
             raise ValueError("the sigmoid loss gathers with gradient only (gather='reference' is the 2021 CLIP loss)")
+        if ssl not in SSL_BRANCHES:
+            raise ValueError(f"ssl must be one of {SSL_BRANCHES}, got {ssl!r}")
+        if not distill_temperature > 0:
+            raise ValueError(f"distill_temperature must be > 0, got {distill_temperature}")
         self.contrastive = contrastive
-        self.ssl_scale = float(ssl_scale)
+        self.ssl = ssl
+        self.distill_temperature = float(distill_temperature)
+        self.ssl_scale = float(ssl_scale) if ssl != "none" else 0.0
         self.ssl_temperature = float(ssl_temperature)
         self.clip_scale = float(clip_scale)
         self.gather = gather
@@ -277,13 +290,15 @@ class SLIPLoss(nn.Module):
         cfg = getattr(model, "cfg", model)
         kwargs.setdefault("contrastive", cfg.contrastive)
         kwargs.setdefault("clip_scale", 1.0 if cfg.text is not None else 0.0)
-        kwargs.setdefault("ssl_scale", 1.0 if cfg.ssl_head is not None else 0.0)
+        kwargs.setdefault("ssl", "distill" if cfg.distill_head is not None else "simclr")
+        kwargs.setdefault("ssl_scale", 1.0 if cfg.ssl_head is not None or cfg.distill_head is not None else 0.0)
         return cls(**kwargs)
 
     def extra_repr(self) -> str:
         return (
             f"clip_scale={self.clip_scale}, ssl_scale={self.ssl_scale}, "
-            f"ssl_temperature={self.ssl_temperature}, gather={self.gather!r}, contrastive={self.contrastive!r}"
+            f"ssl_temperature={self.ssl_temperature}, gather={self.gather!r}, contrastive={self.contrastive!r}, "
+            f"ssl={self.ssl!r}"
         )
 
     def forward(self, outputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -295,7 +310,7 @@ class SLIPLoss(nn.Module):
                 return
             missing = [k for k in keys if outputs.get(k) is None]
             if missing:
-                scale = "ssl_scale" if keys == SSL_KEYS else "clip_scale"
+                scale = "ssl_scale" if keys in (SSL_KEYS, DISTILL_KEYS) else "clip_scale"
                 raise ValueError(
                     f"SLIPLoss: {scale}={weight} but the model output has no {', '.join(missing)}; give the model "
                     f"those inputs, or set {scale}=0 for a model without that objective"
@@ -321,21 +336,35 @@ class SLIPLoss(nn.Module):
                     outputs["image_embed"], outputs["text_embed"], outputs["logit_scale"], gather=self.gather
                 ),
             )
-        add(
-            self.ssl_scale,
-            SSL_KEYS,
-            lambda: simclr_loss(
-                outputs["view1_embed"], outputs["view2_embed"], temperature=self.ssl_temperature, gather=self.gather
-            ),
-        )
+        if self.ssl == "distill":
+            add(
+                self.ssl_scale,
+                DISTILL_KEYS,
+                lambda: distill_loss(
+                    outputs["global_logits"],
+                    outputs.get("local_logits"),
+                    outputs["teacher_probs"],
+                    temperature=self.distill_temperature,
+                ),
+            )
+        else:
+            add(
+                self.ssl_scale,
+                SSL_KEYS,
+                lambda: simclr_loss(
+                    outputs["view1_embed"], outputs["view2_embed"], temperature=self.ssl_temperature, gather=self.gather
+                ),
+            )
         if self.track_rank and "ssl_loss" in metrics:
-            metrics["ssl_rank"] = effective_rank(outputs["view1_embed"])
+            # RankMe of the student's view-1 embeddings: SimCLR's head output, or the distillation head's bottleneck
+            metrics["ssl_rank"] = effective_rank(outputs["distill_embed" if self.ssl == "distill" else "view1_embed"])
         if not terms:
             present = sorted(k for k, v in outputs.items() if v is not None)
             image_text = SIGMOID_KEYS if self.contrastive == "sigmoid" else CLIP_KEYS
+            ssl_keys = DISTILL_KEYS if self.ssl == "distill" else SSL_KEYS
             raise ValueError(
-                f"SLIPLoss has no term to compute: CLIP needs clip_scale > 0 and keys {list(image_text)}, SimCLR "
-                f"needs ssl_scale > 0 and keys {list(SSL_KEYS)}; "
+                f"SLIPLoss has no term to compute: CLIP needs clip_scale > 0 and keys {list(image_text)}, the SSL term "
+                f"needs ssl_scale > 0 and keys {list(ssl_keys)}; "
                 f"got clip_scale={self.clip_scale}, ssl_scale={self.ssl_scale}, keys {present}"
             )
         loss = terms[0][0] * terms[0][1]

@@ -23,8 +23,9 @@ from openslip.outputs import check_output_dir
 from openslip.weights.atomic import atomic_file
 
 SKIP = {"step", "time", "epoch"}
-ORDER = ("loss", "clip_loss", "ssl_loss", "clip_acc", "ssl_acc", "ssl_rank", "zeroshot/", "knn/", "linear/", "lr",
-         "grad_norm", "logit_scale", "logit_bias", "samples_per_s")  # fmt: skip
+ORDER = ("loss", "clip_loss", "ssl_loss", "clip_acc", "ssl_acc", "ssl_rank", "teacher_entropy", "teacher_batch_entropy",
+         "zeroshot/", "knn/", "linear/", "lr", "grad_norm", "logit_scale", "logit_bias", "teacher_momentum",
+         "samples_per_s")  # fmt: skip
 # metric (or prefix ending in "/") -> y-axis label
 UNITS = {
     "loss": "loss (nats)",
@@ -33,6 +34,9 @@ UNITS = {
     "clip_acc": "in-batch top-1 (%)",
     "ssl_acc": "in-batch top-1 (%)",
     "ssl_rank": "effective rank (RankMe)",
+    "teacher_entropy": "entropy of a teacher distribution (nats)",
+    "teacher_batch_entropy": "entropy of the batch's mean teacher distribution (nats)",
+    "teacher_momentum": "EMA momentum of the teacher",
     "zeroshot/": "score (%)",
     "knn/": "score (%)",
     "linear/": "score (%)",

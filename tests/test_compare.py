@@ -239,6 +239,19 @@ def test_finetuning_is_opt_in_and_reported(tmp_path):
     assert r["table"]["random"]["finetune/demo_colours"]["applies"]  # finetuning from scratch: the floor
 
 
+def test_fewshot_is_opt_in_and_reported(tmp_path):
+    """`--fewshot`: the registered few-shot probe gets its column, its score given back by its saved outcomes."""
+    out = tmp_path / "exp"
+    argv = ["--methods", "slip", "--eval-sets", "demo_colours", "--fewshot", "--num-train", "200"]  # 25 per class
+    assert _compare(out, *argv) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert [c["evaluation"] for c in r["columns"]] == ["zeroshot", "linear", "knn", "fewshot"]
+    cell = r["table"]["slip"]["fewshot/demo_colours"]
+    record = next(x for x in r["evaluations"] if x["row"] == "slip" and x["evaluation"] == "fewshot")
+    assert cell["applies"] and cell["value"] == pytest.approx(record["score"])
+    assert record["metrics"]["shots"] == 25 and len(record["metrics"]["25shot_seeds"]) == 3
+
+
 # --- optimiser settings, prompts, subsamples, column titles (issue: a fair and seed-aware compare) ---------------
 
 TWO = ["--methods", "clip,slip", "--eval-sets", "demo_colours"]
@@ -419,3 +432,23 @@ def test_the_sigmoid_methods_train_with_the_sigmoid_loss(tmp_path):
     for method in ("siglip", "slip_sigmoid"):
         cfg = yaml.safe_load((out / "runs" / f"{method}_seed0" / "config.yaml").read_text())
         assert cfg["loss"]["contrastive"] == "sigmoid"
+
+
+def test_the_distillation_methods_train_with_an_ema_teacher(tmp_path):
+    """clip_distill and siglip_distill (docs/OBJECTIVES.md): loss.ssl=distill over the slip method, softmax or
+    sigmoid; the distillation head and its local crops are trained and logged like any SSL term."""
+    out = tmp_path / "exp"
+    args = ("--methods", "clip_distill,siglip_distill", "--eval-sets", "demo_colours", "loss.local_crops=2")
+    assert _compare(out, *args) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert [row["key"] for row in r["rows"]] == ["random", "clip_distill", "siglip_distill"]
+    for method, contrastive in (("clip_distill", "softmax"), ("siglip_distill", "sigmoid")):
+        run = out / "runs" / f"{method}_seed0"
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        assert (cfg["loss"]["ssl"], cfg["loss"]["contrastive"], cfg["loss"]["local_crops"]) == (
+            "distill",
+            contrastive,
+            2,
+        )
+        last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line][-1]
+        assert {"ssl_loss", "teacher_entropy", "teacher_momentum"} <= set(last)

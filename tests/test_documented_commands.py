@@ -212,6 +212,9 @@ SHRINK: dict[tuple[str, ...], list[str]] = {
     # a global batch of 64: the smallest for which `linear_reference_lr_bug=8` (docs/PAPER.md) gives a rate above 0
     ("eval", "linear"): "-n 16 --num-train 32 linear_epochs=1 linear_batch_size=64".split(),
     ("eval", "knn"): "-n 16 --num-train 32".split(),
+    # 25 train images of each of demo_shapes' 8 classes: the documented --shots 1,5,10,25 as written
+    ("eval", "fewshot"): "-n 16 --num-train 200".split(),
+    ("eval", "suite"): [],  # its sets are small already (PLACEHOLDERS)
     ("finetune",): "-n 16 --num-train 32 epochs=1 warmup_epochs=0 batch_size=16".split(),
     ("embed",): "--batch-size 16".split(),
     # one loader worker still runs the worker path (and --worker-priority); a small sweep for --memory-sweep
@@ -276,6 +279,8 @@ def shrink(cmd: DocCommand, argv: list[str], inputs: Inputs, cwd: Path) -> list[
     if sub == ("train",) and cmd.expected_error is None:
         # a command documented to fail keeps its model, so that the message is the documented one
         extra.append(f"model={_micro_model(_train_model(argv))}")
+    if sub == ("train",) and any(a.startswith("data.image_batch_size=") for a in argv):
+        extra.append("data.image_batch_size=4")  # the unpaired images of the small inputs are a dozen
     if sub == ("compare",) and "--eval-sets" not in argv:
         extra += ["--eval-sets", "demo_colours,demo"]  # one labelled and one retrieval set of the default three
     if sub == ("bench", "train"):
@@ -359,6 +364,13 @@ def _captioned_folder(root: Path) -> str:
     for i in range(12):
         (root / f"{i:03d}.txt").write_text(f"a picture of noise number {i}")
     return str(root)
+
+
+def _benchmark_tree(root: Path) -> Path:
+    """CIFAR-10's test split under test/ (class-name folders) and Hateful Memes' class-index folders."""
+    _image_folder(root / "cifar10" / "test", ["airplane", "cat"], per_class=2)
+    _image_folder(root / "hateful_memes", ["0", "1"], per_class=2)
+    return root
 
 
 IMAGENET_WNIDS = ["n01440764", "n01443537", "n01484850"]
@@ -475,6 +487,8 @@ PLACEHOLDERS: dict[str, Builder] = {
     "/data/imagenet/val": _shared("in_val", lambda p: str(_image_folder(p, IMAGENET_WNIDS, 2))),
     "/data/imagenet/train": _shared("in_train", lambda p: str(_image_folder(p, IMAGENET_WNIDS, 4))),
     "/data/cifar10/test/shard-{0..3}.tar": _shared("cifar10", _labelled_shard_pattern),
+    # `openslip eval suite ROOT`: two catalog sets in their layouts (docs/EVALUATION.md)
+    "/data/benchmarks": _shared("benchmarks", lambda p: str(_benchmark_tree(p))),
     "TEST_DIR": _in_cwd("TEST_DIR", lambda p: _image_folder(p, ["cat", "dog"], per_class=4)),
     "TRAIN_DIR": _in_cwd("TRAIN_DIR", lambda p: _image_folder(p, ["cat", "dog"], per_class=8)),
     "images/": _in_cwd("images", lambda p: _write_images(p, 5, seed=5)),
@@ -611,7 +625,7 @@ def test_shrink_settings_are_real_options() -> None:
     make_config(parse_overrides(SHRINK[("train",)]))  # known keys, valid values
     apply_overrides(FinetuneConfig(), [e for e in SHRINK[("finetune",)] if "=" in e])
     make_config(parse_overrides([e for e in SHRINK[("bench", "train")] if "=" in e and not e.startswith("-")]))
-    for task in ("zeroshot", "retrieval", "linear", "knn"):  # keys the task reads, valid values
+    for task in ("zeroshot", "retrieval", "linear", "knn", "fewshot", "suite"):  # keys the task reads, valid values
         task_options(task, {}, [e for e in SHRINK[("eval", task)] if "=" in e and not e.startswith("-")])
     parser = build_parser()
     for path, extra in SHRINK.items():

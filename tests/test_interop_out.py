@@ -1,4 +1,5 @@
-"""Weights out: `openslip export --format timm|onnx|hf` and `create_model_and_transforms` (docs/INTEROP.md)."""
+"""Weights out: `openslip export --format timm|onnx|openslip` and `create_model_and_transforms` (docs/INTEROP.md);
+the open_clip and hf formats are tested in test_interop_clip_exports.py."""
 
 from __future__ import annotations
 
@@ -90,22 +91,22 @@ def test_timm_names_of_the_registered_sizes():
     assert timm_name(small) == ("vit_small_patch16_224", False) and timm_model_args(small)["num_heads"] == 12
 
 
-def test_export_hf_reloads_bit_exactly_with_transforms(tmp_path, capsys):
+def test_export_openslip_reloads_bit_exactly_with_transforms(tmp_path, capsys):
     model = _converted_clip(tmp_path)
-    assert main(["export", str(tmp_path / "clip"), str(tmp_path / "hf"), "--format", "hf"]) == 0
-    back = openslip.load_model(tmp_path / "hf")
+    assert main(["export", str(tmp_path / "clip"), str(tmp_path / "folder"), "--format", "openslip"]) == 0
+    back = openslip.load_model(tmp_path / "folder")
     a, b = model.state_dict(), back.state_dict()
     diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
-    print(f"hf round trip max abs difference {diff:.1e}")
+    print(f"openslip-folder round trip max abs difference {diff:.1e}")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and back.cfg == model.cfg
-    pre = json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())
+    pre = json.loads((tmp_path / "folder" / "preprocessor_config.json").read_text())
     assert pre["crop_size"] == {"height": 32, "width": 32} and pre["image_mean"][0] == pytest.approx(0.48145466)
-    m, train_tf, eval_tf = openslip.create_model_and_transforms(str(tmp_path / "hf"))
+    m, train_tf, eval_tf = openslip.create_model_and_transforms(str(tmp_path / "folder"))
     image = np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8)
     assert eval_tf(image).shape == (3, 32, 32) and set(train_tf(image)) == {"image"}
     assert eval_tf.config.mean[0] == pytest.approx(0.48145466)  # CLIP's statistics travel with its weights
     with pytest.raises(TypeError):  # an option that means nothing for weights read from a file is an error
-        openslip.create_model_and_transforms(str(tmp_path / "hf"), image_size=64)
+        openslip.create_model_and_transforms(str(tmp_path / "folder"), image_size=64)
     m, train_tf, eval_tf = openslip.create_model_and_transforms("slip_vit_micro")
     assert eval_tf.config.mean == AugmentConfig().mean
     assert eval_tf(image).shape == (3, 32, 32) and set(train_tf(image)) == {"image", "view1", "view2"}
@@ -137,3 +138,10 @@ def test_export_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert "already exists" in err and len(err.splitlines()) == 1
     with pytest.raises(SystemExit):
         main(["export", str(tmp_path / "m"), str(tmp_path / "o"), "--format", "keras"])
+
+
+def test_cli_lists_every_export_format():
+    from openslip.commands.export import FORMATS as CLI_FORMATS
+    from openslip.interop.export import FORMATS, WRITERS
+
+    assert CLI_FORMATS == FORMATS == tuple(WRITERS)

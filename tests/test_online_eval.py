@@ -63,7 +63,10 @@ def test_probe_on_image_folders_next_to_zero_shot(tmp_path: Path, capsys) -> Non
             "eval.sets=[linear:demo]",
             "eval.sets: 'linear:demo': linear does not apply: linear reads classification sets",
         ),
-        ("eval.sets=[demo_shapes]", "eval.sets: 'demo_shapes' should be EVALNAME:SET with EVALNAME one of knn, linear"),
+        (
+            "eval.sets=[demo_shapes]",
+            "eval.sets: 'demo_shapes' should be EVALNAME:SET with EVALNAME one of fewshot, knn, linear",
+        ),
         ("eval.sets=[knm:demo_shapes]", "eval.sets: 'knm:demo_shapes' should be EVALNAME:SET"),
         ("eval.sets=[finetune:demo_shapes]", "eval.sets: 'finetune:demo_shapes': finetune is not run during training"),
         ("eval.sets=[knn:/no/such/test@demo_shapes]", "eval.sets: 'knn:/no/such/test@demo_shapes': /no/such/test:"),

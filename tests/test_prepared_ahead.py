@@ -48,8 +48,13 @@ def test_no_batch_is_taken_beyond_the_last_step() -> None:
 
     class Data:
         held_state = None
-        loader = type("L", (), {"state_dict": lambda self: {"taken": len(taken)}})()
         prepared: list[int] = []
+
+        def hold(self):
+            self.held_state = {"taken": len(taken)}
+
+        def release(self):
+            self.held_state = None
 
         def prepare(self, batch, step, device, stream):
             self.prepared.append(step)

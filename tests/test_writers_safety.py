@@ -68,7 +68,7 @@ def refused(args: list[str], world: dict[str, Path], capsys, match: str = "") ->
 # ------------------------------------------------------------------------------------------------ export
 
 
-@pytest.mark.parametrize("fmt", ["hf", "timm"])
+@pytest.mark.parametrize("fmt", ["openslip", "timm", "open_clip", "hf"])
 @pytest.mark.parametrize("force", [[], ["--force"]])
 def test_export_refuses_runs_checkpoints_sources_and_foreign_folders(world, capsys, fmt, force):
     run, ckpt, model, mine = world["run"], world["ckpt"], world["model"], world["mine"]
@@ -98,7 +98,7 @@ def test_export_timm_into_a_checkpoint_without_checksums_is_refused(world, tmp_p
     assert tree(old) == before
 
 
-@pytest.mark.parametrize("fmt", ["hf", "timm"])
+@pytest.mark.parametrize("fmt", ["openslip", "timm"])
 def test_export_force_replaces_only_its_own_files(world, tmp_path, capsys, fmt):
     out = tmp_path / "out"
     assert main(["export", "--format", fmt, str(world["model"]), str(out)]) == 0
@@ -111,11 +111,11 @@ def test_export_force_replaces_only_its_own_files(world, tmp_path, capsys, fmt):
     assert set(second) == set(first)  # the same files, no staging folder left
     assert second["model.safetensors"] != first["model.safetensors"]  # the trained weights replaced the saved ones
     assert out.stat().st_ino == inode  # the folder itself was never removed
-    if fmt == "hf":
+    if fmt == "openslip":
         trained = checkpoint.load_model(world["ckpt"]).state_dict()
         back = openslip.load_model(out).state_dict()  # checksums.json matches the new files
         assert all((trained[k] == back[k]).all() for k in trained)
-    other = "timm" if fmt == "hf" else "hf"
+    other = "timm" if fmt == "openslip" else "openslip"
     assert main(["export", "--format", other, "--force", str(world["model"]), str(out)]) == 2  # not its files
     assert tree(out) == second
 
@@ -123,9 +123,9 @@ def test_export_force_replaces_only_its_own_files(world, tmp_path, capsys, fmt):
 def test_export_leaves_staging_leftovers_to_no_one(world, tmp_path):
     """A staging folder a killed export left is the export's own: the next --force run removes it."""
     out = tmp_path / "out"
-    assert main(["export", "--format", "hf", str(world["model"]), str(out)]) == 0
+    assert main(["export", "--format", "openslip", str(world["model"]), str(out)]) == 0
     (out / ".openslip-tmp-killed").mkdir()
-    assert main(["export", "--format", "hf", "--force", str(world["model"]), str(out)]) == 0
+    assert main(["export", "--format", "openslip", "--force", str(world["model"]), str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["checksums.json", "config.json", "model.safetensors", "preprocessor_config.json"]
     )

@@ -38,6 +38,15 @@ def final_weights(run_dir: Path | str) -> dict[str, torch.Tensor]:
     return load_file(str(latest / "model.safetensors"))
 
 
+def rewind(run_dir: Path | str, newest: str, to: str) -> None:
+    """Delete the checkpoint `newest` of a run and point `latest` at `to`: the run as if killed after `to`."""
+    ckpts = Path(run_dir) / "checkpoints"
+    for p in (ckpts / newest).iterdir():
+        p.unlink()
+    (ckpts / newest).rmdir()
+    (ckpts / "latest").write_text(f"{to}\n")
+
+
 def read_metrics(run_dir: Path | str) -> list[dict]:
     import json
 

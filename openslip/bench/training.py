@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from openslip.bench.baseline import PILSLIPTransform, reference_forward, reference_optimizer
 from openslip.bench.reference import ReferenceStepper, checkout_info
+from openslip.data.augment.params import LOCAL, local_crop_size
 from openslip.data.loader import build_train_loader
 from openslip.distributed import DistInfo
 from openslip.errors import ConfigError
@@ -258,13 +259,30 @@ class PathStats:
         return out
 
 
-def synthetic_inputs(model: Any, batch_size: int, image_size: int, device: torch.device, text_len: int | None):
-    """Random views and captions of `text_len` tokens (SOT, words, EOT), already on `device`."""
+def local_crop_args(trainer: Any, image_size: int) -> dict[str, int]:
+    """The local crops a step of `trainer` feeds its model ({} without a distillation head), for the FLOP count."""
+    model = trainer.model
+    if not model.has_distill_head:
+        return {}
+    return {
+        "local_crops": trainer.cfg.loss.local_crops,
+        "local_size": local_crop_size(image_size, model.cfg.vision.patch_size),
+    }
+
+
+def synthetic_inputs(
+    model: Any, batch_size: int, image_size: int, device: torch.device, text_len: int | None, local_crops: int = 0
+):
+    """Random views (and `local_crops` local crops with a distillation head) and captions of `text_len` tokens (SOT,
+    words, EOT), already on `device`."""
     g = torch.Generator().manual_seed(0)
     out: dict[str, torch.Tensor] = {}
-    names = (["image"] if model.has_text else []) + (["view1", "view2"] if model.has_ssl_head else [])
-    for name in names:
+    views = model.cfg.image_views
+    for name in (v for v in views if v != LOCAL):
         out[name] = torch.randn(batch_size, 3, image_size, image_size, generator=g).to(device)
+    if LOCAL in views:
+        side = local_crop_size(image_size, model.cfg.vision.patch_size)
+        out[LOCAL] = torch.randn(batch_size, local_crops, 3, side, side, generator=g).to(device)
     if model.has_text:
         ctx = model.cfg.text.context_length
         n = min(text_len or ctx, ctx)
@@ -287,7 +305,7 @@ class Stepper:
         self.baseline = baseline
         self.label = "baseline" if baseline else "candidate"
         self.device = trainer.dist.device
-        self.flops_cfg = dict(batch_size=batch_size, image_size=image_size)
+        self.flops_cfg = dict(batch_size=batch_size, image_size=image_size, **local_crop_args(trainer, image_size))
         self.t = trainer
         if baseline:
             o = trainer.cfg.optim
@@ -502,7 +520,9 @@ def memory_sweep(trainer: Any, bc: TrainBenchConfig, image_size: int) -> list[di
             stepper = Stepper(trainer, baseline=False, batch_size=b, image_size=image_size)
             row: dict[str, Any] = {"batch_size": b, "grad_checkpointing": ckpt}
             try:
-                inputs = synthetic_inputs(model, b, image_size, stepper.device, bc.text_len)
+                inputs = synthetic_inputs(
+                    model, b, image_size, stepper.device, bc.text_len, trainer.cfg.loss.local_crops
+                )
                 stepper.step(lambda inputs=inputs: inputs)  # warm-up
                 _reset_peak_memory(stepper.device)
                 times, _ = stepper.step(lambda inputs=inputs: inputs)
@@ -661,7 +681,7 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
             )
             steppers.append(reference)
             reference_name = reference.name
-        synth = synthetic_inputs(trainer.model, B, image_size, device, bc.text_len)
+        synth = synthetic_inputs(trainer.model, B, image_size, device, bc.text_len, cfg.loss.local_crops)
         if bc.with_data and "text" in synth:
             synth["text"] = _captions_of_data(trainer, bc, image_size).to(device)
         model_only, e2e, ratios = _measure_rounds(trainer, steppers, synth, bc, image_size)
@@ -676,7 +696,13 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
                 torch.cuda.empty_cache()
         sweep = memory_sweep(trainer, bc, image_size) if bc.memory_sweep else None
     text_len = trimmed_text_length(synth["text"]) if "text" in synth else None
-    flops = slip_sample_flops(trainer.model.cfg, batch_size=B, image_size=image_size, text_len=text_len)
+    flops = slip_sample_flops(
+        trainer.model.cfg,
+        batch_size=B,
+        image_size=image_size,
+        text_len=text_len,
+        **local_crop_args(trainer, image_size),
+    )
     result: dict[str, Any] = {
         "config": _config_record(bc, cfg),
         "machine": _machine(device),

@@ -74,12 +74,36 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any]:
     return model, device
 
 
-def finish(args: argparse.Namespace, title: str, metrics: dict[str, Any], *, keys: list[str] | None = None) -> int:
-    """Rank 0: print the table and write --output; everyone leaves the process group."""
+# EvalOptions fields an `openslip eval` option also writes: the option's value (None: not given) sits under the field's
+# name (commands/eval.py; the suite takes those that apply to it).
+EVAL_FLAGS = {
+    "device": "--device",
+    "batch_size": "--batch-size",
+    "num_workers": "--num-workers",
+    "cache_dir": "--cache-dir",
+    "seed": "--seed",
+    "crop_fraction": "--crop-fraction",
+    "image_size": "--image-size",
+    "features": "--features",
+    "fewshot_shots": "--shots",
+    "fewshot_seeds": "--seeds",
+}
+
+
+def finish(
+    args: argparse.Namespace,
+    title: str,
+    metrics: dict[str, Any],
+    *,
+    keys: list[str] | None = None,
+    table: str | None = None,
+) -> int:
+    """Rank 0: print the table (``table``: a command's own, already formatted) and write --output; everyone leaves
+    the process group."""
     from openslip import distributed
 
     if distributed.is_main():
-        print(format_table(title, metrics, keys))
+        print(table if table is not None else format_table(title, metrics, keys))
         if args.output:
             from openslip.weights.atomic import write_json
 

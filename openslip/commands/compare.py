@@ -69,6 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune", action="store_true", help="also finetune every model end to end (slow)")
     p.add_argument("--finetune-epochs", type=int, help="override the finetuning preset's epochs")
     p.add_argument(
+        "--fewshot",
+        action="store_true",
+        help="also the few-shot ridge probe (1, 5, 10, 25 images per class, 3 draws; its column: the 25-shot mean)",
+    )
+    p.add_argument(
         "--num-test",
         type=int,
         help="images per test set: a demo task's count; at most N of a file set, a seeded subsample (all)",
@@ -112,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=tuple(args.overrides),
         finetune=args.finetune,
         finetune_epochs=args.finetune_epochs,
+        fewshot=args.fewshot,
         num_test=args.num_test,
         num_train=args.num_train,
         bootstrap=args.bootstrap,

@@ -20,7 +20,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from openslip.commands._common import add_model_args, finish, setup
+from openslip.commands._common import EVAL_FLAGS, add_model_args, finish, setup
 from openslip.errors import ConfigError
 from openslip.eval.sets import OPTION_BARE_VALUES, TASK_KEYS, option_key
 
@@ -113,6 +113,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(k, "knn")
     _train_args(k)
 
+    f = tasks.add_parser(
+        "fewshot",
+        help="few-shot linear evaluation: closed-form ridge on k train images per class, averaged over seeds",
+        description=_keys_text(
+            "Few-shot linear evaluation (big_vision's kind): a closed-form ridge regression on L2-normalised frozen "
+            "features and one-hot targets, fitted on k train images per class, for each k of --shots, averaged "
+            "over --seeds draws (mean and spread). The reported score is the largest k's mean.",
+            {
+                "fewshot_shots": "images per class (--shots 1,5,10,25)",
+                "fewshot_seeds": "draws averaged (--seeds N)",
+                "fewshot_l2": "ridge penalty on unit-norm features",
+            },
+        ),
+    )
+    _common(f, "fewshot")
+    _train_args(f)
+    f.add_argument(
+        "--shots",
+        dest="fewshot_shots",
+        metavar="K,K,...",
+        help=_default("images per class, comma-separated", "fewshot_shots"),
+    )
+    f.add_argument("--seeds", dest="fewshot_seeds", metavar="N", help=_default("draws averaged", "fewshot_seeds"))
+
+    from openslip.commands.eval_suite import add_suite_parser
+
+    add_suite_parser(tasks, _settings, option_key, OPTION_BARE_VALUES)
+
 
 def _settings() -> type:
     """The dataclass the overrides set (imported when needed: `openslip --help` does not load torch)."""
@@ -183,17 +211,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-# EvalOptions fields an option also writes: the option's value (None: not given) sits under the field's name.
-FLAGS = {
-    "device": "--device",
-    "batch_size": "--batch-size",
-    "num_workers": "--num-workers",
-    "cache_dir": "--cache-dir",
-    "seed": "--seed",
-    "crop_fraction": "--crop-fraction",
-    "image_size": "--image-size",
-    "features": "--features",
-}
+FLAGS = EVAL_FLAGS
 SET_FIELDS = ("dataset", "split", "num_samples", "train", "num_train", "val", "catalog", "classnames", "templates",
               "metric", "prompts", "image_root", "caption_keys")  # fmt: skip
 
@@ -206,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
     task = args.task
     if task == "zeroshot" and args.list:
         return _show_entry(args.catalog, args.prompts) if args.catalog else _list_datasets(args.prompts)
+    if task == "fewshot":
+        _fewshot_flags(args)
     given = {key: getattr(args, key) for key in TASK_KEYS[task] if getattr(args, key, None) is not None}
     options = task_options(task, {k: (f"{FLAGS[k]} {v}", v) for k, v in given.items()}, args.overrides)
     if task in ("zeroshot", "retrieval"):
@@ -228,7 +248,42 @@ def run(args: argparse.Namespace) -> int:
     result = EVALS.get(task).run(model, es, options)
     if task == "zeroshot":
         _zeroshot_reports(args, es, result)
+    if task == "fewshot":
+        table = _fewshot_table(es, options, result)
+        return finish(args, table.splitlines()[0], command_metrics(task, result), table=table)
     return finish(args, _title(task, es, options, result), command_metrics(task, result))
+
+
+def _fewshot_flags(args: argparse.Namespace) -> None:
+    """--shots K,K,... and --seeds N as the EvalOptions values (one-line errors for anything else)."""
+    from openslip.eval.fewshot import parse_shots
+
+    if args.fewshot_shots is not None:
+        args.fewshot_shots = parse_shots(args.fewshot_shots)
+    if args.fewshot_seeds is not None:
+        text = str(args.fewshot_seeds).strip()
+        if not text.isdigit() or int(text) < 1:
+            raise ConfigError(f"--seeds should be a positive integer (draws averaged), got {args.fewshot_seeds!r}")
+        args.fewshot_seeds = int(text)
+
+
+def _fewshot_table(es: Any, opt: Any, result: Any) -> str:
+    """One row per k: the mean over seeds of the set's metric, the standard deviation, the lowest and highest."""
+    m, test = result.metrics, es.test
+    seeds = int(m["seeds"])
+    title = (
+        f"few-shot ridge (l2 {m['l2']:g}, {opt.features} features, {seeds} seed(s)) {test.name}: {test.num_classes} "
+        f"classes, {len(test)} test images, train pool {len(es.train)}"
+    )
+    header = f"{'shots':>5}  {m['metric'] + ' mean':>15}  {'std':>6}  {'min':>6}  {'max':>6}"
+    lines = [title, header, "-" * len(header)]
+    for k in sorted(int(key.removesuffix("shot")) for key in m if key.endswith("shot")):
+        runs = m[f"{k}shot_seeds"]
+        mark = "  <- reported" if k == int(m["shots"]) else ""
+        lines.append(
+            f"{k:>5}  {m[f'{k}shot']:>15.2f}  {m[f'{k}shot_std']:>6.2f}  {min(runs):>6.2f}  {max(runs):>6.2f}{mark}"
+        )
+    return "\n".join(lines)
 
 
 def _zeroshot_reports(args: argparse.Namespace, es: Any, result: Any) -> None:

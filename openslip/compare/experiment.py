@@ -60,6 +60,7 @@ class CompareConfig:
     overrides: tuple[str, ...] = ()  # key.path=value for every run, METHOD:key.path=value for one method
     finetune: bool = False  # also finetune every model end to end (slow)
     finetune_epochs: int | None = None  # override the finetuning preset's epochs
+    fewshot: bool = False  # also the few-shot ridge probe (`openslip eval fewshot`'s default shots and seeds)
     num_test: int | None = None  # images per test set (demo sets; None: the set's own size)
     num_train: int | None = None  # images per probe train split (demo sets; None: the set's own size)
     bootstrap: int = 1000  # bootstrap resamples for intervals and paired tests
@@ -189,6 +190,8 @@ class CompareConfig:
         base.pop("out_dir")
         _, own = self.split_overrides()
         keep = ("eval_sets", "finetune", "finetune_epochs", "num_test", "num_train", "bootstrap")
+        if self.fewshot:  # named only when on: an experiment from before the option keeps its identity
+            keep += ("fewshot",)
         mode = self.mode()
         optim = {"hparams": mode}
         if mode == "sweep":

@@ -1,6 +1,6 @@
 """The pre-training methods `openslip compare` sets side by side (SLIP §4): SLIP, its two baselines, and CLIP
 trained on SimCLR-augmented views; on request also SigLIP's sigmoid image-text loss in place of CLIP's softmax, alone
-or with SimCLR (docs/OBJECTIVES.md).
+or with SimCLR, and self-distillation from an EMA teacher in place of SimCLR (docs/OBJECTIVES.md).
 
 A method is the SLIP model of the experiment less a part, its loss weights, and (with `--hparams paper`) the
 paper's learning rate and weight decay for its objective (the values the recipes use,
@@ -48,6 +48,16 @@ for _m in (
     # is the SLIP paper's comparison. The paper lr / wd stay those of the objective it replaces.
     Method("siglip", "SigLIP", "clip", drop="ssl_head", overrides={"loss": {"contrastive": "sigmoid"}}),
     Method("slip_sigmoid", "SLIP (sigmoid)", "slip", drop=None, overrides={"loss": {"contrastive": "sigmoid"}}),
+    # Self-distillation from an EMA teacher in place of SimCLR (SILC, Naeem et al. 2023; SigLIP 2): the SLIP model,
+    # whose SimCLR head the distillation head replaces, and the lr / wd of SLIP, the objective it changes one term of.
+    Method("clip_distill", "CLIP + self-distillation", "slip", drop=None, overrides={"loss": {"ssl": "distill"}}),
+    Method(
+        "siglip_distill",
+        "SigLIP + self-distillation",
+        "slip",
+        drop=None,
+        overrides={"loss": {"contrastive": "sigmoid", "ssl": "distill"}},
+    ),
 ):
     METHODS.register(_m.name, _m)
 

@@ -51,7 +51,9 @@ from openslip.weights.checkpoint import load_model
 
 EXPERIMENT_FILE = "experiment.json"
 TRAIN_DONE = "train_done.json"
-EVAL_ORDER = ("zeroshot", "retrieval", "linear", "knn", "finetune")
+EVAL_ORDER = ("zeroshot", "retrieval", "linear", "knn", "fewshot", "finetune")
+# Evaluations a compare runs only when asked (--finetune, --fewshot): the CompareConfig flag of each.
+OPT_IN = {"finetune": "finetune", "fewshot": "fewshot"}
 # Decoded evaluation images kept in memory per set: every model reads the same images (the demo sets at
 # 64 px take 60 MB), and re-rendering or re-decoding them for each model cost more than the probes.
 IMAGE_MEMORY = 1 << 30
@@ -92,7 +94,7 @@ def run_compare(cc: CompareConfig, log: Callable[[str], None] = print) -> dict[s
     for es, name in zip(sets, distinct_names(sets), strict=True):
         es.name = name  # two sets of one file name (…/a/test.csv, …/b/test.csv) get distinct columns
     slugs = _slugs([s.name for s in sets])
-    evals = [EVALS.get(n) for n in EVAL_ORDER if n != "finetune" or cc.finetune]
+    evals = [EVALS.get(n) for n in EVAL_ORDER if n not in OPT_IN or getattr(cc, OPT_IN[n])]
     device = cc.device or ("cuda" if torch.cuda.is_available() else "cpu")
     timings: dict[str, float] = _read_json(out / "timings.json") or {}
     selection = _sweep(cc, sets, slugs, device, log, timings, out) if cc.mode() == "sweep" else {}

@@ -2,7 +2,8 @@
 
 - zero-shot (the reference's eval_zeroshot.py): Resize(224) -> CenterCrop(224), bilinear; retrieval and
   `openslip embed` use it too, since they read the same CLIP embedding;
-- linear probe and kNN (the reference's main_linear.py, from MoCo v3): Resize(256) -> CenterCrop(224), bilinear;
+- linear probe, kNN and few-shot (the reference's main_linear.py, from MoCo v3): Resize(256) -> CenterCrop(224),
+  bilinear;
 - finetuning (BEiT, crop_pct 0.875): Resize(256, bicubic) -> CenterCrop(224).
 
 For another image size S the resize keeps the ratio: floor(S / crop_fraction). ``crop_fraction`` overrides the
@@ -41,6 +42,7 @@ PROTOCOL_PREPROCESS: dict[str, Preprocess] = {
     "embed": Preprocess(1.0, "bilinear"),
     "linear": Preprocess(0.875, "bilinear"),
     "knn": Preprocess(0.875, "bilinear"),
+    "fewshot": Preprocess(0.875, "bilinear"),  # frozen features, as the probes take them
     "finetune": Preprocess(0.875, "bicubic"),
 }
 

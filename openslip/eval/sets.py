@@ -38,12 +38,15 @@ TASK_KEYS: dict[str, tuple[str, ...]] = {
         "linear_reference_lr_bug",
     ),
     "knn": (*COMMON_KEYS, "features", "knn_k", "knn_temperature"),
+    "fewshot": (*COMMON_KEYS, "features", "fewshot_shots", "fewshot_seeds", "fewshot_l2"),
+    "suite": COMMON_KEYS,  # zero-shot on every catalog set under a folder (`openslip.eval.catalog_tree`)
 }
 _DATASET_REQUIRED = {
     "zeroshot": "--dataset is required (a demo task name, an image folder or a CSV; --list shows them)",
     "retrieval": "--dataset is required: demo, a caption manifest, COCO captions or a Karpathy JSON",
     "linear": "--dataset is required (a demo task name, or a test image folder / CSV with --train)",
     "knn": "--dataset is required (a demo task name, or a test image folder / CSV with --train)",
+    "fewshot": "--dataset is required (a demo task name, or a test image folder / CSV with --train)",
 }
 
 

@@ -26,10 +26,19 @@ from openslip.errors import ConfigError, DataError
 from openslip.eval.catalog import DEFAULT_PROMPTS, split_catalog_spec
 from openslip.eval.datasets import ImageSet, RetrievalSet, open_classification, open_retrieval
 from openslip.eval.features import extract_features
+from openslip.eval.fewshot import (
+    DEFAULT_L2,
+    DEFAULT_SEEDS,
+    DEFAULT_SHOTS,
+    FewShotConfig,
+    fewshot_probe,
+    pool_rows,
+    short_classes,
+)
 from openslip.eval.finetune import config_from_preset, finetune
 from openslip.eval.linear import SGDProbeConfig, sgd_probe
 from openslip.eval.metrics import CLASSIFICATION_METRICS, recall_from_ranks
-from openslip.eval.probes import FeatureOptions, knn, linear_probe
+from openslip.eval.probes import FeatureOptions, frozen_features, knn, linear_probe
 from openslip.eval.retrieval import retrieval_ranks_of
 from openslip.eval.stats import Outcomes, classification_outcomes, retrieval_outcomes, score
 from openslip.eval.zero_shot import evaluate_zero_shot
@@ -68,6 +77,10 @@ class EvalOptions:
     # sgd: the reference's lr divided by the world size twice, as on a reference run of N processes (the paper's: 8);
     # 0: as on this run's process count (what the option `--reference-lr-bug` without N meant); None: the correct rate
     linear_reference_lr_bug: int | None = None
+    # few-shot ridge probe (`openslip.eval.fewshot`; --shots / --seeds write the first two):
+    fewshot_shots: tuple[int, ...] = DEFAULT_SHOTS  # images per class; the largest is the reported score
+    fewshot_seeds: int = DEFAULT_SEEDS  # draws of the images, averaged (mean and spread reported)
+    fewshot_l2: float = DEFAULT_L2  # ridge penalty on unit-norm features
 
 
 @dataclass
@@ -306,6 +319,8 @@ class Evaluation:
     needs_text: bool
     needs_train: bool
     run: Callable[[Any, EvalSet, EvalOptions], EvalResult]
+    # what else the set must have with the default options (None: it applies), e.g. few-shot's k images per class
+    check: Callable[[EvalSet], str | None] | None = None
 
     def why_not(self, model: ModelConfig, eval_set: EvalSet) -> str | None:
         """None when the evaluation applies to this model and set, else the reason it does not."""
@@ -315,7 +330,7 @@ class Evaluation:
             return "no text tower (SimCLR only)"
         if self.needs_train and eval_set.train is None:
             return "the set has no train split (TEST@TRAIN)"
-        return None
+        return self.check(eval_set) if self.check is not None else None
 
 
 EVALS: Registry[Evaluation] = Registry("evaluation")
@@ -404,6 +419,40 @@ def run_knn(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
     return EvalResult(metrics, classification_outcomes(scores, labels))
 
 
+def fewshot_config(opt: EvalOptions) -> FewShotConfig:
+    return FewShotConfig(shots=opt.fewshot_shots, seeds=opt.fewshot_seeds, l2=opt.fewshot_l2, seed=opt.seed)
+
+
+def run_fewshot(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
+    """The few-shot ridge probe (`openslip.eval.fewshot`) on frozen features; only the train images some draw picks
+    are encoded (a few per class, not the whole train split)."""
+    cfg = fewshot_config(opt)
+    train, test, fopt = _probe_sets(es, "fewshot", opt)
+    for k in cfg.shots:  # before any image is encoded
+        if (why := short_classes(train.labels, train.classnames, k)) is not None:
+            raise ConfigError(f"fewshot: {why}; lower --shots or give a larger train split")
+    rows = pool_rows(train.labels, train.num_classes, cfg)
+    pool = SubsetImageSet(train, rows, f"fewshot:{cfg.headline}x{cfg.seeds}:{cfg.seed}")
+    pool_x, _ = frozen_features(model, pool, fopt, "train")
+    test_x, test_y = frozen_features(model, test, fopt, "test")
+    metrics, outcomes = fewshot_probe(
+        pool_x,
+        torch.from_numpy(train.labels),
+        test_x,
+        test_y,
+        classnames=test.classnames,
+        metric=test.metric,
+        config=cfg,
+        rows=rows,
+    )
+    return EvalResult(metrics, outcomes)
+
+
+def _fewshot_applies(es: EvalSet) -> str | None:
+    """Training's and compare's few-shot (the default shots): every class needs the largest k train images."""
+    return short_classes(es.train.labels, es.train.classnames, max(DEFAULT_SHOTS))
+
+
 def run_finetune(model: Any, es: EvalSet, opt: EvalOptions) -> EvalResult:
     """BEiT-style end-to-end finetuning (`openslip finetune`), resumable per epoch in ``opt.finetune_dir``."""
     cfg = config_from_preset(opt.finetune_preset, epochs=opt.finetune_epochs, seed=opt.seed)
@@ -434,6 +483,15 @@ for _e in (
     Evaluation("zeroshot", "zero-shot", "classification", needs_text=True, needs_train=False, run=run_zeroshot),
     Evaluation("linear", "linear probe", "classification", needs_text=False, needs_train=True, run=run_linear),
     Evaluation("knn", "kNN", "classification", needs_text=False, needs_train=True, run=run_knn),
+    Evaluation(
+        "fewshot",
+        "few-shot",
+        "classification",
+        needs_text=False,
+        needs_train=True,
+        run=run_fewshot,
+        check=_fewshot_applies,
+    ),
     Evaluation("finetune", "finetune", "classification", needs_text=False, needs_train=True, run=run_finetune),
     Evaluation("retrieval", "retrieval", "retrieval", needs_text=True, needs_train=False, run=run_retrieval),
 ):

@@ -1,2 +1,2 @@
-"""Interoperability with the CLIP ecosystem: OpenAI / open_clip weights in; timm, ONNX and Hugging Face-style
-folders out; a model together with its preprocessing (`create_model_and_transforms`)."""
+"""Interoperability with the CLIP ecosystem: OpenAI / open_clip weights in; timm, ONNX, open_clip, transformers'
+`CLIPModel` and openslip folders out; a model together with its preprocessing (`create_model_and_transforms`)."""

@@ -1,6 +1,7 @@
-"""`openslip export MODEL --format timm|onnx|hf DIR`: hand a model to timm, ONNX runtimes or a Hugging Face-style
-folder. Each writer fills a new folder and returns a line to print; `export` checks the target first, then moves
-the files in one by one (`openslip.outputs`: an export writes only its own files)."""
+"""`openslip export MODEL --format timm|onnx|open_clip|hf|openslip DIR`: hand a model to timm, ONNX runtimes,
+open_clip (and so CLIP_benchmark), transformers' `CLIPModel`, or an openslip folder with its preprocessing. Each
+writer fills a new folder and returns a line to print; `export` checks the target first, then moves the files in
+one by one (`openslip.outputs`: an export writes only its own files)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import torch
 from torch import nn
 
 from openslip.errors import ConfigError, UserError
+from openslip.interop.hf_clip import check_hf_faithful, hf_clip_config, hf_clip_state_dict
+from openslip.interop.open_clip_layout import open_clip_model_cfg, open_clip_route, open_clip_state_dict
 from openslip.interop.timm_layout import timm_config, timm_state_dict
 from openslip.interop.transforms import preprocess_of
 from openslip.models import SLIP
@@ -23,8 +26,11 @@ from openslip.weights.atomic import move_files_into, staging_dir
 from openslip.weights.checkpoint import CHECKSUM_FILE, load_model, save_checkpoint
 from openslip.weights.safe_load import read_json
 
-FORMATS = ("timm", "onnx", "hf")
+FORMATS = ("timm", "onnx", "open_clip", "hf", "openslip")
 PREPROCESSOR_FILE = "preprocessor_config.json"
+# open_clip's `local-dir:` folder (open_clip >= 3.0, factory.py): this config, and the weights file it prefers
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -159,29 +165,92 @@ def hf_preprocessor(pre: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def export_hf(model: SLIP, out: Path, preprocess: dict[str, Any]) -> str:
+def export_openslip(model: SLIP, out: Path, preprocess: dict[str, Any]) -> str:
     """config.json + model.safetensors + checksums.json (an openslip checkpoint, which `load_model(DIR)` reads
-    bit-exactly) + preprocessor_config.json, in the new folder `out`."""
+    bit-exactly, SimCLR head included) + preprocessor_config.json, in the new folder `out`."""
     extra = {"architectures": ["SLIP"], "model_type": "openslip", "preprocess": preprocess}
     save_checkpoint(out, model, config_extra=extra, update_latest=False)
     _write_json(out / PREPROCESSOR_FILE, hf_preprocessor(preprocess))
-    return "Hugging Face-style folder (config.json, model.safetensors, preprocessor_config.json)"
+    return "openslip folder (config.json, model.safetensors, preprocessor_config.json)"
 
 
-WRITERS = {"timm": export_timm, "onnx": export_onnx, "hf": export_hf}
+def open_clip_preprocess(pre: dict[str, Any]) -> dict[str, Any]:
+    """open_clip's PreprocessCfg keys: its eval transform resizes the shorter side to the crop size and centre-crops
+    (no crop fraction), which is openslip's zero-shot transform (crop fraction 1)."""
+    return {
+        "size": int(pre["image_size"]),
+        "mode": "RGB",
+        "mean": list(pre["mean"]),
+        "std": list(pre["std"]),
+        "interpolation": pre["interpolation"],
+        "resize_mode": "shortest",
+    }
+
+
+def _lost_parts(model: SLIP, fmt: str) -> list[str]:
+    """One-line warnings for what a CLIP-only format leaves out."""
+    lost = []
+    if model.has_ssl_head:
+        lost.append(f"the SimCLR head (image_mlp) is not part of the {fmt} export: only the CLIP part is")
+    return lost
+
+
+def export_open_clip(model: SLIP, out: Path, preprocess: dict[str, Any]) -> tuple[str, list[str]]:
+    """open_clip_config.json ({"model_cfg", "preprocess_cfg"}) + open_clip_model.safetensors: the folder
+    `open_clip.create_model_and_transforms("local-dir:DIR")` loads (docs/INTEROP.md)."""
+    from safetensors.torch import save_file
+
+    route = open_clip_route(model.cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"model_cfg": open_clip_model_cfg(model), "preprocess_cfg": open_clip_preprocess(preprocess)}
+    save_file(open_clip_state_dict(model), str(out / OPEN_CLIP_WEIGHTS))
+    _write_json(out / OPEN_CLIP_CONFIG, doc)
+    vision = doc["model_cfg"]["vision_cfg"]
+    tower = f"timm image tower {vision['timm_model_name']}" if route == "timm" else "native image tower"
+    line = f"open_clip local-dir folder ({OPEN_CLIP_CONFIG}, {OPEN_CLIP_WEIGHTS}; {tower}, native text tower)"
+    return line, _lost_parts(model, "open_clip")
+
+
+def export_hf(model: SLIP, out: Path, preprocess: dict[str, Any]) -> tuple[str, list[str]]:
+    """config.json (model_type "clip") + model.safetensors + preprocessor_config.json: a transformers `CLIPModel`
+    folder (`CLIPModel.from_pretrained(DIR)`) of the CLIP part."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(hf_clip_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    _write_json(out / "config.json", hf_clip_config(model))
+    _write_json(out / PREPROCESSOR_FILE, hf_preprocessor(preprocess))
+    lost = _lost_parts(model, "hf")
+    if model.has_logit_bias:
+        lost.append("the SigLIP logit_bias is not part of the hf export (CLIPModel has none): the embeddings are")
+    return "transformers CLIPModel folder (config.json, model.safetensors, preprocessor_config.json)", lost
+
+
+WRITERS = {
+    "timm": export_timm,
+    "onnx": export_onnx,
+    "open_clip": export_open_clip,
+    "hf": export_hf,
+    "openslip": export_openslip,
+}
+# Checked on the model's config before anything is written: a format that cannot hold the model says why.
+FAITHFUL = {"open_clip": open_clip_route, "hf": check_hf_faithful}
 # The files each format writes: the only ones `--force` replaces (and, for onnx, removes when not written again).
 OWN_FILES = {
     "timm": re.compile(r"model\.safetensors|config\.json"),
     "onnx": re.compile(r"(image|text)_encoder\.onnx|" + re.escape(PREPROCESSOR_FILE)),
-    "hf": re.compile(
+    "open_clip": re.compile(re.escape(OPEN_CLIP_CONFIG) + "|" + re.escape(OPEN_CLIP_WEIGHTS)),
+    "hf": re.compile(r"model\.safetensors|config\.json|" + re.escape(PREPROCESSOR_FILE)),
+    "openslip": re.compile(
         r"model\.safetensors|config\.json|" + re.escape(CHECKSUM_FILE) + "|" + re.escape(PREPROCESSOR_FILE)
     ),
 }
 
 
 def exported_format(folder: Path) -> str | None:
-    """The format of an earlier export in `folder`, from its config.json (None: none, or not an export): hf
-    writes Hugging Face's `model_type`, timm its `pretrained_cfg`; a training or converted checkpoint has neither."""
+    """The format of an earlier export in `folder`, from its config.json (None: none, or not an export): openslip
+    and hf write Hugging Face's `model_type` (openslip's own, transformers' "clip"), timm its `pretrained_cfg`; a
+    training or converted checkpoint has neither. (An open_clip export has no config.json: it is no checkpoint.)"""
     path = folder / "config.json"
     if not path.is_file():
         return None
@@ -192,18 +261,24 @@ def exported_format(folder: Path) -> str | None:
     if not isinstance(doc, dict):
         return None
     if doc.get("model_type") == "openslip" and doc.get("architectures") == ["SLIP"]:
+        return "openslip"  # what `--format hf` wrote before it wrote transformers' CLIPModel
+    if doc.get("model_type") == "clip" and doc.get("architectures") == ["CLIPModel"]:
         return "hf"
     if "pretrained_cfg" in doc and "architecture" in doc and "model" not in doc:
         return "timm"
     return None
 
 
-def export(src: str | os.PathLike, fmt: str, dst: str | os.PathLike, *, overwrite: bool = False) -> str:
+def export(
+    src: str | os.PathLike, fmt: str, dst: str | os.PathLike, *, overwrite: bool = False
+) -> tuple[str, list[str]]:
     """Export the model at `src` (anything `openslip.load_model` reads) to `dst` in format `fmt`.
 
     `dst` is refused (one line) when it is a run or checkpoint directory, inside one, the model itself, or a folder
     holding anything this format does not write; an existing `dst` needs `overwrite`, which replaces only the
-    format's own files (each atomically) and never removes the folder."""
+    format's own files (each atomically) and never removes the folder. A format that cannot hold the model exactly
+    (open_clip, hf) is refused in one line before anything is written. Returns (what was written, one-line
+    warnings of what the format leaves out)."""
     if fmt not in WRITERS:
         raise ConfigError(f"--format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if fmt == "onnx":
@@ -218,12 +293,15 @@ def export(src: str | os.PathLike, fmt: str, dst: str | os.PathLike, *, overwrit
         previous=lambda folder: exported_format(folder) == fmt,
     )
     model = load_model(src)
+    if fmt in FAITHFUL:
+        FAITHFUL[fmt](model.cfg)
     preprocess = preprocess_of(model)
     with staging_dir(out) as staging:
         files = staging / "files"
-        what = WRITERS[fmt](model, files, preprocess)
+        written_by = WRITERS[fmt](model, files, preprocess)
+        what, lost = written_by if isinstance(written_by, tuple) else (written_by, [])
         written = move_files_into(files, out, last=CHECKSUM_FILE)
     for old in out.iterdir():  # an earlier export's file this one does not write again (a text encoder)
         if own.fullmatch(old.name) and old.name not in written and old.is_file():
             old.unlink()
-    return what
+    return what, lost

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from openslip.models.config import HeadConfig, ModelConfig, TextConfig, VisionConfig
 from openslip.models.slip import SLIP
-from openslip.models.variants import MODELS, model_config, model_without
+from openslip.models.variants import MODELS, model_config, model_without, with_distill_head
 from openslip.models.vision import VisionTransformer
 
 
@@ -35,4 +35,5 @@ __all__ = [
     "list_models",
     "model_config",
     "model_without",
+    "with_distill_head",
 ]

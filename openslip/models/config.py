@@ -74,8 +74,24 @@ class HeadConfig:
 
 
 @dataclass(kw_only=True)
+class DistillHeadConfig:
+    """The self-distillation head (DINO, Caron et al. 2021, §3.1): a 3-layer MLP (GELU) to an L2-normalised bottleneck,
+    then cosine similarity to `out_dim` learned prototypes (DINO's weight-normalised last layer with its norm fixed)."""
+
+    mlp_dim: int = 2048  # hidden width of the MLP
+    bottleneck_dim: int = 256  # width of the L2-normalised embedding before the prototypes
+    out_dim: int = 65536  # prototypes: the size of the softmax the teacher and the student share
+
+    def __post_init__(self) -> None:
+        for name in ("mlp_dim", "bottleneck_dim", "out_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"distill head {name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(kw_only=True)
 class ModelConfig:
-    """One SLIP module; CLIP-only has no `ssl_head`, SimCLR-only has no `text` tower."""
+    """One SLIP module; CLIP-only has no `ssl_head`, SimCLR-only has no `text` tower. A model trained with
+    self-distillation (`loss.ssl=distill`) has a `distill_head` in place of the SimCLR `ssl_head`."""
 
     name: str  # registry name, e.g. "slip_vit_b16"
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -84,10 +100,13 @@ class ModelConfig:
     ssl_head: HeadConfig | None = field(default_factory=HeadConfig)  # None: no SimCLR head (CLIP)
     # "sigmoid": SigLIP's initial temperature (10) and a learned `logit_bias` (-10); "softmax": CLIP's (1 / 0.07)
     contrastive: str = "softmax"
+    distill_head: DistillHeadConfig | None = None  # the self-distillation head (docs/OBJECTIVES.md); None: none
 
     def __post_init__(self) -> None:
-        if self.text is None and self.ssl_head is None:
+        if self.text is None and self.ssl_head is None and self.distill_head is None:
             raise ValueError("a model needs a text tower (CLIP), an ssl head (SimCLR) or both (SLIP)")
+        if self.ssl_head is not None and self.distill_head is not None:
+            raise ValueError(f"{self.name}: one self-supervised head, the SimCLR head or the distillation head")
         if self.contrastive not in CONTRASTIVES:
             raise ValueError(f"contrastive {self.contrastive!r}; choose one of: {', '.join(CONTRASTIVES)}")
         if self.contrastive == "sigmoid" and self.text is None:
@@ -96,9 +115,12 @@ class ModelConfig:
     @property
     def image_views(self) -> tuple[str, ...]:
         """The augmented views its objectives read: the CLIP view "image" (with a caption) when it has a text
-        tower, the two SimCLR views "view1", "view2" when it has an ssl head. The data pipeline renders these
-        and no others, so a baseline pays only for what it trains (docs/DESIGN.md, 'Work follows the objective')."""
+        tower, the two SimCLR views "view1", "view2" when it has an ssl head, and with a distillation head those two
+        as its global crops plus the "local" crops. The data pipeline renders these and no others, so a baseline pays
+        only for what it trains (docs/DESIGN.md, 'Work follows the objective')."""
         clip = ("image",) if self.text is not None else ()
+        if self.distill_head is not None:
+            return (*clip, "view1", "view2", "local")
         return clip + (("view1", "view2") if self.ssl_head is not None else ())
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,9 +132,11 @@ class ModelConfig:
         vision = VisionConfig(**d.pop("vision"))
         text = d.pop("text", None)
         head = d.pop("ssl_head", None)
+        distill = d.pop("distill_head", None)
         return cls(
             vision=vision,
             text=TextConfig(**text) if text is not None else None,
             ssl_head=HeadConfig(**head) if head is not None else None,
+            distill_head=DistillHeadConfig(**distill) if distill is not None else None,
             **d,
         )

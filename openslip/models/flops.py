@@ -43,7 +43,11 @@ def text_forward_flops(cfg: ModelConfig, text_len: int | None = None) -> int:
 
 
 def head_forward_flops(cfg: ModelConfig) -> int:
-    """Forward FLOPs of the SimCLR head on one view's feature."""
+    """Forward FLOPs of the SimCLR head, or of the distillation head, on one view's feature."""
+    if (d := cfg.distill_head) is not None:
+        return 2 * (cfg.vision.width * d.mlp_dim + d.mlp_dim * d.mlp_dim + d.mlp_dim * d.bottleneck_dim) + 2 * (
+            d.bottleneck_dim * d.out_dim
+        )
     h = cfg.ssl_head
     if h is None:
         return 0
@@ -59,15 +63,17 @@ class StepFlops:
     heads: int  # image projection + SimCLR head(s)
     loss: int  # similarity matrices (depend on the global batch)
     patch: int  # the patch-embedding part of `vision` (its backward has no input gradient)
+    teacher: int = 0  # the EMA teacher's forward pass on the global views (loss.ssl=distill): no backward
 
     @property
     def forward(self) -> int:
+        """The student's forward pass (what the backward pass doubles)."""
         return self.vision + self.text + self.heads + self.loss
 
     @property
     def train(self) -> int:
-        """Forward + backward: 3 x forward, 2 x for the patch embedding."""
-        return 3 * self.forward - self.patch
+        """Forward + backward: 3 x forward, 2 x for the patch embedding; plus the teacher's forward."""
+        return 3 * self.forward - self.patch + self.teacher
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -75,6 +81,7 @@ class StepFlops:
             "text": self.text,
             "heads": self.heads,
             "loss": self.loss,
+            "teacher": self.teacher,
             "forward": self.forward,
             "train": self.train,
         }
@@ -89,10 +96,14 @@ def slip_sample_flops(
     clip: bool | None = None,
     ssl: bool | None = None,
     patch_dropout: float = 0.0,
+    local_crops: int = 0,
+    local_size: int | None = None,
 ) -> StepFlops:
     """Per-sample FLOPs of a SLIP step: the CLIP view + caption (when `clip`) and two SimCLR views
     (when `ssl`); both default to the parts the model has. `batch_size` is the global (contrastive)
-    batch, which sizes the loss matrices; `text_len` the tokens the text tower actually runs on."""
+    batch, which sizes the loss matrices; `text_len` the tokens the text tower actually runs on. With a distillation
+    head the SSL views are the two global views plus `local_crops` crops of `local_size`, and the teacher runs forward
+    on the global views."""
     clip = cfg.text is not None if clip is None else clip
     ssl = cfg.ssl_head is not None if ssl is None else ssl
     patch, blocks = vit_forward_flops(cfg.vision, image_size, patch_dropout)
@@ -104,4 +115,13 @@ def slip_sample_flops(
         loss += 4 * batch_size * cfg.embed_dim
     if ssl and cfg.ssl_head is not None:  # four [B, O] @ [O, B] matrices; per sample 4 x 2 B O
         loss += 8 * batch_size * cfg.ssl_head.out_dim
-    return StepFlops(vision=views * (patch + blocks), text=text, heads=heads, loss=loss, patch=views * patch)
+    vision, patches, teacher = views * (patch + blocks), views * patch, 0
+    if ssl and (d := cfg.distill_head) is not None:
+        local_patch, local_blocks = vit_forward_flops(cfg.vision, local_size or cfg.vision.image_size, patch_dropout)
+        vision += local_crops * (local_patch + local_blocks)
+        patches += local_crops * local_patch
+        heads += local_crops * head_forward_flops(cfg)
+        loss += 2 * 2 * (2 + local_crops) * d.out_dim  # teacher x student cross-entropies [2, 2 + N] over K
+        full_patch, full_blocks = vit_forward_flops(cfg.vision, image_size)  # the teacher sees every patch
+        teacher = 2 * (full_patch + full_blocks + head_forward_flops(cfg))
+    return StepFlops(vision=vision, text=text, heads=heads, loss=loss, patch=patches, teacher=teacher)

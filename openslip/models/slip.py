@@ -1,4 +1,5 @@
-"""The SLIP module: one ViT shared by a CLIP objective (with a text tower) and a SimCLR head.
+"""The SLIP module: one ViT shared by a CLIP objective (with a text tower) and a SimCLR head (or, for
+`loss.ssl=distill`, a self-distillation head).
 
 CLIP-only and SimCLR-only are the same module with a part left out (`ModelConfig.ssl_head=None` or
 `ModelConfig.text=None`), matching the reference's CLIP / SIMCLR classes parameter for parameter.
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from openslip.models.config import ModelConfig
-from openslip.models.heads import SimCLRHead
+from openslip.models.heads import DistillHead, SimCLRHead
 from openslip.models.text import TextTransformer
 from openslip.models.vision import VisionTransformer
 
@@ -57,6 +58,8 @@ class SLIP(nn.Module):
             nn.init.normal_(self.text_projection, std=t.width**-0.5)
         if cfg.ssl_head is not None:
             self.image_mlp = SimCLRHead(vision_width, cfg.ssl_head)
+        if cfg.distill_head is not None:
+            self.distill_head = DistillHead(vision_width, cfg.distill_head)
 
     @property
     def has_text(self) -> bool:
@@ -70,6 +73,10 @@ class SLIP(nn.Module):
     @property
     def has_ssl_head(self) -> bool:
         return self.cfg.ssl_head is not None
+
+    @property
+    def has_distill_head(self) -> bool:
+        return self.cfg.distill_head is not None
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.set_grad_checkpointing(enable)
@@ -105,10 +112,13 @@ class SLIP(nn.Module):
         text: torch.Tensor | None = None,
         view1: torch.Tensor | None = None,
         view2: torch.Tensor | None = None,
+        local: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Embeds whatever is given; keys: image_embed, text_embed, logit_scale (logit_bias for a sigmoid model),
-        view1_embed, view2_embed."""
-        return self.forward_heads(self.forward_features(image=image, text=text, view1=view1, view2=view2))
+        view1_embed, view2_embed (SimCLR head); distill_embed, global_logits, local_logits (distillation head:
+        `local` is [B, N, 3, s, s], the N local crops of each sample)."""
+        feats = self.forward_features(image=image, text=text, view1=view1, view2=view2, local=local)
+        return self.forward_heads(feats)
 
     def forward_features(
         self,
@@ -116,19 +126,27 @@ class SLIP(nn.Module):
         text: torch.Tensor | None = None,
         view1: torch.Tensor | None = None,
         view2: torch.Tensor | None = None,
+        local: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The per-sample part: ViT features of each view ([B, width]) and text embeddings ([B, embed_dim]).
+        """The per-sample part: ViT features of each view ([B, width]; local crops [B, N, width]) and text embeddings
+        ([B, embed_dim]).
 
         Nothing here mixes samples, so it can run in micro-batches (exact gradient accumulation);
         `forward_heads` holds everything that may (the BatchNorm head).
         """
         views = {k: v for k, v in (("image", image), ("view1", view1), ("view2", view2)) if v is not None}
-        if ("view1" in views or "view2" in views) and not self.has_ssl_head:
+        if ("view1" in views or "view2" in views) and not (self.has_ssl_head or self.has_distill_head):
             raise ValueError(f"{self.cfg.name} has no SimCLR head; do not pass view1/view2")
+        if local is not None and not self.has_distill_head:
+            raise ValueError(f"{self.cfg.name} has no distillation head; do not pass local crops")
         if "image" in views and not self.has_text:
             raise ValueError(f"{self.cfg.name} has no image-text projection (SimCLR-only model); omit image=")
+        if local is not None:  # [B, N, 3, s, s] -> N*B crops of one size, run with the views of that size
+            views["local"] = local.flatten(0, 1)
         feats = self._visual_many(list(views.values()))
         out = {f"{name}_feat": f for name, f in zip(views, feats, strict=True)}
+        if local is not None:
+            out["local_feat"] = out["local_feat"].unflatten(0, local.shape[:2])  # [B, N, width]
         if text is not None:
             out["text_embed"] = self.encode_text(text)
         return out
@@ -139,9 +157,16 @@ class SLIP(nn.Module):
         if "image_feat" in feats:
             out["image_embed"] = feats["image_feat"] @ self.image_projection
         for name in ("view1", "view2"):
-            if f"{name}_feat" in feats:
+            if f"{name}_feat" in feats and self.has_ssl_head:
                 # The head runs once per view so BatchNorm sees each view's own statistics (reference).
                 out[f"{name}_embed"] = self.image_mlp(feats[f"{name}_feat"])
+        if self.has_distill_head and "view1_feat" in feats:
+            # the student's outputs for every crop: the two global views and the local crops (DINO §3.1)
+            globals_ = torch.stack([feats["view1_feat"], feats["view2_feat"]], dim=1)  # [B, 2, width]
+            embed, out["global_logits"] = self.distill_head(globals_)  # [B, 2, bottleneck], [B, 2, K]
+            out["distill_embed"] = embed[:, 0]  # view 1's unit embedding: its effective rank shows collapse
+            if "local_feat" in feats:
+                out["local_logits"] = self.distill_head(feats["local_feat"])[1]  # [B, N, K]
         if "text_embed" in feats:
             out["text_embed"] = feats["text_embed"]
         if self.has_text:
@@ -151,12 +176,20 @@ class SLIP(nn.Module):
         return out
 
     def _visual_many(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        """One ViT call for all views of equal size: the ViT has no batch statistics, so this is exact."""
-        if not images:
-            return []
-        if len(images) > 1 and all(x.shape[1:] == images[0].shape[1:] for x in images):
-            return list(self.visual(torch.cat(images)).split([x.shape[0] for x in images]))
-        return [self.visual(x) for x in images]
+        """One ViT call per image size (the global views together, the local crops together): the ViT has no batch
+        statistics, so this is exact."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(images):
+            groups.setdefault(tuple(x.shape[1:]), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(images)
+        for members in groups.values():
+            if len(members) == 1:
+                out[members[0]] = self.visual(images[members[0]])
+                continue
+            feats = self.visual(torch.cat([images[i] for i in members]))
+            for i, f in zip(members, feats.split([images[i].shape[0] for i in members]), strict=True):
+                out[i] = f
+        return out  # type: ignore[return-value]
 
 
 def check_image_batch(image: object, what: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from openslip.models.config import HeadConfig, ModelConfig, TextConfig, VisionConfig
+from openslip.models.config import DistillHeadConfig, HeadConfig, ModelConfig, TextConfig, VisionConfig
 from openslip.registry import Registry
 
 # size -> (vision tower, text tower, joint embedding width, SimCLR head)
@@ -31,6 +31,15 @@ SIZES: dict[str, tuple[VisionConfig, TextConfig, int, HeadConfig]] = {
         64,
         HeadConfig(mlp_dim=128, out_dim=32),
     ),
+}
+# size -> the self-distillation head that replaces the SimCLR head with loss.ssl=distill: DINO's head for the paper
+# sizes (MLP 2048, bottleneck 256, 65,536 prototypes); the CPU sizes scale it down with the SimCLR head.
+DISTILL_HEADS: dict[str, DistillHeadConfig] = {
+    "vit_s16": DistillHeadConfig(),
+    "vit_b16": DistillHeadConfig(),
+    "vit_l16": DistillHeadConfig(),
+    "vit_tiny": DistillHeadConfig(mlp_dim=512, bottleneck_dim=128, out_dim=4096),
+    "vit_micro": DistillHeadConfig(mlp_dim=128, bottleneck_dim=32, out_dim=256),
 }
 KINDS = ("slip", "clip", "simclr")
 # The SLIP reference's factory names (models.py), kept as aliases so its checkpoints' args resolve.
@@ -80,3 +89,11 @@ def model_without(name: str, part: str) -> str | None:
         if {**cfg, "name": base["name"]} == want:
             return other
     return None
+
+
+def with_distill_head(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with its SimCLR head replaced by the self-distillation head of its size (`loss.ssl=distill`)."""
+    if cfg.ssl_head is None and cfg.distill_head is None:
+        raise ValueError(f"{cfg.name} has no self-supervised head to replace with a distillation head")
+    size = cfg.name.split("_", 1)[-1]
+    return replace(cfg, ssl_head=None, distill_head=replace(DISTILL_HEADS.get(size, DistillHeadConfig())))

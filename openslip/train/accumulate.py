@@ -21,7 +21,7 @@ import torch
 
 from openslip.models.slip import SLIP
 
-FEATURE_INPUTS = ("image", "text", "view1", "view2")
+FEATURE_INPUTS = ("image", "text", "view1", "view2", "local")
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:

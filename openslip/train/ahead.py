@@ -5,9 +5,10 @@ decoded (``data.decode=device``) and augmented (``data.augment=device``) on the 
 ``s``'s batch is prepared on a side CUDA stream before step ``s - 1`` is launched, so the two run side by side, and
 step ``s``'s stream waits for the side stream only when it reads its inputs (``TrainData.views``).
 
-Exact resumption: preparing batch ``s + 1`` takes it from the loader before step ``s``'s checkpoint is written. The
-loader's state from before it was taken is held (``TrainData.held_state``), and that is what the checkpoint saves, so
-a resumed run starts at batch ``s + 1`` again. The views draw from (seed, step) whichever step prepares them.
+Exact resumption: preparing batch ``s + 1`` takes it from the loader (and, with ``data.train_images``, the unpaired
+images' batch from theirs) before step ``s``'s checkpoint is written. The loaders' states from before they were
+taken are held (``TrainData.hold``), and those are what the checkpoint saves, so a resumed run starts at batch
+``s + 1`` again. The views draw from (seed, step) whichever step prepares them.
 
 On a CPU there is no second stream to run on, and nothing is prepared ahead (the path is the plain one).
 """
@@ -36,9 +37,9 @@ def prepared_ahead(
     batch = next(batches)
     while True:
         upcoming = None
-        data.held_state = None
+        data.release()
         if step + 1 < last_step:
-            data.held_state = data.loader.state_dict()  # before the upcoming batch is taken: what a checkpoint saves
+            data.hold()  # the loaders' states before the upcoming batch is taken: what a checkpoint saves
             upcoming = next(batches)
             data.prepare(upcoming, step + 1, device, stream)
         yield batch

@@ -16,6 +16,22 @@ def check_config(cfg: Config) -> None:
     parts = MODELS.get(cfg.model)
     if parts.text is None and cfg.loss.contrastive == "sigmoid":
         raise ConfigError(f"loss.contrastive=sigmoid scores image-text pairs, but model={cfg.model} has no text tower")
+    if cfg.loss.ssl == "distill" and parts.ssl_head is None:
+        slip = next((m for m in MODELS.names() if model_without(m, "ssl_head") == cfg.model), None)
+        use = f"use model={slip}" if slip else "use a SLIP model"
+        raise ConfigError(
+            f"loss.ssl=distill trains a self-distillation head on the image tower, but model={cfg.model} is CLIP-only "
+            f"(no self-supervised branch): {use}, whose SimCLR head the distillation head replaces"
+        )
+    if cfg.loss.ssl == "distill" and cfg.data.augment == "device":
+        raise ConfigError(
+            "loss.ssl=distill needs local crops, which only the loader workers render: use data.augment=cpu"
+        )
+    if cfg.data.train_images is not None and cfg.loss.ssl_scale == 0:
+        raise ConfigError(
+            "data.train_images gives unpaired images to the self-supervised term, which this run does not train "
+            f"(model={cfg.model}, loss.ssl_scale=0): use a SLIP model, or leave data.train_images unset"
+        )
     if parts.text is None and cfg.loss.clip_scale > 0:
         raise ConfigError(f"model={cfg.model} has no text tower: set loss.clip_scale=0 (SimCLR only)")
     if parts.ssl_head is None and cfg.loss.ssl_scale > 0:

@@ -20,7 +20,7 @@ from openslip import files
 from openslip.data.demo.tasks import demo_task_names
 from openslip.data.formats.decode import DecodeOptions
 from openslip.errors import ConfigError
-from openslip.losses import CONTRASTIVES
+from openslip.losses import CONTRASTIVES, SSL_BRANCHES
 from openslip.overrides import build, check_choice, field_keys, option_key
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
@@ -60,6 +60,11 @@ class DataConfig:
     jpeg_draft: bool = True  # decode large JPEGs at a reduced scale keeping both sides >= 2x image_size
     exif_transpose: bool = True  # turn images upright by their EXIF orientation tag (phone photos)
     demo_size: int = 100_000  # demo world: samples per epoch of the training split
+    # unpaired images (folders, manifests, shards, or a list; captions unread) that only the SSL term reads, beside
+    # the pairs of data.train (docs/TRAINING.md, 'Unpaired images'); None: none
+    train_images: str | list[str] | None = None
+    # unpaired images per step (global, like train.batch_size); None: train.batch_size, a 1:1 mix with the pairs
+    image_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.train, list):
@@ -77,6 +82,11 @@ class DataConfig:
             )
         _choice("data.image_view", self.image_view, IMAGE_VIEWS)
         _positive("data.image_size", self.image_size)
+        _positive("data.image_batch_size", self.image_batch_size)
+        if isinstance(self.train_images, list) and not self.train_images:
+            raise ConfigError("data.train_images=[] names no images: give a path, a list of paths, or leave it unset")
+        if self.image_batch_size is not None and self.train_images is None:
+            raise ConfigError("data.image_batch_size sizes the unpaired images of data.train_images, which is unset")
         _positive("data.num_workers", self.num_workers, allow_zero=True)
         _choice("data.worker_priority", self.worker_priority, WORKER_PRIORITIES)
         if not 0.0 <= self.max_skip_rate <= 1.0:
@@ -174,10 +184,32 @@ class LossConfig:
     gather: str = "grad"  # "grad": exact global-batch gradients; "reference": the 2021 code's no-grad gather
     # the image-text term: "softmax" (CLIP's InfoNCE) or "sigmoid" (SigLIP's pairwise sigmoid; docs/OBJECTIVES.md)
     contrastive: str = "softmax"
+    # the self-supervised term: "simclr" (SLIP), "distill" (self-distillation from an EMA teacher, DINO's loss as SILC
+    # and SigLIP 2 use it; docs/OBJECTIVES.md) or "none" (no SSL term: loss.ssl_scale is then 0)
+    ssl: str = "simclr"
+    local_crops: int = 8  # loss.ssl=distill: local crops per image beside the 2 global views (DINO's default 8)
+    teacher_momentum: float = 0.996  # loss.ssl=distill: EMA momentum at step 0, raised to 1 on a cosine (DINO)
+    teacher_temperature: float = 0.04  # loss.ssl=distill: the teacher's sharpening temperature (DINO)
+    distill_temperature: float = 0.1  # loss.ssl=distill: the student's temperature (DINO)
+    center_momentum: float = 0.9  # loss.ssl=distill: EMA momentum of the centre of the teacher's outputs (DINO)
 
     def __post_init__(self) -> None:
         _choice("loss.gather", self.gather, GATHERS)
         _choice("loss.contrastive", self.contrastive, CONTRASTIVES)
+        _choice("loss.ssl", self.ssl, SSL_BRANCHES)
+        if self.ssl == "none":
+            self.ssl_scale = 0.0
+        for key in ("teacher_momentum", "center_momentum"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"loss.{key}={getattr(self, key)} must be in [0, 1] (DINO: 0.996 and 0.9)")
+        _positive("loss.teacher_temperature", self.teacher_temperature)
+        _positive("loss.distill_temperature", self.distill_temperature)
+        _positive("loss.local_crops", self.local_crops, allow_zero=True)
+        if self.ssl == "distill" and self.local_crops < 1:
+            raise ConfigError(
+                "loss.ssl=distill learns local-to-global correspondences and needs local crops: set loss.local_crops "
+                ">= 1 (DINO uses 8 beside the 2 global views)"
+            )
         if self.contrastive == "sigmoid" and self.gather != "grad":
             raise ConfigError(
                 "loss.gather=reference reproduces the 2021 code's CLIP loss, which had no sigmoid variant: "
@@ -202,11 +234,12 @@ class CheckpointConfig:
 
 @dataclass(kw_only=True)
 class EvalConfig:
-    # what to evaluate, each `EVALNAME:SET`: an evaluation of `openslip eval` (zeroshot, knn, linear, retrieval) on a
-    # set written as `openslip compare --eval-sets` takes it: a demo task (it brings its train split), a labelled
-    # folder / CSV / shards `TEST[@TRAIN]` (a probe needs TRAIN), `CATALOG:PATH` for a catalog dataset's class names,
-    # templates and metric (`zeroshot:imagenet:/data/imagenet/val`), `TEST#PROMPTS.json` for the set's own. Opened
-    # and checked when the run starts (openslip.train.evals); results are `EVALNAME/NAME` (`zeroshot/demo_shapes`)
+    # what to evaluate, each `EVALNAME:SET`: an evaluation of `openslip eval` (zeroshot, knn, linear, fewshot,
+    # retrieval) on a set written as `openslip compare --eval-sets` takes it: a demo task (it brings its train split),
+    # a labelled folder / CSV / shards `TEST[@TRAIN]` (a probe needs TRAIN), `CATALOG:PATH` for a catalog dataset's
+    # class names, templates and metric (`zeroshot:imagenet:/data/imagenet/val`), `TEST#PROMPTS.json` for the set's
+    # own. Opened and checked when the run starts (openslip.train.evals); results are `EVALNAME/NAME`
+    # (`zeroshot/demo_shapes`)
     sets: list[str] = field(default_factory=lambda: ["zeroshot:demo_shapes", "zeroshot:demo_colours"])
     train_samples: int = 2000  # images of a probe's train split (a demo task renders them; a larger file set: a sample)
     every_steps: int = 200  # evaluate every N steps (and at the end); 0: only at the end

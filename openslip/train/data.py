@@ -13,6 +13,7 @@ Two augmentation paths with the same distributions (docs/DESIGN.md, 'Two paths, 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,18 +22,20 @@ import torch
 from PIL import Image
 
 from openslip.data.augment.batched import BatchedSLIPAugment
-from openslip.data.augment.params import CLIP_VIEW, SIMCLR_VIEW, AugmentConfig
+from openslip.data.augment.params import CLIP_VIEW, LOCAL, SIMCLR_VIEW, AugmentConfig
 from openslip.data.augment.views import SLIPTransform, to_rgb_uint8
 from openslip.data.batch_decode import BatchDecoder, shrink_pil
 from openslip.data.formats.decode import EncodedJpeg
 from openslip.data.loader import TrainLoader, build_train_loader, mix_seed
 from openslip.data.sources import open_sources
-from openslip.errors import ConfigError
+from openslip.errors import ConfigError, DataError
 from openslip.step import NO_CLOCK
 from openslip.tokenizer import get_tokenizer
 from openslip.train.config import Config
 
 _TAG_DEVICE_AUGMENT = 11
+_TAG_IMAGES_AUGMENT = 12  # the unpaired images' views (data.train_images): a stream of their own
+SSL_VIEWS = ("view1", "view2", "local")  # what the self-supervised term reads, and all unpaired images give it
 
 
 class DecodeOnly:
@@ -71,9 +74,36 @@ class TrainData:
     seed: int
     dtype: torch.dtype = torch.float32  # of the views handed to the model (float64 for train.precision=fp64)
     decoder: BatchDecoder | None = None  # data.decode=device: decodes the batch's JPEG bytes on the device
+    # data.train_images: unpaired images whose SSL views follow each batch's (their own loader, read by this one)
+    images: TrainData | None = None
+    tag: int = _TAG_DEVICE_AUGMENT  # the stream of the device augmentation's draws
+    _batches: Iterator[dict] | None = None
     # the loader's state before the batch prepared ahead was taken (openslip.train.ahead); None: none is held
     held_state: dict | None = None
     _ready: tuple | None = None  # (batch, step, inputs, side stream or None) from `prepare`
+
+    def next_batch(self) -> dict:
+        """The next batch of this loader across epochs (for the unpaired images, which follow the paired batches)."""
+        if self._batches is None:
+            self._batches = self.loader.forever()
+        return next(self._batches)
+
+    def close(self) -> None:
+        """End the workers of the unpaired images' loader (the paired loader's belong to the training loop)."""
+        if self.images is not None and self.images._batches is not None:
+            self.images._batches.close()
+            self.images._batches = None
+
+    def hold(self) -> None:
+        """Keep the loaders' states (this one's, the unpaired images') from before the next batch is taken ahead."""
+        self.held_state = self.loader.state_dict()
+        if self.images is not None:
+            self.images.hold()
+
+    def release(self) -> None:
+        self.held_state = None
+        if self.images is not None:
+            self.images.release()
 
     def loader_state(self) -> dict:
         """The loader state a checkpoint saves: before the batch prepared ahead, when one is held."""
@@ -98,14 +128,18 @@ class TrainData:
         return inputs
 
     def views(self, batch: dict, step: int, device: torch.device, clock: Any = NO_CLOCK) -> dict[str, torch.Tensor]:
-        """Model inputs of a batch on `device`: the views it carries or renders (float) and text (long). `clock`
-        (benchmarks) laps "copy" after the host-to-device copies and "decode_augment" after the rest. The inputs
-        `prepare` made for this batch and step are returned as they are."""
+        """Model inputs of a batch on `device`: the views it carries or renders (float) and text (long). With
+        unpaired images, their SSL views follow the batch's own in view1 / view2 / local ([B + U, ...]): the
+        image-text term reads the B pairs, the SSL term all B + U images. `clock` (benchmarks) laps "copy" after the
+        host-to-device copies and "decode_augment" after the rest. The inputs `prepare` made for this batch and
+        step are returned as they are."""
         ready = self._take_ready(batch, step, device)
         if ready is not None:
             return ready
         inputs = {
-            k: v.to(device, non_blocking=True) for k, v in batch.items() if k in ("image", "view1", "view2", "text")
+            k: v.to(device, non_blocking=True)
+            for k, v in batch.items()
+            if k in ("image", "view1", "view2", "local", "text")
         }
         if self.decoder is not None:
             items = self.decoder.copy(batch["image_data"], batch["image_index"])
@@ -118,21 +152,24 @@ class TrainData:
         else:
             clock.lap("copy")
         if self.device_augment is not None:
-            gen = torch.Generator().manual_seed(mix_seed(self.seed, step, _TAG_DEVICE_AUGMENT))
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, step, self.tag))
             inputs.update(self.device_augment(images, generator=gen))
+        if self.images is not None:
+            extra = self.images.views(self.images.next_batch(), step, device)
+            inputs.update({k: torch.cat([inputs[k], v]) for k, v in extra.items() if k in SSL_VIEWS})
         out = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in inputs.items()}
         clock.lap("decode_augment")
         return out
 
 
-def open_train_source(cfg: Config, image_size: int):
-    """The source of `data.train`: one spec, or a list opened as one source (`open_sources`); the demo world is
-    rendered at `image_size` with `data.demo_size` samples."""
+def open_train_source(cfg: Config, image_size: int, key: str = "train"):
+    """The source of `data.train` (or of `data.<key>`): one spec, or a list opened as one source (`open_sources`);
+    the demo world is rendered at `image_size` with `data.demo_size` samples."""
 
     def options(spec: str) -> dict:
         return {"size": cfg.data.demo_size, "image_size": image_size} if spec == "demo" else {}
 
-    return open_sources(cfg.data.train, format=cfg.data.format, options_for=options, what="data.train")
+    return open_sources(getattr(cfg.data, key), format=cfg.data.format, options_for=options, what=f"data.{key}")
 
 
 def build_train_data(
@@ -144,47 +181,72 @@ def build_train_data(
     world_size: int,
     device: torch.device,
     dtype: torch.dtype = torch.float32,
+    local_size: int = 0,
 ) -> TrainData:
     """The training loader of `cfg.data` for this rank; batch size per rank = global / (world x accum).
 
     Only what the model's objectives read is produced (docs/DESIGN.md, 'Work follows the objective'): `views` are
     the image views it takes (`ModelConfig.image_views`), `with_text` whether it has a text tower. CLIP-only gets
     the CLIP view and tokens, SimCLR-only the two SimCLR views and no caption at all, SLIP all three views and
-    tokens."""
-    source = open_train_source(cfg, image_size)
-    per_rank = cfg.train.batch_size // world_size
-    if per_rank * world_size != cfg.train.batch_size:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world_size} processes")
+    tokens; self-distillation (`local` among the views) also `loss.local_crops` crops of side `local_size` each.
+    With `data.train_images`, a second loader gives `data.image_batch_size` unpaired images per step, of which only
+    the SSL views are made (docs/TRAINING.md, 'Unpaired images')."""
     # data.image_view=simclr: the CLIP view drawn with the SimCLR recipe (the strong-augmentation CLIP baseline)
     augment = AugmentConfig(
-        image_size=image_size, clip_view=SIMCLR_VIEW if cfg.data.image_view == "simclr" else CLIP_VIEW
+        image_size=image_size,
+        clip_view=SIMCLR_VIEW if cfg.data.image_view == "simclr" else CLIP_VIEW,
+        local_crops=cfg.loss.local_crops if LOCAL in views else 0,
+        local_size=local_size or image_size,
     )
-    device_path = cfg.data.augment == "device"
-    max_side = 2 * image_size  # the largest crop of a view is resized to image_size: 2x keeps it from upsampling
-    if cfg.data.decode == "device":
-        transform: Any = BytesOrPixels(max_side)
-    else:
-        transform = DecodeOnly(max_side) if device_path else SLIPTransform(config=augment, views=views)
     decode = cfg.data.decode_options(image_size)
-    loader = build_train_loader(
-        source,
-        transform,
-        get_tokenizer() if with_text else None,
-        batch_size=per_rank,
-        num_workers=cfg.data.num_workers,
-        seed=cfg.seed,
-        rank=rank,
-        world_size=world_size,
-        max_skip_rate=cfg.data.max_skip_rate,
-        min_samples_for_check=cfg.data.min_samples_for_skip_check,
-        decode=decode,
-        pin_memory=device.type == "cuda",
-        idle_workers=cfg.data.worker_priority == "idle"
-        or (cfg.data.worker_priority == "auto" and device.type == "cpu"),
-        captions=with_text,
+    max_side = 2 * image_size  # the largest crop of a view is resized to image_size: 2x keeps it from upsampling
+
+    def data(source, views: tuple[str, ...], with_text: bool, batch_size: int, what: str, seed: int) -> TrainData:
+        per_rank = batch_size // world_size
+        if per_rank * world_size != batch_size:
+            raise ConfigError(f"{what}={batch_size} is not divisible by the {world_size} processes")
+        device_path = cfg.data.augment == "device"
+        if cfg.data.decode == "device":
+            transform: Any = BytesOrPixels(max_side)
+        else:
+            transform = DecodeOnly(max_side) if device_path else SLIPTransform(config=augment, views=views)
+        loader = build_train_loader(
+            source,
+            transform,
+            get_tokenizer() if with_text else None,
+            batch_size=per_rank,
+            num_workers=cfg.data.num_workers,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            max_skip_rate=cfg.data.max_skip_rate,
+            min_samples_for_check=cfg.data.min_samples_for_skip_check,
+            decode=decode,
+            pin_memory=device.type == "cuda",
+            idle_workers=cfg.data.worker_priority == "idle"
+            or (cfg.data.worker_priority == "auto" and device.type == "cpu"),
+            captions=with_text,
+        )
+        batched = BatchedSLIPAugment(config=augment, views=views) if device_path else None
+        decoder = None
+        if cfg.data.decode == "device":
+            decoder = BatchDecoder(device, max_side, decode.draft_size, loader.skips)
+        return TrainData(loader=loader, device_augment=batched, seed=cfg.seed, dtype=dtype, decoder=decoder)
+
+    paired = data(
+        open_train_source(cfg, image_size), views, with_text, cfg.train.batch_size, "train.batch_size", cfg.seed
     )
-    batched = BatchedSLIPAugment(config=augment, views=views) if device_path else None
-    decoder = None
-    if cfg.data.decode == "device":
-        decoder = BatchDecoder(device, max_side, decode.draft_size, loader.skips)
-    return TrainData(loader=loader, device_augment=batched, seed=cfg.seed, dtype=dtype, decoder=decoder)
+    if cfg.data.train_images is not None:
+        ssl_views = tuple(v for v in views if v in SSL_VIEWS)
+        try:
+            source = open_train_source(cfg, image_size, "train_images")
+        except DataError as err:  # a list names its item already; one spec is named here
+            raise DataError(
+                str(err) if str(err).startswith("data.train_images") else f"data.train_images: {err}"
+            ) from None
+        batch = cfg.data.image_batch_size or cfg.train.batch_size
+        # an order and views of their own, even when the same files are also paired data
+        seed = mix_seed(cfg.seed, _TAG_IMAGES_AUGMENT)
+        paired.images = data(source, ssl_views, False, batch, "data.image_batch_size", seed)
+        paired.images.tag = _TAG_IMAGES_AUGMENT
+    return paired

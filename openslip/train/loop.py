@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from openslip.data.augment.params import local_crop_size
 from openslip.data.workers import describe_worker_death
 from openslip.distributed import (
     CollectiveError,
@@ -36,7 +37,7 @@ from openslip.distributed_batchnorm import convert_global_batchnorm
 from openslip.errors import CheckpointError, RunStopped, TrainingError
 from openslip.interop.init_from import adopt_layout, init_weights_from, resume_or_source
 from openslip.losses import SLIPLoss
-from openslip.models import SLIP, create_model, model_config
+from openslip.models import SLIP, create_model, model_config, with_distill_head
 from openslip.optim import clamp_logit_scale
 from openslip.step import NO_CLOCK, OptimStep, check_finite, check_finite_weights, param_dtype
 from openslip.train import best as best_ckpt
@@ -53,6 +54,7 @@ from openslip.train.perf import available_cores, fast_bf16_available, tune_cpu_r
 from openslip.train.run_log import RunLogger
 from openslip.train.rundir import prepare_run_dir, release_run_dir, resume_checkpoint, write_run_config
 from openslip.train.state import rng_state, set_rng_state
+from openslip.train.teacher import EMATeacher, collapse_warnings
 from openslip.weights import checkpoint as ckpt
 
 
@@ -96,6 +98,8 @@ class Trainer:
     best: best_ckpt.Best | None = (
         None  # the evaluation that scored best on eval.best_metric so far (openslip.train.best)
     )
+    teacher: EMATeacher | None = None  # loss.ssl=distill: the EMA teacher and its centre (openslip.train.teacher)
+    warned: set[str] = field(default_factory=set)  # the collapse warnings given so far (one line each per run)
 
 
 def train_step(t: Trainer, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -131,15 +135,21 @@ def optimise(
         shown = ", ".join(ids[:8]) + (f", ... ({len(ids)} samples)" if len(ids) > 8 else "")
         return f" (samples: {shown}); {_last_good(t)}" if ids else f"; {_last_good(t)}"
 
+    # the teacher's targets of the whole batch (no gradient), handed to the loss beside the student's outputs
+    targets = t.teacher.targets(inputs, t.opt.autocast) if t.teacher is not None else {}
+
+    def loss_fn(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return t.loss_fn({**outputs, **targets})
+
     if cfg.accum_steps == 1:
         with t.opt.autocast():
-            losses = t.loss_fn(t.wrapped(**inputs))
+            losses = loss_fn(t.wrapped(**inputs))
         clock.lap("forward")
         check_finite(losses["loss"], what="training", step=t.step, detail=detail)
         t.opt.backward(losses["loss"])
     else:  # exact over the whole batch (see accumulate.py); DDP is bypassed, so average by hand
         losses = accumulated_backward(
-            t.model, inputs, t.loss_fn, cfg.accum_steps, autocast=t.opt.autocast, scale=t.opt.scale
+            t.model, inputs, loss_fn, cfg.accum_steps, autocast=t.opt.autocast, scale=t.opt.scale
         )
         clock.lap("forward")  # micro-batches interleave forward and backward: the two are timed as one here
         check_finite(losses["loss"], what="training", step=t.step, detail=detail)
@@ -147,9 +157,12 @@ def optimise(
     clock.lap("backward")
     grad_norm = t.opt.update(t.model.parameters())  # clipped to train.grad_clip when set
     clamp_logit_scale(t.model)  # CLIP: temperature multiplier at most 100
+    extra = {}
+    if t.teacher is not None:  # the teacher follows the updated student (DINO Algorithm 1: after the step)
+        extra["teacher_momentum"] = torch.tensor(t.teacher.update(t.model, t.step))
     clock.lap("optimizer")
     t.step += 1
-    return {**{k: v.detach() for k, v in losses.items()}, "grad_norm": grad_norm}
+    return {**{k: v.detach() for k, v in losses.items()}, "grad_norm": grad_norm, **extra}
 
 
 # --- setup ------------------------------------------------------------------------------------------
@@ -177,6 +190,8 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
     if cfg.loss.contrastive != "softmax":  # a softmax model's config stays as registered (and its checkpoints)
         overrides["contrastive"] = cfg.loss.contrastive
     mcfg = model_config(cfg.model, **overrides)
+    if cfg.loss.ssl == "distill":  # the distillation head takes the SimCLR head's place
+        mcfg = with_distill_head(mcfg)
     if layout is not None:
         mcfg = adopt_layout(mcfg, layout)
     model = create_model(mcfg)
@@ -187,6 +202,8 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         convert_global_batchnorm(model.image_mlp)  # the reference's SyncBatchNorm, on every backend
     model.set_grad_checkpointing(cfg.train.grad_checkpointing)
     model.visual.patch_dropout = cfg.train.patch_dropout  # training mode only (FLIP); evaluation sees every patch
+    # DINO starts the teacher as a copy of the student (after init_from, so both start from those weights)
+    teacher = EMATeacher(model, cfg.loss, cfg.train.steps) if model.has_distill_head else None
     wrapped: nn.Module = model
     if dist.world_size > 1:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
@@ -200,6 +217,8 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         ssl_temperature=cfg.loss.ssl_temperature,
         gather=cfg.loss.gather,
         contrastive=cfg.loss.contrastive,
+        ssl=cfg.loss.ssl,
+        distill_temperature=cfg.loss.distill_temperature,
         track_rank=True,  # ssl_rank in metrics.jsonl: a collapse signal (RankMe)
     )
     data = build_train_data(
@@ -211,6 +230,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         dist.world_size,
         dist.device,
         dtype=dtype,
+        local_size=local_crop_size(model.cfg.vision.image_size, model.cfg.vision.patch_size),
     )
     return Trainer(
         cfg=cfg,
@@ -229,6 +249,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         run_dir=Path(cfg.out_dir),
         evals=build_evals(cfg, dist.device),
         init_report=init_report,
+        teacher=teacher,
     )
 
 
@@ -246,6 +267,10 @@ def save(t: Trainer) -> Path:
             "loader": t.data.loader_state(),  # before a batch prepared ahead (openslip.train.ahead)
             "best": best_ckpt.to_state(t.best, t.cfg.eval.best_mode),  # a resumed run keeps choosing as before
         }
+        if t.teacher is not None:  # its weights and centre: a resumed run's targets are those of an unbroken one
+            state["teacher"] = t.teacher.state_dict()
+        if t.data.images is not None:  # data.train_images: where the unpaired images' loader stands
+            state["images_loader"] = t.data.images.loader_state()
         try:
             ckpt.save_checkpoint(
                 path, t.model, config_extra={"train_config": t.cfg.to_dict(), "step": t.step}, train_state=state
@@ -319,6 +344,12 @@ def resume(t: Trainer, log: RunLogger) -> None:
     state = ckpt.load_train_state(path, map_location=t.dist.device, verify=False)
     t.opt.load_state_dict(state)
     t.data.loader.load_state_dict(state["loader"])
+    if t.data.images is not None and "images_loader" in state:  # absent: images added on a forced resume
+        t.data.images.loader.load_state_dict(state["images_loader"])
+    if t.teacher is not None:
+        if "teacher" not in state:
+            raise CheckpointError(f"{path} has no EMA teacher (it was not trained with loss.ssl=distill)")
+        t.teacher.load_state_dict(state["teacher"])
     set_rng_state(state["rng"])
     t.step = int(state["step"])
     t.last_checkpoint = path
@@ -529,6 +560,7 @@ def _loop(t: Trainer, log: RunLogger) -> dict[str, Any]:
     finally:
         feed.close()
         batches.close()  # ends the loader's workers now (they ignore SIGTERM / SIGINT): no leftover processes
+        t.data.close()  # and those of the unpaired images' loader
 
 
 def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
@@ -563,6 +595,9 @@ def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dic
             metrics["epoch"] = t.data.loader.epoch
             skips = t.data.loader.skips
             metrics.update({f"data/{k}": v for k, v in skips.state_dict().items() if v})
+            if t.data.images is not None:  # the unpaired images' reads and skips, counted apart from the pairs'
+                images = t.data.images.loader.skips.state_dict().items()
+                metrics.update({f"data/images/{k}": v for k, v in images if v})
             if skips.total_skipped > reported_skips:  # bad input is never silent (docs/DESIGN.md, 'Bad input')
                 reported_skips = skips.total_skipped
                 log.message(f"step {step}: {skips.summary()}")
@@ -572,6 +607,10 @@ def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dic
             tick, data_wait, samples, loader_cpu, tick_step = now, 0.0, 0, t.data.loader.cpu_s, step
             t.history.update(metrics)
             log.log(step, metrics)
+            for kind, line in collapse_warnings(metrics, t.model.cfg, cfg.train.batch_size):
+                if kind not in t.warned:  # one line per kind of collapse: the metrics keep showing it after
+                    t.warned.add(kind)
+                    log.message(f"step {step}: {line}")
             shown = metrics
         # every step: the bar moves, and a plain line is printed every print_every steps or print_every_s seconds
         log.progress(step, shown)

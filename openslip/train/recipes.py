@@ -16,6 +16,7 @@ the best epoch's checkpoint as `OUT_DIR/checkpoints/best` (docs/PAPER.md, 'The C
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,11 +115,52 @@ OBJECTIVES = {
 }
 
 
+@dataclass(frozen=True)
+class LaterObjective:
+    """An objective after SLIP, trained on SLIP's setup (docs/OBJECTIVES.md): the SLIP objective it changes (whose
+    model kind, lr and wd it starts from), the loss and optim values it sets, and where they come from."""
+
+    base: str  # a key of OBJECTIVES
+    loss: dict[str, Any]
+    optim: dict[str, Any]
+    source: str  # one line: the paper's values, or the named default
+
+
+# SigLIP (Zhai et al., ICCV 2023, §4): lr 1e-3, decoupled weight decay 1e-4 and Adam beta2 = 0.95 for stability;
+# big_vision decays by wd x the schedule, which torch's AdamW (lr x wd) matches at wd = 1e-4 / 1e-3 = 0.1. The
+# distillation branch (SILC, SigLIP 2) publishes no run at SLIP's scale: its defaults are DINO's (LossConfig) on
+# SLIP's lr and wd, the objective whose SimCLR term it replaces.
+_SIGLIP_OPTIM = {"lr": 1e-3, "wd": 0.1, "betas": [0.9, 0.95]}
+_SIGLIP_SOURCE = "SigLIP §4: lr 1e-3, decoupled wd 1e-4 (AdamW 0.1 at that lr), beta2 0.95"
+_DISTILL_SOURCE = "named default: SLIP's lr and wd, DINO's distillation settings (no paper trains this at this scale)"
+LATER_OBJECTIVES = {
+    "siglip": LaterObjective("clip", {"contrastive": "sigmoid"}, _SIGLIP_OPTIM, _SIGLIP_SOURCE),
+    "slip_sigmoid": LaterObjective("slip", {"contrastive": "sigmoid"}, _SIGLIP_OPTIM, _SIGLIP_SOURCE + ", on SLIP"),
+    "clip_distill": LaterObjective("slip", {"ssl": "distill"}, {}, _DISTILL_SOURCE),
+    "siglip_distill": LaterObjective(
+        "slip", {"contrastive": "sigmoid", "ssl": "distill"}, _SIGLIP_OPTIM, _SIGLIP_SOURCE + "; DINO's distillation"
+    ),
+}
+# Their recipes: ViT-B/16 on the two larger datasets of the paper
+LATER_SIZES, LATER_DATASETS = ("vit_b16",), ("yfcc15m", "cc12m")
+
+
 def paper_recipe(
     objective: str, size: str, dataset: str, *, epochs: int | None = None, batch_size: int = 4096
 ) -> Config:
     """One of the paper's pre-training runs, scaled from epochs (default: the paper's for the dataset) to steps
-    with the dataset's size."""
+    with the dataset's size; a later objective (LATER_OBJECTIVES) is the run of the SLIP objective it changes, with
+    its loss and optim values."""
+    if objective in LATER_OBJECTIVES:
+        later = LATER_OBJECTIVES[objective]
+        cfg = paper_recipe(later.base, size, dataset, epochs=epochs, batch_size=batch_size).to_dict()
+        name = recipe_name(objective, size, dataset, PAPER_EPOCHS[dataset] if epochs is None else epochs)
+        cfg.update(recipe=name, out_dir=f"runs/{name}")
+        cfg["loss"].update(later.loss)
+        cfg["optim"].update(later.optim)
+        if later.loss.get("ssl") == "distill":  # local crops come from the loader workers only
+            cfg["data"]["augment"] = "cpu"
+        return config_from_dict(cfg)
     kind, lr, wd, ssl_scale, clip_scale = OBJECTIVES[objective]
     epochs = PAPER_EPOCHS[dataset] if epochs is None else epochs
     name = recipe_name(objective, size, dataset, epochs)
@@ -152,6 +194,13 @@ def recipe_name(objective: str, size: str, dataset: str, epochs: int) -> str:
 
 def _paper_doc(objective: str, size: str, dataset: str, epochs: int) -> str:
     name = recipe_name(objective, size, dataset, epochs)
+    if objective in LATER_OBJECTIVES:
+        later = LATER_OBJECTIVES[objective]
+        return (
+            f"{objective} {size} on {dataset}, {epochs} epochs at global batch 4096: the {later.base} run with "
+            f"loss {later.loss} ({later.source}).\n\nLaunch (8 GPUs x N nodes): torchrun --nproc-per-node 8 -m "
+            f"openslip.cli train recipe={name} data.train=SHARDS\nNo published result at this scale."
+        )
     row = published(objective, size, dataset, epochs)
     result = (
         f"Published ImageNet ({row.checkpoint}): {row.summary}."
@@ -183,6 +232,7 @@ def _paper_doc(objective: str, size: str, dataset: str, epochs: int) -> str:
 def _register_paper_recipes() -> None:
     runs = [(o, s, d, PAPER_EPOCHS[d]) for o in OBJECTIVES for s in SIZES for d in DATASET_SIZES]
     runs += [("slip", s, "yfcc15m", e) for s in SIZES for e in LONGER_SLIP_EPOCHS]
+    runs += [(o, s, d, PAPER_EPOCHS[d]) for o in LATER_OBJECTIVES for s in LATER_SIZES for d in LATER_DATASETS]
     for objective, size, dataset, epochs in runs:
 
         def recipe(objective=objective, size=size, dataset=dataset, epochs=epochs) -> Config:

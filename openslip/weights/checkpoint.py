@@ -388,12 +388,26 @@ def is_pointer_file(path: Path) -> bool:
         return False
 
 
-def _is_timm_export(p: Path) -> bool:
+def _foreign_export(p: Path) -> str | None:
+    """ "timm" / "hf" when the folder is `openslip export --format timm` / `hf` output (another library's format, not
+    a broken checkpoint), else None."""
     try:
         doc = json.loads(read_text(p / CONFIG_FILE, limit=DOCUMENT_BYTES))
     except Exception:  # unreadable: the checkpoint's own problem says why
-        return False
-    return isinstance(doc, dict) and "model" not in doc and {"architecture", "model_args"} <= doc.keys()
+        return None
+    if not isinstance(doc, dict) or "model" in doc:
+        return None
+    if {"architecture", "model_args"} <= doc.keys():
+        return "timm"
+    if doc.get("model_type") == "clip":
+        return "hf"
+    return None
+
+
+_FOREIGN = {
+    "timm": "a timm export (`openslip export --format timm`: the vision tower in timm's names)",
+    "hf": "a transformers CLIPModel (`openslip export --format hf`: the CLIP part in transformers' names)",
+}
 
 
 def find_latest_checkpoint(run_dir: PathLike, *, verify: bool = False) -> Path | None:
@@ -441,11 +455,12 @@ def resolve_checkpoint(path: PathLike, *, verify: bool = False) -> Path:
         return found
     if (p / CONFIG_FILE).exists() or (p / MODEL_FILE).exists():
         problem = checkpoint_problem(p, verify=verify)
-        if problem is not None and _is_timm_export(p):  # not broken: another library's format
+        foreign = _foreign_export(p) if problem is not None else None
+        if foreign is not None:  # not broken: another library's format
             raise CheckpointError(
-                f"{p} is a timm export (`openslip export --format timm`: the vision tower in timm's names), which "
-                "openslip does not read back: load it with timm (docs/INTEROP.md), or give the run or checkpoint "
-                "it was exported from (an `--format hf` export reads back)"
+                f"{p} is {_FOREIGN[foreign]}, which openslip does not read back: load it with "
+                f"{'timm' if foreign == 'timm' else 'transformers'} (docs/INTEROP.md), or give the run or checkpoint "
+                "it was exported from (an `--format openslip` export reads back)"
             )
         if problem is not None:
             raise CheckpointError(f"broken checkpoint: {problem}")

@@ -153,3 +153,25 @@ def clip_to_openslip(
     if "logit_scale" not in out:
         out["logit_scale"] = torch.tensor(1 / 0.07).log().to(sd["text_projection"].dtype)
     return cfg, out
+
+
+def openslip_to_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `clip_to_openslip`'s mapping: an openslip CLIP / SLIP state dict under OpenAI / open_clip names
+    (the SimCLR head and a patch-projection bias, which CLIP has no place for, are left to the caller)."""
+    vision_block = {v: k for k, v in _BLOCK.items()}
+    vision_top = {v: k for k, v in _VISUAL.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, t in sd.items():
+        if key == "visual.patch_embed.proj.weight":
+            out["visual.conv1.weight"] = t
+        elif key == "visual.cls_token":
+            out["visual.class_embedding"] = t.reshape(-1)  # [1, 1, W] -> [W]
+        elif key == "visual.pos_embed":
+            out["visual.positional_embedding"] = t.reshape(t.shape[-2:])  # [1, N+1, W] -> [N+1, W]
+        elif key in vision_top:
+            out[vision_top[key]] = t
+        elif (m := re.fullmatch(r"visual\.blocks\.(\d+)\.(.+)", key)) and m.group(2) in vision_block:
+            out[f"visual.transformer.resblocks.{m.group(1)}.{vision_block[m.group(2)]}"] = t
+        elif key in _TEXT_TOP or key in ("logit_scale", "logit_bias") or _TEXT_BLOCK_RE.fullmatch(key):
+            out[key] = t
+    return out

@@ -32,6 +32,7 @@ from openslip.data.augment.params import (
     CROP_TRIES,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    LOCAL,
     N_UNIFORMS,
     U_BLUR,
     U_FACTORS,
@@ -369,6 +370,8 @@ class BatchedSLIPAugment:
     ) -> None:
         self.config = resolve_config(image_size, config)
         self.views = check_views(views)
+        if LOCAL in self.views:  # the config check refuses data.augment=device with loss.ssl=distill first
+            raise ValueError("local crops are rendered by the per-sample path (SLIPTransform) only")
         self.dtype = dtype
         self.chunk_size = chunk_size
         self.resize_mode = resize_mode

@@ -21,6 +21,8 @@ from openslip.errors import ConfigError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VIEW_NAMES = ("image", "view1", "view2")  # CLIP view, then the two SimCLR views
+# The local crops of self-distillation (loss.ssl=distill), [N, 3, s, s] per sample, beside the views above
+LOCAL = "local"
 
 CropBox = tuple[int, int, int, int]  # (top, left, height, width) in source pixels
 
@@ -79,6 +81,17 @@ class ViewRecipe:
 
 CLIP_VIEW = ViewRecipe(scale=(0.5, 1.0))
 SIMCLR_VIEW = ViewRecipe(scale=(0.08, 1.0), flip_p=0.5, jitter_p=0.8, gray_p=0.2, blur_p=0.5)
+# DINO's local crops (Caron et al. 2021): 5-40 % of the image, at 96 px for 224 px global views, with the colour
+# recipe of the global views. The global views of loss.ssl=distill are the SimCLR views above, so a distillation run
+# sees the same global views as the SLIP run of its seed (docs/OBJECTIVES.md).
+LOCAL_VIEW = ViewRecipe(scale=(0.05, 0.4), flip_p=0.5, jitter_p=0.8, gray_p=0.2, blur_p=0.5)
+LOCAL_SIZE_FRACTION = 96 / 224
+
+
+def local_crop_size(image_size: int, patch_size: int) -> int:
+    """The side of the local crops for global views of `image_size`: DINO's 96 / 224 of it, rounded to whole patches
+    (at least one), so the ViT takes them with its position embedding interpolated."""
+    return max(patch_size, round(image_size * LOCAL_SIZE_FRACTION / patch_size) * patch_size)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +110,12 @@ class AugmentConfig:
     """Per-channel standard deviation divided by after subtracting the mean."""
     eval_crop_fraction: float = 0.875
     """Evaluation: resize the shorter side to image_size / this, then centre-crop image_size."""
+    local_view: ViewRecipe = field(default=LOCAL_VIEW)
+    """Recipe of the local crops (view ``local``)."""
+    local_crops: int = 0
+    """Local crops per sample when the view ``local`` is asked for."""
+    local_size: int = 96
+    """Side of the local crops in pixels."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or self.image_size < 1:
@@ -105,6 +124,10 @@ class AugmentConfig:
             raise ConfigError(f"mean and std need 3 values each, std > 0; got {self.mean}, {self.std}")
         if not 0.0 < self.eval_crop_fraction <= 1.0:
             raise ConfigError(f"eval_crop_fraction must be in (0, 1], got {self.eval_crop_fraction}")
+        if self.local_crops < 0 or self.local_size < 1:
+            raise ConfigError(
+                f"local_crops must be >= 0 and local_size >= 1, got {self.local_crops}, {self.local_size}"
+            )
 
     def recipe(self, view: str) -> ViewRecipe:
         """The recipe of a view name in :data:`VIEW_NAMES`."""
@@ -112,11 +135,13 @@ class AugmentConfig:
 
 
 def check_views(views: Sequence[str]) -> tuple[str, ...]:
-    """``views`` as a tuple in :data:`VIEW_NAMES` order; a ValueError for an unknown or empty selection."""
-    unknown = [v for v in views if v not in VIEW_NAMES]
+    """``views`` as a tuple in :data:`VIEW_NAMES` order (then ``local``); a ValueError for an unknown or empty
+    selection."""
+    known = (*VIEW_NAMES, LOCAL)
+    unknown = [v for v in views if v not in known]
     if unknown or not views:
-        raise ValueError(f"views must be a non-empty subset of {VIEW_NAMES}, got {tuple(views)}")
-    return tuple(v for v in VIEW_NAMES if v in views)
+        raise ValueError(f"views must be a non-empty subset of {known}, got {tuple(views)}")
+    return tuple(v for v in known if v in views)
 
 
 def resolve_config(image_size: int | None, config: AugmentConfig | None) -> AugmentConfig:

@@ -33,6 +33,7 @@ from openslip.data.augment import color
 from openslip.data.augment.params import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    LOCAL,
     N_UNIFORMS,
     VIEW_NAMES,
     AugmentConfig,
@@ -182,7 +183,24 @@ class SLIPTransform:
         src = _source_tensor(image)
         params = self.sample_params(src.shape[2], src.shape[3], generator)
         size = self.config.image_size
-        return {name: render_view(src, params[name], size, self._mean, self._std) for name in self.views}
+        out = {
+            name: render_view(src, params[name], size, self._mean, self._std) for name in self.views if name != LOCAL
+        }
+        if LOCAL in self.views:
+            # drawn after the three views, so the views of a sample are those of a run without local crops
+            out[LOCAL] = self.render_locals(src, generator)
+        return out
+
+    def render_locals(self, src: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The local crops of ``src`` [1, 3, H, W] uint8: [N, 3, s, s] float32 (N, s: the config's local_crops and
+        local_size)."""
+        cfg = self.config
+        if cfg.local_crops < 1:
+            raise ConfigError("the view 'local' needs local_crops >= 1 in the augmentation config")
+        height, width = src.shape[2], src.shape[3]
+        u = torch.rand(cfg.local_crops, N_UNIFORMS, dtype=torch.float64, generator=generator).tolist()
+        crops = [view_params_from_uniforms(height, width, row, cfg.local_view) for row in u]
+        return torch.stack([render_view(src, p, cfg.local_size, self._mean, self._std) for p in crops])
 
 
 def eval_resize_size(height: int, width: int, image_size: int, crop_fraction: float = 0.875) -> tuple[int, int]:
