@@ -67,4 +67,33 @@ def test_no_batch_is_taken_beyond_the_last_step() -> None:
     finally:
         ahead.AHEAD_DEVICES = saved
     assert [int(b["id"]) for b in out] == [0, 1, 2] and taken == [0, 1, 2]
-    assert data.prepared == [6, 7] and data.held_state is None
+    assert data.prepared == [5, 6, 7] and data.held_state is None
+
+
+def test_prepared_ahead_holds_the_unpaired_images_loader_too(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With data.train_images the batch taken ahead also takes the unpaired images' next batch: the step-2 checkpoint
+    holds both loaders' states as a run without preparing ahead writes them, and resuming there is exact (here with
+    data.decode=device too: the JPEG bytes decoded in the training process)."""
+    import numpy as np
+    from PIL import Image
+    from train_utils import rewind
+
+    from openslip.weights import checkpoint as ckpt
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(folder / f"p{i}.jpg")
+    args = [*EXTRA, f"data.train_images={folder}", "data.image_batch_size=4", "data.decode=device", "train.steps=4"]
+    plain, early = tmp_path / "plain", tmp_path / "early"
+    assert main(["train", *overrides(plain, *args)]) == 0
+    monkeypatch.setattr(ahead, "AHEAD_DEVICES", ("cuda", "cpu"))
+    assert main(["train", *overrides(early, *args)]) == 0
+    _assert_identical(final_weights(plain), final_weights(early))
+    states = [ckpt.load_train_state(run / "checkpoints" / "step_0000002") for run in (plain, early)]
+    for key in ("loader", "images_loader"):
+        assert states[0][key] == states[1][key], key
+    rewind(early, "step_0000004", "step_0000002")
+    assert main(["train", *overrides(early, *args)]) == 0
+    _assert_identical(final_weights(plain), final_weights(early))

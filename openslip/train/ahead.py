@@ -35,6 +35,9 @@ def prepared_ahead(
         return
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     batch = next(batches)
+    # the first batch too, before the next is taken: views take the unpaired images' batches (data.train_images) in
+    # the order they are prepared, which must be the steps' order
+    data.prepare(batch, step, device, stream)
     while True:
         upcoming = None
         data.release()

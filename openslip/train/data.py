@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -80,7 +80,8 @@ class TrainData:
     _batches: Iterator[dict] | None = None
     # the loader's state before the batch prepared ahead was taken (openslip.train.ahead); None: none is held
     held_state: dict | None = None
-    _ready: tuple | None = None  # (batch, step, inputs, side stream or None) from `prepare`
+    # `prepare`'s inputs by step: (batch, inputs, side stream or None); the current step's and the next one's
+    _ready: dict[int, tuple] = field(default_factory=dict)
 
     def next_batch(self) -> dict:
         """The next batch of this loader across epochs (for the unpaired images, which follow the paired batches)."""
@@ -113,13 +114,12 @@ class TrainData:
         """Make `views(batch, step, device)` now, on the CUDA `stream` when given; `views` then returns them."""
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             inputs = self.views(batch, step, device)
-        self._ready = (batch, step, inputs, stream)
+        self._ready[step] = (batch, inputs, stream)
 
     def _take_ready(self, batch: dict, step: int, device: torch.device) -> dict[str, torch.Tensor] | None:
-        if self._ready is None or self._ready[0] is not batch or self._ready[1] != step:
+        if step not in self._ready or self._ready[step][0] is not batch:
             return None
-        _, _, inputs, stream = self._ready
-        self._ready = None
+        _, inputs, stream = self._ready.pop(step)
         if stream is not None:  # the step's stream waits for the side stream, whose memory it now uses
             current = torch.cuda.current_stream(device)
             current.wait_stream(stream)
