@@ -1,5 +1,6 @@
-"""Weighted sources (`data.train=[a::0.7,b::0.3]`) and resampled shards (`data.resampled=true`), docs/TRAINING.md,
-'Weighted sources and resampled shards': the observed mix, exact resume through `openslip train`, bad settings."""
+"""Weighted sources (`data.train=[a::0.7,b::0.3]`) and resampled shards (`data.resampled=true`),
+docs/TRAINING.md, 'Weighted sources and resampled shards': the observed mix, exact resume through
+`openslip train`, bad settings."""
 
 from __future__ import annotations
 

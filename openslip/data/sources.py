@@ -330,9 +330,9 @@ def open_sources(
     (manifests, folders, reference formats, the demo world) give a ``ConcatSource``; several shard sources
     give one ``ShardSource`` over all their shards. With ``SPEC::WEIGHT`` items (every item, or none) the
     result carries the weights: ``ConcatSource.weights``, or ``ShardSource.weights`` with ``ShardSource.part_of``
-    (the item of each shard); the loader samples by them (docs/TRAINING.md, 'Weighted sources and resampled
-    shards'). Shards mixed with map-style sources are refused: the loader
-    reads shards as per-worker streams and map-style sources by a global permutation, and one epoch cannot
+    (the item of each shard); the loader samples by them
+    (docs/TRAINING.md, 'Weighted sources and resampled shards').
+    Shards mixed with map-style sources are refused: the loader reads shards as per-worker streams and map-style sources by a global permutation, and one epoch cannot
     follow both rules; writing the map-style ones as shards (``openslip data make-shards``) makes them one kind.
 
     Args:
