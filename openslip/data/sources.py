@@ -332,8 +332,8 @@ def open_sources(
     result carries the weights: ``ConcatSource.weights``, or ``ShardSource.weights`` with ``ShardSource.part_of``
     (the item of each shard); the loader samples by them
     (docs/TRAINING.md, 'Weighted sources and resampled shards').
-    Shards mixed with map-style sources are refused: the loader reads shards as per-worker streams and map-style sources by a global permutation, and one epoch cannot
-    follow both rules; writing the map-style ones as shards (``openslip data make-shards``) makes them one kind.
+    Shards mixed with map-style sources are refused: the loader reads shards as per-worker streams and
+    map-style sources by a global permutation, and one epoch cannot follow both rules; writing the map-style ones as shards (``openslip data make-shards``) makes them one kind.
 
     Args:
         specs: a spec or a list of specs (see the module docstring).
