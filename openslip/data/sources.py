@@ -333,7 +333,8 @@ def open_sources(
     (the item of each shard); the loader samples by them
     (docs/TRAINING.md, 'Weighted sources and resampled shards').
     Shards mixed with map-style sources are refused: the loader reads shards as per-worker streams and
-    map-style sources by a global permutation, and one epoch cannot follow both rules; writing the map-style ones as shards (``openslip data make-shards``) makes them one kind.
+    map-style sources by a global permutation, and one epoch cannot follow both rules; writing the map-style
+    ones as shards (``openslip data make-shards``) makes them one kind.
 
     Args:
         specs: a spec or a list of specs (see the module docstring).
