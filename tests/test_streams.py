@@ -141,6 +141,22 @@ def test_resampled_shard_streams_resume_exactly_across_epochs(manifests, workers
     assert len(set(numbers)) < len(numbers)  # shards are drawn with replacement
 
 
+def test_resampled_ranks_draw_their_own_shards_for_the_same_nominal_epoch(manifests):
+    """Two ranks of a 2-process run (built here side by side): equal batch counts, the shards' total size in all,
+    and draws of their own; fewer shards than ranks x workers is no error when drawing with replacement."""
+    shards = _shards(manifests[1], 100)  # 2 shards for 2 ranks x 2 workers
+
+    def rank(r: int) -> list[list[str]]:
+        loader = build_train_loader(
+            open_sources(str(shards)), lambda image: torch.zeros(1), None, 10, 2, 0, r, 2, resampled=True
+        )
+        assert len(loader) == B // (2 * 10)
+        return [batch["caption"] for batch in loader]
+
+    zero, one = rank(0), rank(1)
+    assert len(zero) == len(one) == 10 and zero != one
+
+
 @pytest.mark.parametrize("kind", ["weighted", "resampled"])
 def test_weighted_and_resampled_runs_resume_bit_exactly(tmp_path, manifests, kind):
     """`openslip train` resumed from its step-2 checkpoint ends with the weights of the uninterrupted run."""
