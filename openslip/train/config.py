@@ -29,6 +29,7 @@ GATHERS = ("grad", "reference")
 AUGMENT_PATHS = ("cpu", "device")
 IMAGE_VIEWS = ("clip", "simclr")
 WORKER_PRIORITIES = ("auto", "idle", "normal")
+PARALLEL_MODES = ("ddp", "fsdp")  # openslip.train.parallel
 BEST_MODES = ("max", "min")  # the evaluations' scores are % where higher is better; "min" for a metric that falls
 
 
@@ -122,6 +123,9 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the global gradient norm to this value; None: no clipping
     grad_checkpointing: bool = False  # recompute activations in the backward pass to save memory
     compile: bool = False  # torch.compile the model
+    # how several processes hold the model: "ddp" (a whole copy each) or "fsdp" (FSDP2: weights, gradients and AdamW
+    # state sharded over the processes; docs/TRAINING.md, 'Sharded training (FSDP)'); one process: no difference
+    parallel: str = "ddp"
     # FLIP's patch dropout (Li et al. 2023): drop this fraction of each training image's patch tokens. It changes the
     # method (a speed/accuracy trade-off, FLIP uses 0.5), so it is off by default; evaluation always sees every patch.
     patch_dropout: float = 0.0
@@ -137,6 +141,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _choice("train.precision", self.precision, PRECISIONS)
+        _choice("train.parallel", self.parallel, PARALLEL_MODES)
         for key in ("steps", "batch_size", "accum_steps", "log_every", "collective_timeout_s"):
             _positive(f"train.{key}", getattr(self, key))
         _positive("train.grad_clip", self.grad_clip)
