@@ -4,30 +4,21 @@ inputs are one line."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+from bench_scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "fsdp_memory.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("fsdp_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fsdp_memory"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_docs_show_what_the_script_prints(capsys):
-    assert _script().main([]) == 0
+    assert load_script("fsdp_memory").main([]) == 0
     table = capsys.readouterr().out.strip()
     assert table in (ROOT / "docs" / "TRAINING.md").read_text()
 
 
 def test_fsdp_holds_a_share_of_the_state_and_the_same_activations():
-    script = _script()
+    script = load_script("fsdp_memory")
     ddp8, ddp64 = script.per_gpu("slip_vit_b16", 8, 4096), script.per_gpu("slip_vit_b16", 64, 4096)
     assert ddp8["ddp_state_gib"] == ddp64["ddp_state_gib"] == 16 * ddp8["params_m"] * 1e6 / 2**30
     assert ddp8["fsdp_state_gib"] > ddp64["fsdp_state_gib"] > ddp64["ddp_state_gib"] / 64
@@ -36,7 +27,7 @@ def test_fsdp_holds_a_share_of_the_state_and_the_same_activations():
 
 
 def test_bad_gpu_counts_are_one_line(capsys):
-    script = _script()
+    script = load_script("fsdp_memory")
     assert script.main(["--gpus", "eight"]) == 2
     assert script.main(["--gpus", "3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

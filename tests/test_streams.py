@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from train_utils import final_weights, overrides, rewind
+from train_utils import assert_resumes_bit_exactly, overrides
 
 from openslip.cli import main
 from openslip.data.loader import build_train_loader
@@ -166,15 +166,7 @@ def test_weighted_and_resampled_runs_resume_bit_exactly(tmp_path, manifests, kin
     else:  # weighted shards, drawn with replacement; shards of 7 so that the checkpoint falls inside a shard
         data = [f"data.train=['{_shards(a, 7)}::0.7','{_shards(b, 7)}::0.3']", "data.resampled=true"]
     args = [*data, "model=clip_vit_micro", "train.steps=4", "ckpt.every_steps=2", "ckpt.keep_last=5"]
-    run = tmp_path / "run"
-    assert main(["train", *overrides(run, *args)]) == 0
-    uninterrupted = final_weights(run)
-    rewind(run, "step_0000004", "step_0000002")
-    assert main(["train", *overrides(run, *args)]) == 0
-    resumed = final_weights(run)
-    assert set(resumed) == set(uninterrupted)
-    for k in resumed:
-        assert torch.equal(resumed[k], uninterrupted[k]), k
+    assert_resumes_bit_exactly(tmp_path / "run", args)
 
 
 @pytest.mark.parametrize(
