@@ -101,7 +101,8 @@ def check_finite(loss: torch.Tensor, *, what: str, step: int, detail: str | Call
 def non_finite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
     """The names of the floating tensors that hold inf or NaN. One flag per tensor, read back once: a few hundred
     small reductions, cheap beside a step, which is why training checks at log steps and before each save only."""
-    floats = [(name, t.detach()) for name, t in named if t.is_floating_point()]
+    # a sharded weight (FSDP's DTensor) is checked on this rank's shard: the flag is all-reduced by the callers
+    floats = [(name, getattr(t, "to_local", lambda t=t: t)().detach()) for name, t in named if t.is_floating_point()]
     if not floats:
         return []
     flags = torch.stack([torch.isfinite(t).all() for _, t in floats]).tolist()
@@ -170,6 +171,8 @@ class OptimStep:
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if self.grad_clip is not None:  # the two halves of clip_grad_norm_, so the norm comes back unclipped
             torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
+        if hasattr(norm, "full_tensor"):  # sharded gradients (FSDP): the norm over every rank's shards
+            norm = norm.full_tensor()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

@@ -4,24 +4,15 @@ is refused (exit 2)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "architecture.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("architecture", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_script
 
 
 def test_static_figures(capsys: pytest.CaptureFixture[str]) -> None:
-    script = _script()
+    script = load_script("architecture")
     assert script.main(["--json", "--static"]) == 0
     figures = json.loads(capsys.readouterr().out)
     for key in ("rooms", "parts", "arrows", "part_arrows", "command_lines", "command_code_lines"):
@@ -36,5 +27,5 @@ def test_static_figures(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_not_a_checkout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:
-        _script().main(["--static", "--root", str(tmp_path)])
+        load_script("architecture").main(["--static", "--root", str(tmp_path)])
     assert stop.value.code == 2 and "holds no openslip/ folder" in capsys.readouterr().err

@@ -4,31 +4,24 @@ the docs show is what the documented command prints (test_documented_commands ru
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_script
 
 import openslip
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "collectives.py"
 DOC = ROOT / "docs" / "PERFORMANCE.md"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("collectives", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["collectives"] = module  # (its dataclasses look their module up there)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_bytes_follow_from_the_parameters_and_the_gathered_embeddings(tmp_path: Path, capsys) -> None:
     out = tmp_path / "rows.json"
-    assert _script().main(["--models", "slip_vit_micro", "--global-batch", "128", "--json", str(out)]) == 0
+    assert (
+        load_script("collectives").main(["--models", "slip_vit_micro", "--global-batch", "128", "--json", str(out)])
+        == 0
+    )
     rows = json.loads(out.read_text())
     assert [r["gpus"] for r in rows] == [8, 64]
     params = sum(p.numel() for p in openslip.create_model("slip_vit_micro").parameters())  # real weights, on CPU
@@ -51,7 +44,9 @@ def test_bytes_follow_from_the_parameters_and_the_gathered_embeddings(tmp_path: 
 
 def test_a_clip_model_gathers_only_its_two_embeddings(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
-    assert _script().main(["--models", "clip_vit_micro", "--global-batch", "64", "--json", str(out)]) == 0
+    assert (
+        load_script("collectives").main(["--models", "clip_vit_micro", "--global-batch", "64", "--json", str(out)]) == 0
+    )
     row = json.loads(out.read_text())[0]
     assert row["gather_payload"] == 64 * 2 * openslip.model_config("clip_vit_micro").embed_dim * 4
 
@@ -66,7 +61,7 @@ def test_a_clip_model_gathers_only_its_two_embeddings(tmp_path: Path) -> None:
 )
 def test_bad_inputs_end_in_one_line(argv: list[str], words: str, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
-        _script().main(argv)
+        load_script("collectives").main(argv)
     assert exc.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("collectives.py: error: ") and words in last
@@ -76,6 +71,6 @@ def test_the_documented_table_is_what_the_documented_command_prints(capsys) -> N
     text = DOC.read_text(encoding="utf-8")
     section = text.split("## Many GPUs, on paper", 1)[1].split("\n## ", 1)[0]
     assert "python benchmarks/collectives.py\n" in section
-    assert _script().main([]) == 0  # the documented command: S/16, B/16, L/16 built on the meta device
+    assert load_script("collectives").main([]) == 0  # the documented command: S/16, B/16, L/16 built on the meta device
     printed = capsys.readouterr().out.strip()
     assert printed in section, "docs/PERFORMANCE.md's 'Many GPUs, on paper' table differs from the script's output"

@@ -524,8 +524,8 @@ PLACEHOLDERS: dict[str, Builder] = {
 
 # What separates several paths in one value: YAML lists ('[a,b]', quoted items), compare's sets ('TEST@TRAIN,...',
 # 'TEST@TRAIN#PROMPTS.json'), the evaluation of a training set ('zeroshot:/data/val', 'knn:TEST@TRAIN') and the
-# catalog name of a zero-shot set ('imagenet:/data/imagenet/val').
-_PATH_SEPARATORS = re.compile(r"(\[|\]|,|@|#|'|retrieval:|imagenet:|zeroshot:|knn:|linear:)")
+# catalog name of a zero-shot set ('imagenet:/data/imagenet/val') and a source's weight ('/data/b/::0.3').
+_PATH_SEPARATORS = re.compile(r"(\[|\]|,|@|#|'|::|retrieval:|imagenet:|zeroshot:|knn:|linear:)")
 
 
 def resolve_placeholders(argv: list[str], inputs: Inputs, cwd: Path) -> list[str]:

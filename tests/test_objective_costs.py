@@ -3,23 +3,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "objective_costs.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("objective_costs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["objective_costs"] = module
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_script
 
 
 def test_every_objective_is_measured_beside_slip():
-    script = _script()
+    script = load_script("objective_costs")
     table = script.run("slip_vit_micro", rounds=1, steps=1, extra=["train.batch_size=4", "train.threads=1"])
     assert list(table) == list(script.OBJECTIVES)
     assert table["slip"]["step_time_vs_slip"] == 1.0
@@ -27,7 +15,7 @@ def test_every_objective_is_measured_beside_slip():
 
 
 def test_each_objective_gets_its_own_settings(tmp_path):
-    script = _script()
+    script = load_script("objective_costs")
     argv = script._argv("siglip", "slip_vit_tiny", 5, ["train.threads=1"], tmp_path / "x.json")
     assert argv[argv.index("--model") + 1] == "clip_vit_tiny"
     assert {"loss.ssl_scale=0", "loss.contrastive=sigmoid", "train.threads=1"} <= set(argv)

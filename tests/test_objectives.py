@@ -9,9 +9,8 @@ stayed green; so these tests go through the CLI entry point and look at what the
 import math
 
 import pytest
-import torch
 from dist_utils import run_distributed
-from train_utils import assert_weights_close, final_weights, overrides, read_metrics, rewind
+from train_utils import assert_resumes_bit_exactly, assert_weights_close, final_weights, overrides, read_metrics
 
 from openslip.cli import main
 from openslip.models import SLIP
@@ -102,15 +101,7 @@ def test_every_objective_accumulates_exactly(tmp_path, objective):
 def test_every_objective_resumes_bit_exactly(tmp_path, objective):
     """A run resumed from its step-2 checkpoint ends with the weights of the uninterrupted run."""
     args = [*OBJECTIVES[objective][0], "train.steps=4", "ckpt.every_steps=2", "ckpt.keep_last=5"]
-    run = tmp_path / "run"
-    assert main(["train", *overrides(run, *args)]) == 0
-    uninterrupted = final_weights(run)
-    rewind(run, "step_0000004", "step_0000002")
-    assert main(["train", *overrides(run, *args)]) == 0
-    resumed = final_weights(run)
-    assert set(resumed) == set(uninterrupted)
-    for k in resumed:
-        assert torch.equal(resumed[k], uninterrupted[k]), k
+    assert_resumes_bit_exactly(tmp_path / "run", args)
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,21 @@ def rewind(run_dir: Path | str, newest: str, to: str) -> None:
     (ckpts / "latest").write_text(f"{to}\n")
 
 
+def assert_resumes_bit_exactly(run_dir: Path | str, args: list[str]) -> None:
+    """`openslip train` with `args` (train.steps=4, a checkpoint every 2 steps, 5 kept) run once whole, then again
+    from its step-2 checkpoint: the final weights must be equal to the bit."""
+    from openslip.cli import main
+
+    assert main(["train", *overrides(run_dir, *args)]) == 0
+    uninterrupted = final_weights(run_dir)
+    rewind(run_dir, "step_0000004", "step_0000002")
+    assert main(["train", *overrides(run_dir, *args)]) == 0
+    resumed = final_weights(run_dir)
+    assert set(resumed) == set(uninterrupted)
+    for k in resumed:
+        assert torch.equal(resumed[k], uninterrupted[k]), k
+
+
 def read_metrics(run_dir: Path | str) -> list[dict]:
     import json
 

@@ -4,11 +4,17 @@ The two plans behind ``openslip.data.loader.TrainLoader`` (see its module docstr
 ``MapPlan`` for map-style sources (a seeded permutation split by position), ``ShardPlan`` for tar shards
 (a seeded shard order split into one stream per worker). Both are pure functions of (seed, epoch, rank,
 world size, batch size, and for shards the worker count), so a resumed run rebuilds the same batches.
+
+Weighted sources and ``resampled`` (docs/TRAINING.md, 'Weighted sources and resampled shards') change what an
+epoch holds, never these rules: a map-style epoch is then ``epoch_order``'s list of indices in place of the
+permutation, with the same length; a resampled shard stream draws shard after shard with replacement
+(``ShardDraws``) in place of its share of a shuffled list, for a nominal epoch of the shards' total size.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import time
@@ -33,6 +39,7 @@ PACKED_KEY = "image_data"  # a transform output packed into one buffer (see fini
 _MASK64 = (1 << 64) - 1
 # Stream tags so that the hashes for different purposes never coincide.
 _TAG_PERM, _TAG_REPLACE, _TAG_CAPTION, _TAG_AUGMENT, _TAG_SHARDS = 1, 2, 3, 4, 5
+_TAG_MIX, _TAG_PART, _TAG_DRAW = 6, 7, 8
 
 
 def mix_seed(*values: int) -> int:
@@ -109,6 +116,8 @@ class BatchSettings:
     """How images are decoded (size guards, JPEG draft size, EXIF orientation), handed to every ``load_image``."""
     captions: bool = True
     """False: captions are never read (a SimCLR-only run): a sample needs none and batches carry none."""
+    resampled: bool = False
+    """Samples (map-style) or shards drawn with replacement; epochs become nominal (``epoch_order``, ``ShardDraws``)."""
 
 
 def render_views(transform: Transform, image: Any) -> Any:
@@ -148,6 +157,38 @@ def finish_batch(
     return batch
 
 
+def epoch_order(source: Any, seed: int, epoch: int, resampled: bool = False) -> np.ndarray:
+    """The source indices of epoch ``epoch``'s positions 0 .. len(source) - 1 (a map-style source).
+
+    - No weights: a permutation of all indices (each sample once per epoch), or with ``resampled`` uniform draws
+      with replacement.
+    - ``source.weights`` (a weighted ``ConcatSource``): each position draws its part ``k`` with probability
+      ``weights[k] / sum(weights)``; the ``j``-th position of part ``k`` takes entry ``j`` of that part's own
+      permutations of this epoch, laid end to end (a part drawn more often than its size starts another
+      permutation: no sample repeats before every sample of its part came once), or with ``resampled`` a uniform
+      draw from the part.
+    A pure function of (seed, epoch): a resumed run reads the same order.
+    """
+    n = len(source)
+    weights = getattr(source, "weights", None)
+    if weights is None:
+        rng = np.random.default_rng([seed & _MASK64, epoch, _TAG_PERM])
+        return rng.integers(n, size=n) if resampled else rng.permutation(n)
+    p = np.asarray(weights, dtype=np.float64)
+    part = np.random.default_rng([seed & _MASK64, epoch, _TAG_MIX]).choice(len(p), size=n, p=p / p.sum())  # [n]
+    order = np.empty(n, dtype=np.int64)
+    for k, (start, size) in enumerate(zip(source.starts, source.sizes, strict=False)):
+        where = np.flatnonzero(part == k)
+        rng = np.random.default_rng([seed & _MASK64, epoch, _TAG_PART, k])
+        if resampled:
+            inside = rng.integers(size, size=len(where))
+        else:
+            laps = max(1, math.ceil(len(where) / size))
+            inside = np.concatenate([rng.permutation(size) for _ in range(laps)])[: len(where)]
+        order[where] = start + inside
+    return order
+
+
 class MapPlan:
     """Batches of a map-style source for one rank and one epoch."""
 
@@ -171,8 +212,7 @@ class MapPlan:
 
     def permutation(self, epoch: int) -> np.ndarray:
         if self._perm_epoch != epoch:
-            rng = np.random.default_rng([self.c.seed & _MASK64, epoch, _TAG_PERM])
-            self._perm, self._perm_epoch = rng.permutation(self.n), epoch
+            self._perm, self._perm_epoch = epoch_order(self.source, self.c.seed, epoch, self.c.resampled), epoch
         return self._perm
 
     def batches_per_epoch(self, epoch: int) -> int:
@@ -217,6 +257,43 @@ class MapPlan:
         )
 
 
+class ShardDraws:
+    """The shards of one resampled worker stream, as an endless sequence: entry ``d`` is its ``d``-th draw.
+
+    Draw ``d`` of stream ``stream`` of rank ``rank`` in epoch ``epoch`` picks a shard from the hash of those five
+    numbers and the seed, so a stream resumes at any draw without replaying the ones before (the resume state is
+    the draw index and the sample inside its shard). The shard probabilities are ``probabilities``'s."""
+
+    def __init__(self, cdf: np.ndarray, seed: int, epoch: int, rank: int, stream: int) -> None:
+        self.cdf, self.key = cdf, (seed, epoch, rank, stream)
+
+    def __len__(self) -> int:
+        return 1 << 62  # endless; the stream's batch quota ends it
+
+    def __getitem__(self, d: int | slice) -> Any:
+        if isinstance(d, slice):
+            return [self[i] for i in range(*d.indices(len(self)))]
+        u = (mix_seed(*self.key, d, _TAG_DRAW) >> 10) / float(1 << 53)  # uniform in [0, 1)
+        return min(int(np.searchsorted(self.cdf, u, side="right")), len(self.cdf) - 1)
+
+    @staticmethod
+    def probabilities(source: ShardSource, sizes: Sequence[int]) -> np.ndarray:
+        """Per shard: the chance one draw picks it. Without weights every non-empty shard alike (each sample as
+        likely as in the concatenation, as open_clip's resampling). With weights ``w`` per listed source, a shard
+        of source ``k`` (``N_k`` samples) gets ``w_k / N_k``: a draw then gives ``w_k`` samples of source ``k`` per
+        unit of the sum on average, so the long-run share of source ``k``'s samples is ``w_k / sum(w)`` whatever
+        the shard sizes. Empty shards are never drawn."""
+        size = np.asarray(sizes, dtype=np.float64)  # [S]
+        p = (size > 0).astype(np.float64)
+        if source.weights is not None and source.part_of is not None:
+            part = np.asarray(source.part_of)
+            totals = np.bincount(part, weights=size, minlength=len(source.weights))  # N_k
+            if (totals == 0).any():
+                raise DataError(f"listed source {int(np.argmin(totals))} has no samples, so its weight cannot be drawn")
+            p *= np.asarray(source.weights)[part] / totals[part]
+        return p / p.sum()
+
+
 class ShardPlan:
     """Batches of a shard source for one rank and one epoch: one stream of shards per logical worker."""
 
@@ -225,21 +302,32 @@ class ShardPlan:
         self.c = common
         self.num_streams = num_streams
         self.sizes = source.ensure_sizes()
-        if len(source.urls) < common.world_size:
+        if source.weights is not None and not common.resampled:
+            raise DataError(
+                "weighted shard sources are read by drawing shards with replacement: add data.resampled=true"
+            )
+        self._cdf = np.cumsum(ShardDraws.probabilities(source, self.sizes)) if common.resampled else None
+        if common.resampled:
+            if sum(self.sizes) == 0:
+                raise DataError("the shards hold no sample")
+        elif len(source.urls) < common.world_size:
             raise DataError(
                 f"{len(source.urls)} shards cannot be split over {common.world_size} ranks; "
                 "write more, smaller shards (openslip data make-shards --shard-size)"
             )
-        if len(source.urls) < common.world_size * num_streams:
+        if not common.resampled and len(source.urls) < common.world_size * num_streams:
             warnings.warn(
                 f"{len(source.urls)} shards for {common.world_size} ranks x {num_streams} workers: some workers "
                 "get no shard and stay idle",
                 stacklevel=3,
             )
-        self._cache: dict[int, tuple[list[list[int]], list[int], int]] = {}
+        self._cache: dict[int, tuple[list[Any], list[int], int]] = {}
+        self._reading = 0  # the stream's shard being read (its index in the stream's list), for error messages
 
     def layout(self, epoch: int) -> tuple[list[list[int]], list[int], int]:
         """(this rank's shard lists per stream, its batch quota per stream, batches per rank) for ``epoch``."""
+        if epoch not in self._cache and self.c.resampled:
+            self._cache = {epoch: self._resampled_layout(epoch)}
         if epoch not in self._cache:
             c, S = self.c, len(self.source.urls)
             order = np.random.default_rng([c.seed & _MASK64, epoch, _TAG_SHARDS]).permutation(S)
@@ -259,6 +347,23 @@ class ShardPlan:
                 quota[w] += 1
             self._cache = {epoch: (streams[c.rank], quota, num_batches)}
         return self._cache[epoch]
+
+    def _resampled_layout(self, epoch: int) -> tuple[list[Any], list[int], int]:
+        """A nominal epoch: as many batches per rank as one pass over the shards would give all ranks together
+        (their total size / (ranks x batch)), spread evenly over the streams, which draw shards endlessly."""
+        c = self.c
+        num_batches = sum(self.sizes) // (c.world_size * c.batch_size)
+        if num_batches == 0:
+            raise DataError(
+                f"the shards' {sum(self.sizes)} samples make no batch of {c.batch_size} on each of "
+                f"{c.world_size} rank(s): an epoch would be empty; use a smaller batch or more samples"
+            )
+        quota = [
+            num_batches // self.num_streams + (w < num_batches % self.num_streams) for w in range(self.num_streams)
+        ]
+        assert self._cdf is not None
+        streams = [ShardDraws(self._cdf, c.seed, epoch, c.rank, w) for w in range(self.num_streams)]
+        return streams, quota, num_batches
 
     def batches_per_epoch(self, epoch: int) -> int:
         return self.layout(epoch)[2]
@@ -285,8 +390,9 @@ class ShardPlan:
             with preserve_rng():
                 while len(views) < c.batch_size:
                     if failures > c.max_attempts:
-                        names = ", ".join(os.path.basename(self.source.urls[s]) for s in shards[:4])
-                        more = f" and {len(shards) - 4} more" if len(shards) > 4 else ""
+                        shown = shards[max(0, self._reading - 3) : self._reading + 1] if c.resampled else shards[:4]
+                        names = ", ".join(os.path.basename(self.source.urls[s]) for s in shown)
+                        more = f" and {len(shards) - 4} more" if len(shards) > 4 and not c.resampled else ""
                         raise DataError(
                             f"{failures} samples in a row failed to load in loader stream {logical} of rank {c.rank} "
                             f"(shards {names}{more}): {recent.summary()}; is the data path right?"
@@ -312,8 +418,10 @@ class ShardPlan:
                         failures += 1
                         continue
                     failures, recent = 0, SkipCounter()
-                    text = captions[mix_seed(c.seed, epoch, sample.id, _TAG_CAPTION) % len(captions)]
-                    seed_all(mix_seed(c.seed, epoch, sample.id, cycle, _TAG_AUGMENT))
+                    # a resampled shard may come twice in an epoch, also on two ranks: each draw has its own
+                    draw = (c.rank, logical, li) if c.resampled else ()
+                    text = captions[mix_seed(c.seed, epoch, sample.id, *draw, _TAG_CAPTION) % len(captions)]
+                    seed_all(mix_seed(c.seed, epoch, sample.id, cycle, *draw, _TAG_AUGMENT))
                     views.append(render_views(c.transform, image))
                     texts.append(text)
                     ids.append(sample.id)
@@ -329,6 +437,7 @@ class ShardPlan:
             good_in_cycle = False
             full_cycle = li == 0 and skip == 0
             while li < len(shards):
+                self._reading = li
                 for sample in self.source.iter_shard(
                     shards[li], skip=skip, on_error=lambda r, d: errors.append(r), max_bytes=self.c.decode.max_bytes
                 ):

@@ -168,6 +168,7 @@ class TrainLoader:
         multiprocessing_context: Any = None,
         idle_workers: bool = False,
         captions: bool = True,
+        resampled: bool = False,
     ) -> None:
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
@@ -198,6 +199,7 @@ class TrainLoader:
             max_attempts=max_attempts,
             decode=decode,
             captions=captions,
+            resampled=resampled,
         )
         if isinstance(source, ShardSource):
             self.kind = "shards"
@@ -253,6 +255,7 @@ class TrainLoader:
             "num_streams": self._num_streams,
             "streams": [list(s) for s in self._streams],
             "skips": self.skips.state_dict(),
+            "resampled": self._common.resampled,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -280,13 +283,17 @@ class TrainLoader:
                 position = math.ceil(consumed / per_global)
             self._epoch, self._position = epoch, position
             self._streams = [(0, 0, 0)] * self._num_streams
-        elif same_shape and int(state["num_streams"]) == self._num_streams:
+        elif (
+            same_shape
+            and int(state["num_streams"]) == self._num_streams
+            and bool(state.get("resampled", False)) == self._common.resampled  # a stream position means another thing
+        ):
             self._epoch, self._position = epoch, position
             self._streams = [tuple(s) for s in state["streams"]]
         else:
             warnings.warn(
-                "shard loader resumed with a different world size, batch size or worker count: the rest of "
-                f"epoch {epoch} is skipped and reading starts at epoch {epoch + 1}",
+                "shard loader resumed with a different world size, batch size, worker count or data.resampled: the "
+                f"rest of epoch {epoch} is skipped and reading starts at epoch {epoch + 1}",
                 stacklevel=2,
             )
             self.set_epoch(epoch + 1)
@@ -438,7 +445,8 @@ def build_train_loader(
             guards, JPEG draft size, EXIF orientation; default its defaults), ``pin_memory``,
             ``prefetch_factor``, ``multiprocessing_context``, ``idle_workers`` (run the workers at idle CPU
             priority; for CPU training, where they share the cores with the model),
-            ``captions`` (False: never read captions, for SimCLR-only training; batches have no text).
+            ``captions`` (False: never read captions, for SimCLR-only training; batches have no text),
+            ``resampled`` (draw samples, or shards, with replacement: ``epoch_plan.epoch_order``, ``ShardDraws``).
     """
     return TrainLoader(
         source,

@@ -18,10 +18,16 @@ Spec grammar::
     FORMAT:PATH                           an explicit format, e.g. ``coco:/data/captions_train2017.json``
     FORMAT                                a format that needs no path, e.g. ``demo``
     SPEC?key=value&key=value              options for the opener, e.g. ``...json?root=/data/coco``
+    SPEC::WEIGHT                          in a list of two or more sources: the share of the samples drawn from
+                                          this one (``data.train=[a.csv::0.7,b.csv::0.3]``, see ``split_weights``)
+
+``::`` cannot clash with the rest of the grammar: ``FORMAT:PATH`` and shard URLs (``pipe:``, ``http://``) use
+one colon, and the weight is cut off the end first. A ``::`` followed by text with a ``/`` (an IPv6 address in
+a URL, ``http://[::1]/a.tar``) is not a weight.
 
 ``open_sources(specs)`` opens a list of specs as one source (``data.train=[a.csv,photos/]``): map-style
-sources are concatenated into a ``ConcatSource``, shard sources into one ``ShardSource``. A mix of the two
-is refused (see ``open_sources``).
+sources are concatenated into a ``ConcatSource``, shard sources into one ``ShardSource``, each with the
+sources' weights when they have some. A mix of the two is refused (see ``open_sources``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import importlib
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -109,6 +116,57 @@ def parse_spec(spec: str) -> tuple[str | None, str | None, dict[str, str]]:
     if spec.lower() in SOURCE_FORMATS or spec.lower() in _LAZY_FORMATS:
         return spec.lower(), None, options
     return None, spec, options
+
+
+WEIGHT_MARK = "::"
+
+
+def split_weight(spec: str) -> tuple[str, str | None]:
+    """``SPEC::WEIGHT`` -> (SPEC, the weight as written); a spec without a weight -> (spec, None)."""
+    head, mark, tail = spec.rpartition(WEIGHT_MARK)
+    if not mark or not head or "/" in tail:  # "http://[::1]/a.tar" holds an address, not a weight
+        return spec, None
+    return head, tail.strip()
+
+
+def split_weights(specs: Sequence[str], what: str = "data.train") -> tuple[list[str], list[float] | None]:
+    """Specs without their ``::WEIGHT`` suffixes, and the weights (None when no spec has one).
+
+    Raises:
+        DataError: one line each for a weight that is not a positive finite number, weights on only some of the
+            specs, or a weight on a single source (it would be the whole of the samples anyway).
+    """
+    plain: list[str] = []
+    written: list[str | None] = []
+    for spec in specs:
+        head, weight = split_weight(spec)
+        plain.append(head)
+        written.append(weight)
+    if all(w is None for w in written):
+        return plain, None
+    if len(specs) == 1:
+        raise DataError(
+            f"{what}={specs[0]}: a weight shares the samples among two or more sources; one source needs none "
+            f"(drop '::{written[0]}')"
+        )
+    missing = next((i for i, w in enumerate(written) if w is None), None)
+    if missing is not None:
+        raise DataError(
+            f"{what}[{missing}] ({specs[missing]}) has no weight while others have: give every source one "
+            "(SPEC::WEIGHT) or none"
+        )
+    weights = []
+    for i, w in enumerate(written):
+        try:
+            value = float(w)  # type: ignore[arg-type]
+        except ValueError:
+            raise DataError(
+                f"{what}[{i}] ({specs[i]}): weight {w!r} is not a number (SPEC::WEIGHT, e.g. ::0.7)"
+            ) from None
+        if not math.isfinite(value) or value <= 0:
+            raise DataError(f"{what}[{i}] ({specs[i]}): weight {w} must be a positive number")
+        weights.append(value)
+    return plain, weights
 
 
 def _ensure_format(name: str) -> None:
@@ -207,9 +265,13 @@ class ConcatSource(BaseMapSource):
 
     The loader's sample ids are indices into this source, so they stay unique across the parts; a record's
     ``id`` is prefixed with its part's name (``/data/a.csv#img/3.jpg``), so a reported sample names its file.
+
+    With ``weights`` (one positive number per part) the loader draws each sample's part with probability
+    ``weights[k] / sum(weights)`` instead of permuting all indices (``epoch_plan.epoch_order``); the length, hence
+    the epoch, stays the total size.
     """
 
-    def __init__(self, parts: Sequence[tuple[str, Any]]) -> None:
+    def __init__(self, parts: Sequence[tuple[str, Any]], weights: Sequence[float] | None = None) -> None:
         if not parts:
             raise DataError("no sources to concatenate")
         self.names = [name for name, _ in parts]
@@ -218,6 +280,13 @@ class ConcatSource(BaseMapSource):
         self.starts = [0]
         for size in self.sizes:
             self.starts.append(self.starts[-1] + size)
+        self.weights = list(weights) if weights is not None else None
+        if self.weights is not None:
+            if len(self.weights) != len(self.parts):
+                raise DataError(f"{len(self.weights)} weights for {len(self.parts)} sources")
+            empty = next((n for n, size in zip(self.names, self.sizes, strict=True) if size == 0), None)
+            if empty is not None:  # a positive weight on no samples: nothing could be drawn for its share
+                raise DataError(f"{empty} has no samples, so its weight cannot be drawn")
         self.description = " + ".join(self.names)
 
     def __len__(self) -> int:
@@ -235,6 +304,8 @@ class ConcatSource(BaseMapSource):
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{n} ({s:,})" for n, s in zip(self.names, self.sizes, strict=True))
+        if self.weights is not None:
+            inner += f"; weights {self.weights}"
         return f"ConcatSource({inner})"
 
 
@@ -257,9 +328,13 @@ def open_sources(
 
     One spec (or a list of one) gives exactly what ``open_source`` gives. Several map-style sources
     (manifests, folders, reference formats, the demo world) give a ``ConcatSource``; several shard sources
-    give one ``ShardSource`` over all their shards. Shards mixed with map-style sources are refused: the loader
-    reads shards as per-worker streams and map-style sources by a global permutation, and one epoch cannot
-    follow both rules; writing the map-style ones as shards (``openslip data make-shards``) makes them one kind.
+    give one ``ShardSource`` over all their shards. With ``SPEC::WEIGHT`` items (every item, or none) the
+    result carries the weights: ``ConcatSource.weights``, or ``ShardSource.weights`` with ``ShardSource.part_of``
+    (the item of each shard); the loader samples by them
+    (docs/TRAINING.md, 'Weighted sources and resampled shards').
+    Shards mixed with map-style sources are refused: the loader reads shards as per-worker streams and
+    map-style sources by a global permutation, and one epoch cannot follow both rules; writing the map-style
+    ones as shards (``openslip data make-shards``) makes them one kind.
 
     Args:
         specs: a spec or a list of specs (see the module docstring).
@@ -269,12 +344,13 @@ def open_sources(
 
     Raises:
         DataError: an empty list, a spec listed twice (or a shard named by two specs), a spec that cannot be
-            opened (the message names it), or shards mixed with map-style sources.
+            opened (the message names it), shards mixed with map-style sources, or bad weights (``split_weights``).
     """
     many = isinstance(specs, (list, tuple))
     items = [os.fspath(s) for s in specs] if many else [os.fspath(specs)]
     if not items:
         raise DataError(f"{what} is an empty list: name at least one data source")
+    items, weights = split_weights(items, what)
     if len(items) == 1:
         return open_source(items[0], format=format, **(options_for(items[0]) if options_for else {}))
     seen: dict[Any, int] = {}
@@ -282,8 +358,8 @@ def open_sources(
         key = _dedup_key(spec)
         if key in seen:
             raise DataError(
-                f"{what}[{i}] ({spec}) repeats {what}[{seen[key]}]: each source is read once per epoch "
-                "(there are no per-source weights); remove the duplicate"
+                f"{what}[{i}] ({spec}) repeats {what}[{seen[key]}]: each source is read once per epoch; remove "
+                "the duplicate (to read a source more often, give the sources weights: SPEC::WEIGHT)"
             )
         seen[key] = i
     opened = []
@@ -294,7 +370,7 @@ def open_sources(
             raise DataError(f"{what}[{i}]: {err}") from None
     shard_specs = [spec for spec, src in zip(items, opened, strict=True) if isinstance(src, ShardSource)]
     if not shard_specs:
-        return ConcatSource(list(zip(items, opened, strict=True)))
+        return ConcatSource(list(zip(items, opened, strict=True)), weights)
     if len(shard_specs) < len(items):
         other = next(spec for spec, src in zip(items, opened, strict=True) if not isinstance(src, ShardSource))
         raise DataError(
@@ -312,4 +388,7 @@ def open_sources(
     # Sizes per part: an indexed part has them already, only the others are scanned (as the loader would).
     combined = ShardSource(urls, sizes=[n for src in opened for n in src.ensure_sizes()])
     combined.description = " + ".join(items)
+    if weights is not None:
+        combined.weights = weights
+        combined.part_of = [i for i, src in enumerate(opened) for _ in src.urls]
     return combined

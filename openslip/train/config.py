@@ -19,7 +19,8 @@ import yaml
 from openslip import files
 from openslip.data.demo.tasks import demo_task_names
 from openslip.data.formats.decode import DecodeOptions
-from openslip.errors import ConfigError
+from openslip.data.sources import split_weight, split_weights
+from openslip.errors import ConfigError, DataError
 from openslip.losses import CONTRASTIVES, SSL_BRANCHES
 from openslip.overrides import build, check_choice, field_keys, option_key
 
@@ -29,6 +30,7 @@ AUGMENT_PATHS = ("cpu", "device")
 DECODE_PATHS = ("cpu", "device")
 IMAGE_VIEWS = ("clip", "simclr")
 WORKER_PRIORITIES = ("auto", "idle", "normal")
+PARALLEL_MODES = ("ddp", "fsdp")  # openslip.train.parallel
 BEST_MODES = ("max", "min")  # the evaluations' scores are % where higher is better; "min" for a metric that falls
 
 
@@ -42,7 +44,8 @@ def _positive(key: str, value: float | int | None, *, allow_zero: bool = False) 
 
 @dataclass(kw_only=True)
 class DataConfig:
-    # "demo", a manifest (.csv/.tsv/.jsonl), an image folder, shards ("data-{000..009}.tar"), or a list of them
+    # "demo", a manifest (.csv/.tsv/.jsonl), an image folder, shards ("data-{000..009}.tar"), or a list of them; a
+    # list may weigh its sources, [a.csv::0.7,b.csv::0.3] (docs/TRAINING.md, 'Weighted sources and resampled shards')
     train: str | list[str] = "demo"
     format: str | None = None  # force a source format (see `openslip data inspect`); None: from the path
     image_size: int | None = None  # training resolution; None: the model's
@@ -65,14 +68,28 @@ class DataConfig:
     train_images: str | list[str] | None = None
     # unpaired images per step (global, like train.batch_size); None: train.batch_size, a 1:1 mix with the pairs
     image_batch_size: int | None = None
+    # draw with replacement: shards per loader worker (open_clip's --dataset-resampled), or samples of map-style
+    # sources; an epoch is then nominal, the data's size (docs/TRAINING.md, 'Weighted sources and resampled shards')
+    resampled: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.train, list):
             if not self.train:
                 raise ConfigError("data.train=[] names no data: give a path, or a list of paths")
-            repeated = next((s for i, s in enumerate(self.train) if s in self.train[:i]), None)
-            if repeated is not None:  # without per-source weights a repeat would silently double that source
-                raise ConfigError(f"data.train lists {repeated!r} twice: each source is read once per epoch")
+            plain = [split_weight(str(s))[0] for s in self.train]
+            repeated = next((s for i, s in enumerate(plain) if s in plain[:i]), None)
+            if repeated is not None:  # a repeat would silently double that source: weights say it openly
+                raise ConfigError(
+                    f"data.train lists {repeated!r} twice: each source is read once per epoch (to read a source "
+                    "more often, weigh the sources: SPEC::WEIGHT)"
+                )
+        for key in ("train", "train_images"):
+            specs = getattr(self, key)
+            if specs is not None:
+                try:  # the weights' syntax is checked here, before any file is opened
+                    split_weights([str(s) for s in specs] if isinstance(specs, list) else [str(specs)], f"data.{key}")
+                except DataError as err:
+                    raise ConfigError(str(err)) from None
         _choice("data.augment", self.augment, AUGMENT_PATHS)
         _choice("data.decode", self.decode, DECODE_PATHS)
         if self.decode == "device" and self.augment != "device":
@@ -118,6 +135,9 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute activations in the backward pass to save memory
     # torch.compile the model: true, false, or "auto" (on for CUDA, off for CPU); kernels cached (docs/PERFORMANCE.md)
     compile: bool | str = False
+    # how several processes hold the model: "ddp" (a whole copy each) or "fsdp" (FSDP2: weights, gradients and AdamW
+    # state sharded over the processes; docs/TRAINING.md, 'Sharded training (FSDP)'); one process: no difference
+    parallel: str = "ddp"
     # FLIP's patch dropout (Li et al. 2023): drop this fraction of each training image's patch tokens. It changes the
     # method (a speed/accuracy trade-off, FLIP uses 0.5), so it is off by default; evaluation always sees every patch.
     patch_dropout: float = 0.0
@@ -135,6 +155,7 @@ class TrainConfig:
         _choice("train.precision", self.precision, PRECISIONS)
         if isinstance(self.compile, str) and self.compile != "auto":
             raise ConfigError(f"train.compile={self.compile!r} is not valid; choose one of: true, false, auto")
+        _choice("train.parallel", self.parallel, PARALLEL_MODES)
         for key in ("steps", "batch_size", "accum_steps", "log_every", "collective_timeout_s"):
             _positive(f"train.{key}", getattr(self, key))
         _positive("train.grad_clip", self.grad_clip)

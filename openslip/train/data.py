@@ -226,6 +226,7 @@ def build_train_data(
             idle_workers=cfg.data.worker_priority == "idle"
             or (cfg.data.worker_priority == "auto" and device.type == "cpu"),
             captions=with_text,
+            resampled=cfg.data.resampled,
         )
         batched = BatchedSLIPAugment(config=augment, views=views) if device_path else None
         decoder = None

@@ -41,6 +41,7 @@ from openslip.models import SLIP, create_model, model_config, with_distill_head
 from openslip.optim import clamp_logit_scale
 from openslip.step import NO_CLOCK, OptimStep, check_finite, check_finite_weights, param_dtype
 from openslip.train import best as best_ckpt
+from openslip.train import parallel
 from openslip.train.accumulate import accumulated_backward
 from openslip.train.ahead import prepared_ahead
 from openslip.train.checks import check_config
@@ -147,13 +148,17 @@ def optimise(
         clock.lap("forward")
         check_finite(losses["loss"], what="training", step=t.step, detail=detail)
         t.opt.backward(losses["loss"])
+        parallel.average_whole_gradients(t.model)  # FSDP: the scalars it keeps whole (nothing otherwise)
     else:  # exact over the whole batch (see accumulate.py); DDP is bypassed, so average by hand
         losses = accumulated_backward(
             t.model, inputs, loss_fn, cfg.accum_steps, autocast=t.opt.autocast, scale=t.opt.scale
         )
         clock.lap("forward")  # micro-batches interleave forward and backward: the two are timed as one here
         check_finite(losses["loss"], what="training", step=t.step, detail=detail)
-        average_gradients(t.model)
+        if parallel.is_sharded(t.model):  # FSDP reduced the sharded gradients in each backward pass already
+            parallel.average_whole_gradients(t.model)
+        else:
+            average_gradients(t.model)
     clock.lap("backward")
     grad_norm = t.opt.update(t.model.parameters())  # clipped to train.grad_clip when set
     clamp_logit_scale(t.model)  # CLIP: temperature multiplier at most 100
@@ -197,15 +202,17 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
     model = create_model(mcfg)
     init_report = init_weights_from(model, source, cfg.init_from) if source is not None else []
     del source
-    model = model.to(dist.device, dtype=dtype)
     if dist.world_size > 1 and model.has_ssl_head:
         convert_global_batchnorm(model.image_mlp)  # the reference's SyncBatchNorm, on every backend
+    model = model.to(dist.device, dtype=dtype)  # after the swap: the global BatchNorm's weights in `dtype` too
     model.set_grad_checkpointing(cfg.train.grad_checkpointing)
     model.visual.patch_dropout = cfg.train.patch_dropout  # training mode only (FLIP); evaluation sees every patch
     # DINO starts the teacher as a copy of the student (after init_from, so both start from those weights)
     teacher = EMATeacher(model, cfg.loss, cfg.train.steps) if model.has_distill_head else None
     wrapped: nn.Module = model
-    if dist.world_size > 1:
+    if dist.world_size > 1 and cfg.train.parallel == "fsdp":
+        parallel.shard(model, cfg.train.precision)  # in place: the model's weights become this rank's shards
+    elif dist.world_size > 1:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if use_compile(cfg.train.compile, dist.device):
@@ -259,10 +266,15 @@ def save(t: Trainer) -> Path:
     check_weights(t)
     path = t.run_dir / ckpt.CHECKPOINTS_DIR / ckpt.checkpoint_dir_name(t.step)
     problem = None
+    # FSDP: the full weights and optimizer state, gathered on every rank (collectives); the file is a DDP run's
+    model = parallel.whole_copy(t.model)
+    optim_state = t.opt.state_dict()
+    if parallel.is_sharded(t.model):
+        optim_state["optimizer"] = parallel.full_optimizer_state(t.model, t.opt.optimizer)
     if t.dist.is_main:
         state = {
             "step": t.step,
-            **t.opt.state_dict(),  # "optimizer" and "scaler"
+            **optim_state,  # "optimizer" and "scaler"
             "rng": rng_state(),
             "loader": t.data.loader_state(),  # before a batch prepared ahead (openslip.train.ahead)
             "best": best_ckpt.to_state(t.best, t.cfg.eval.best_mode),  # a resumed run keeps choosing as before
@@ -273,7 +285,7 @@ def save(t: Trainer) -> Path:
             state["images_loader"] = t.data.images.loader_state()
         try:
             ckpt.save_checkpoint(
-                path, t.model, config_extra={"train_config": t.cfg.to_dict(), "step": t.step}, train_state=state
+                path, model, config_extra={"train_config": t.cfg.to_dict(), "step": t.step}, train_state=state
             )
         except OSError as err:  # disk full, quota, file-size limit, read-only remount: the staged copy is removed
             previous = (
@@ -322,8 +334,10 @@ def note_best(t: Trainer, results: dict[str, float], step: int, log: RunLogger) 
 
 
 def evaluate(t: Trainer) -> dict[str, float]:
-    """Every set of eval.sets at this step (`openslip.train.evals`); every rank takes part."""
-    return evaluate_sets(t.evals, t.cfg, t.model)
+    """Every set of eval.sets at this step (`openslip.train.evals`); every rank takes part (FSDP: on a whole copy of
+    the model, gathered by every rank)."""
+    model = parallel.whole_copy(t.model) if t.cfg.eval.sets else t.model
+    return evaluate_sets(t.evals, t.cfg, model)
 
 
 def ignore_file_size_signal() -> None:
@@ -340,9 +354,20 @@ def resume(t: Trainer, log: RunLogger) -> None:
     path = resume_checkpoint(t.cfg, t.run_dir, log.message)
     if path is None:
         return
-    ckpt.load_weights(t.model, path, verify=False)  # verified just above
     state = ckpt.load_train_state(path, map_location=t.dist.device, verify=False)
-    t.opt.load_state_dict(state)
+    if parallel.is_sharded(t.model):  # each rank keeps its shards of the full weights and optimizer state
+        parallel.load_full_weights(t.model, ckpt.read_weights(path, t.dist.device))
+        by_name = parallel.optimizer_state_by_name(t.model, t.opt.optimizer, state["optimizer"])
+        parallel.load_full_optimizer_state(t.model, t.opt.optimizer, by_name)
+        t.opt.scaler.load_state_dict(state["scaler"])
+    else:
+        ckpt.load_weights(t.model, path, verify=False)  # verified just above
+        if not any(isinstance(k, int) for k in state["optimizer"].get("state", {})) and state["optimizer"]["state"]:
+            # saved by an FSDP run (keyed by parameter name)
+            parallel.load_full_optimizer_state(t.model, t.opt.optimizer, state["optimizer"])
+            t.opt.scaler.load_state_dict(state["scaler"])
+        else:
+            t.opt.load_state_dict(state)
     t.data.loader.load_state_dict(state["loader"])
     if t.data.images is not None and "images_loader" in state:  # absent: images added on a forced resume
         t.data.images.loader.load_state_dict(state["images_loader"])
@@ -578,6 +603,12 @@ def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dic
         samples += len(batch["id"])
         losses = train_step(t, batch)
         step = t.step
+        if step == start_step + 1 and t.dist.world_size > 1 and t.dist.is_main:
+            held = parallel.local_state_bytes(t.model, t.opt.optimizer) / 2**20
+            log.message(
+                f"train.parallel={cfg.train.parallel}: rank 0 holds {held:.1f} MiB of weights and AdamW state "
+                f"(the whole model's: {parallel.full_state_mib(t.model):.1f} MiB)"
+            )
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             now = time.perf_counter()
             metrics = {k: all_reduce_mean(v).item() for k, v in losses.items()}

@@ -178,6 +178,7 @@ RESUMABLE_CHANGES = (
     "train.wandb_project",
     "train.compile",
     "train.grad_checkpointing",
+    "train.parallel",  # DDP and FSDP train alike and save the same checkpoint (train/parallel.py)
     "train.collective_timeout_s",
     "data.num_workers",
     "data.worker_priority",

@@ -47,7 +47,8 @@ class EMATeacher(nn.Module):
         """(teacher tensors, the student's in the same order): parameters, then floating buffers."""
         mine = [*self.visual.parameters(), *self.distill_head.parameters()]
         theirs = [*student.visual.parameters(), *student.distill_head.parameters()]
-        return mine, theirs
+        # a sharded student (train.parallel=fsdp): its full weights, gathered (every rank updates at the same step)
+        return mine, [p.full_tensor() if type(p).__name__ == "DTensor" else p for p in theirs]
 
     @torch.no_grad()
     def targets(

@@ -749,6 +749,13 @@ def load_model(
     return model
 
 
+def read_weights(
+    path: PathLike, device: torch.device | str = "cpu", *, verify: bool = False
+) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint (or a run's newest one), as saved (a sharded model loads it its own way)."""
+    return load_safetensors(resolve_checkpoint(path, verify=verify) / MODEL_FILE, device)[0]
+
+
 def load_weights(model: nn.Module, path: PathLike, *, strict: bool = True, verify: bool = True) -> None:
     """Copy the weights of a checkpoint (or a run's newest one) into an existing, possibly wrapped, model."""
     ckpt = resolve_checkpoint(path, verify=verify)

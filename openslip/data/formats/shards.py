@@ -259,6 +259,10 @@ class ShardSource:
         if self.sizes is not None and len(self.sizes) != len(self.urls):
             raise DataError(f"{len(self.sizes)} shard sizes given for {len(self.urls)} shards")
         self.description = str(self.spec)
+        # Set by open_sources for a weighted list (SPEC::WEIGHT): the weight of each listed source, and the source
+        # of each shard. The loader then draws shards by them, with replacement (data.resampled=true).
+        self.weights: list[float] | None = None
+        self.part_of: list[int] | None = None
 
     def __repr__(self) -> str:
         total = f", {sum(self.sizes):,} samples" if self.sizes is not None else ""
