@@ -1,6 +1,6 @@
-"""benchmarks/fsdp_memory.py, the computed memory per GPU under DDP and FSDP (docs/TRAINING.md, 'Sharded training
-(FSDP)'): the table in the docs is what the script prints, its figures follow from the parameter counts, and its bad
-inputs are one line."""
+"""benchmarks/fsdp_memory.py, the computed memory per GPU under DDP and FSDP
+(docs/TRAINING.md, 'Sharded training (FSDP)'): the table in the docs is what the script prints, its figures follow
+from the parameter counts, and its bad inputs are one line."""
 
 from __future__ import annotations
 
