@@ -504,3 +504,34 @@ def test_benchmark_augment_reports_every_path():
     for path in ("pil", "cpu", "batched"):
         assert result[f"{path}_ms"] > 0, result
     assert result["speedup_cpu"] == pytest.approx(result["pil_ms"] / result["cpu_ms"])
+
+
+@pytest.mark.parametrize("resize_mode", ["loop", "matmul"])
+def test_local_crops_agree_between_paths(resize_mode):
+    """Self-distillation's local crops (loss.ssl=distill) on the batched path: for a batch of one the same draws as
+    the per-sample path (drawn after the three views), the same pixels within the views' tolerance, [B, N, 3, s, s]."""
+    config = AugmentConfig(image_size=32, local_crops=3, local_size=16)
+    views = ("view1", "view2", "local")
+    for seed in range(4):
+        image = photo(60, 80, seed=seed)
+        cpu = SLIPTransform(config=config, views=views)(image, torch.Generator().manual_seed(seed))
+        aug = BatchedSLIPAugment(config=config, views=views, resize_mode=resize_mode)
+        batched = aug([chw_uint8(image)], generator=torch.Generator().manual_seed(seed))
+        assert batched["local"].shape == (1, 3, 3, 16, 16) and cpu["local"].shape == (3, 3, 16, 16)
+        for k in ("view1", "view2"):
+            assert (cpu[k] - batched[k][0]).abs().mean() < 0.3 * NORM_LEVEL
+        d = (cpu["local"] - batched["local"][0]).abs()
+        assert d.mean() < 0.3 * NORM_LEVEL and d.max() < 8 * NORM_LEVEL
+
+
+def test_batched_local_crops_follow_the_local_recipe():
+    config = AugmentConfig(image_size=32, local_crops=2, local_size=16)
+    params = BatchedSLIPAugment(config=config, views=("view1", "view2", "local")).sample_local_params(
+        [H43] * 2000, [W43] * 2000, torch.Generator().manual_seed(0)
+    )
+    assert len(params) == 2
+    for p in params:
+        area = (p.crop[:, 2] * p.crop[:, 3]).double() / (H43 * W43)
+        assert area.min() >= 0.05 - 0.01 and area.max() <= 0.4 + 0.01  # DINO's 5-40 % (rounded boxes)
+    with pytest.raises(ValueError, match="local_crops >= 1"):
+        BatchedSLIPAugment(32, views=("view1", "view2", "local"))

@@ -208,7 +208,6 @@ def test_resume_restores_the_teacher_and_its_centre_bit_exactly(tmp_path):
         ([*DISTILL, "loss.teacher_momentum=1.5"], "loss.teacher_momentum=1.5 must be in [0, 1]"),
         ([*DISTILL, "loss.teacher_momentum=-0.1"], "loss.teacher_momentum=-0.1 must be in [0, 1]"),
         (["model=clip_vit_micro", "loss.ssl=distill"], "model=clip_vit_micro is CLIP-only"),
-        ([*DISTILL, "data.augment=device"], "use data.augment=cpu"),
     ],
 )
 def test_bad_distillation_settings_are_one_line(tmp_path, capsys, args, needle):

@@ -71,8 +71,6 @@ def model_inputs(monkeypatch):
 @pytest.mark.parametrize("objective", list(OBJECTIVES))
 def test_every_objective_trains_from_the_cli_on_only_its_inputs(tmp_path, model_inputs, objective, augment):
     args, views, terms = OBJECTIVES[objective]
-    if "local" in views and augment == "device":
-        pytest.skip("local crops are rendered by the loader workers only (data.augment=device is refused)")
     extra = [*args, "train.steps=2", f"data.augment={augment}", "eval.sets=[zeroshot:demo_colours]", "eval.samples=16"]
     assert main(["train", *overrides(tmp_path, *extra)]) == 0
     assert model_inputs and all(call == views for call in model_inputs), model_inputs

@@ -23,10 +23,6 @@ def check_config(cfg: Config) -> None:
             f"loss.ssl=distill trains a self-distillation head on the image tower, but model={cfg.model} is CLIP-only "
             f"(no self-supervised branch): {use}, whose SimCLR head the distillation head replaces"
         )
-    if cfg.loss.ssl == "distill" and cfg.data.augment == "device":
-        raise ConfigError(
-            "loss.ssl=distill needs local crops, which only the loader workers render: use data.augment=cpu"
-        )
     if cfg.data.train_images is not None and cfg.loss.ssl_scale == 0:
         raise ConfigError(
             "data.train_images gives unpaired images to the self-supervised term, which this run does not train "

@@ -158,8 +158,6 @@ def paper_recipe(
         cfg.update(recipe=name, out_dir=f"runs/{name}")
         cfg["loss"].update(later.loss)
         cfg["optim"].update(later.optim)
-        if later.loss.get("ssl") == "distill":  # local crops come from the loader workers only
-            cfg["data"]["augment"] = "cpu"
         return config_from_dict(cfg)
     kind, lr, wd, ssl_scale, clip_scale = OBJECTIVES[objective]
     epochs = PAPER_EPOCHS[dataset] if epochs is None else epochs

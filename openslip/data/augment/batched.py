@@ -370,8 +370,8 @@ class BatchedSLIPAugment:
     ) -> None:
         self.config = resolve_config(image_size, config)
         self.views = check_views(views)
-        if LOCAL in self.views:  # the config check refuses data.augment=device with loss.ssl=distill first
-            raise ValueError("local crops are rendered by the per-sample path (SLIPTransform) only")
+        if LOCAL in self.views and self.config.local_crops < 1:
+            raise ValueError("the view 'local' needs local_crops >= 1 in the augmentation config")
         self.dtype = dtype
         self.chunk_size = chunk_size
         self.resize_mode = resize_mode
@@ -387,29 +387,50 @@ class BatchedSLIPAugment:
             for i, name in enumerate(VIEW_NAMES)
         }
 
+    def sample_local_params(
+        self, heights: Tensor | Sequence[int], widths: Tensor | Sequence[int], generator: torch.Generator | None = None
+    ) -> list[ViewParamsBatch]:
+        """Parameters of the local crops (`config.local_crops` per image, the local recipe): one record per crop
+        index, each over the whole batch. Drawn after the three views, as the per-sample path draws them."""
+        n = _as_size_tensor(heights).shape[0]
+        u = torch.rand(n, self.config.local_crops, N_UNIFORMS, dtype=torch.float64, generator=generator)
+        return [
+            view_params_from_uniforms_batch(heights, widths, u[:, k], self.config.local_view)
+            for k in range(self.config.local_crops)
+        ]
+
     def apply(self, images: Tensor | Sequence[Tensor], params: dict[str, ViewParamsBatch]) -> dict[str, Tensor]:
         """Render the views named in ``params``."""
         batch, _, _ = _pad_batch(images)
         if batch.device.type == "cpu":  # one layout change for the three views' uint8 resizes
             batch = batch.contiguous(memory_format=torch.channels_last)
-        cfg = self.config
-        return {
-            name: apply_view_batched(
-                batch,
-                p,
-                cfg.image_size,
-                cfg.mean,
-                cfg.std,
-                dtype=self.dtype,
-                chunk_size=self.chunk_size,
-                resize_mode=self.resize_mode,
-            )
-            for name, p in params.items()
-        }
+        return {name: self._render(batch, p, self.config.image_size) for name, p in params.items()}
+
+    def apply_locals(self, images: Tensor | Sequence[Tensor], params: Sequence[ViewParamsBatch]) -> Tensor:
+        """Render the local crops: [B, N, 3, s, s] (s: `config.local_size`), as the per-sample path stacks them."""
+        batch, _, _ = _pad_batch(images)
+        if batch.device.type == "cpu":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return torch.stack([self._render(batch, p, self.config.local_size) for p in params], dim=1)
+
+    def _render(self, batch: Tensor, params: ViewParamsBatch, size: int) -> Tensor:
+        return apply_view_batched(
+            batch,
+            params,
+            size,
+            self.config.mean,
+            self.config.std,
+            dtype=self.dtype,
+            chunk_size=self.chunk_size,
+            resize_mode=self.resize_mode,
+        )
 
     def __call__(
         self, images: Tensor | Sequence[Tensor], generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
         batch, heights, widths = _pad_batch(images)
         params = self.sample_params(heights, widths, generator)  # all three, as the per-sample path
-        return self.apply(batch, {name: params[name] for name in self.views})
+        out = self.apply(batch, {name: params[name] for name in self.views if name != LOCAL})
+        if LOCAL in self.views:
+            out[LOCAL] = self.apply_locals(batch, self.sample_local_params(heights, widths, generator))
+        return out
