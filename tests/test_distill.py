@@ -66,8 +66,8 @@ def test_distill_loss_matches_a_float64_loop():
     assert abs(out["ssl_loss"].item() - naive.item()) < 1e-13
     grads = torch.autograd.grad(out["ssl_loss"], [student_global, student_local])
     naive_grads = torch.autograd.grad(naive, [student_global, student_local])
-    for a, b in zip(grads, naive_grads, strict=True):
-        assert (a - b).abs().max().item() < 1e-15
+    for a, b in zip(grads, naive_grads, strict=True):  # 5e-16 measured, in gradients of about 0.2
+        assert (a - b).abs().max().item() < 1e-14
     # the collapse metrics: mean entropy of a teacher distribution, entropy of their mean
     entropy = -(probs * probs.log()).sum(-1).mean()
     assert out["teacher_entropy"].item() == pytest.approx(entropy.item(), abs=1e-12)
@@ -175,9 +175,10 @@ def test_two_processes_equal_one_process_holding_the_whole_batch():
     assert torch.equal(results[0]["center"], results[1]["center"])  # all-reduced: the same bits on every rank
     diffs = [abs(results[0]["loss"].item() - one["loss"].item())]
     diffs.append((results[0]["center"] - one["center"]).abs().max().item())
-    for name, grad in one["grads"].items():
+    for name, grad in one["grads"].items():  # relative to the gradient's size (up to ~75 here)
         for r in results:
-            diffs.append((r["grads"][name] - grad).abs().max().item())
+            diffs.append((r["grads"][name] - grad).abs().max().item() / max(1.0, grad.abs().max().item()))
+    # 9.9e-14 absolute measured, as much as one process on 1 vs 2 threads differs (the sums' order)
     assert max(diffs) < 1e-12, max(diffs)
 
 

@@ -355,19 +355,17 @@ def resume(t: Trainer, log: RunLogger) -> None:
     if path is None:
         return
     state = ckpt.load_train_state(path, map_location=t.dist.device, verify=False)
-    if parallel.is_sharded(t.model):  # each rank keeps its shards of the full weights and optimizer state
+    sharded = parallel.is_sharded(t.model)
+    if sharded:  # each rank keeps its shards of the full weights
         parallel.load_full_weights(t.model, ckpt.read_weights(path, t.dist.device))
+    else:
+        ckpt.load_weights(t.model, path, verify=False)  # verified just above
+    if sharded or parallel.keyed_by_name(state["optimizer"]):  # a sharded run, or a checkpoint an FSDP run saved
         by_name = parallel.optimizer_state_by_name(t.model, t.opt.optimizer, state["optimizer"])
         parallel.load_full_optimizer_state(t.model, t.opt.optimizer, by_name)
         t.opt.scaler.load_state_dict(state["scaler"])
     else:
-        ckpt.load_weights(t.model, path, verify=False)  # verified just above
-        if not any(isinstance(k, int) for k in state["optimizer"].get("state", {})) and state["optimizer"]["state"]:
-            # saved by an FSDP run (keyed by parameter name)
-            parallel.load_full_optimizer_state(t.model, t.opt.optimizer, state["optimizer"])
-            t.opt.scaler.load_state_dict(state["scaler"])
-        else:
-            t.opt.load_state_dict(state)
+        t.opt.load_state_dict(state)
     t.data.loader.load_state_dict(state["loader"])
     if t.data.images is not None and "images_loader" in state:  # absent: images added on a forced resume
         t.data.images.loader.load_state_dict(state["images_loader"])

@@ -136,12 +136,16 @@ def local_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int
     return total
 
 
+def keyed_by_name(state: dict[str, Any]) -> bool:
+    """Whether an optimizer state dict names its parameters (what an FSDP run saves through the state-dict functions
+    of torch.distributed.checkpoint) rather than numbering them (torch's own, what a DDP run saves)."""
+    return any(isinstance(i, str) for g in state.get("param_groups", []) for i in g["params"])
+
+
 def optimizer_state_by_name(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict:
     """An optimizer state dict keyed by parameter index (torch's, what a DDP run saves) keyed by parameter name
     instead (what the state-dict functions of torch.distributed.checkpoint read); a state keyed by name as it is."""
-    if not any(isinstance(k, int) for k in state.get("state", {})) and not any(
-        isinstance(i, int) for g in state.get("param_groups", []) for i in g["params"]
-    ):
+    if keyed_by_name(state):
         return state
     names = {id(p): n for n, p in model.named_parameters()}
     order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]

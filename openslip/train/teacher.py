@@ -44,7 +44,7 @@ class EMATeacher(nn.Module):
         self._logits: torch.Tensor | None = None  # this step's outputs, for the centre update after the step
 
     def _pairs(self, student: SLIP) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(teacher tensors, the student's in the same order): parameters, then floating buffers."""
+        """(teacher parameters, the student's in the same order); the image tower and head hold no buffers."""
         mine = [*self.visual.parameters(), *self.distill_head.parameters()]
         theirs = [*student.visual.parameters(), *student.distill_head.parameters()]
         # a sharded student (train.parallel=fsdp): its full weights, gathered (every rank updates at the same step)
