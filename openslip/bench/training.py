@@ -576,7 +576,7 @@ def _end_to_end_phase(trainer: Any, steppers: list, bc: TrainBenchConfig, image_
             def views(batch: dict, step: int, clock: PhaseClock) -> dict:
                 return data.views(batch, step, device, clock)
 
-        decoder = None if s.baseline else data.decoder
+        decoder = data.decoder if not s.baseline and data.decoder is not None and data.decoder.jpegs else None
         get = _data_inputs(loader, views, device, decoder)
         stats += _run_phase([s], [get], bc)
         record = {k: v[bc.warmup :] for k, v in get.record.items()}  # type: ignore[attr-defined]

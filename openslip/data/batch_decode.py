@@ -5,11 +5,11 @@ with the views on the device), and a node has no more cores per GPU than one GPU
 ``torchvision.io.decode_jpeg`` on a list, ``device="cuda"``) decodes the batch on the GPU instead.
 
 The hand-off: each worker sample is a 1-D uint8 array (the JPEG file's bytes) or, for an image decoded in the
-worker (a PNG, a CMYK JPEG...; counted in ``SkipCounter.fallback``), its pixels ``[h, w, 3]``. ``pack`` puts a
+worker (a PNG, a CMYK JPEG...; counted in ``SkipCounter.fallback``), its pixels ``[3, h, w]``. ``pack`` puts a
 batch's samples into one uint8 buffer with an index ``[B, 4]`` (start, end, height, width; height 0 marks JPEG
 bytes): one shared-memory segment and one pinned copy per batch instead of B. ``BatchDecoder`` splits the buffer
 back into the list of per-image uint8 tensors (views, no copy) and returns the images ``[3, h, w]`` uint8 on the
-device, the longer side at most ``max_side`` like the CPU path's ``DecodeOnly``.
+device, the longer side at most ``max_side``. With data.decode=cpu the workers send only pixels, packed the same way.
 
 On a CPU device the decoder is PIL, with the same DCT draft scaling and shrink as the workers' CPU decode, so the
 images (and the views drawn from them) are those of ``data.augment=device`` with ``data.decode=cpu``: the tests
@@ -26,7 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import get_worker_info
 
+from openslip.data.augment.views import source_tensor
 from openslip.data.skips import SkipCounter
 from openslip.errors import ConfigError
 
@@ -38,23 +40,63 @@ _GREY = 128
 
 def pack(items: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """(buffer uint8 [sum of sizes], index long [B, 4]: start, end, height, width) of the samples' arrays: 1-D
-    JPEG bytes (height = width = 0) or pixels [h, w, 3]."""
+    JPEG bytes (height = width = 0) or pixels [3, h, w]. In a loader worker the buffer is allocated in shared
+    memory, as torch's own collation does: sending it to the training process then copies nothing."""
     index = torch.zeros(len(items), 4, dtype=torch.long)
+    buffer = _new_buffer(sum(item.size for item in items))
+    out = buffer.numpy()
     start = 0
     for i, item in enumerate(items):
-        h, w = (item.shape[0], item.shape[1]) if item.ndim == 3 else (0, 0)
+        h, w = (item.shape[1], item.shape[2]) if item.ndim == 3 else (0, 0)
         index[i] = torch.tensor([start, start + item.size, h, w])
+        out[start : start + item.size] = item.reshape(-1)
         start += item.size
-    buffer = torch.from_numpy(np.concatenate([item.reshape(-1) for item in items])) if items else torch.zeros(0)
-    return buffer.to(torch.uint8), index
+    return buffer, index
 
 
-def shrink_pil(image: Image.Image, max_side: int) -> Image.Image:
-    """The image with its longer side at most ``max_side`` (PIL's bilinear thumbnail; unchanged when smaller)."""
-    if max(image.size) > max_side:
-        image = image.copy()
-        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-    return image
+def _new_buffer(size: int) -> torch.Tensor:
+    """An uninitialised uint8 [size]: in shared memory in a DataLoader worker (a tensor outside it would be copied
+    into a new shared segment when the batch is sent), in ordinary memory elsewhere."""
+    if get_worker_info() is None:
+        return torch.empty(size, dtype=torch.uint8)
+    return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size))
+
+
+def shrunk_size(h: int, w: int, max_side: int) -> tuple[int, int]:
+    """(h, w) with the longer side at most ``max_side``, the aspect kept (rounded, at least one pixel)."""
+    if max(h, w) <= max_side:
+        return h, w
+    scale = max_side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def shrink(image: Image.Image | np.ndarray | torch.Tensor, max_side: int) -> torch.Tensor:
+    """The image as [3, h, w] uint8, its longer side at most ``max_side`` (antialiased bilinear; unchanged when
+    smaller). Every path shrinks with this: the workers' ``BytesOrPixels`` and the batch decoder.
+
+    Takes a PIL image or [h, w, 3] array (to RGB as ``to_rgb_uint8``), or a [3, h, w] uint8 tensor on any device.
+    On the CPU it is torch's uint8 antialiased kernel on channels-last pixels (PIL's bilinear filter, within a grey
+    level or two), 3x faster than PIL's own resize: 0.53 against 1.6 ms for a 500 x 375 photo at 448, which with
+    PIL's copy was half a worker's time per sample with the views on the device (docs/PERFORMANCE.md, 'Decoding on
+    the device'). Elsewhere (nvJPEG's full-size decodes on CUDA) the same filter in float, rounded. A shrunk
+    result is channels-first and contiguous; an image left as it was may keep its array's [h, w, 3] strides."""
+    if not isinstance(image, torch.Tensor):
+        image = source_tensor(image)[0]  # [3, h, w], channels-last strides, no copy of PIL's array
+    h, w = image.shape[1:]
+    size = shrunk_size(h, w, max_side)
+    if size == (h, w):
+        return image
+    if image.device.type != "cpu":
+        return shrink_float(image, size)
+    x = image[None].contiguous(memory_format=torch.channels_last)  # torch's fast uint8 path (no copy if so)
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def shrink_float(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[3, h, w] uint8 resized to ``size`` by the antialiased bilinear filter in float, rounded: ``shrink`` off the
+    CPU (CUDA's antialiased kernels take no uint8); within one grey level of the uint8 kernel (tested)."""
+    out = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return out[0].round_().clamp_(0, 255).to(torch.uint8)
 
 
 def torchvision_decode_jpeg() -> Callable[..., list[torch.Tensor]]:
@@ -77,12 +119,17 @@ def torchvision_decode_jpeg() -> Callable[..., list[torch.Tensor]]:
 class BatchDecoder:
     """A packed batch (``pack``) -> images [3, h, w] uint8 on ``device``; see the module docstring."""
 
-    def __init__(self, device: torch.device, max_side: int, draft_size: int | None, counter: SkipCounter) -> None:
+    def __init__(
+        self, device: torch.device, max_side: int, draft_size: int | None, counter: SkipCounter, jpegs: bool = True
+    ) -> None:
+        """``jpegs=False`` (data.decode=cpu): the workers decoded every image, so only the pixels' copy is left and
+        torchvision is not needed."""
         self.device = device
         self.max_side = max_side
         self.draft_size = draft_size
         self.counter = counter  # the loader's: fall-backs decided here count with the workers' (checkpointed)
-        self._nvjpeg = torchvision_decode_jpeg() if device.type == "cuda" else None
+        self.jpegs = jpegs
+        self._nvjpeg = torchvision_decode_jpeg() if device.type == "cuda" and jpegs else None
         self.cpu_s = 0.0  # this process's CPU seconds in ``decode`` so far (the whole decode with the PIL decoder)
 
     def copy(self, buffer: torch.Tensor, index: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
@@ -95,7 +142,7 @@ class BatchDecoder:
         out = []
         for start, end, h, w in rows:
             if h:
-                out.append((on_device[start:end].view(h, w, 3).permute(2, 0, 1), False))
+                out.append((on_device[start:end].view(3, h, w), False))
             else:
                 out.append((buffer[start:end], True))
         return out
@@ -105,7 +152,7 @@ class BatchDecoder:
         start = time.thread_time()
         jpegs = [data for data, is_jpeg in items if is_jpeg]
         decoded = iter(self._decode_jpegs(jpegs) if jpegs else [])
-        images = [self._shrink(next(decoded) if is_jpeg else data) for data, is_jpeg in items]
+        images = [shrink(next(decoded) if is_jpeg else data, self.max_side) for data, is_jpeg in items]
         self.cpu_s += time.thread_time() - start
         return images
 
@@ -128,25 +175,14 @@ class BatchDecoder:
             return self._decode_pil(data).to(self.device)
 
     def _decode_pil(self, data: torch.Tensor) -> torch.Tensor:
-        """PIL's decode, as a worker's ``decode_image`` + ``DecodeOnly`` do it: DCT draft scaling to ``draft_size``,
+        """PIL's decode, as a worker's ``decode_image`` + ``BytesOrPixels`` do it: DCT draft scaling to ``draft_size``,
         RGB, the shrink to ``max_side``. A file it cannot read becomes a grey image, counted (``UNDECODABLE``):
         the batch is built, its sample cannot be replaced here."""
         try:
             image = Image.open(io.BytesIO(data.numpy().tobytes()))
             if self.draft_size is not None:
                 image.draft("RGB", (self.draft_size, self.draft_size))
-            image = shrink_pil(image.convert("RGB"), self.max_side)
-            return torch.from_numpy(np.array(image)).permute(2, 0, 1)  # [3, h, w], a writable copy
+            return shrink(image.convert("RGB"), self.max_side).clone()  # [3, h, w]; clone: writable, own memory
         except Exception:  # noqa: BLE001 -- a corrupt scan that passed the header checks: Pillow raises many kinds
             self.counter.fall_back(UNDECODABLE)
             return torch.full((3, 8, 8), _GREY, dtype=torch.uint8)
-
-    def _shrink(self, image: torch.Tensor) -> torch.Tensor:
-        """The longer side at most ``max_side`` (nvJPEG decodes at full size): antialiased bilinear, rounded."""
-        h, w = image.shape[1:]
-        if max(h, w) <= self.max_side:
-            return image
-        scale = self.max_side / max(h, w)
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        out = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)
-        return out[0].round_().clamp_(0, 255).to(torch.uint8)

@@ -23,8 +23,8 @@ from PIL import Image
 
 from openslip.data.augment.batched import BatchedSLIPAugment
 from openslip.data.augment.params import CLIP_VIEW, LOCAL, SIMCLR_VIEW, AugmentConfig
-from openslip.data.augment.views import SLIPTransform, to_rgb_uint8
-from openslip.data.batch_decode import BatchDecoder, shrink_pil
+from openslip.data.augment.views import SLIPTransform
+from openslip.data.batch_decode import BatchDecoder, shrink
 from openslip.data.formats.decode import EncodedJpeg
 from openslip.data.loader import TrainLoader, build_train_loader, mix_seed
 from openslip.data.sources import open_sources
@@ -38,25 +38,12 @@ _TAG_IMAGES_AUGMENT = 12  # the unpaired images' views (data.train_images): a st
 SSL_VIEWS = ("view1", "view2", "local")  # what the self-supervised term reads, and all unpaired images give it
 
 
-class DecodeOnly:
-    """Worker transform of the device path: RGB uint8, longer side at most `max_side`, zero-padded to
-    a square so images of any shape stack into one batch; `raw_hw` keeps the true size."""
-
-    def __init__(self, max_side: int) -> None:
-        self.max_side = max_side
-
-    def __call__(self, image: Image.Image) -> dict[str, torch.Tensor]:
-        image = shrink_pil(image, self.max_side)
-        arr = torch.tensor(to_rgb_uint8(image)).permute(2, 0, 1)  # [3, h, w]; a copy (the array may be read-only)
-        out = torch.zeros(3, self.max_side, self.max_side, dtype=torch.uint8)
-        out[:, : arr.shape[1], : arr.shape[2]] = arr
-        return {"raw": out, "raw_hw": torch.tensor(arr.shape[1:])}
-
-
 class BytesOrPixels:
-    """Worker transform of data.decode=device: a JPEG's bytes as they are (1-D uint8), or the pixels [h, w, 3] of
-    an image the worker had to decode (not a JPEG, ...: counted), the longer side at most `max_side`. Collation
-    packs them into one buffer (`batch_decode.pack`)."""
+    """Worker transform of ``data.augment=device``: a JPEG's bytes as they are (1-D uint8; data.decode=device), or
+    the pixels [3, h, w] of an image the worker decoded (every image with data.decode=cpu; with data.decode=device
+    one that is not a JPEG, ...: counted), the longer side at most `max_side`. Collation packs a batch's samples
+    into one buffer (`batch_decode.pack`): no padding to a common size and no layout change in the workers, whose
+    CPU goes to the decode alone."""
 
     def __init__(self, max_side: int) -> None:
         self.max_side = max_side
@@ -64,7 +51,8 @@ class BytesOrPixels:
     def __call__(self, image: Image.Image | EncodedJpeg) -> dict[str, np.ndarray]:
         if isinstance(image, EncodedJpeg):
             return {"image_data": np.frombuffer(image.data, dtype=np.uint8)}
-        return {"image_data": to_rgb_uint8(shrink_pil(image, self.max_side))}
+        # [3, h, w] as the views' resize leaves it (channels first), so the worker copies it once, into the batch
+        return {"image_data": shrink(image, self.max_side).contiguous().numpy()}
 
 
 @dataclass
@@ -73,7 +61,7 @@ class TrainData:
     device_augment: BatchedSLIPAugment | None  # None: the views come ready from the workers
     seed: int
     dtype: torch.dtype = torch.float32  # of the views handed to the model (float64 for train.precision=fp64)
-    decoder: BatchDecoder | None = None  # data.decode=device: decodes the batch's JPEG bytes on the device
+    decoder: BatchDecoder | None = None  # data.augment=device: the packed images on the device (JPEGs decoded there)
     # data.train_images: unpaired images whose SSL views follow each batch's (their own loader, read by this one)
     images: TrainData | None = None
     tag: int = _TAG_DEVICE_AUGMENT  # the stream of the device augmentation's draws
@@ -145,10 +133,6 @@ class TrainData:
             items = self.decoder.copy(batch["image_data"], batch["image_index"])
             clock.lap("copy")
             images = self.decoder.decode(items)
-        elif self.device_augment is not None:
-            raw = batch["raw"].to(device, non_blocking=True)
-            clock.lap("copy")
-            images = [raw[i, :, :h, :w] for i, (h, w) in enumerate(batch["raw_hw"].tolist())]
         else:
             clock.lap("copy")
         if self.device_augment is not None:
@@ -206,10 +190,7 @@ def build_train_data(
         if per_rank * world_size != batch_size:
             raise ConfigError(f"{what}={batch_size} is not divisible by the {world_size} processes")
         device_path = cfg.data.augment == "device"
-        if cfg.data.decode == "device":
-            transform: Any = BytesOrPixels(max_side)
-        else:
-            transform = DecodeOnly(max_side) if device_path else SLIPTransform(config=augment, views=views)
+        transform = BytesOrPixels(max_side) if device_path else SLIPTransform(config=augment, views=views)
         loader = build_train_loader(
             source,
             transform,
@@ -230,8 +211,8 @@ def build_train_data(
         )
         batched = BatchedSLIPAugment(config=augment, views=views) if device_path else None
         decoder = None
-        if cfg.data.decode == "device":
-            decoder = BatchDecoder(device, max_side, decode.draft_size, loader.skips)
+        if device_path:  # the packed images to the device; with data.decode=device their JPEGs decoded there
+            decoder = BatchDecoder(device, max_side, decode.draft_size, loader.skips, jpegs=cfg.data.decode == "device")
         return TrainData(loader=loader, device_augment=batched, seed=cfg.seed, dtype=dtype, decoder=decoder)
 
     paired = data(

@@ -240,7 +240,10 @@ def _pad_batch(images: Tensor | Sequence[Tensor]) -> tuple[Tensor, Tensor, Tenso
             raise ValueError(f"empty image of shape {tuple(im.shape)}")
     heights = torch.tensor([im.shape[1] for im in images])
     widths = torch.tensor([im.shape[2] for im in images])
-    out = images[0].new_zeros(len(images), 3, int(heights.max()), int(widths.max()))
+    shape = (len(images), 3, int(heights.max()), int(widths.max()))
+    # channels-last on a CPU: the layout of torch's uint8 resize, so the views' `contiguous` copies nothing
+    layout = torch.channels_last if images[0].device.type == "cpu" else torch.contiguous_format
+    out = torch.empty(shape, dtype=torch.uint8, device=images[0].device, memory_format=layout).zero_()
     for i, im in enumerate(images):
         out[i, :, : im.shape[1], : im.shape[2]] = im
     return out, heights, widths

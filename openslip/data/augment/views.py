@@ -85,7 +85,7 @@ def to_rgb_uint8(image: Image.Image | np.ndarray | Tensor) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
-def _source_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
+def source_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
     """[1, 3, H, W] uint8 view (channels-last strides) of the image's RGB array, without a further copy."""
     arr = to_rgb_uint8(image)
     with warnings.catch_warnings():  # PIL arrays are read-only; we never write to them
@@ -140,7 +140,7 @@ def apply_view(
     std: Sequence[float] = IMAGENET_STD,
 ) -> Tensor:
     """Render one view [3, S, S] float32 of a decoded image with given parameters (the CPU path)."""
-    src = _source_tensor(image)
+    src = source_tensor(image)
     return render_view(src, params, image_size, torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1))
 
 
@@ -173,14 +173,14 @@ class SLIPTransform:
 
     def apply(self, image: Image.Image | np.ndarray | Tensor, params: dict[str, ViewParams]) -> dict[str, Tensor]:
         """Render the views named in ``params`` with the given parameters."""
-        src = _source_tensor(image)
+        src = source_tensor(image)
         size = self.config.image_size
         return {name: render_view(src, p, size, self._mean, self._std) for name, p in params.items()}
 
     def __call__(
         self, image: Image.Image | np.ndarray | Tensor, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
-        src = _source_tensor(image)
+        src = source_tensor(image)
         params = self.sample_params(src.shape[2], src.shape[3], generator)
         size = self.config.image_size
         out = {
@@ -243,7 +243,7 @@ class EvalTransform:
         return f"resize-crop:{self.config.image_size}:{self.config.eval_crop_fraction}:{self.interpolation}"
 
     def __call__(self, image: Image.Image | np.ndarray | Tensor) -> Tensor:
-        src = _source_tensor(image)
+        src = source_tensor(image)
         size = self.config.image_size
         rh, rw = eval_resize_size(src.shape[2], src.shape[3], size, self.config.eval_crop_fraction)
         resized = resize_crop_uint8(src, (0, 0, src.shape[2], src.shape[3]), (rh, rw), self.interpolation)
