@@ -77,9 +77,10 @@ def shrink(image: Image.Image | np.ndarray | torch.Tensor, max_side: int) -> tor
     Takes a PIL image or [h, w, 3] array (to RGB as ``to_rgb_uint8``), or a [3, h, w] uint8 tensor on any device.
     On the CPU it is torch's uint8 antialiased kernel on channels-last pixels (PIL's bilinear filter, within a grey
     level or two), 3x faster than PIL's own resize: 0.53 against 1.6 ms for a 500 x 375 photo at 448, which with
-    PIL's copy was half a worker's time per sample with the views on the device (docs/PERFORMANCE.md, 'Decoding on
-    the device'). Elsewhere (nvJPEG's full-size decodes on CUDA) the same filter in float, rounded. A shrunk
-    result is channels-first and contiguous; an image left as it was may keep its array's [h, w, 3] strides."""
+    PIL's copy was half a worker's time per sample with the views on the device
+    (docs/PERFORMANCE.md, 'Decoding on the device'). Elsewhere (nvJPEG's full-size decodes on CUDA) the same
+    filter in float, rounded. A shrunk result is channels-first and contiguous; an image left as it was may keep
+    its array's [h, w, 3] strides."""
     if not isinstance(image, torch.Tensor):
         image = source_tensor(image)[0]  # [3, h, w], channels-last strides, no copy of PIL's array
     h, w = image.shape[1:]
