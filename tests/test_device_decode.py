@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -40,14 +41,15 @@ def _photo(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 captioned images (80 x 60, larger than the micro model's 2 x 32 px, so the shrink runs), one of them a PNG,
-    written as 3 shards by `openslip data make-shards` (clean JPEG / PNG files are stored byte for byte)."""
+    """12 captioned images, one of them a PNG, written as 3 shards by `openslip data make-shards` (clean JPEG / PNG
+    files are stored byte for byte). Half are 100 x 75, so the shrink to the micro model's 2 x 32 px runs, half
+    72 x 54, within SHRINK_SLACK of it, so they travel whole (in the decoder's [h, w, 3] memory)."""
     root = tmp_path_factory.mktemp("decode")
     folder = root / "images"
     folder.mkdir()
     rng = np.random.default_rng(0)
     for i in range(N_IMAGES):
-        pixels = Image.fromarray(_photo(rng, (80, 60)))
+        pixels = Image.fromarray(_photo(rng, (100, 75) if i % 2 else (72, 54)))
         if i == 5:
             pixels.save(folder / f"{i:02d}.png")
         else:
@@ -76,7 +78,7 @@ def test_device_decode_views_equal_the_cpu_decode_views(shards: Path) -> None:
     batches = N_IMAGES // BATCH
     for step, (a, b) in enumerate(zip(cpu.loader, device.loader, strict=True)):
         assert torch.equal(a["id"], b["id"]) and torch.equal(a["text"], b["text"])
-        assert b["image_data"].dtype == torch.uint8 and b["image_index"].shape == (BATCH, 4)
+        assert b["image_data"].dtype == torch.uint8 and b["image_index"].shape == (BATCH, 5)
         va, vb = cpu.views(a, step, torch.device("cpu")), device.views(b, step, torch.device("cpu"))
         assert va.keys() == vb.keys() == {"image", "view1", "view2", "text"}
         for key in ("image", "view1", "view2"):
@@ -156,16 +158,20 @@ def test_batch_decoder_shrinks_and_stands_in_for_an_unreadable_jpeg() -> None:
     good = _encoded(Image.fromarray(_photo(rng, (100, 50))), format="JPEG", quality=90)
     broken = good[:200] + bytes(len(good) - 202) + b"\xff\xd9"
     pixels = _photo(rng, (20, 10))
-    chw = np.ascontiguousarray(pixels.transpose(2, 0, 1))  # the pixels' packed layout: [3, h, w]
-    buffer, index = pack([np.frombuffer(good, np.uint8), chw, np.frombuffer(broken, np.uint8)])
-    assert index.tolist()[1] == [len(good), len(good) + pixels.size, 10, 20]
+    chw = np.ascontiguousarray(pixels.transpose(2, 0, 1))  # a shrink's result: [3, h, w] in memory
+    hwc = pixels.transpose(2, 0, 1)  # an unshrunk decode: [3, h, w] with the decoder's [h, w, 3] memory
+    items = [np.frombuffer(good, np.uint8), chw, hwc, np.frombuffer(broken, np.uint8)]
+    buffer, index = pack(items)
+    end = len(good) + pixels.size
+    assert index.tolist()[1:3] == [[len(good), end, 10, 20, 0], [end, end + pixels.size, 10, 20, 1]]
+    assert bytes(buffer[end:].numpy()[: pixels.size]) == pixels.tobytes()  # stored as they were: no transpose
     counter = SkipCounter()
     images = BatchDecoder(torch.device("cpu"), 64, None, counter)(buffer, index)
-    assert [tuple(im.shape) for im in images[:2]] == [(3, 32, 64), (3, 10, 20)]
-    assert torch.equal(images[1], torch.from_numpy(pixels).permute(2, 0, 1))
+    assert [tuple(im.shape) for im in images[:3]] == [(3, 32, 64), (3, 10, 20), (3, 10, 20)]
+    assert torch.equal(images[1], torch.from_numpy(pixels).permute(2, 0, 1)) and torch.equal(images[2], images[1])
     assert all(im.dtype == torch.uint8 for im in images)
     assert counter.fallback == {UNDECODABLE: 1} and torch.equal(
-        images[2], torch.full((3, 8, 8), 128, dtype=torch.uint8)
+        images[3], torch.full((3, 8, 8), 128, dtype=torch.uint8)
     )
 
 
@@ -175,7 +181,7 @@ def test_every_shrink_is_pils_bilinear_filter(size: tuple[int, int]) -> None:
     uint8 antialiased kernel, off it (CUDA) the same filter in float. Both are PIL's bilinear resize to within one
     grey level (the uint8 kernel's fixed point and float rounding: max difference 1 on these and 1000 x 999 images,
     on AVX2 and AVX-512 alike, as the kernel is integer arithmetic)."""
-    from openslip.data.batch_decode import shrink, shrink_float, shrunk_size
+    from openslip.data.batch_decode import SHRINK_SLACK, shrink, shrink_float, shrunk_size
 
     pixels = _photo(np.random.default_rng(3), size)
     ours = shrink(Image.fromarray(pixels), 64)
@@ -188,8 +194,12 @@ def test_every_shrink_is_pils_bilinear_filter(size: tuple[int, int]) -> None:
     assert torch.equal(shrink(pixels, 64), ours) and torch.equal(
         shrink(torch.from_numpy(pixels).permute(2, 0, 1), 64), ours
     )
-    small = shrink(pixels, max(size))  # nothing to shrink: the pixels as they are
-    assert torch.equal(small, torch.from_numpy(pixels).permute(2, 0, 1))
+    # within SHRINK_SLACK of the bound: the pixels as they are, in their own memory (no copy)
+    whole = torch.from_numpy(pixels).permute(2, 0, 1)
+    bound = math.ceil(max(size) / SHRINK_SLACK)
+    assert shrunk_size(size[1], size[0], bound) == size[::-1] and torch.equal(shrink(whole, bound), whole)
+    assert shrunk_size(size[1], size[0], bound - 1) != size[::-1]
+    assert shrink(pixels, bound).data_ptr() == pixels.ctypes.data
 
 
 def test_device_decode_is_recorded_and_may_change_on_resume(shards: Path, tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ with the views on the device), and a node has no more cores per GPU than one GPU
 
 The hand-off: each worker sample is a 1-D uint8 array (the JPEG file's bytes) or, for an image decoded in the
 worker (a PNG, a CMYK JPEG...; counted in ``SkipCounter.fallback``), its pixels ``[3, h, w]``. ``pack`` puts a
-batch's samples into one uint8 buffer with an index ``[B, 4]`` (start, end, height, width; height 0 marks JPEG
-bytes): one shared-memory segment and one pinned copy per batch instead of B. ``BatchDecoder`` splits the buffer
+batch's samples into one uint8 buffer with an index ``[B, 5]`` (start, end, height, width, layout; height 0 marks
+JPEG bytes, layout 1 pixels stored [h, w, 3] as the decoder left them): one shared-memory segment and one pinned
+copy per batch instead of B. ``BatchDecoder`` splits the buffer
 back into the list of per-image uint8 tensors (views, no copy) and returns the images ``[3, h, w]`` uint8 on the
 device, the longer side at most ``max_side``. With data.decode=cpu the workers send only pixels, packed the same way.
 
@@ -39,19 +40,24 @@ _GREY = 128
 
 
 def pack(items: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(buffer uint8 [sum of sizes], index long [B, 4]: start, end, height, width) of the samples' arrays: 1-D
-    JPEG bytes (height = width = 0) or pixels [3, h, w]. In a loader worker the buffer is allocated in shared
-    memory, as torch's own collation does: sending it to the training process then copies nothing."""
-    index = torch.zeros(len(items), 4, dtype=torch.long)
-    buffer = _new_buffer(sum(item.size for item in items))
-    out = buffer.numpy()
+    """(buffer uint8 [sum of sizes], index long [B, 5]: start, end, height, width, layout) of the samples' arrays:
+    1-D JPEG bytes (height = width = 0) or pixels [3, h, w]. Pixels whose memory is [h, w, 3] (a decoder's array left
+    unshrunk) are stored so (layout 1), the others [3, h, w] (layout 0): one plain copy each, no transpose. In a
+    loader worker the buffer is allocated in shared memory, as torch's own collation does: sending it to the
+    training process then copies nothing."""
+    rows = []
     start = 0
-    for i, item in enumerate(items):
-        h, w = (item.shape[1], item.shape[2]) if item.ndim == 3 else (0, 0)
-        index[i] = torch.tensor([start, start + item.size, h, w])
-        out[start : start + item.size] = item.reshape(-1)
+    for item in items:
+        h, w, hwc = 0, 0, 0
+        if item.ndim == 3:
+            h, w, hwc = item.shape[1], item.shape[2], int(item.transpose(1, 2, 0).flags.c_contiguous)
+        rows.append((start, start + item.size, h, w, hwc))
         start += item.size
-    return buffer, index
+    buffer = _new_buffer(start)
+    out = buffer.numpy()
+    for item, (begin, end, _, _, hwc) in zip(items, rows, strict=True):
+        out[begin:end] = (item.transpose(1, 2, 0) if hwc else item).reshape(-1)
+    return buffer, torch.tensor(rows, dtype=torch.long).reshape(len(items), 5)
 
 
 def _new_buffer(size: int) -> torch.Tensor:
@@ -62,25 +68,33 @@ def _new_buffer(size: int) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size))
 
 
+# An image at most this much longer than ``max_side`` is handed over whole: the shrink would cost a worker more CPU
+# (0.5 ms for a 500 x 375 photo in a 224 px run, a third of its time) than its smaller hand-off saves, and the views
+# then come from the full image, as with data.augment=cpu.
+SHRINK_SLACK = 1.25
+
+
 def shrunk_size(h: int, w: int, max_side: int) -> tuple[int, int]:
-    """(h, w) with the longer side at most ``max_side``, the aspect kept (rounded, at least one pixel)."""
-    if max(h, w) <= max_side:
+    """(h, w) with the longer side at most ``max_side``, the aspect kept (rounded, at least one pixel); unchanged
+    when the longer side is at most ``SHRINK_SLACK`` x ``max_side``."""
+    if max(h, w) <= SHRINK_SLACK * max_side:
         return h, w
     scale = max_side / max(h, w)
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def shrink(image: Image.Image | np.ndarray | torch.Tensor, max_side: int) -> torch.Tensor:
-    """The image as [3, h, w] uint8, its longer side at most ``max_side`` (antialiased bilinear; unchanged when
-    smaller). Every path shrinks with this: the workers' ``BytesOrPixels`` and the batch decoder.
+    """The image as [3, h, w] uint8, its longer side at most ``max_side`` (antialiased bilinear; unchanged up to
+    ``SHRINK_SLACK`` x ``max_side``). Every path shrinks with this: the workers' ``BytesOrPixels``, the batch
+    decoder.
 
     Takes a PIL image or [h, w, 3] array (to RGB as ``to_rgb_uint8``), or a [3, h, w] uint8 tensor on any device.
     On the CPU it is torch's uint8 antialiased kernel on channels-last pixels (PIL's bilinear filter, within a grey
     level or two), 3x faster than PIL's own resize: 0.53 against 1.6 ms for a 500 x 375 photo at 448, which with
     PIL's copy was half a worker's time per sample with the views on the device
     (docs/PERFORMANCE.md, 'Decoding on the device'). Elsewhere (nvJPEG's full-size decodes on CUDA) the same
-    filter in float, rounded. A shrunk result is channels-first and contiguous; an image left as it was may keep
-    its array's [h, w, 3] strides."""
+    filter in float, rounded. A shrunk result is channels-first and contiguous; an image left as it was keeps its
+    array's [h, w, 3] strides (``pack`` stores it so)."""
     if not isinstance(image, torch.Tensor):
         image = source_tensor(image)[0]  # [3, h, w], channels-last strides, no copy of PIL's array
     h, w = image.shape[1:]
@@ -138,12 +152,13 @@ class BatchDecoder:
         device, False). The pixels of the worker-decoded images travel in one copy of the buffer."""
         rows = index.tolist()
         on_device = buffer
-        if any(h for _, _, h, _ in rows):
+        if any(row[2] for row in rows):
             on_device = buffer.to(self.device, non_blocking=True)
         out = []
-        for start, end, h, w in rows:
-            if h:
-                out.append((on_device[start:end].view(3, h, w), False))
+        for start, end, h, w, hwc in rows:
+            if h:  # pixels [3, h, w], with [h, w, 3] strides if stored so (layout 1)
+                pixels = on_device[start:end]
+                out.append((pixels.view(h, w, 3).permute(2, 0, 1) if hwc else pixels.view(3, h, w), False))
             else:
                 out.append((buffer[start:end], True))
         return out
@@ -183,7 +198,8 @@ class BatchDecoder:
             image = Image.open(io.BytesIO(data.numpy().tobytes()))
             if self.draft_size is not None:
                 image.draft("RGB", (self.draft_size, self.draft_size))
-            return shrink(image.convert("RGB"), self.max_side).clone()  # [3, h, w]; clone: writable, own memory
+            pixels = shrink(image.convert("RGB"), self.max_side)  # [3, h, w]
+            return pixels if pixels.is_contiguous() else pixels.clone()  # unshrunk: PIL's read-only array, copied
         except Exception:  # noqa: BLE001 -- a corrupt scan that passed the header checks: Pillow raises many kinds
             self.counter.fall_back(UNDECODABLE)
             return torch.full((3, 8, 8), _GREY, dtype=torch.uint8)

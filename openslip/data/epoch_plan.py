@@ -136,7 +136,7 @@ def finish_batch(
 ) -> dict[str, Any]:
     """Stack the transformed samples, tokenize the captions, attach ids and this batch's skip counts. A transform's
     ``image_data`` (data.decode=device: JPEG bytes or pixels of any size) is packed, not stacked
-    (``batch_decode.pack``: ``image_data`` uint8 [N] and ``image_index`` long [B, 4]). Its CPU time goes in the
+    (``batch_decode.pack``: ``image_data`` uint8 [N] and ``image_index`` long [B, 5]). Its CPU time goes in the
     batch's ``_meta`` as ``collate_s`` (``openslip bench train`` reports it)."""
     start = time.thread_time()
     if isinstance(views[0], dict):

@@ -51,8 +51,8 @@ class BytesOrPixels:
     def __call__(self, image: Image.Image | EncodedJpeg) -> dict[str, np.ndarray]:
         if isinstance(image, EncodedJpeg):
             return {"image_data": np.frombuffer(image.data, dtype=np.uint8)}
-        # [3, h, w] as the views' resize leaves it (channels first), so the worker copies it once, into the batch
-        return {"image_data": shrink(image, self.max_side).contiguous().numpy()}
+        # [3, h, w] in the memory the shrink leaves it (or the decoder, when unshrunk): copied once, into the batch
+        return {"image_data": shrink(image, self.max_side).numpy()}
 
 
 @dataclass
