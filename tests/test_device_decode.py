@@ -256,3 +256,67 @@ def test_a_jpeg_the_batch_decoder_refuses_is_decoded_by_pil_and_counted() -> Non
     images = decoder(*pack([np.frombuffer(f, np.uint8) for f in files]))
     assert [tuple(im.shape) for im in images] == [(3, 48, 64)] * 3
     assert counter.fallback == {REFUSED: 1}
+
+
+def test_workers_reuse_their_batch_memory_and_no_batch_is_overwritten(shards: Path, monkeypatch) -> None:
+    """Loader workers build the packed images in a ring of shared-memory segments (openslip.data.buffer_ring) that
+    `TrainData.views` hands back once read: over 4 epochs with 2 workers of 4 segments each, segments come back to
+    the same worker slot, still mapped at the same address in this process, and every view equals that of a
+    consumer that never hands anything back (so every batch has memory of its own)."""
+    steps = 4 * N_IMAGES // BATCH
+
+    def run(give_back: bool) -> tuple[list[dict[str, torch.Tensor]], int]:
+        cfg = make_config(
+            {
+                "model": "slip_vit_micro",
+                "data": {"train": str(shards), "augment": "device", "num_workers": 2},
+                "train": {"batch_size": BATCH},
+            }
+        )
+        data = build_train_data(cfg, 32, ("image", "view1", "view2"), True, 0, 1, torch.device("cpu"))
+        if not give_back:
+            monkeypatch.setattr(data.loader, "release", lambda batch: None)
+        mapped: dict[tuple, int] = {}
+        reused = 0
+        out = []
+        batches = data.loader.forever()
+        try:
+            for step in range(steps):
+                batch = next(batches)
+                lease = batch.get("_lease")  # none once every segment of the worker is lent (never given back)
+                assert lease is not None or not give_back
+                if lease is not None:
+                    key, address = (lease.ring, lease.slot), lease.segment.data_ptr()
+                    if key in mapped and give_back:  # the segment the loader kept mapped: not mapped anew
+                        assert address == mapped[key]
+                        reused += 1
+                    mapped[key] = address
+                out.append(data.views(batch, step, torch.device("cpu")))
+                assert "_lease" not in batch or not give_back
+        finally:
+            batches.close()
+        return out, reused
+
+    reusing, reused = run(give_back=True)
+    fresh, _ = run(give_back=False)
+    assert reused >= steps - 2 * 4  # all but each slot's first batch
+    for a, b in zip(reusing, fresh, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_ring_lends_each_segment_to_one_batch_at_a_time() -> None:
+    from openslip.data.buffer_ring import BufferRing, batch_buffers
+
+    ring = BufferRing(2)
+    (a, b), lease_a = batch_buffers([100, 30], ring)
+    assert a.numel() == 100 and b.numel() == 30 and b.data_ptr() - a.data_ptr() == 128  # parts 64-byte aligned
+    _, lease_b = batch_buffers([100], ring)
+    (c,), none = batch_buffers([100], ring)  # both lent: a buffer of its own, no lease
+    assert none is None and lease_b.slot != lease_a.slot
+    assert c.data_ptr() not in (lease_a.segment.data_ptr(), lease_b.segment.data_ptr())
+    lease_a.give_back()
+    (d,), lease_d = batch_buffers([50], ring)  # the segment given back, written again
+    assert lease_d.slot == lease_a.slot and d.data_ptr() == a.data_ptr()
+    lease_d.give_back()
+    (e,), lease_e = batch_buffers([1000], ring)  # too small for this batch: that slot gets a larger segment
+    assert lease_e.slot == lease_a.slot and e.numel() == 1000 and lease_e.segment.numel() >= 1000

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import get_worker_info
 
 from openslip.data.augment.views import source_tensor
+from openslip.data.buffer_ring import new_buffer
 from openslip.data.skips import SkipCounter
 from openslip.errors import ConfigError
 
@@ -39,11 +39,16 @@ UNDECODABLE = "undecodable_jpeg"  # no decoder read it: a grey image of its size
 _GREY = 128
 
 
-def pack(items: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_size(items: Sequence[np.ndarray]) -> int:
+    """Bytes of ``pack``'s buffer for these samples."""
+    return sum(item.size for item in items)
+
+
+def pack(items: Sequence[np.ndarray], out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(buffer uint8 [sum of sizes], index long [B, 5]: start, end, height, width, layout) of the samples' arrays:
     1-D JPEG bytes (height = width = 0) or pixels [3, h, w]. Pixels whose memory is [h, w, 3] (a decoder's array left
-    unshrunk) are stored so (layout 1), the others [3, h, w] (layout 0): one plain copy each, no transpose. In a
-    loader worker the buffer is allocated in shared memory, as torch's own collation does: sending it to the
+    unshrunk) are stored so (layout 1), the others [3, h, w] (layout 0): one plain copy each, no transpose. The
+    buffer is ``out`` (uint8 [packed_size]) or a new one, in shared memory in a loader worker: sending it to the
     training process then copies nothing."""
     rows = []
     start = 0
@@ -53,19 +58,11 @@ def pack(items: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
             h, w, hwc = item.shape[1], item.shape[2], int(item.transpose(1, 2, 0).flags.c_contiguous)
         rows.append((start, start + item.size, h, w, hwc))
         start += item.size
-    buffer = _new_buffer(start)
-    out = buffer.numpy()
+    buffer = new_buffer(start) if out is None else out
+    target = buffer.numpy()
     for item, (begin, end, _, _, hwc) in zip(items, rows, strict=True):
-        out[begin:end] = (item.transpose(1, 2, 0) if hwc else item).reshape(-1)
+        target[begin:end] = (item.transpose(1, 2, 0) if hwc else item).reshape(-1)
     return buffer, torch.tensor(rows, dtype=torch.long).reshape(len(items), 5)
-
-
-def _new_buffer(size: int) -> torch.Tensor:
-    """An uninitialised uint8 [size]: in shared memory in a DataLoader worker (a tensor outside it would be copied
-    into a new shared segment when the batch is sent), in ordinary memory elsewhere."""
-    if get_worker_info() is None:
-        return torch.empty(size, dtype=torch.uint8)
-    return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size))
 
 
 # An image at most this much longer than ``max_side`` is handed over whole: the shrink would cost a worker more CPU

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from openslip.data.batch_decode import pack
+from openslip.data.batch_decode import pack, packed_size
+from openslip.data.buffer_ring import batch_buffers, worker_ring
 from openslip.data.formats.decode import DEFAULT_DECODE, DecodeOptions
 from openslip.data.formats.shards import ShardSource
 from openslip.data.skips import BadSample, SkipCounter
@@ -118,6 +119,8 @@ class BatchSettings:
     """False: captions are never read (a SimCLR-only run): a sample needs none and batches carry none."""
     resampled: bool = False
     """Samples (map-style) or shards drawn with replacement; epochs become nominal (``epoch_order``, ``ShardDraws``)."""
+    ring_slots: int = 0
+    """Shared-memory segments each worker reuses for its batches' images (``buffer_ring``); 0: a new one per batch."""
 
 
 def render_views(transform: Transform, image: Any) -> Any:
@@ -135,26 +138,39 @@ def finish_batch(
     common: BatchSettings, views: list[Any], texts: list[str], ids: list[int], counter: SkipCounter
 ) -> dict[str, Any]:
     """Stack the transformed samples, tokenize the captions, attach ids and this batch's skip counts. A transform's
-    ``image_data`` (data.decode=device: JPEG bytes or pixels of any size) is packed, not stacked
-    (``batch_decode.pack``: ``image_data`` uint8 [N] and ``image_index`` long [B, 5]). Its CPU time goes in the
-    batch's ``_meta`` as ``collate_s`` (``openslip bench train`` reports it)."""
+    ``image_data`` (data.augment=device: JPEG bytes or pixels of any size) is packed, not stacked
+    (``batch_decode.pack``: ``image_data`` uint8 [N] and ``image_index`` long [B, 5]). The images' tensors are
+    built in shared memory in a worker, in a segment of its ring when the loader reuses buffers
+    (``buffer_ring``; the batch's ``_meta`` then carries the ``lease``). Its CPU time goes in the batch's ``_meta``
+    as ``collate_s`` (``openslip bench train`` reports it)."""
     start = time.thread_time()
-    if isinstance(views[0], dict):
-        batch: dict[str, Any] = {}
-        for k in views[0]:
-            if k == PACKED_KEY:
-                batch[PACKED_KEY], batch[PACKED_KEY.replace("data", "index")] = pack([v[k] for v in views])
-            else:
-                batch[k] = torch.stack([torch.as_tensor(v[k]) for v in views])
-    else:
-        batch = {"image": torch.stack([torch.as_tensor(v) for v in views])}
+    samples = views if isinstance(views[0], dict) else [{"image": v} for v in views]
+    keys = list(samples[0])
+    columns = {k: [s[k] for s in samples] for k in keys}
+    sizes = [packed_size(c) if k == PACKED_KEY else _stacked_bytes(c) for k, c in columns.items()]
+    buffers, lease = batch_buffers(sizes, worker_ring(common.ring_slots))
+    batch: dict[str, Any] = {}
+    for k, buffer in zip(keys, buffers, strict=True):
+        if k == PACKED_KEY:
+            batch[PACKED_KEY], batch[PACKED_KEY.replace("data", "index")] = pack(columns[k], out=buffer)
+        else:
+            tensors = [torch.as_tensor(v) for v in columns[k]]
+            out = buffer.view(tensors[0].dtype).view(len(tensors), *tensors[0].shape)
+            batch[k] = torch.stack(tensors, out=out)
     if common.captions and common.tokenize is not None:
         batch["text"] = common.tokenize(texts)
     elif common.captions:
         batch["caption"] = texts
     batch["id"] = torch.tensor(ids, dtype=torch.long)
     batch["_meta"] = {"skips": counter.state_dict(), "collate_s": time.thread_time() - start}
+    if lease is not None:
+        batch["_meta"]["lease"] = lease
     return batch
+
+
+def _stacked_bytes(values: list[Any]) -> int:
+    first = torch.as_tensor(values[0])
+    return len(values) * first.numel() * first.element_size()
 
 
 def epoch_order(source: Any, seed: int, epoch: int, resampled: bool = False) -> np.ndarray:

@@ -4,7 +4,9 @@
 batches ``{**transform outputs (e.g. image, view1, view2): float [B, ...], "text": long [B, 77],
 "id": long [B]}``; ``forever()`` runs epoch after epoch. ``state_dict()`` (epoch, batches consumed in
 the epoch, seed, stream positions, skip counts) goes into checkpoints; a new loader given
-``load_state_dict(state)`` yields exactly the batches the uninterrupted one would have yielded.
+``load_state_dict(state)`` yields exactly the batches the uninterrupted one would have yielded. A loader built
+with ``reuse_buffers`` adds a ``_lease`` to each batch a worker built in its ring of shared-memory segments: the
+consumer hands it back with ``release(batch)`` once it has read the batch's images (``openslip.data.buffer_ring``).
 
 Batches are built whole inside the workers (the dataset is an ``IterableDataset`` of batches and the
 ``DataLoader`` runs with ``batch_size=None``), which keeps the batch size constant while bad samples are
@@ -50,6 +52,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from openslip.data.buffer_ring import Lease
 from openslip.data.epoch_plan import (
     BatchSettings,
     MapPlan,
@@ -64,6 +67,8 @@ from openslip.data.formats.shards import ShardSource
 from openslip.data.skips import SkipCounter
 from openslip.data.workers import named_deaths, start_worker, stop_signals_held, stop_workers
 from openslip.errors import DataError
+
+LEASE_KEY = "_lease"  # a batch's hold on its worker's segment (reuse_buffers)
 
 
 class _BatchStream(IterableDataset):
@@ -169,6 +174,7 @@ class TrainLoader:
         idle_workers: bool = False,
         captions: bool = True,
         resampled: bool = False,
+        reuse_buffers: bool = False,
     ) -> None:
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
@@ -200,7 +206,11 @@ class TrainLoader:
             decode=decode,
             captions=captions,
             resampled=resampled,
+            # a batch is built while prefetch_factor others wait and one is consumed; one more is slack
+            ring_slots=(prefetch_factor or 2) + 2 if reuse_buffers and num_workers > 0 else 0,
         )
+        # the segments of the workers' rings given back, held so this process keeps them mapped (buffer_ring)
+        self._kept: dict[tuple[tuple[int, int], int], Lease] = {}
         if isinstance(source, ShardSource):
             self.kind = "shards"
             self._plan: Any = ShardPlan(source, self._common, self._num_streams)
@@ -308,6 +318,7 @@ class TrainLoader:
             yield from self._consume(batches, epoch)
         finally:  # the epoch ended, or the consumer stopped early (a signal, an error): the workers end now
             stop_workers(batches)
+            self._kept.clear()
 
     def _stream(self) -> tuple[_BatchStream, int]:
         """What the workers iterate from where the loader stands (the next epoch when this one is used up)."""
@@ -332,6 +343,8 @@ class TrainLoader:
                 self._streams[logical] = tuple(int(p) for p in pos)
             elif meta.get("batch") != self._position:
                 raise RuntimeError(f"batch {meta.get('batch')} arrived at position {self._position}")
+            if "lease" in meta:
+                batch[LEASE_KEY] = meta["lease"]
             self.skips.update(meta["skips"])
             self.cpu_s += meta.get("cpu_s", 0.0)
             self.collate_s += meta.get("collate_s", 0.0)
@@ -343,6 +356,14 @@ class TrainLoader:
             yield batch
         if self._epoch == epoch and self._position >= self._plan.batches_per_epoch(epoch):
             self.set_epoch(epoch + 1)
+
+    def release(self, batch: dict[str, Any]) -> None:
+        """Hand back the segment of a batch that a worker built in its ring (``reuse_buffers``): the worker may write
+        its next batch there, so the batch's images must not be read again. Nothing for other batches."""
+        lease = batch.pop(LEASE_KEY, None)
+        if lease is not None:
+            lease.give_back()
+            self._kept[(lease.ring, lease.slot)] = lease  # its segment stays mapped for the batch it comes back with
 
     def forever(self) -> Iterator[dict[str, Any]]:
         """Batches across epochs without end (the training loop stops by step count).
@@ -368,9 +389,11 @@ class TrainLoader:
                     epoch = self._epoch  # _consume ended the epoch and moved the loader to the next
                     batches = iter(loader)  # the same workers, each now at the stream's next epoch
                 stop_workers(batches)
+                self._kept.clear()
         finally:  # the consumer stopped (the run's end, a signal, an error): the workers end now
             if batches is not None:
                 stop_workers(batches)
+            self._kept.clear()
 
     def _dataloader(self, stream: _BatchStream, epoch: int, persistent: bool = False) -> DataLoader:
         kwargs: dict[str, Any] = {}
@@ -446,7 +469,9 @@ def build_train_loader(
             ``prefetch_factor``, ``multiprocessing_context``, ``idle_workers`` (run the workers at idle CPU
             priority; for CPU training, where they share the cores with the model),
             ``captions`` (False: never read captions, for SimCLR-only training; batches have no text),
-            ``resampled`` (draw samples, or shards, with replacement: ``epoch_plan.epoch_order``, ``ShardDraws``).
+            ``resampled`` (draw samples, or shards, with replacement: ``epoch_plan.epoch_order``, ``ShardDraws``),
+            ``reuse_buffers`` (the workers build the batches' images in a ring of shared-memory segments they reuse:
+            the consumer must call ``release(batch)`` once it has read them; ``openslip.data.buffer_ring``).
     """
     return TrainLoader(
         source,

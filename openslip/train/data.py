@@ -26,7 +26,7 @@ from openslip.data.augment.params import CLIP_VIEW, LOCAL, SIMCLR_VIEW, AugmentC
 from openslip.data.augment.views import SLIPTransform
 from openslip.data.batch_decode import BatchDecoder, shrink
 from openslip.data.formats.decode import EncodedJpeg
-from openslip.data.loader import TrainLoader, build_train_loader, mix_seed
+from openslip.data.loader import LEASE_KEY, TrainLoader, build_train_loader, mix_seed
 from openslip.data.sources import open_sources
 from openslip.errors import ConfigError, DataError
 from openslip.step import NO_CLOCK
@@ -143,7 +143,19 @@ class TrainData:
             inputs.update({k: torch.cat([inputs[k], v]) for k, v in extra.items() if k in SSL_VIEWS})
         out = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in inputs.items()}
         clock.lap("decode_augment")
+        self._release(batch, out)
         return out
+
+    def _release(self, batch: dict, inputs: dict[str, torch.Tensor]) -> None:
+        """Hand the batch's shared-memory segment back to its worker (``reuse_buffers``): its images were read, into
+        the device copy, the pinned copy or the views. Never while an input is still that memory (CPU views of
+        data.augment=cpu; ``build_train_data`` does not reuse buffers there): the worker then takes a new one."""
+        lease = batch.get(LEASE_KEY)
+        if lease is None:
+            return
+        segment = lease.segment.untyped_storage().data_ptr()
+        if all(v.untyped_storage().data_ptr() != segment for v in inputs.values()):
+            self.loader.release(batch)
 
 
 def open_train_source(cfg: Config, image_size: int, key: str = "train"):
@@ -208,6 +220,9 @@ def build_train_data(
             or (cfg.data.worker_priority == "auto" and device.type == "cpu"),
             captions=with_text,
             resampled=cfg.data.resampled,
+            # `views` hands each batch's images back once read: always on the device path; for the CPU views only
+            # where they are copied (pinned, then to the GPU), not read from the workers' memory by the step
+            reuse_buffers=device_path or device.type == "cuda",
         )
         batched = BatchedSLIPAugment(config=augment, views=views) if device_path else None
         decoder = None
