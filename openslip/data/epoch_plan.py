@@ -119,6 +119,8 @@ class BatchSettings:
     """False: captions are never read (a SimCLR-only run): a sample needs none and batches carry none."""
     resampled: bool = False
     """Samples (map-style) or shards drawn with replacement; epochs become nominal (``epoch_order``, ``ShardDraws``)."""
+    view_dtype: torch.dtype = torch.float32
+    """The dtype floating-point transform outputs (the CPU views) are stacked in (``TrainLoader(view_dtype=...)``)."""
     ring_slots: int = 0
     """Shared-memory segments each worker reuses for its batches' images (``buffer_ring``); 0: a new one per batch."""
 
@@ -147,16 +149,20 @@ def finish_batch(
     samples = views if isinstance(views[0], dict) else [{"image": v} for v in views]
     keys = list(samples[0])
     columns = {k: [s[k] for s in samples] for k in keys}
-    sizes = [packed_size(c) if k == PACKED_KEY else _stacked_bytes(c) for k, c in columns.items()]
+    stacked = {k: [torch.as_tensor(v) for v in c] for k, c in columns.items() if k != PACKED_KEY}
+    dtypes = {k: common.view_dtype if t[0].is_floating_point() else t[0].dtype for k, t in stacked.items()}
+    sizes = [
+        packed_size(columns[k]) if k == PACKED_KEY else len(stacked[k]) * stacked[k][0].numel() * dtypes[k].itemsize
+        for k in keys
+    ]
     buffers, lease = batch_buffers(sizes, worker_ring(common.ring_slots))
     batch: dict[str, Any] = {}
     for k, buffer in zip(keys, buffers, strict=True):
         if k == PACKED_KEY:
             batch[PACKED_KEY], batch[PACKED_KEY.replace("data", "index")] = pack(columns[k], out=buffer)
         else:
-            tensors = [torch.as_tensor(v) for v in columns[k]]
-            out = buffer.view(tensors[0].dtype).view(len(tensors), *tensors[0].shape)
-            batch[k] = torch.stack(tensors, out=out)
+            out = buffer.view(dtypes[k]).view(len(stacked[k]), *stacked[k][0].shape)
+            batch[k] = torch.stack(stacked[k], out=out)  # rounded to view_dtype if that is narrower
     if common.captions and common.tokenize is not None:
         batch["text"] = common.tokenize(texts)
     elif common.captions:
@@ -166,11 +172,6 @@ def finish_batch(
     if lease is not None:
         batch["_meta"]["lease"] = lease
     return batch
-
-
-def _stacked_bytes(values: list[Any]) -> int:
-    first = torch.as_tensor(values[0])
-    return len(values) * first.numel() * first.element_size()
 
 
 def epoch_order(source: Any, seed: int, epoch: int, resampled: bool = False) -> np.ndarray:

@@ -175,6 +175,7 @@ class TrainLoader:
         captions: bool = True,
         resampled: bool = False,
         reuse_buffers: bool = False,
+        view_dtype: torch.dtype = torch.float32,
     ) -> None:
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
@@ -208,6 +209,7 @@ class TrainLoader:
             resampled=resampled,
             # a batch is built while prefetch_factor others wait and one is consumed; one more is slack
             ring_slots=(prefetch_factor or 2) + 2 if reuse_buffers and num_workers > 0 else 0,
+            view_dtype=view_dtype,
         )
         # the segments of the workers' rings given back, held so this process keeps them mapped (buffer_ring)
         self._kept: dict[tuple[tuple[int, int], int], Lease] = {}
@@ -471,7 +473,8 @@ def build_train_loader(
             ``captions`` (False: never read captions, for SimCLR-only training; batches have no text),
             ``resampled`` (draw samples, or shards, with replacement: ``epoch_plan.epoch_order``, ``ShardDraws``),
             ``reuse_buffers`` (the workers build the batches' images in a ring of shared-memory segments they reuse:
-            the consumer must call ``release(batch)`` once it has read them; ``openslip.data.buffer_ring``).
+            the consumer must call ``release(batch)`` once it has read them; ``openslip.data.buffer_ring``),
+            ``view_dtype`` (the dtype of the transform's floating-point outputs in the batch; default float32).
     """
     return TrainLoader(
         source,
