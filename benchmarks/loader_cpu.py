@@ -54,7 +54,7 @@ def measure(mode: str, shards: str, augment: str, precision: str, image_size: in
     cfg = config_from_dict(parse_overrides(settings))
     data = train_data.build_train_data(cfg, image_size, ("image", "view1", "view2"), True, 0, 1, torch.device("cpu"))
     loader = data.loader
-    batches = loader.forever() if workers else iter(_epochs(loader))
+    batches = loader.forever()
     warmup, samples, faults = 2, 0, 0
     try:
         for step in range(warmup + steps):
@@ -72,14 +72,8 @@ def measure(mode: str, shards: str, augment: str, precision: str, image_size: in
                 samples += len(b["id"])
         cpu = loader.cpu_s - cpu0 if workers else time.thread_time() - thread0
     finally:
-        if workers:
-            batches.close()  # the worker ends now (a live one would hold the interpreter's exit)
+        batches.close()  # the worker ends now (a live one would hold the interpreter's exit)
     return {"cpu_ms_per_sample": 1000 * cpu / samples, "faults_per_batch": faults / steps}
-
-
-def _epochs(loader):
-    while True:
-        yield from loader
 
 
 def _make_shards(folder: Path) -> str:

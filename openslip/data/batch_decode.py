@@ -8,9 +8,9 @@ The hand-off: each worker sample is a 1-D uint8 array (the JPEG file's bytes) or
 worker (a PNG, a CMYK JPEG...; counted in ``SkipCounter.fallback``), its pixels ``[3, h, w]``. ``pack`` puts a
 batch's samples into one uint8 buffer with an index ``[B, 5]`` (start, end, height, width, layout; height 0 marks
 JPEG bytes, layout 1 pixels stored [h, w, 3] as the decoder left them): one shared-memory segment and one pinned
-copy per batch instead of B. ``BatchDecoder`` splits the buffer
-back into the list of per-image uint8 tensors (views, no copy) and returns the images ``[3, h, w]`` uint8 on the
-device, the longer side at most ``max_side``. With data.decode=cpu the workers send only pixels, packed the same way.
+copy per batch instead of B. ``BatchDecoder`` splits the buffer back into the list of per-image uint8 tensors
+(views, no copy) and returns the images ``[3, h, w]`` uint8 on the device, the longer side at most ``max_side``.
+With data.decode=cpu the workers send only pixels, packed the same way.
 
 On a CPU device the decoder is PIL, with the same DCT draft scaling and shrink as the workers' CPU decode, so the
 images (and the views drawn from them) are those of ``data.augment=device`` with ``data.decode=cpu``: the tests
