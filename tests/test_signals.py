@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -137,6 +138,46 @@ def test_killed_loader_worker_is_one_line(tmp_path, track):
         f"resume with resume=auto from {run / 'checkpoints'}"
     ), last
     _assert_gone([other])
+
+
+# A script that iterates the loader itself and fails while the batches are still open (the traceback keeps them).
+OPEN_AT_ERROR = """
+import multiprocessing
+import torch
+from openslip.train.data import build_train_data
+from openslip.train.recipes import make_config
+
+data = {"num_workers": 2, "augment": "AUGMENT"}
+cfg = make_config({"model": "slip_vit_micro", "data": data, "train": {"batch_size": 4}})
+data = build_train_data(cfg, 32, ("image", "view1", "view2"), True, 0, 1, torch.device("cpu"))
+batches = data.loader.forever()
+data.views(next(batches), 0, torch.device("cpu"))
+print("workers", *[p.pid for p in multiprocessing.active_children()], flush=True)
+raise RuntimeError("the consumer failed")
+"""
+
+
+@pytest.mark.parametrize("augment", ["device", "cpu"])
+def test_a_consumer_that_fails_with_the_workers_running_still_exits(augment, track):
+    """The workers ignore SIGTERM; at the interpreter's exit multiprocessing ends them with it and waits for them,
+    so without openslip's exit hook (workers.track_workers) this process waited forever."""
+    proc = track(
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_AT_ERROR.replace("AUGMENT", augment)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit")
+    assert proc.returncode == 1 and err.strip().endswith("RuntimeError: the consumer failed"), err
+    workers = [int(pid) for pid in out.split()[1:]]
+    assert len(workers) == 2, out
+    _assert_gone(workers)
 
 
 @pytest.mark.multiprocess

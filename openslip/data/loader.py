@@ -65,7 +65,7 @@ from openslip.data.epoch_plan import (
 from openslip.data.formats.decode import DEFAULT_DECODE, DecodeOptions
 from openslip.data.formats.shards import ShardSource
 from openslip.data.skips import SkipCounter
-from openslip.data.workers import named_deaths, start_worker, stop_signals_held, stop_workers
+from openslip.data.workers import named_deaths, start_worker, stop_signals_held, stop_workers, track_workers
 from openslip.errors import DataError
 
 LEASE_KEY = "_lease"  # a batch's hold on its worker's segment (reuse_buffers)
@@ -316,6 +316,7 @@ class TrainLoader:
         stream, epoch = self._stream()
         with stop_signals_held():  # the workers fork here (see data/workers.py)
             batches = iter(self._dataloader(stream, epoch))
+        track_workers(batches)
         try:
             yield from self._consume(batches, epoch)
         finally:  # the epoch ended, or the consumer stopped early (a signal, an error): the workers end now
@@ -384,6 +385,7 @@ class TrainLoader:
                 with stop_signals_held():  # the workers fork here (see data/workers.py)
                     loader = self._dataloader(stream, epoch, persistent=True)
                     batches = iter(loader)
+                track_workers(batches)
                 while True:
                     yield from self._consume(batches, epoch)
                     if self._epoch == epoch:  # the epoch ended short of its batches: start over where it stands

@@ -10,9 +10,11 @@ training process alone decides when to stop, finishes its step, checkpoints, and
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.util
 import os
 import re
 import signal
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -63,11 +65,39 @@ def _idle_priority() -> None:
         pass
 
 
+# The workers started in this process that may still run, for the exit hook below.
+_STARTED: weakref.WeakSet = weakref.WeakSet()
+_EXIT_HOOK: list[multiprocessing.util.Finalize] = []
+
+
+def track_workers(iterator: Any) -> None:
+    """Have the workers of a DataLoader iterator killed when this process exits, whatever still refers to them.
+
+    A consumer that raises while it iterates leaves the iterator in the traceback's frames. At the interpreter's
+    exit torch then skips its shutdown, and multiprocessing ends each daemonic child with SIGTERM, which our workers
+    ignore, and joins it: the process would wait forever. The hook runs before that join (a multiprocessing
+    finaliser of exit priority >= 0) and kills the workers still alive, as ``stop_workers`` does."""
+    _STARTED.update(getattr(iterator, "_workers", ()))
+    if not _EXIT_HOOK:
+        _EXIT_HOOK.append(multiprocessing.util.Finalize(None, _kill_started_workers, exitpriority=100))
+
+
+def _kill_started_workers() -> None:
+    alive = [w for w in _STARTED if w.is_alive()]
+    if alive and hasattr(signal, "SIGCHLD"):
+        # torch's SIGCHLD handler would raise for the first kill and leave the other workers running
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for w in alive:
+        w.kill()
+        w.join(timeout=5)
+
+
 def stop_workers(iterator: Any) -> None:
     """End the workers of a DataLoader iterator now, not whenever it is garbage collected.
 
     After an exception the iterator lives on in the traceback's frames, possibly until the interpreter exits, when
-    torch skips the shutdown and leaves the workers to notice their parent's death. torch's own shutdown asks each
+    torch skips the shutdown (``track_workers`` covers that case). torch's own shutdown asks each
     worker to leave and, for one that does not, falls back to SIGTERM, which our workers ignore: SIGKILL ends those.
     """
     shutdown = getattr(iterator, "_shutdown_workers", None)  # absent with num_workers=0
