@@ -55,3 +55,31 @@ def test_compile_other_values_are_one_line_errors(tmp_path, value: str, capsys) 
     assert main(["train", *overrides(tmp_path / "run", f"train.compile={value}", "train.steps=1")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "train.compile" in err and "true, false, auto" in err
+
+
+def test_compile_mode_reaches_torch_compile_and_graph_steps_are_marked(tmp_path, monkeypatch) -> None:
+    """train.compile_mode is torch.compile's mode; under CUDA graphs (reduce-overhead) each step tells torch that a
+    new iteration begins (the graphs' outputs of the last one may then be overwritten)."""
+    modes: list[object] = []
+    monkeypatch.setattr(loop.torch, "compile", lambda module, mode=None: modes.append(mode) or module)
+    marks: list[int] = []
+    monkeypatch.setattr(loop, "new_graph_step", lambda: marks.append(1))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    run = ("train.compile=true", "train.steps=3", "ckpt.every_steps=100")
+    assert main(["train", *overrides(tmp_path / "default", *run)]) == 0
+    assert modes == [None] and marks == []
+    assert main(["train", *overrides(tmp_path / "graphs", *run, "train.compile_mode=reduce-overhead")]) == 0
+    assert modes == [None, "reduce-overhead"] and len(marks) == 3
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        (["train.compile_mode=fast"], "default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs"),
+        (["train.compile_mode=reduce-overhead"], "needs train.compile=true or auto"),
+    ],
+)
+def test_compile_mode_errors_are_one_line(tmp_path, settings: list[str], words: str, capsys) -> None:
+    assert main(["train", *overrides(tmp_path / "run", *settings, "train.steps=1")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "train.compile_mode" in err and words in err, err

@@ -30,6 +30,7 @@ AUGMENT_PATHS = ("cpu", "device")
 DECODE_PATHS = ("cpu", "device")
 IMAGE_VIEWS = ("clip", "simclr")
 WORKER_PRIORITIES = ("auto", "idle", "normal")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 PARALLEL_MODES = ("ddp", "fsdp")  # openslip.train.parallel
 BEST_MODES = ("max", "min")  # the evaluations' scores are % where higher is better; "min" for a metric that falls
 
@@ -135,6 +136,9 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute activations in the backward pass to save memory
     # torch.compile the model: true, false, or "auto" (on for CUDA, off for CPU); kernels cached (docs/PERFORMANCE.md)
     compile: bool | str = False
+    # torch.compile's mode when compiled. "reduce-overhead" (and "max-autotune") also replay the compiled forward and
+    # backward as CUDA graphs: a few launches instead of hundreds of small kernels, for launch-bound models (S/16)
+    compile_mode: str = "default"
     # how several processes hold the model: "ddp" (a whole copy each) or "fsdp" (FSDP2: weights, gradients and AdamW
     # state sharded over the processes; docs/TRAINING.md, 'Sharded training (FSDP)'); one process: no difference
     parallel: str = "ddp"
@@ -155,6 +159,9 @@ class TrainConfig:
         _choice("train.precision", self.precision, PRECISIONS)
         if isinstance(self.compile, str) and self.compile != "auto":
             raise ConfigError(f"train.compile={self.compile!r} is not valid; choose one of: true, false, auto")
+        _choice("train.compile_mode", self.compile_mode, COMPILE_MODES)
+        if self.compile is False and self.compile_mode != "default":
+            raise ConfigError(f"train.compile_mode={self.compile_mode} needs train.compile=true or auto")
         _choice("train.parallel", self.parallel, PARALLEL_MODES)
         for key in ("steps", "batch_size", "accum_steps", "log_every", "collective_timeout_s"):
             _positive(f"train.{key}", getattr(self, key))

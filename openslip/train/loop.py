@@ -45,7 +45,7 @@ from openslip.train import parallel
 from openslip.train.accumulate import accumulated_backward
 from openslip.train.ahead import prepared_ahead
 from openslip.train.checks import check_config
-from openslip.train.compiling import keep_compiled_kernels, use_compile
+from openslip.train.compiling import GRAPH_MODES, compile_model, keep_compiled_kernels, new_graph_step, use_compile
 from openslip.train.config import Config
 from openslip.train.data import TrainData, build_train_data
 from openslip.train.evals import TrainingEvals, build_evals, check_eval_sets, skip_lines
@@ -143,6 +143,8 @@ def optimise(
         return t.loss_fn({**outputs, **targets})
 
     if cfg.accum_steps == 1:
+        if cfg.compile_mode in GRAPH_MODES:
+            new_graph_step()
         with t.opt.autocast():
             losses = loss_fn(t.wrapped(**inputs))
         clock.lap("forward")
@@ -217,7 +219,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if use_compile(cfg.train.compile, dist.device):
         keep_compiled_kernels()  # a restart reuses the compiled kernels instead of compiling for minutes
-        wrapped = torch.compile(wrapped)
+        wrapped = compile_model(wrapped, cfg.train.compile_mode)
     loss_fn = SLIPLoss(
         ssl_scale=cfg.loss.ssl_scale,
         clip_scale=cfg.loss.clip_scale,

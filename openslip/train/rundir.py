@@ -177,6 +177,7 @@ RESUMABLE_CHANGES = (
     "train.wandb",
     "train.wandb_project",
     "train.compile",
+    "train.compile_mode",
     "train.grad_checkpointing",
     "train.parallel",  # DDP and FSDP train alike and save the same checkpoint (train/parallel.py)
     "train.collective_timeout_s",
