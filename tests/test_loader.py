@@ -338,3 +338,19 @@ def test_forever_keeps_its_workers_across_epochs_and_gives_the_same_batches(
     resumed.load_state_dict(interrupted.state_dict())
     rest = list(itertools.islice(resumed.forever(), 2 * n - 2))
     assert [b["id"].tolist() for b in taken + rest] == [b["id"].tolist() for b in expected]
+
+
+@pytest.mark.parametrize("augment", ["cpu", "device"])
+def test_training_batches_carry_ids_trimmed_on_the_host(augment: str):
+    """build_train_data's tokenizer trims each batch's ids at its last EOT in the workers (models.slip.trim_tokens),
+    so a GPU step never reads that length back from the device (the embeddings are the same: tests/test_models.py)."""
+    from openslip.models.slip import trimmed_text_length
+    from openslip.train.data import build_train_data
+    from openslip.train.recipes import make_config
+
+    cfg = make_config({"model": "slip_vit_micro", "data": {"augment": augment}, "train": {"batch_size": 8}})
+    data = build_train_data(cfg, 32, ("image", "view1", "view2"), True, 0, 1, torch.device("cpu"))
+    text = next(iter(data.loader))["text"]
+    assert text.shape[1] == trimmed_text_length(text) < 77 and text.is_contiguous()
+    sot, eot = 49406, 49407  # whole captions, SOT to EOT
+    assert (text[:, 0] == sot).all() and ((text == eot).sum(dim=1) == 1).all()

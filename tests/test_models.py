@@ -7,6 +7,7 @@ import torch
 
 import openslip
 from openslip.models import ModelConfig, create_model, list_models, model_config
+from openslip.models.slip import full_context, trim_tokens, trimmed_text_length
 from openslip.optim import clamp_logit_scale
 from openslip.registry import UnknownNameError
 
@@ -87,6 +88,24 @@ def test_text_trimming_is_exact():
         model.trim_text = False
         full = model.encode_text(tokens)
     torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-6)
+
+
+def test_ids_trimmed_on_the_host_give_the_same_embeddings_and_a_gpu_forward_reads_nothing_back():
+    """Callers trim the ids on the CPU (`trim_tokens`: the training loader's tokenizer, the evaluations, bench), so
+    the model trims only on a CPU: on another device it would wait for the device mid-forward to read the length.
+    On the meta device (no data) any such read raises, so the forward there proves none happens."""
+    torch.manual_seed(0)
+    model = create_model("clip_vit_micro").eval()
+    tokens = _inputs(model)["text"]
+    short = trim_tokens(tokens)
+    assert short.shape[1] == trimmed_text_length(tokens) < tokens.shape[1] and short.is_contiguous()
+    assert torch.equal(full_context(short, tokens.shape[1]), tokens)  # the tokenizer pads with 0
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(short), model.encode_text(tokens), rtol=0, atol=0)
+        on_meta = model.to("meta")
+        with pytest.raises(RuntimeError, match="meta"):
+            int(short.to("meta").argmax(dim=-1).max())  # what a trim would read
+        assert on_meta.encode_text(short.to("meta")).shape == (short.shape[0], model.cfg.embed_dim)
 
 
 def test_views_batched_through_vit_equal_separate_calls():

@@ -26,6 +26,7 @@ from PIL import Image
 from openslip.data.augment.pil_reference import pil_transform
 from openslip.data.augment.views import SLIPTransform
 from openslip.models import SLIP
+from openslip.models.slip import full_context
 from openslip.optim import param_groups
 
 
@@ -56,6 +57,7 @@ def reference_visual(model: SLIP, x: torch.Tensor) -> torch.Tensor:
 
 def reference_text(model: SLIP, text: torch.Tensor) -> torch.Tensor:
     """Text embedding [B, embed_dim] over the full context with an explicit causal -inf mask (CLIP 2021)."""
+    text = full_context(text, model.positional_embedding.shape[0])  # the ids come trimmed (trim_tokens)
     L = text.shape[1]
     mask = torch.full((L, L), float("-inf"), device=text.device).triu_(1)
     x = model.token_embedding(text) + model.positional_embedding

@@ -30,6 +30,7 @@ from torch import nn
 
 from openslip.errors import ConfigError
 from openslip.models.flops import slip_sample_flops
+from openslip.models.slip import full_context
 from openslip.models.variants import REFERENCE_SIZE_NAMES
 from openslip.optim import clamp_logit_scale, param_groups
 from openslip.step import PhaseClock, autocast, timed_step
@@ -139,6 +140,7 @@ class ReferenceStepper:
         # the reference's positional forward arguments: (image, text) for its CLIP part, then (aug1, aug2) for
         # its SimCLR part, as main.py lists its inputs; read from the model's towers, not from its name
         mcfg = trainer.model.cfg
+        self.context_length = mcfg.text.context_length if mcfg.text is not None else 0
         self.arguments = (("image", "text") if mcfg.text is not None else ()) + (
             ("view1", "view2") if mcfg.ssl_head is not None else ()
         )
@@ -150,10 +152,14 @@ class ReferenceStepper:
         times, _ = timed_step(self.device, get_inputs, self._step)
         return times, self.flops
 
+    def _full(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        """The inputs as the 2021 model takes them: its text tower reads the whole context, not trimmed ids."""
+        return full_context(value, self.context_length) if key == "text" else value
+
     def _step(self, inputs: dict[str, torch.Tensor], clock: PhaseClock) -> None:
         """The reference's training step (main.py's loop body), phase by phase."""
         with autocast(self.device.type, self.precision):
-            outputs = self.model(*(inputs[k] for k in self.arguments))
+            outputs = self.model(*(self._full(k, inputs[k]) for k in self.arguments))
             loss = self.loss(outputs)["loss"]
         clock.lap("forward")
         self.scaler.scale(loss).backward()

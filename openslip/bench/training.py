@@ -48,7 +48,7 @@ from openslip.data.loader import build_train_loader
 from openslip.distributed import DistInfo
 from openslip.errors import ConfigError
 from openslip.models.flops import slip_sample_flops
-from openslip.models.slip import trimmed_text_length
+from openslip.models.slip import trim_tokens
 from openslip.overrides import deep_merge
 from openslip.step import AMP_DTYPES, PRECISION_DTYPES, PhaseClock, timed_step
 from openslip.tokenizer import get_tokenizer
@@ -290,7 +290,7 @@ def synthetic_inputs(
         text[:, 0] = SOT
         text[:, 1 : n - 1] = torch.randint(1000, 40000, (batch_size, max(n - 2, 0)), generator=g)
         text[:, n - 1] = EOT
-        out["text"] = text.to(device)
+        out["text"] = trim_tokens(text).to(device)  # [B, n], as the training loader's tokenizer trims them
     return out
 
 
@@ -321,9 +321,8 @@ class Stepper:
     def step_flops(self, inputs: dict[str, torch.Tensor]) -> float:
         model = self.t.model
         text_len = None
-        if "text" in inputs:
-            trims = not self.baseline and getattr(model, "trim_text", False)
-            text_len = trimmed_text_length(inputs["text"]) if trims else inputs["text"].shape[1]
+        if "text" in inputs:  # trimmed on the host (trim_tokens); the 2021 way pads it back to the whole context
+            text_len = model.cfg.text.context_length if self.baseline else inputs["text"].shape[1]
         drop = 0.0 if self.baseline else self.t.cfg.train.patch_dropout  # the 2021 way runs every patch
         f = slip_sample_flops(model.cfg, text_len=text_len, patch_dropout=drop, **self.flops_cfg)
         return float(f.train * self.flops_cfg["batch_size"])
@@ -683,7 +682,7 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
             reference_name = reference.name
         synth = synthetic_inputs(trainer.model, B, image_size, device, bc.text_len, cfg.loss.local_crops)
         if bc.with_data and "text" in synth:
-            synth["text"] = _captions_of_data(trainer, bc, image_size).to(device)
+            synth["text"] = trim_tokens(_captions_of_data(trainer, bc, image_size)).to(device)
         model_only, e2e, ratios = _measure_rounds(trainer, steppers, synth, bc, image_size)
         by_label = dict(zip([s.label for s in steppers], model_only, strict=True))
         profile_rows = profile_step(candidate, lambda: synth, bc.profile) if bc.profile > 0 else None
@@ -695,7 +694,7 @@ def _bench_train(bc: TrainBenchConfig) -> dict[str, Any]:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         sweep = memory_sweep(trainer, bc, image_size) if bc.memory_sweep else None
-    text_len = trimmed_text_length(synth["text"]) if "text" in synth else None
+    text_len = synth["text"].shape[1] if "text" in synth else None  # trimmed on the host
     flops = slip_sample_flops(
         trainer.model.cfg,
         batch_size=B,

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from openslip import distributed
 from openslip.errors import CheckpointError, ConfigError
 from openslip.models import MODELS, create_model
+from openslip.models.slip import trim_tokens
 from openslip.tokenizer import get_tokenizer
 from openslip.weights.atomic import atomic_path
 from openslip.weights.checkpoint import load_model
@@ -200,7 +201,8 @@ def encode_texts(
     start, stop = shard_range(len(texts), distributed.rank(), distributed.world_size()) if shard else (0, len(texts))
     out = []
     for i in range(start, stop, batch_size):
-        tokens = tok(list(texts[i : min(i + batch_size, stop)]), context_length=model.context_length).to(device)
+        tokens = tok(list(texts[i : min(i + batch_size, stop)]), context_length=model.context_length)
+        tokens = trim_tokens(tokens).to(device)  # trimmed here: on a GPU the model does not read the length back
         f = model.encode_text(tokens).float()
         out.append(torch.nn.functional.normalize(f, dim=-1) if normalize else f)
     local = torch.cat(out) if out else torch.zeros((0, model.cfg.embed_dim), device=device)

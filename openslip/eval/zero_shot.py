@@ -20,7 +20,7 @@ from openslip.errors import ConfigError
 from openslip.eval.datasets import DEFAULT_TEMPLATES
 from openslip.eval.features import dataset_features, encode_texts, eval_mode, warn_if_untrained
 from openslip.eval.metrics import classification_metrics, topk_accuracy
-from openslip.models.slip import SLIP
+from openslip.models.slip import SLIP, trim_tokens
 from openslip.tokenizer import Tokenizer, get_tokenizer
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def zero_shot_classifier(
         tok = tokenizer or get_tokenizer()
         embeds = []
         for i in range(0, len(prompts), batch_size):
-            tokens = tok(prompts[i : i + batch_size], context_length=model.context_length).to(device)
+            tokens = trim_tokens(tok(prompts[i : i + batch_size], context_length=model.context_length)).to(device)
             embeds.append(torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1))
         per_prompt = torch.cat(embeds)  # [P, D]
     counts = [len(names) * len(templates) for names in per_class]

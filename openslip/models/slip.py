@@ -26,6 +26,19 @@ def trimmed_text_length(text: torch.Tensor) -> int:
     return int(text.argmax(dim=-1).max()) + 1
 
 
+def trim_tokens(text: torch.Tensor) -> torch.Tensor:
+    """[B, L] token ids -> [B, L'] up to the batch's last EOT, the part the text tower reads (``SLIP.encode_text``).
+    Call it while the ids are on the CPU, before they go to an accelerator: the model trims only on the CPU, since
+    reading the length from a GPU would wait for it in the middle of the forward pass (and break a compiled graph)."""
+    return text[:, : trimmed_text_length(text)].contiguous()
+
+
+def full_context(text: torch.Tensor, context_length: int) -> torch.Tensor:
+    """Trimmed token ids [B, L'] padded back to [B, context_length] with the tokenizer's padding id 0 (for the 2021
+    text tower, whose positional embedding spans the whole context)."""
+    return torch.nn.functional.pad(text, (0, context_length - text.shape[1]))
+
+
 class SLIP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -100,7 +113,7 @@ class SLIP(nn.Module):
             raise ValueError(f"{self.cfg.name} has no text tower (SimCLR-only model)")
         check_token_batch(text)
         eot = text.argmax(dim=-1)  # the EOT id (49407) is the largest in the vocabulary
-        if self.trim_text:
+        if self.trim_text and text.device.type == "cpu":  # elsewhere the caller trims on the host: trim_tokens
             text = text[:, : trimmed_text_length(text)]
         x = self.token_embedding(text) + self.positional_embedding[: text.shape[1]]  # [B, L, D]
         x = self.ln_final(self.transformer(x))

@@ -13,6 +13,7 @@ Two augmentation paths with the same distributions (docs/DESIGN.md, 'Two paths, 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from openslip.data.formats.decode import EncodedJpeg
 from openslip.data.loader import LEASE_KEY, TrainLoader, build_train_loader, mix_seed
 from openslip.data.sources import open_sources
 from openslip.errors import ConfigError, DataError
+from openslip.models.slip import trim_tokens
 from openslip.step import NO_CLOCK
 from openslip.tokenizer import get_tokenizer
 from openslip.train.config import Config
@@ -158,6 +160,13 @@ class TrainData:
             self.loader.release(batch)
 
 
+def tokenize_trimmed(tokenizer: Any, captions: list[str]) -> torch.Tensor:
+    """The workers' tokenizer: captions to token ids [B, L], trimmed on the CPU to the batch's last EOT
+    (``trim_tokens``), so that a step on a GPU never reads that length back from the device. The text tower reads
+    no further, so the embeddings are those of the untrimmed ids."""
+    return trim_tokens(tokenizer(captions))
+
+
 def views_travel_as(cfg: Config) -> torch.dtype:
     """The dtype of the CPU views' hand-off (data.augment=cpu): autocast's under train.precision=bf16 / fp16. A
     view's first use is the patch embedding, which autocast runs in that dtype: it would round the float32 view to
@@ -214,7 +223,7 @@ def build_train_data(
         loader = build_train_loader(
             source,
             transform,
-            get_tokenizer() if with_text else None,
+            functools.partial(tokenize_trimmed, get_tokenizer()) if with_text else None,
             batch_size=per_rank,
             num_workers=cfg.data.num_workers,
             seed=seed,
