@@ -108,7 +108,9 @@ class SLIP(nn.Module):
         return self.visual(image) @ self.image_projection
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        """[B, L] token ids -> [B, embed_dim] unnormalised text embedding, pooled at the EOT token."""
+        """[B, L] token ids -> [B, embed_dim] unnormalised text embedding, pooled at the EOT token. On a CPU the
+        tower stops at the batch's last EOT; on a GPU, ids trimmed with ``trim_tokens`` before the copy save the same
+        work (the result is the same either way)."""
         if not self.has_text:
             raise ValueError(f"{self.cfg.name} has no text tower (SimCLR-only model)")
         check_token_batch(text)
