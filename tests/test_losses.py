@@ -299,3 +299,23 @@ def test_training_logs_the_ssl_rank(tmp_path) -> None:
     assert main(argv) == 0
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(1.0 <= r["ssl_rank"] <= 8.0 for r in rows if "loss" in r)
+
+
+def test_the_ssl_rank_is_computed_only_at_the_steps_that_log(tmp_path, monkeypatch) -> None:
+    """RankMe's SVD costs milliseconds on a GPU and waits for the device: only the steps whose metrics are written
+    (every train.log_every and the last) compute it, and each of them logs it."""
+    import json
+
+    import openslip.losses as losses
+    from openslip.cli import main
+
+    ranks: list[int] = []
+    real = losses.effective_rank
+    monkeypatch.setattr(losses, "effective_rank", lambda z: ranks.append(1) or real(z))
+    argv = ["train", "model=slip_vit_micro", "train.steps=5", "train.batch_size=8", "data.num_workers=0",
+            "data.image_size=32", "eval.sets=[]", "train.log_every=2", f"out_dir={tmp_path}"]  # fmt: skip
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in logged] == [2, 4, 5] and all(1.0 <= r["ssl_rank"] <= 8.0 for r in logged)
+    assert len(ranks) == 3

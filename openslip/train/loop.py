@@ -46,7 +46,7 @@ from openslip.train.accumulate import accumulated_backward
 from openslip.train.ahead import prepared_ahead
 from openslip.train.checks import check_config
 from openslip.train.compiling import GRAPH_MODES, compile_model, keep_compiled_kernels, new_graph_step, use_compile
-from openslip.train.config import Config
+from openslip.train.config import Config, TrainConfig
 from openslip.train.data import TrainData, build_train_data
 from openslip.train.evals import TrainingEvals, build_evals, check_eval_sets, skip_lines
 from openslip.train.evals import evaluate as evaluate_sets
@@ -103,11 +103,16 @@ class Trainer:
     warned: set[str] = field(default_factory=set)  # the collapse warnings given so far (one line each per run)
 
 
+def logs_at(cfg: TrainConfig, step: int) -> bool:
+    """Whether the run writes the metrics of ``step`` (every ``train.log_every`` steps, and the last)."""
+    return step % cfg.log_every == 0 or step == cfg.steps
+
+
 def train_step(t: Trainer, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     """One optimizer step on one global batch; returns the loss terms and the gradient norm (detached)."""
     inputs = t.data.views(batch, t.step, t.dist.device)
     losses = optimise(t, inputs, samples=lambda: t.data.loader.describe_ids(batch["id"]))
-    if t.step % t.cfg.train.log_every == 0 or t.step == t.cfg.train.steps:
+    if logs_at(t.cfg.train, t.step):
         # a learning rate far too large overflows the weights while the loss that led there was finite; checked at
         # the steps that log (and before every save), not at every step, to keep the check's cost out of the step
         check_weights(t)
@@ -130,6 +135,8 @@ def optimise(
     phase by phase with a `step.PhaseClock`; training passes none (no device synchronisation)."""
     cfg = t.cfg.train
     t.opt.set_lr(t.step)
+    # RankMe's SVD only for a step whose metrics are written: on a GPU it costs milliseconds and waits for the device
+    t.loss_fn.track_rank = logs_at(cfg, t.step + 1)
 
     def detail() -> str:
         ids = samples()
@@ -228,7 +235,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         contrastive=cfg.loss.contrastive,
         ssl=cfg.loss.ssl,
         distill_temperature=cfg.loss.distill_temperature,
-        track_rank=True,  # ssl_rank in metrics.jsonl: a collapse signal (RankMe)
+        track_rank=True,  # ssl_rank in metrics.jsonl: a collapse signal (RankMe), at the steps that log (optimise)
     )
     data = build_train_data(
         cfg,
@@ -609,7 +616,7 @@ def _steps(t: Trainer, log: RunLogger, batches: Iterator[dict[str, Any]]) -> dic
                 f"train.parallel={cfg.train.parallel}: rank 0 holds {held:.1f} MiB of weights and AdamW state "
                 f"(the whole model's: {parallel.full_state_mib(t.model):.1f} MiB)"
             )
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+        if logs_at(cfg.train, step):
             now = time.perf_counter()
             metrics = {k: all_reduce_mean(v).item() for k, v in losses.items()}
             metrics["lr"] = t.opt.lr
