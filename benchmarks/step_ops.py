@@ -9,6 +9,7 @@ lists differ between CPU and CUDA, and on a CPU openslip runs bf16 attention in 
 
     python benchmarks/step_ops.py model=slip_vit_b16 train.precision=bf16 train.batch_size=2 --ops _to_copy,cat
     python benchmarks/step_ops.py model=slip_vit_b16 train.precision=bf16 train.batch_size=256 --device cuda
+    python benchmarks/step_ops.py model=slip_vit_micro --ops _local_scalar_dense,nonzero   # reads back to the host
 
 The table and the JSON (``--output``) give, per operator, the calls per step and the origins that make them.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import sys
 import tempfile
 import traceback
 from pathlib import Path
@@ -101,7 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=12, help="origins shown per operator")
     p.add_argument("--output", type=Path, default=None, help="write the counts as JSON")
     args = p.parse_args(argv)
-    result = count_step_ops(args.settings, set(args.ops.split(",")), args.device)
+    from openslip.errors import UserError
+
+    try:
+        result = count_step_ops(args.settings, set(args.ops.split(",")), args.device)
+    except UserError as err:  # a setting the trainer refuses: its one line
+        print(f"step_ops.py: error: {err}", file=sys.stderr)
+        return 2
     print(table(result, args.top))
     if args.output is not None:
         args.output.write_text(json.dumps(result, indent=1))

@@ -91,10 +91,10 @@ def distill_loss(
         targets = probs.to(dtype).detach()
         # cross[b, g, v] = -sum_k P_t(g)_k log P_s(v)_k for every teacher view g and student crop v
         cross = -torch.einsum("bgk,bvk->bgv", targets, log_student)  # [B, 2, V]
-        views = crops.shape[1]
-        pairs = torch.ones(2, views, dtype=torch.bool, device=crops.device)
-        pairs[0, 0] = pairs[1, 1] = False  # a global view is not its own target
-        loss = cross[:, pairs].sum(dim=1).mean() / int(pairs.sum())
+        # every (g, v) but a global view against itself, in row-major order: slices, not a boolean mask, whose
+        # indexing would read the mask back to the host (a wait for the GPU at every step)
+        pairs = torch.cat([cross[:, 0, 1:], cross[:, 1, :1], cross[:, 1, 2:]], dim=1)  # [B, 2V - 2]
+        loss = pairs.sum(dim=1).mean() / pairs.shape[1]
         with torch.no_grad():
             entropy = -(targets * targets.clamp_min(1e-30).log()).sum(-1).mean()
             mean = targets.mean(dim=(0, 1))

@@ -77,6 +77,13 @@ def _local_labels(batch: int, device: torch.device) -> torch.Tensor:
     return distributed.rank() * batch + torch.arange(batch, device=device)
 
 
+def _label_mask(labels: torch.Tensor, columns: int, on: float, off: float, dtype: torch.dtype) -> torch.Tensor:
+    """[B, columns]: ``on`` at each row's label column, ``off`` elsewhere. F.one_hot would read the labels' range
+    back to the host to check it, a wait for the GPU at every step; a scatter of known-good labels does not."""
+    mask = torch.full((labels.shape[0], columns), off, dtype=dtype, device=labels.device)
+    return mask.scatter_(1, labels[:, None], on)
+
+
 def _percent_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return 100.0 * (logits.argmax(dim=-1) == labels).to(logits.dtype).mean()
@@ -161,7 +168,7 @@ def sigmoid_loss(
         txt_all = distributed.gather_with_grad(txt)  # [N, D], rank-major
         labels = _local_labels(img.shape[0], img.device)
         logits = scale * img @ txt_all.t() + bias  # [B, N]
-        signs = 2 * F.one_hot(labels, txt_all.shape[0]).to(dtype) - 1  # [B, N]: +1 at the positive, -1 elsewhere
+        signs = _label_mask(labels, txt_all.shape[0], 1.0, -1.0, dtype)  # [B, N]: +1 at the positive, -1 elsewhere
         loss = -F.logsigmoid(signs * logits).sum() / img.shape[0]
         acc = _percent_correct(logits, labels)
     return {"clip_loss": loss, "clip_acc": acc}
@@ -200,7 +207,7 @@ def simclr_loss(
         q2 = F.normalize(z2.to(dtype), dim=-1)  # [B, D]
         k1, k2 = distributed.gather_with_grad(q1), distributed.gather_with_grad(q2)  # [N, D], N = W*B
         labels = _local_labels(q1.shape[0], q1.device)
-        self_mask = F.one_hot(labels, k1.shape[0]).to(dtype) * _SELF_MASK  # [B, N]
+        self_mask = _label_mask(labels, k1.shape[0], _SELF_MASK, 0.0, dtype)  # [B, N]
         logits_12 = q1 @ k2.t() / temperature  # positives on the label column
         logits_11 = q1 @ k1.t() / temperature - self_mask  # same view: drop the anchor itself
         logits_21 = q2 @ k1.t() / temperature

@@ -92,7 +92,7 @@ def check_finite(loss: torch.Tensor, *, what: str, step: int, detail: str | Call
     """Stop with one line when the loss of any rank is NaN or inf. Every rank checks the same all-reduced flag,
     so all of them stop at the same step (none waits in a collective for one that left). ``detail`` is called
     only on failure and gives the rest of the line: the batch's samples, what there is to go back to."""
-    bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=loss.device)
+    bad = (~torch.isfinite(loss.detach()).all()).float()  # on the device: the one host read is the reduced flag
     if distributed.all_reduce_mean(bad).item() > 0:
         rest = detail() if callable(detail) else detail
         raise TrainingError(f"{what}: non-finite loss {loss.detach().float().mean().item()} at step {step}{rest}")
