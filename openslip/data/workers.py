@@ -65,9 +65,12 @@ def _idle_priority() -> None:
         pass
 
 
-# The workers started in this process that may still run, for the exit hook below.
-_STARTED: weakref.WeakSet = weakref.WeakSet()
-_EXIT_HOOK: list[multiprocessing.util.Finalize] = []
+def _kill(workers: Any) -> None:
+    """SIGKILL each worker still alive (our workers ignore SIGTERM) and reap it."""
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+            w.join(timeout=5)
 
 
 def track_workers(iterator: Any) -> None:
@@ -75,11 +78,9 @@ def track_workers(iterator: Any) -> None:
 
     A consumer that raises while it iterates leaves the iterator in the traceback's frames. At the interpreter's
     exit torch then skips its shutdown, and multiprocessing ends each daemonic child with SIGTERM, which our workers
-    ignore, and joins it: the process would wait forever. The hook runs before that join (a multiprocessing
-    finaliser of exit priority >= 0) and kills the workers still alive, as ``stop_workers`` does."""
+    ignore, and joins it: the process would wait forever. ``_kill_started_workers`` runs before that join (a
+    multiprocessing finaliser of exit priority >= 0) and kills the workers still alive."""
     _STARTED.update(getattr(iterator, "_workers", ()))
-    if not _EXIT_HOOK:
-        _EXIT_HOOK.append(multiprocessing.util.Finalize(None, _kill_started_workers, exitpriority=100))
 
 
 def _kill_started_workers() -> None:
@@ -88,9 +89,13 @@ def _kill_started_workers() -> None:
         # torch's SIGCHLD handler would raise for the first kill and leave the other workers running
         with contextlib.suppress(ValueError):  # not the main thread
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for w in alive:
-        w.kill()
-        w.join(timeout=5)
+    _kill(alive)
+
+
+# The workers started in this process that may still run. The finaliser runs in this process only (it records its
+# pid), so a worker that imports this module never kills its siblings.
+_STARTED: weakref.WeakSet = weakref.WeakSet()
+multiprocessing.util.Finalize(None, _kill_started_workers, exitpriority=100)
 
 
 def stop_workers(iterator: Any) -> None:
@@ -104,10 +109,7 @@ def stop_workers(iterator: Any) -> None:
     if shutdown is None:
         return
     shutdown()
-    for w in getattr(iterator, "_workers", ()):
-        if w.is_alive():
-            w.kill()
-            w.join(timeout=5)
+    _kill(getattr(iterator, "_workers", ()))
 
 
 # torch's words for a worker that died: from its SIGCHLD handler ("is killed by signal: Killed.", "exited

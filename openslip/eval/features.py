@@ -195,9 +195,11 @@ def encode_texts(
     device: torch.device | str = "cpu",
     normalize: bool = True,
     shard: bool = True,
+    tokenizer: Any = None,
 ) -> torch.Tensor:
-    """Text embeddings [N, D] float32 (CPU) of ``texts``; with ``shard`` split over ranks and gathered."""
-    tok = get_tokenizer()
+    """Text embeddings [N, D] float32 (CPU) of ``texts``; with ``shard`` split over ranks and gathered. ``tokenizer``:
+    openslip's (``get_tokenizer()``) unless given."""
+    tok = tokenizer or get_tokenizer()
     start, stop = shard_range(len(texts), distributed.rank(), distributed.world_size()) if shard else (0, len(texts))
     out = []
     for i in range(start, stop, batch_size):

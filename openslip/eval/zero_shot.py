@@ -20,8 +20,8 @@ from openslip.errors import ConfigError
 from openslip.eval.datasets import DEFAULT_TEMPLATES
 from openslip.eval.features import dataset_features, encode_texts, eval_mode, warn_if_untrained
 from openslip.eval.metrics import classification_metrics, topk_accuracy
-from openslip.models.slip import SLIP, trim_tokens
-from openslip.tokenizer import Tokenizer, get_tokenizer
+from openslip.models.slip import SLIP
+from openslip.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from openslip.eval.datasets import ImageSet
@@ -50,15 +50,9 @@ def zero_shot_classifier(
     """
     per_class = [[c] if isinstance(c, str) else list(c) for c in classnames]
     prompts = [t.format(name) for names in per_class for t in templates for name in names]  # class-major: [P]
-    if shard:
-        per_prompt = encode_texts(model, prompts, batch_size=batch_size, device=device).to(device)
-    else:
-        tok = tokenizer or get_tokenizer()
-        embeds = []
-        for i in range(0, len(prompts), batch_size):
-            tokens = trim_tokens(tok(prompts[i : i + batch_size], context_length=model.context_length)).to(device)
-            embeds.append(torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1))
-        per_prompt = torch.cat(embeds)  # [P, D]
+    per_prompt = encode_texts(  # [P, D]
+        model, prompts, batch_size=batch_size, device=device, shard=shard, tokenizer=tokenizer
+    ).to(device)
     counts = [len(names) * len(templates) for names in per_class]
     if len(set(counts)) == 1:  # the same number of prompts per class: [C, T * names, D]
         means = per_prompt.view(len(per_class), counts[0], -1).mean(dim=1)
